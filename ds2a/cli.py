@@ -1,0 +1,93 @@
+"""The `ds2a` command: one verb per pipeline stage, each implemented in its own module.
+
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`; it is imported
+only when its verb is used, so `ds2a inspect` on a Jetson never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Dict, List, Optional, Tuple
+
+from .errors import UserError
+
+# verb -> (module, one-line help, example command lines)
+COMMANDS: Dict[str, Tuple[str, str, str]] = {
+    "synth": ("ds2a.data.synth_cmd", "write a synthetic battery-defect dataset (M-BSD layout)",
+              "ds2a synth data/synth --train 400 --test 100 --size 256x256 --seed 0"),
+    "train": ("ds2a.train.command", "train DS2A-Former (single process or torchrun DDP)",
+              "ds2a train --model ds2a_tiny --data data/synth --out runs/tiny"),
+    "eval": ("ds2a.eval.command", "score a model (.pt/.onnx/.engine) or png predictions on a split",
+             "ds2a eval --model ds2a/assets/demo/ds2a_tiny_synth.onnx --data data/synth"),
+    "convert-official": ("ds2a.model.convert_cmd", "convert an official mmsegmentation checkpoint",
+                         "ds2a convert-official ds2aformer_r18.pth r18.pt --arch r18"),
+    "export": ("ds2a.export.command", "export a checkpoint to ONNX (uint8 frames in, class map out)",
+               "ds2a export runs/tiny/best.pt --out model.onnx"),
+    "calibrate": ("ds2a.precision.command", "make an INT8 (Q/DQ) or FP16 ONNX, calibrated on CPU",
+                  "ds2a calibrate model.onnx --data data/synth --precision int8 --out model.int8.onnx"),
+    "build-engine": ("ds2a.engine.command", "build a TensorRT engine from an ONNX (on the device)",
+                     "ds2a build-engine model.int8.onnx --out model.engine"),
+    "inspect": ("ds2a.inspect.command", "realtime inspection: source -> model -> verdicts + records",
+                "ds2a inspect --model model.onnx --source demo:// --headless --max-frames 200"),
+    "report": ("ds2a.inspect.report_cmd", "summarise an inspection database",
+               "ds2a report runs/inspect.sqlite --csv parts.csv"),
+    "bench": ("ds2a.bench.command", "latency / accuracy benchmark across backends and precisions",
+              "ds2a bench --model model.onnx --duration 10 --markdown bench.md"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    epilog = "examples:\n" + "\n".join(f"  {ex}" for _, _, ex in COMMANDS.values())
+    parser = argparse.ArgumentParser(
+        prog="ds2a", description=__doc__.splitlines()[0],
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for verb, (_, help_text, example) in COMMANDS.items():
+        sub.add_parser(verb, help=help_text, add_help=False)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"ds2a {__version__}"
+
+
+def _command_parser(verb: str) -> Tuple[argparse.ArgumentParser, object]:
+    module_name, help_text, example = COMMANDS[verb]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"ds2a {verb}", description=help_text, epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(parser)  # type: ignore[attr-defined]
+    return parser, module
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "--version") or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if argv and argv[0] not in ("-h", "--help", "--version"):
+            valid = ", ".join(COMMANDS)
+            parser.error(f"unknown command '{argv[0]}'; valid commands: {valid}")
+        parser.parse_args(argv or ["--help"])
+        return 0
+    verb = argv[0]
+    parser, module = _command_parser(verb)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)  # type: ignore[attr-defined]
+    except UserError as exc:
+        print(f"ds2a {verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ds2a {verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
