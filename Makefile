@@ -1,0 +1,20 @@
+# Two commands for a newcomer: `make demo` (the main job) and `make test` (the test suite).
+PYTHON ?= python3
+DEMO_MODEL ?= ds2a/assets/demo/ds2a_tiny_synth.onnx
+
+.PHONY: demo test install-runtime install-dev
+
+install-runtime:
+	$(PYTHON) -m pip install -q -e .
+
+install-dev:
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e '.[train,export,bench,trt,dev]'
+	$(PYTHON) -m pip install -q nvidia-modelopt onnx-graphsurgeon lief
+
+demo: install-runtime
+	$(PYTHON) -m ds2a inspect --model $(DEMO_MODEL) --source "demo://?frames=300" --headless \
+	    --output runs/demo/inspect.mp4 --db runs/demo/inspect.sqlite --save-fail runs/demo/fail
+
+test: install-dev
+	$(PYTHON) -m pytest -q
