@@ -1,0 +1,20 @@
+"""Datasets, training transforms and the synthetic battery-cell generator (numpy + OpenCV, no torch)."""
+from .datasets import (
+    Crack500Dataset,
+    FolderDataset,
+    MBSDDataset,
+    Sample,
+    SegmentationDataset,
+    detect_layout,
+    open_dataset,
+    split_names,
+)
+from .imageio import read_image, read_mask
+from .synth import render_cell, write_dataset
+from .transforms import TestTransform, TrainTransform
+
+__all__ = [
+    "Crack500Dataset", "FolderDataset", "MBSDDataset", "Sample", "SegmentationDataset",
+    "detect_layout", "open_dataset", "split_names", "read_image", "read_mask",
+    "render_cell", "write_dataset", "TestTransform", "TrainTransform",
+]

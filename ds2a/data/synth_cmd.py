@@ -1,0 +1,54 @@
+"""`ds2a synth`: write a synthetic battery-defect dataset in the M-BSD layout and report class balance."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..meta import MBSD_CLASSES, parse_size
+from .synth import write_dataset
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", help="output folder (gets img_dir/{train,test} and ann_dir/{train,test})")
+    parser.add_argument("--train", type=int, default=400, help="training images (default 400)")
+    parser.add_argument("--test", type=int, default=100, help="test images (default 100)")
+    parser.add_argument("--size", default="256x256", help="image size HxW (default 256x256)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    parser.add_argument("--force", action="store_true", help="replace an existing dataset in OUT")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    h, w = parse_size(args.size)
+    if min(h, w) < 32:
+        raise UserError(f"--size {args.size} is too small for cells with defects; use at least 32x32")
+    if args.train < 0 or args.test < 0 or args.train + args.test == 0:
+        raise UserError("--train and --test must be >= 0 and not both 0 (example: --train 400 --test 100)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"'{out}' is a file; give a folder for the dataset")
+    if out.is_dir() and any(out.iterdir()):
+        if not args.force:
+            raise UserError(f"'{out}' is not empty; choose a new folder or pass --force to replace it")
+        for sub in ("img_dir", "ann_dir"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    t0 = time.perf_counter()
+    counts = write_dataset(out, args.train, args.test, (h, w), args.seed)
+    (out / "classes.txt").write_text("\n".join(MBSD_CLASSES) + "\n", encoding="utf-8")
+    elapsed = time.perf_counter() - t0
+    print(f"wrote {args.train} train + {args.test} test images ({h}x{w}, seed {args.seed}) "
+          f"to {out} in {elapsed:.1f} s")
+    print(f"{'class':<12}" + "".join(f"{s:>10}" for s in counts))
+    fractions = {s: class_fractions(c) for s, c in counts.items()}
+    for k, name in enumerate(MBSD_CLASSES):
+        print(f"{name:<12}" + "".join(f"{100 * float(fractions[s][k]):>9.2f}%" for s in counts))
+    return 0
+
+
+def class_fractions(counts: np.ndarray) -> np.ndarray:
+    """Pixel counts per class -> fractions summing to 1."""
+    return counts / max(int(counts.sum()), 1)
