@@ -1,0 +1,587 @@
+"""ONNX -> TensorRT engine, version-aware, with the precision taken from the ONNX itself.
+
+The ONNX carries the precision (Q/DQ nodes = INT8, float16 tensors = FP16; see DESIGN.md §4),
+so this module is a thin compiler step: pick the network/builder flags the running TensorRT
+release supports (`versions.features_for`), parse, build, and write the engine plus its
+`model.engine.json` sidecar. `plan_precision` is a pure function so every release's branch
+is testable without TensorRT.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..errors import UserError
+from ..meta import INPUT_NAME, ModelMeta
+from .sidecar import file_sha256, sidecar_path, write_sidecar
+from .versions import TrtFeatures, features_for
+
+Log = Callable[[str], None]
+HW_COMPAT = ("none", "ampere+", "same-cc")
+# Layers kept in FP32 when a weakly typed network may use FP16 (overflow-prone: DESIGN.md §4).
+FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
+INT8_FIX = "ds2a calibrate {onnx} --data DATA_DIR --precision int8 --out {stem}.int8.onnx"
+FP16_FIX = "ds2a calibrate {onnx} --data DATA_DIR --precision fp16 --out {stem}.fp16.onnx"
+CPU_QUANT_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul"}
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class BuildOptions:
+    """Everything `ds2a build-engine` can be asked for (CLI flags map 1:1)."""
+
+    workspace_gib: Optional[float] = None
+    timing_cache: Optional[str] = None
+    dla_core: Optional[int] = None
+    gpu_fallback: bool = False
+    batch: Optional[Tuple[int, int, int]] = None  # (min, opt, max) for a dynamic batch dimension
+    fp16: bool = False
+    int8: bool = False
+    calib_cache: Optional[str] = None  # legacy implicit INT8 (TensorRT 8.5-10.x) from a calibration cache
+    version_compatible: bool = False
+    hardware_compat: str = "none"
+    optimization_level: Optional[int] = None
+    verbose: bool = False
+    device: int = 0
+
+    def to_args(self) -> List[str]:
+        """The CLI flags that reproduce these options (for the sidecar's rebuild command)."""
+        args: List[str] = []
+        if self.workspace_gib is not None:
+            args += ["--workspace", f"{self.workspace_gib:g}"]
+        if self.timing_cache:
+            args += ["--timing-cache", self.timing_cache]
+        if self.dla_core is not None:
+            args += ["--dla-core", str(self.dla_core)] + (["--gpu-fallback"] if self.gpu_fallback else [])
+        if self.batch:
+            args += ["--batch", ":".join(str(b) for b in self.batch)]
+        args += ["--fp16"] if self.fp16 else []
+        args += ["--int8"] if self.int8 else []
+        args += ["--calib-cache", self.calib_cache] if self.calib_cache else []
+        args += ["--version-compatible"] if self.version_compatible else []
+        if self.hardware_compat != "none":
+            args += ["--hardware-compat", self.hardware_compat]
+        if self.optimization_level is not None:
+            args += ["--builder-optimization-level", str(self.optimization_level)]
+        return args
+
+
+def parse_batch(text: str) -> Tuple[int, int, int]:
+    """'1:4:8' -> (1, 4, 8); '4' -> (4, 4, 4). UserError unless 1 <= min <= opt <= max."""
+    try:
+        vals = [int(v) for v in str(text).split(":")]
+    except ValueError:
+        vals = []
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3 or not 1 <= vals[0] <= vals[1] <= vals[2]:
+        raise UserError(f"--batch '{text}' must be MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX (example: 1:4:8)")
+    return vals[0], vals[1], vals[2]
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: List[Any]  # ints, or a string for a symbolic dimension
+    dtype: str
+
+
+@dataclass
+class OnnxInfo:
+    """What the builder needs from the ONNX before TensorRT sees it."""
+
+    path: str
+    sha256: str
+    precision: str  # "int8" (Q/DQ), "fp16" (float16 tensors) or "fp32"
+    has_qdq: bool
+    has_fp16: bool
+    meta: Optional[ModelMeta]
+    inputs: List[TensorSpec]
+    outputs: List[TensorSpec]
+    node_names: List[str] = field(default_factory=list)
+    node_ops: List[str] = field(default_factory=list)
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return any(not isinstance(t.shape[0], int) or t.shape[0] <= 0 for t in self.inputs if t.shape)
+
+
+def _stem(path: str) -> str:
+    base = os.path.splitext(path)[0]
+    for suffix in (".fp32", ".fp16", ".int8"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return base
+
+
+def inspect_onnx(path: str) -> OnnxInfo:
+    """Read precision, metadata and I/O from the ONNX (weights left on disk)."""
+    import onnx
+    from onnx import TensorProto
+
+    from ..export.metadata import read_meta
+
+    if not os.path.isfile(path):
+        raise UserError(f"ONNX file {path} does not exist; export one with `ds2a export CHECKPOINT.pt --out {path}`")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise UserError(f"{path} is not a readable ONNX model ({type(exc).__name__}): the file is truncated "
+                        f"or corrupt; export it again with `ds2a export CHECKPOINT.pt --out {path}`") from None
+    g = model.graph
+    if not g.node or not g.input or not g.output:
+        raise UserError(f"{path} holds no ONNX graph (empty or truncated file); export it again with "
+                        f"`ds2a export CHECKPOINT.pt --out {path}`")
+    ops = {n.op_type for n in g.node}
+    cpu_ops = sorted(ops & CPU_QUANT_OPS)
+    if cpu_ops:
+        raise UserError(f"{path} is a CPU-oriented INT8 ONNX ({', '.join(cpu_ops)}) that TensorRT cannot build; "
+                        f"make the TensorRT (Q/DQ) one from the FP32 export: "
+                        f"{INT8_FIX.format(onnx=_stem(path) + '.onnx', stem=_stem(path))} --target tensorrt")
+    half = TensorProto.FLOAT16
+    typed = list(g.value_info) + list(g.input) + list(g.output)
+    has_fp16 = (any(t.data_type == half for t in g.initializer)
+                or any(vi.type.tensor_type.elem_type == half for vi in typed)
+                or any(n.op_type == "Cast" and any(a.name == "to" and a.i == half for a in n.attribute)
+                       for n in g.node))
+    has_qdq = bool(ops & {"QuantizeLinear", "DequantizeLinear"})
+    init_names = {t.name for t in g.initializer}
+
+    def spec(vi: Any) -> TensorSpec:
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+        return TensorSpec(vi.name, dims, TensorProto.DataType.Name(tt.elem_type).lower())
+
+    inputs = [spec(vi) for vi in g.input if vi.name not in init_names]
+    _check_convention(path, inputs)
+    return OnnxInfo(
+        path=path, sha256=file_sha256(path),
+        precision="int8" if has_qdq else ("fp16" if has_fp16 else "fp32"),
+        has_qdq=has_qdq, has_fp16=has_fp16, meta=read_meta(model, path, required=False),
+        inputs=inputs, outputs=[spec(vi) for vi in g.output],
+        node_names=[n.name or f"{n.op_type}_{i}" for i, n in enumerate(g.node)],
+        node_ops=[n.op_type for n in g.node],
+    )
+
+
+def _check_convention(path: str, inputs: List[TensorSpec]) -> None:
+    """Our runtimes feed one image tensor: uint8 (N,H,W,3) frames or float32 (N,3,H,W)."""
+    ok = len(inputs) == 1 and len(inputs[0].shape) == 4 and (
+        (inputs[0].dtype == "uint8" and inputs[0].shape[3] == 3)
+        or (inputs[0].dtype == "float" and inputs[0].shape[1] == 3))
+    if not ok:
+        got = ", ".join(f"{t.name} {t.dtype} {t.shape}" for t in inputs)
+        raise UserError(f"{path} has inputs [{got}]; ds2a engines need one input '{INPUT_NAME}' uint8 (N,H,W,3) "
+                        f"or float32 (N,3,H,W): export it with `ds2a export CHECKPOINT.pt --out {path}`")
+
+
+@dataclass
+class PrecisionPlan:
+    """How a release builds a graph: network typing, builder flags, FP32 pinning, and notes."""
+
+    precision: str
+    strongly_typed: bool
+    explicit_batch: bool
+    flags: List[str]
+    pin_fp32: bool
+    notes: List[str]
+    calibrator: bool = False  # implicit INT8 through a cache-only calibrator
+
+
+def plan_precision(info: OnnxInfo, opts: BuildOptions, f: TrtFeatures) -> PrecisionPlan:
+    """Decide typing and flags from the ONNX precision, the request and the release's features."""
+    onnx, stem = info.path, _stem(info.path)
+    notes: List[str] = []
+    if opts.calib_cache:
+        return _plan_implicit_int8(info, opts, f)
+    if opts.int8 and not info.has_qdq:
+        raise UserError(f"--int8 needs an INT8 ONNX with Q/DQ nodes, and {onnx} has none (ds2a quantizes "
+                        f"explicitly, calibrated on the CPU); make it with `{INT8_FIX.format(onnx=onnx, stem=stem)}` "
+                        f"and build {stem}.int8.onnx (TensorRT 8.5-10.x also take --calib-cache FILE)")
+    want_fp16 = opts.fp16 and not info.has_fp16
+    if f.strongly_typed_only:
+        if want_fp16:
+            ver = ".".join(str(v) for v in f.version)
+            raise UserError(f"TensorRT {ver} removed the FP16 builder flag (networks are strongly typed: the "
+                            f"ONNX types decide the precision); make an FP16 ONNX with "
+                            f"`{FP16_FIX.format(onnx=onnx, stem=stem)}` and build {stem}.fp16.onnx")
+        if opts.fp16 or opts.int8:
+            notes.append("--fp16/--int8 ignored: the ONNX already carries that precision")
+        return PrecisionPlan(info.precision, True, False, [], False, notes)
+    if f.strongly_typed and not want_fp16:
+        # The ONNX types (and Q/DQ) say everything: build exactly what was calibrated on the CPU.
+        return PrecisionPlan(info.precision, True, False, [], False, notes)
+    flags: List[str] = []
+    if info.has_qdq:
+        flags.append("INT8")
+    fp16 = opts.fp16 or info.has_fp16
+    if fp16:
+        flags += ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+        notes.append(f"weakly typed FP16: {', '.join(FP32_LAYER_TYPES).lower()} layers pinned to FP32")
+    precision = "int8" if info.has_qdq else ("fp16" if fp16 else "fp32")
+    return PrecisionPlan(precision, False, f.explicit_batch_flag, flags, fp16, notes)
+
+
+def _plan_implicit_int8(info: OnnxInfo, opts: BuildOptions, f: TrtFeatures) -> PrecisionPlan:
+    """Legacy INT8 for TensorRT 8.5-10.x: an FP32 ONNX plus a TensorRT calibration cache."""
+    fix = INT8_FIX.format(onnx=info.path, stem=_stem(info.path))
+    ver = ".".join(str(v) for v in f.version)
+    if not f.int8_calibrator:
+        raise UserError(f"--calib-cache needs TensorRT 8.5-10.x; TensorRT {ver} removed INT8 calibrators: "
+                        f"make a Q/DQ ONNX with `{fix}` and build that")
+    if info.has_qdq:
+        raise UserError(f"{info.path} already has Q/DQ nodes (explicit INT8); drop --calib-cache")
+    read_calibration_cache(opts.calib_cache)  # refuse a missing or foreign file before parsing
+    flags = ["INT8"] + (["FP16", "OBEY_PRECISION_CONSTRAINTS"] if opts.fp16 or info.has_fp16 else [])
+    notes = [f"implicit INT8 from calibration cache {opts.calib_cache} (legacy; explicit Q/DQ from "
+             f"`ds2a calibrate` is preferred)"]
+    return PrecisionPlan("int8", False, f.explicit_batch_flag, flags, "FP16" in flags, notes, calibrator=True)
+
+
+def read_calibration_cache(path: Optional[str]) -> bytes:
+    """A TensorRT calibration cache ("TRT-<ver>-<Algo>Calibration..." header, `tensor: hex` lines)."""
+    if not path or not os.path.isfile(path):
+        raise UserError(f"calibration cache {path} does not exist: pass a TensorRT calibration cache (from an "
+                        "earlier TensorRT/ModelOpt calibration), or build the Q/DQ ONNX from `ds2a calibrate "
+                        "MODEL.onnx --data DATA_DIR --precision int8` instead")
+    with open(path, "rb") as f:
+        data = f.read()
+    header = data.split(b"\n", 1)[0]
+    if not (header.startswith(b"TRT-") and b"Calibration" in header):
+        raise UserError(f"{path} is not a TensorRT calibration cache (first line {header[:40]!r}, expected "
+                        "e.g. 'TRT-8501-EntropyCalibration2')")
+    return data
+
+
+def _cache_calibrator(trt: Any, data: bytes) -> Any:
+    """An entropy calibrator that never sees images: TensorRT reads every scale from the cache."""
+
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[name-defined, misc]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: List[str]) -> None:
+            return None  # no images: a complete cache is required
+
+        def read_calibration_cache(self) -> bytes:
+            return data
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            return None
+
+    return CacheCalibrator()
+
+
+def check_options(opts: BuildOptions, f: TrtFeatures, version: str) -> None:
+    """Refuse options the running release lacks, naming the release that has them."""
+    if opts.hardware_compat not in HW_COMPAT:
+        raise UserError(f"--hardware-compat '{opts.hardware_compat}' is not one of {', '.join(HW_COMPAT)}")
+    if opts.hardware_compat == "ampere+" and not f.hardware_compat:
+        raise UserError(f"--hardware-compat ampere+ needs TensorRT 8.6 or newer; this is {version}")
+    if opts.hardware_compat == "same-cc" and not f.same_compute_capability:
+        raise UserError(f"--hardware-compat same-cc needs TensorRT 10.9 or newer; this is {version} "
+                        "(use ampere+ or build on each device)")
+    if opts.version_compatible and not f.version_compatible:
+        raise UserError(f"--version-compatible needs TensorRT 8.6 or newer; this is {version}")
+    if opts.optimization_level is not None:
+        if not f.builder_optimization_level:
+            raise UserError(f"--builder-optimization-level needs TensorRT 8.6 or newer; this is {version}")
+        if not 0 <= opts.optimization_level <= 5:
+            raise UserError(f"--builder-optimization-level {opts.optimization_level} must be 0..5 "
+                            "(3 is TensorRT's default)")
+    if opts.workspace_gib is not None and opts.workspace_gib <= 0:
+        raise UserError(f"--workspace {opts.workspace_gib:g} must be a positive number of GiB (example: 2)")
+    if opts.gpu_fallback and opts.dla_core is None:
+        raise UserError("--gpu-fallback only applies with --dla-core N")
+    if opts.dla_core is not None and opts.dla_core < 0:
+        raise UserError(f"--dla-core {opts.dla_core} must be 0 or 1 (Jetson AGX/NX have DLA cores 0 and 1)")
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt  # noqa: PLC0415
+    except ImportError as exc:
+        raise UserError(f"TensorRT's Python package is not importable ({exc}): on a Jetson it comes with "
+                        "JetPack (python3-libnvinfer), on a desktop `pip install tensorrt`; "
+                        "see deploy/README.md") from None
+    return tensorrt
+
+
+def _run_compat_check(info: OnnxInfo, version: Tuple[int, int], log: Log) -> None:
+    """The export issue's graph check (ds2a.export.trt_compat) runs before TensorRT parses."""
+    try:
+        import onnx
+
+        from ..export import trt_compat
+    except ImportError:
+        log("graph check skipped (ds2a.export.trt_compat not importable)")
+        return
+    try:
+        model = onnx.load(info.path, load_external_data=False)
+        findings = trt_compat.check_model(model, f"{version[0]}.{version[1]}")
+    except UserError as exc:  # a release the checker has no table for: TensorRT's parser still decides
+        log(f"graph check skipped: {exc}")
+        return
+    blocking = trt_compat.blockers(findings)
+    for finding in findings:
+        if finding.severity != "blocker":
+            log(f"  warning: {finding.line()}")
+    if blocking:
+        lines = "\n  ".join(fd.line() for fd in blocking)
+        raise UserError(f"{info.path} cannot be parsed by TensorRT {version[0]}.{version[1]}:\n  {lines}")
+
+
+def _parser_errors(parser: Any, info: OnnxInfo) -> str:
+    lines = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        node = int(err.node())
+        where = (f"node {node} '{info.node_names[node]}' ({info.node_ops[node]})"
+                 if 0 <= node < len(info.node_names) else "model")
+        lines.append(f"{where}: {err.desc()}")
+    return "\n  ".join(lines) or "no details (rerun with --verbose)"
+
+
+def _pin_fp32(trt: Any, network: Any) -> int:
+    """Keep overflow-prone layers in FP32 in a weakly typed FP16 network; returns how many."""
+    pinned = 0
+    wanted = {getattr(trt.LayerType, name) for name in FP32_LAYER_TYPES if hasattr(trt.LayerType, name)}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type not in wanted:
+            continue
+        layer.precision = trt.DataType.FLOAT
+        for j in range(layer.num_outputs):
+            if layer.get_output(j).dtype == trt.DataType.FLOAT:
+                layer.set_output_type(j, trt.DataType.FLOAT)
+        pinned += 1
+    return pinned
+
+
+def _add_profile(trt: Any, builder: Any, network: Any, config: Any, opts: BuildOptions,
+                 path: str) -> Optional[List[int]]:
+    """One optimization profile covering --batch for inputs with a dynamic batch dimension."""
+    dynamic = [network.get_input(i) for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)]
+    if not dynamic:
+        if opts.batch:
+            fixed = tuple(network.get_input(0).shape)[0]
+            raise UserError(f"--batch {':'.join(map(str, opts.batch))} needs an ONNX with a dynamic batch "
+                            f"dimension, but {path} is fixed at batch {fixed}; export it with a dynamic batch "
+                            f"(`ds2a export ... --dynamic-batch`) or drop --batch")
+        return None
+    lo, opt, hi = opts.batch or (1, 1, 1)
+    profile = builder.create_optimization_profile()
+    for tensor in dynamic:
+        dims = list(tensor.shape)
+        if -1 in dims[1:]:
+            raise UserError(f"{path} input '{tensor.name}' has dynamic dimensions {dims} besides the batch; "
+                            f"export it at a fixed size (`ds2a export ... --size HxW`)")
+        profile.set_shape(tensor.name, [lo] + dims[1:], [opt] + dims[1:], [hi] + dims[1:])
+    config.add_optimization_profile(profile)
+    return [lo, opt, hi]
+
+
+def _load_timing_cache(config: Any, path: Optional[str], log: Log) -> Any:
+    data = b""
+    if path and os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = f.read()
+        log(f"timing cache: reusing {path} ({len(data)} bytes)")
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, False)
+    return cache
+
+
+def _save_timing_cache(config: Any, path: str, log: Log) -> None:
+    data = bytes(config.get_timing_cache().serialize())
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    log(f"timing cache: saved {path} ({len(data)} bytes)")
+
+
+def _set_dla(trt: Any, builder: Any, config: Any, opts: BuildOptions, plan: PrecisionPlan, log: Log) -> None:
+    cores = int(builder.num_DLA_cores)
+    if opts.dla_core >= cores:  # type: ignore[operator]
+        raise UserError(f"--dla-core {opts.dla_core}: this device has {cores} DLA core(s)"
+                        + (" (DLA exists on Jetson AGX Orin/Xavier and Orin NX)" if cores == 0 else ""))
+    if plan.precision == "fp32":
+        if not opts.gpu_fallback:
+            raise UserError("DLA runs FP16/INT8 only: add --fp16, build the INT8 ONNX, or add --gpu-fallback")
+        log("warning: an FP32 network cannot run on DLA; every layer will fall back to the GPU")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = int(opts.dla_core)  # type: ignore[arg-type]
+    if opts.gpu_fallback:
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    log(f"DLA core {opts.dla_core}" + (" with GPU fallback" if opts.gpu_fallback else ""))
+
+
+def _progress_monitor(trt: Any, log: Log) -> Any:
+    """An IProgressMonitor (TensorRT 10+) printing the top build phases."""
+
+    class Progress(trt.IProgressMonitor):  # type: ignore[name-defined, misc]
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.depth: Dict[str, int] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: Optional[str], num_steps: int) -> None:
+            depth = self.depth.get(parent_phase, -1) + 1 if parent_phase else 0
+            self.depth[phase_name] = depth
+            if depth <= 1:
+                log(f"  {'  ' * depth}{phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # returning False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            self.depth.pop(phase_name, None)
+
+    return Progress()
+
+
+def _tensor_record(trt: Any, tensor: Any) -> Dict[str, Any]:
+    return {"name": tensor.name, "shape": [int(d) for d in tuple(tensor.shape)],
+            "dtype": str(tensor.dtype).split(".")[-1].lower()}
+
+
+@dataclass
+class BuildReport:
+    engine_path: str
+    sidecar_path: str
+    precision: str
+    tensorrt_version: str
+    build_seconds: float
+    engine_bytes: int
+    notes: List[str]
+
+
+def _configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, plan: PrecisionPlan,
+               feats: TrtFeatures, path: str, log: Log) -> Tuple[Any, Optional[List[int]], List[Any]]:
+    """Builder config from the plan and options: (config, batch profile, objects to keep alive)."""
+    config = builder.create_builder_config()
+    for name in plan.flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    if plan.pin_fp32:
+        log(f"pinned {_pin_fp32(trt, network)} layers to FP32")
+    keep: List[Any] = []
+    if plan.calibrator:
+        keep.append(_cache_calibrator(trt, read_calibration_cache(opts.calib_cache)))
+        config.int8_calibrator = keep[-1]
+    if opts.workspace_gib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gib * (1 << 30)))
+    profile = _add_profile(trt, builder, network, config, opts, path)
+    # TensorRT needs the calibrator, timing cache and progress monitor alive until the build ends.
+    if opts.timing_cache:
+        keep.append(_load_timing_cache(config, opts.timing_cache, log))
+    if opts.dla_core is not None:
+        _set_dla(trt, builder, config, opts, plan, log)
+    if opts.hardware_compat == "ampere+":
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    elif opts.hardware_compat == "same-cc":
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
+    if opts.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if opts.optimization_level is not None:
+        config.builder_optimization_level = int(opts.optimization_level)
+    if opts.verbose:
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if feats.progress_monitor:
+        keep.append(_progress_monitor(trt, log))
+        config.progress_monitor = keep[-1]
+    return config, profile, keep
+
+
+def _parse(trt: Any, builder: Any, logger: Any, plan: PrecisionPlan, info: OnnxInfo,
+           version: str) -> Tuple[Any, Any]:
+    """(network, parser): a network with the plan's creation flags, filled by the ONNX parser."""
+    net_flags = 0
+    if plan.explicit_batch:
+        net_flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if plan.strongly_typed:
+        net_flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(net_flags)
+    parser = trt.OnnxParser(network, logger)
+    with open(info.path, "rb") as f:
+        parsed = parser.parse(f.read(), os.path.abspath(info.path))
+    if not parsed:
+        raise UserError(f"TensorRT {version} could not parse {info.path}:\n  {_parser_errors(parser, info)}")
+    return network, parser
+
+
+def _write_atomic(path: str, data: Any) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(f"{path}.tmp", "wb") as f:
+        f.write(data)
+    os.replace(f"{path}.tmp", path)
+
+
+def build_engine(onnx_path: str, out_path: str, opts: Optional[BuildOptions] = None, trt: Any = None,
+                 device: Any = None, log: Log = _stderr) -> BuildReport:
+    """Build `out_path` (+ its sidecar) from `onnx_path` with the running TensorRT release.
+
+    `trt` and `device` (a cuda_buffers.DeviceInfo) are injectable for tests; by default the
+    installed tensorrt and the GPU `opts.device` are used.
+    """
+    opts = opts or BuildOptions()
+    t0 = time.perf_counter()
+    info = inspect_onnx(onnx_path)
+    trt = trt or import_tensorrt()
+    version = str(trt.__version__)
+    feats = features_for(version)
+    check_options(opts, feats, version)
+    plan = plan_precision(info, opts, feats)
+    log(f"checking {onnx_path} ({info.precision} graph) for TensorRT {version}")
+    _run_compat_check(info, feats.version, log)
+    if device is None:
+        from ..runtime.cuda_buffers import open_cuda
+
+        device = open_cuda(opts.device).device_info()
+
+    logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    log("parsing ONNX")
+    network, _parser = _parse(trt, builder, logger, plan, info, version)  # the parser must outlive the build
+    config, profile, _keep = _configure(trt, builder, network, opts, plan, feats, onnx_path, log)
+    for note in plan.notes:
+        log(note)
+    log(f"building {plan.precision.upper()} engine on {device.name} (compute {device.cc_text}); this takes minutes")
+    t_build = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError(f"TensorRT {version} failed to build an engine from {onnx_path} (see its log above); "
+                        "rerun with --verbose, or try --workspace 4 / a lower --builder-optimization-level")
+    build_s = time.perf_counter() - t_build
+    _write_atomic(out_path, serialized)
+    if opts.timing_cache:
+        _save_timing_cache(config, opts.timing_cache, log)
+
+    record = {
+        "tensorrt_version": version, "gpu_name": device.name, "compute_capability": device.cc_text,
+        "precision": plan.precision, "strongly_typed": plan.strongly_typed, "builder_flags": plan.flags,
+        "inputs": [_tensor_record(trt, network.get_input(i)) for i in range(network.num_inputs)],
+        "outputs": [_tensor_record(trt, network.get_output(i)) for i in range(network.num_outputs)],
+        "batch_profile": profile, "meta": info.meta.to_dict() if info.meta else None,
+        "onnx_path": os.path.abspath(onnx_path), "onnx_sha256": info.sha256,
+        "build_options": asdict(opts), "build_args": opts.to_args(),
+        "version_compatible": opts.version_compatible, "hardware_compat": opts.hardware_compat,
+        "dla_core": opts.dla_core, "build_seconds": round(build_s, 3),
+        "calibration_cache_sha256": file_sha256(opts.calib_cache) if plan.calibrator else None,  # type: ignore[arg-type]
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    side = write_sidecar(out_path, record)
+    size = os.path.getsize(out_path)
+    total = time.perf_counter() - t0
+    log(f"wrote {out_path} ({size / 1e6:.1f} MB) and {sidecar_path(out_path)} in {total:.1f} s "
+        f"(TensorRT build {build_s:.1f} s)")
+    return BuildReport(out_path, side, plan.precision, version, build_s, size, plan.notes)

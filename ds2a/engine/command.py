@@ -1,0 +1,59 @@
+"""`ds2a build-engine`: compile an ONNX into a TensorRT engine for the GPU this runs on."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from .builder import HW_COMPAT, BuildOptions, build_engine, parse_batch
+
+EXAMPLES = """examples:
+  ds2a build-engine model.int8.onnx --out model.engine                 # INT8 (Q/DQ from ds2a calibrate)
+  ds2a build-engine model.fp16.onnx --out model.engine --timing-cache trt.cache
+  ds2a build-engine model.onnx --out model.engine --fp16               # TensorRT 8.5-10.x only
+  ds2a build-engine model.int8.onnx --out dla.engine --dla-core 0 --gpu-fallback
+  ds2a build-engine model.onnx --out model.engine --batch 1:4:8        # dynamic-batch ONNX
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXAMPLES
+    parser.add_argument("onnx", help="ONNX from `ds2a export` or `ds2a calibrate`")
+    parser.add_argument("--out", help="engine file to write (default: ONNX name with .engine); "
+                        "its metadata goes to OUT.json")
+    parser.add_argument("--workspace", type=float, metavar="GiB", help="builder workspace memory limit in GiB")
+    parser.add_argument("--timing-cache", metavar="FILE", help="load (if present) and save TensorRT's "
+                        "timing cache; rebuilds on the same GPU get much faster")
+    parser.add_argument("--dla-core", type=int, metavar="N", help="build for Jetson DLA core N (FP16/INT8)")
+    parser.add_argument("--gpu-fallback", action="store_true",
+                        help="with --dla-core: run unsupported layers on the GPU")
+    parser.add_argument("--batch", metavar="MIN:OPT:MAX",
+                        help="batch range for an ONNX with a dynamic batch (default 1:1:1)")
+    parser.add_argument("--fp16", action="store_true", help="let TensorRT 8.5-10.x run an FP32 ONNX in FP16 "
+                        "(norm/softmax layers kept FP32); on TensorRT 11 use `ds2a calibrate --precision fp16`")
+    parser.add_argument("--int8", action="store_true", help="require INT8 (the ONNX must have Q/DQ nodes)")
+    parser.add_argument("--calib-cache", metavar="FILE", help="legacy implicit INT8 on TensorRT 8.5-10.x: "
+                        "FP32 ONNX + a TensorRT calibration cache (explicit Q/DQ ONNX preferred)")
+    parser.add_argument("--version-compatible", action="store_true",
+                        help="engine also loads in later TensorRT releases of the same major version (8.6+)")
+    parser.add_argument("--hardware-compat", choices=HW_COMPAT, default="none",
+                        help="ampere+: one engine for all Ampere+ GPUs; "
+                        "same-cc: GPUs of this compute capability (10.9+)")
+    parser.add_argument("--builder-optimization-level", type=int, metavar="N", help="0..5 (TensorRT default 3; "
+                        "higher builds longer, may run faster)")
+    parser.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    parser.add_argument("--verbose", action="store_true", help="TensorRT's verbose log and detailed layer info")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out or os.path.splitext(args.onnx)[0] + ".engine"
+    opts = BuildOptions(
+        workspace_gib=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core,
+        gpu_fallback=args.gpu_fallback, batch=parse_batch(args.batch) if args.batch else None,
+        fp16=args.fp16, int8=args.int8 or bool(args.calib_cache), calib_cache=args.calib_cache,
+        version_compatible=args.version_compatible, hardware_compat=args.hardware_compat,
+        optimization_level=args.builder_optimization_level, verbose=args.verbose, device=args.device,
+    )
+    report = build_engine(args.onnx, out, opts)
+    print(f"{report.engine_path}: {report.precision.upper()} engine, TensorRT {report.tensorrt_version}, "
+          f"built in {report.build_seconds:.1f} s")
+    return 0

@@ -1,0 +1,317 @@
+"""GPU memory for the TensorRT backend: pinned host + device buffers, one stream, CUDA graphs.
+
+cuda-python (`cuda.bindings.runtime`, older `cuda.cudart`) is the layer NVIDIA's own TensorRT
+samples use since 10.x; pycuda is the fallback on older JetPacks where it is what is
+installed. Both sit behind the same small API so the backend never branches on which one.
+`cuda_call` turns cuda-python's (error, value) tuples into exceptions.
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import UserError
+
+ONNX_HINT = "or run the .onnx model with the ONNX Runtime backend (--backend onnxruntime)"
+
+
+class CudaError(RuntimeError):
+    """A CUDA runtime call failed (message carries the CUDA error name and text)."""
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What an engine is tied to: the GPU model and its compute capability."""
+
+    index: int
+    name: str
+    compute_capability: Tuple[int, int]
+    total_memory: int = 0
+
+    @property
+    def cc_text(self) -> str:
+        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+
+
+def load_cudart() -> Any:
+    """The cuda-python runtime module (new or old layout), or None when cuda-python is absent."""
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
+        except ImportError:
+            return None
+    return cudart
+
+
+def _error_code(err: Any) -> int:
+    return int(getattr(err, "value", err))
+
+
+def cuda_call(result: Any) -> Any:
+    """cuda-python returns (err, *values): raise CudaError on failure, else give the value(s)."""
+    if not isinstance(result, tuple):
+        result = (result,)
+    err, values = result[0], result[1:]
+    if _error_code(err) != 0:
+        name = getattr(err, "name", str(err))
+        text = ""
+        cudart = load_cudart()
+        if cudart is not None:
+            try:
+                text = cudart.cudaGetErrorString(err)[1].decode()
+            except Exception:  # pragma: no cover - the message is a nicety
+                text = ""
+        raise CudaError(f"CUDA error {name}: {text}".rstrip(": "))
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def explain_no_gpu(err_name: str, driver_version: int, runtime_version: int) -> str:
+    """A plain sentence for why the TensorRT backend cannot get a GPU, and what to do."""
+    if "InsufficientDriver" in err_name and driver_version == 0:
+        return ("no NVIDIA driver is installed or loaded on this machine (CUDA reports "
+                "'insufficient driver'), so TensorRT cannot run here: install the NVIDIA driver "
+                f"(JetPack on a Jetson) {ONNX_HINT}")
+    if "InsufficientDriver" in err_name:
+        have, need = _cuda_text(driver_version), _cuda_text(runtime_version)
+        return (f"the NVIDIA driver supports CUDA {have} but cuda-python was built for CUDA {need} "
+                f"(CUDA reports 'insufficient driver'): update the driver, or install a cuda-python "
+                f"matching the driver (pip install 'cuda-python=={have.split('.')[0]}.*')")
+    if "NoDevice" in err_name:
+        return ("CUDA sees no GPU on this machine (check CUDA_VISIBLE_DEVICES and `nvidia-smi`), "
+                f"so TensorRT cannot run here; {ONNX_HINT}")
+    return f"CUDA could not start ({err_name}); check the driver with `nvidia-smi`, {ONNX_HINT}"
+
+
+def _cuda_text(version: int) -> str:
+    return f"{version // 1000}.{(version % 1000) // 10}"
+
+
+class CudaPythonApi:
+    """GPU operations through cuda-python; raw pointers are plain ints."""
+
+    name = "cuda-python"
+    supports_graphs = True
+
+    def __init__(self, device: int = 0, cudart: Any = None) -> None:
+        self.cudart = cudart or load_cudart()
+        if self.cudart is None:
+            raise UserError(f"cuda-python is not installed: pip install 'ds2a-edge[trt]' {ONNX_HINT}")
+        self.device = int(device)
+        self._check_device()
+        cuda_call(self.cudart.cudaSetDevice(self.device))
+
+    def _check_device(self) -> None:
+        rt = self.cudart
+        result = rt.cudaGetDeviceCount()
+        err, count = result[0], (result[1] if len(result) > 1 else 0)
+        if _error_code(err) != 0:
+            driver = rt.cudaDriverGetVersion()
+            runtime = rt.cudaRuntimeGetVersion()
+            dv = int(driver[1]) if _error_code(driver[0]) == 0 else 0
+            rv = int(runtime[1]) if _error_code(runtime[0]) == 0 else 0
+            raise UserError(explain_no_gpu(getattr(err, "name", str(err)), dv, rv))
+        if not 0 <= self.device < int(count):
+            raise UserError(f"GPU {self.device} does not exist: this machine has {count} CUDA device(s); "
+                            f"pick --device 0..{max(0, int(count) - 1)}")
+
+    def device_info(self) -> DeviceInfo:
+        prop = cuda_call(self.cudart.cudaGetDeviceProperties(self.device))
+        name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+        return DeviceInfo(self.device, name.rstrip("\x00").strip(), (int(prop.major), int(prop.minor)),
+                          int(getattr(prop, "totalGlobalMem", 0)))
+
+    # memory --------------------------------------------------------------------------------
+    def alloc_host(self, shape: Sequence[int], dtype: Any) -> Tuple[np.ndarray, int]:
+        """Page-locked host memory as a numpy array (so async copies really are async)."""
+        dtype = np.dtype(dtype)
+        nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
+        ptr = int(cuda_call(self.cudart.cudaMallocHost(nbytes)))
+        raw = (ctypes.c_uint8 * nbytes).from_address(ptr)
+        arr = np.frombuffer(raw, dtype=np.uint8, count=nbytes)[: int(np.prod(shape)) * dtype.itemsize]
+        return arr.view(dtype).reshape(tuple(shape)), ptr
+
+    def free_host(self, ptr: int) -> None:
+        cuda_call(self.cudart.cudaFreeHost(ptr))
+
+    def alloc_device(self, nbytes: int) -> int:
+        return int(cuda_call(self.cudart.cudaMalloc(max(1, int(nbytes)))))
+
+    def free_device(self, ptr: int) -> None:
+        cuda_call(self.cudart.cudaFree(ptr))
+
+    def copy_h2d(self, dst: int, host: np.ndarray, nbytes: int, stream: Any) -> None:
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        cuda_call(self.cudart.cudaMemcpyAsync(dst, host.ctypes.data, nbytes, kind, stream))
+
+    def copy_d2h(self, host: np.ndarray, src: int, nbytes: int, stream: Any) -> None:
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        cuda_call(self.cudart.cudaMemcpyAsync(host.ctypes.data, src, nbytes, kind, stream))
+
+    # streams, events, graphs ----------------------------------------------------------------
+    def create_stream(self) -> Any:
+        return cuda_call(self.cudart.cudaStreamCreate())
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream)
+
+    def synchronize(self, stream: Any) -> None:
+        cuda_call(self.cudart.cudaStreamSynchronize(stream))
+
+    def destroy_stream(self, stream: Any) -> None:
+        cuda_call(self.cudart.cudaStreamDestroy(stream))
+
+    def create_event(self) -> Any:
+        return cuda_call(self.cudart.cudaEventCreate())
+
+    def record_event(self, event: Any, stream: Any) -> None:
+        cuda_call(self.cudart.cudaEventRecord(event, stream))
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        return float(cuda_call(self.cudart.cudaEventElapsedTime(start, end)))
+
+    def destroy_event(self, event: Any) -> None:
+        cuda_call(self.cudart.cudaEventDestroy(event))
+
+    def begin_capture(self, stream: Any) -> None:
+        mode = self.cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        cuda_call(self.cudart.cudaStreamBeginCapture(stream, mode))
+
+    def end_capture(self, stream: Any) -> Any:
+        """Finish a capture and instantiate it: returns (graph, executable graph)."""
+        graph = cuda_call(self.cudart.cudaStreamEndCapture(stream))
+        try:
+            exe = cuda_call(self.cudart.cudaGraphInstantiate(graph, 0))
+        except TypeError:  # cuda-python 11.x: (graph, log buffer, buffer size)
+            exe = cuda_call(self.cudart.cudaGraphInstantiate(graph, b"", 0))
+        return graph, exe
+
+    def launch_graph(self, graph: Any, stream: Any) -> None:
+        cuda_call(self.cudart.cudaGraphLaunch(graph[1], stream))
+
+    def destroy_graph(self, graph: Any) -> None:
+        cuda_call(self.cudart.cudaGraphExecDestroy(graph[1]))
+        cuda_call(self.cudart.cudaGraphDestroy(graph[0]))
+
+
+class PycudaApi:
+    """The same operations through pycuda (older JetPacks); no CUDA graphs."""
+
+    name = "pycuda"
+    supports_graphs = False
+
+    def __init__(self, device: int = 0) -> None:
+        import pycuda.driver as cuda  # noqa: PLC0415 - optional dependency
+
+        self.cuda = cuda
+        self.device = int(device)
+        try:
+            cuda.init()
+            count = cuda.Device.count()
+        except cuda.Error as exc:
+            raise UserError(explain_no_gpu(str(exc), 0 if "driver" in str(exc).lower() else 1, 0)) from None
+        if not 0 <= self.device < count:
+            raise UserError(f"GPU {self.device} does not exist: this machine has {count} CUDA device(s)")
+        self._dev = cuda.Device(self.device)
+        self._ctx = self._dev.retain_primary_context()
+        self._ctx.push()
+        self._host: dict = {}
+
+    def device_info(self) -> DeviceInfo:
+        return DeviceInfo(self.device, self._dev.name(), tuple(self._dev.compute_capability()),
+                          int(self._dev.total_memory()))
+
+    def alloc_host(self, shape: Sequence[int], dtype: Any) -> Tuple[np.ndarray, int]:
+        arr = self.cuda.pagelocked_empty(tuple(shape), np.dtype(dtype))
+        self._host[arr.ctypes.data] = arr
+        return arr, arr.ctypes.data
+
+    def free_host(self, ptr: int) -> None:
+        self._host.pop(ptr, None)
+
+    def alloc_device(self, nbytes: int) -> int:
+        mem = self.cuda.mem_alloc(max(1, int(nbytes)))
+        self._host[int(mem)] = mem  # keep the allocation alive until free_device
+        return int(mem)
+
+    def free_device(self, ptr: int) -> None:
+        mem = self._host.pop(ptr, None)
+        if mem is not None:
+            mem.free()
+
+    def copy_h2d(self, dst: int, host: np.ndarray, nbytes: int, stream: Any) -> None:
+        self.cuda.memcpy_htod_async(dst, host.reshape(-1).view(np.uint8)[:nbytes], stream)
+
+    def copy_d2h(self, host: np.ndarray, src: int, nbytes: int, stream: Any) -> None:
+        self.cuda.memcpy_dtoh_async(host.reshape(-1).view(np.uint8)[:nbytes], src, stream)
+
+    def create_stream(self) -> Any:
+        return self.cuda.Stream()
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream.handle)
+
+    def synchronize(self, stream: Any) -> None:
+        stream.synchronize()
+
+    def destroy_stream(self, stream: Any) -> None:
+        pass
+
+    def create_event(self) -> Any:
+        return self.cuda.Event()
+
+    def record_event(self, event: Any, stream: Any) -> None:
+        event.record(stream)
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        return float(start.time_till(end))
+
+    def destroy_event(self, event: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        self._ctx.pop()
+
+
+def open_cuda(device: int = 0, prefer: Optional[str] = None) -> Any:
+    """cuda-python when installed, else pycuda; UserError naming both when neither is."""
+    if prefer in (None, "cuda-python") and load_cudart() is not None:
+        return CudaPythonApi(device)
+    try:
+        import pycuda.driver  # noqa: F401, PLC0415
+    except ImportError:
+        raise UserError(
+            "the TensorRT backend needs cuda-python (pip install 'ds2a-edge[trt]') or pycuda for "
+            f"GPU memory; neither is installed {ONNX_HINT}"
+        ) from None
+    return PycudaApi(device)
+
+
+class HostDeviceBuffer:
+    """A pinned host array paired with a device allocation of the same size."""
+
+    def __init__(self, api: Any, shape: Sequence[int], dtype: Any) -> None:
+        self.api = api
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(s) for s in shape)
+        self.nbytes = max(1, int(np.prod(self.shape)) * self.dtype.itemsize)
+        self.host, self._host_ptr = api.alloc_host(self.shape, self.dtype)
+        self.device = api.alloc_device(self.nbytes)
+
+    def to_device(self, stream: Any, nbytes: Optional[int] = None) -> None:
+        self.api.copy_h2d(self.device, self.host, nbytes or self.nbytes, stream)
+
+    def to_host(self, stream: Any, nbytes: Optional[int] = None) -> None:
+        self.api.copy_d2h(self.host, self.device, nbytes or self.nbytes, stream)
+
+    def free(self) -> None:
+        if self.device:
+            self.api.free_device(self.device)
+            self.api.free_host(self._host_ptr)
+            self.device = 0

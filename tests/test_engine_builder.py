@@ -1,0 +1,363 @@
+"""`ds2a build-engine`: precision per release, builder options, sidecar, and every bad input handled.
+
+Pure planning (`plan_precision`, `features_for`, option checks) runs everywhere; builds run
+against fakes of the real TensorRT surfaces (tests/trt_stubs), skipped only when a release's
+bindings wheel cannot be obtained.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from trt_stubs.helpers import NEWEST_10, build, fake_for
+from trt_stubs.onnx_models import CLASSES, make_onnx
+
+from ds2a.cli import main as cli_main
+from ds2a.engine import builder as builder_mod
+from ds2a.engine.builder import BuildOptions, check_options, import_tensorrt, inspect_onnx, parse_batch, plan_precision
+from ds2a.engine.sidecar import file_sha256, read_sidecar, rebuild_command
+from ds2a.engine.versions import features_for, same_release
+from ds2a.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- versions and planning (no TensorRT needed) --------------------------------------------------
+def test_feature_table_follows_the_releases():
+    assert features_for("8.5.2").explicit_batch_flag and not features_for("8.5.2").builder_optimization_level
+    assert features_for("8.6.1").hardware_compat and not features_for("8.6.1").strongly_typed
+    assert features_for("10.3.0").strongly_typed and not features_for("10.3.0").same_compute_capability
+    assert features_for("10.13.3.9").same_compute_capability and features_for("10.13.3.9").weak_typing
+    assert features_for("11.4.0.106").strongly_typed_only and not features_for("11.4.0.106").explicit_batch_flag
+    with pytest.raises(UserError, match="needs 8.5 or newer"):
+        features_for("8.4.3")
+    assert same_release("10.13.3.9", "10.13.3.9") and not same_release("10.13.3.9", "10.13.2.6")
+
+
+def _info(tmp_path, precision, **kw):
+    return inspect_onnx(make_onnx(tmp_path / f"model.{precision}.onnx", precision, **kw))
+
+
+PLANS = [  # version, graph, --fp16, strongly typed, flags, precision
+    ("8.5.2", "fp32", False, False, [], "fp32"),
+    ("8.6.1", "fp32", True, False, ["FP16", "OBEY_PRECISION_CONSTRAINTS"], "fp16"),
+    ("8.6.1", "fp16", False, False, ["FP16", "OBEY_PRECISION_CONSTRAINTS"], "fp16"),
+    ("8.6.1", "int8", False, False, ["INT8"], "int8"),
+    ("8.6.1", "int8", True, False, ["INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"], "int8"),
+    ("10.3.0", "fp32", False, True, [], "fp32"),
+    ("10.13.3.9", "fp16", False, True, [], "fp16"),
+    ("10.13.3.9", "int8", False, True, [], "int8"),
+    ("10.13.3.9", "fp32", True, False, ["FP16", "OBEY_PRECISION_CONSTRAINTS"], "fp16"),
+    ("11.4.0.106", "fp16", True, True, [], "fp16"),
+    ("11.4.0.106", "int8", False, True, [], "int8"),
+]
+
+
+@pytest.mark.parametrize("version,graph,fp16,typed,flags,precision", PLANS)
+def test_precision_plan_per_release(tmp_path, version, graph, fp16, typed, flags, precision):
+    f = features_for(version)
+    plan = plan_precision(_info(tmp_path, graph), BuildOptions(fp16=fp16), f)
+    assert (plan.strongly_typed, plan.flags, plan.precision) == (typed, flags, precision)
+    assert plan.explicit_batch == (f.explicit_batch_flag and not typed)
+    assert plan.pin_fp32 == ("FP16" in flags)
+
+
+def test_redundant_precision_flag_on_11_is_noted_not_refused(tmp_path):
+    plan = plan_precision(_info(tmp_path, "int8"), BuildOptions(int8=True), features_for("11.4.0.106"))
+    assert plan.precision == "int8" and any("ignored" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "10.13.3.9", "11.4.0.106"])
+def test_int8_without_qdq_says_which_calibrate_command_makes_it(tmp_path, version):
+    with pytest.raises(UserError, match=r"ds2a calibrate .*--precision int8 --out .*model\.int8\.onnx"):
+        plan_precision(_info(tmp_path, "fp32"), BuildOptions(int8=True), features_for(version))
+
+
+def test_fp16_flag_on_11_says_which_calibrate_command_makes_it(tmp_path):
+    with pytest.raises(UserError, match=r"removed the FP16 builder flag.*--precision fp16"):
+        plan_precision(_info(tmp_path, "fp32"), BuildOptions(fp16=True), features_for("11.4.0.106"))
+
+
+@pytest.mark.parametrize("opts,version,message", [
+    (BuildOptions(hardware_compat="same-cc"), "10.3.0", "needs TensorRT 10.9"),
+    (BuildOptions(hardware_compat="ampere+"), "8.5.2", "needs TensorRT 8.6"),
+    (BuildOptions(optimization_level=3), "8.5.2", "needs TensorRT 8.6"),
+    (BuildOptions(version_compatible=True), "8.5.2", "needs TensorRT 8.6"),
+    (BuildOptions(optimization_level=9), "10.13.3.9", "must be 0..5"),
+    (BuildOptions(workspace_gib=0), "10.13.3.9", "positive number of GiB"),
+    (BuildOptions(gpu_fallback=True), "10.13.3.9", "only applies with --dla-core"),
+    (BuildOptions(hardware_compat="turing+"), "10.13.3.9", "not one of"),
+])
+def test_options_the_release_lacks_are_refused(opts, version, message):
+    with pytest.raises(UserError, match=message):
+        check_options(opts, features_for(version), version)
+
+
+@pytest.mark.parametrize("text,expected", [("1:4:8", (1, 4, 8)), ("2", (2, 2, 2))])
+def test_batch_range_parses(text, expected):
+    assert parse_batch(text) == expected
+
+
+@pytest.mark.parametrize("text", ["4:2:8", "0:1:1", "a:b:c", "1:2"])
+def test_bad_batch_range_is_refused(text):
+    with pytest.raises(UserError, match="MIN:OPT:MAX"):
+        parse_batch(text)
+
+
+# --- bad ONNX inputs --------------------------------------------------------------------------------
+def test_missing_truncated_and_garbage_onnx_are_refused(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        inspect_onnx(str(tmp_path / "nope.onnx"))
+    good = Path(make_onnx(tmp_path / "good.onnx"))
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\xff\x00not an onnx file" * 10)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    for bad in (truncated, garbage, empty):
+        with pytest.raises(UserError, match="truncated or corrupt|no ONNX graph"):
+            inspect_onnx(str(bad))
+
+
+def test_onnx_outside_our_input_convention_is_refused(tmp_path):
+    node = helper.make_node("Identity", ["x"], ["class_map"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("class_map", TensorProto.FLOAT, [1, 1, 8, 8])])
+    path = tmp_path / "gray.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(UserError, match=r"one input 'images' uint8 \(N,H,W,3\)"):
+        inspect_onnx(str(path))
+
+
+def test_cpu_oriented_int8_onnx_points_to_the_tensorrt_placement(tmp_path):
+    model = onnx.load(make_onnx(tmp_path / "m.onnx"))
+    model.graph.node.append(helper.make_node("QLinearConv", ["x_t"] * 8, ["qc"], name="qconv"))
+    path = tmp_path / "model.int8.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(UserError, match=r"CPU-oriented INT8 .*QLinearConv.*ds2a calibrate"):
+        inspect_onnx(str(path))
+
+
+def test_inspect_reads_precision_meta_and_dynamic_batch(tmp_path):
+    info = _info(tmp_path, "int8", batch="batch")
+    assert (info.precision, info.has_qdq, info.dynamic_batch) == ("int8", True, True)
+    assert info.meta.classes == CLASSES
+    assert _info(tmp_path, "fp16").precision == "fp16" and not _info(tmp_path, "fp32").dynamic_batch
+
+
+# --- builds against fakes of real releases ------------------------------------------------------------
+@pytest.mark.parametrize("version,pinned", [("8.6.1", ["norm", "softmax", "reduce"]), (NEWEST_10, [])])
+def test_fp16_onnx_builds_weak_with_fp32_pins_or_strongly_typed(tmp_path, version, pinned):
+    fake, cuda = fake_for(version)
+    report = build(fake, cuda, make_onnx(tmp_path / "m.onnx", "fp16"), str(tmp_path / "m.engine"))
+    rec = fake.state.builds[-1]
+    assert report.precision == "fp16" and rec["pinned"] == pinned
+    assert ("FP16" in rec["config_flags"]) == bool(pinned)
+    assert ("STRONGLY_TYPED" in rec["network_flags"]) == (not pinned)
+
+
+def test_fp32_onnx_with_fp16_flag_on_10x_pins_norm_softmax_reduce(tmp_path):
+    fake, cuda = fake_for(NEWEST_10)
+    build(fake, cuda, make_onnx(tmp_path / "m.onnx"), str(tmp_path / "m.engine"), fp16=True)
+    rec = fake.state.builds[-1]
+    assert rec["network_flags"] == [] and {"FP16", "OBEY_PRECISION_CONSTRAINTS"} <= set(rec["config_flags"])
+    assert rec["pinned"] == ["norm", "softmax", "reduce"]
+
+
+def test_dynamic_batch_gets_one_profile_from_the_batch_range(tmp_path):
+    fake, cuda = fake_for(NEWEST_10)
+    onnx_path = make_onnx(tmp_path / "m.onnx", batch="batch")
+    build(fake, cuda, onnx_path, str(tmp_path / "a.engine"), batch=(1, 4, 8))
+    assert fake.state.builds[-1]["profiles"] == [{"images": ((1, 8, 8, 3), (4, 8, 8, 3), (8, 8, 8, 3))}]
+    build(fake, cuda, onnx_path, str(tmp_path / "b.engine"))
+    assert fake.state.builds[-1]["profiles"] == [{"images": ((1, 8, 8, 3),) * 3}]
+
+
+def test_batch_range_on_a_fixed_batch_onnx_is_refused(tmp_path):
+    fake, cuda = fake_for(NEWEST_10)
+    with pytest.raises(UserError, match="fixed at batch 1"):
+        build(fake, cuda, make_onnx(tmp_path / "m.onnx"), str(tmp_path / "m.engine"), batch=(1, 2, 4))
+
+
+def test_workspace_limit_and_optimization_level_reach_the_config(tmp_path):
+    fake, cuda = fake_for(NEWEST_10)
+    build(fake, cuda, make_onnx(tmp_path / "m.onnx"), str(tmp_path / "m.engine"), workspace_gib=1.5,
+          optimization_level=5, version_compatible=True, hardware_compat="ampere+")
+    rec = fake.state.builds[-1]
+    assert rec["pools"] == {"WORKSPACE": int(1.5 * (1 << 30))}
+    assert rec["attrs"]["builder_optimization_level"] == 5
+    assert str(rec["attrs"]["hardware_compatibility_level"]) == "HardwareCompatibilityLevel.AMPERE_PLUS"
+    assert "VERSION_COMPATIBLE" in rec["config_flags"]
+
+
+def test_dla_core_with_gpu_fallback(tmp_path):
+    fake, cuda = fake_for("8.6.1")
+    build(fake, cuda, make_onnx(tmp_path / "m.onnx", "int8"), str(tmp_path / "m.engine"), dla_core=1, gpu_fallback=True)
+    rec = fake.state.builds[-1]
+    assert rec["attrs"]["DLA_core"] == 1 and str(rec["attrs"]["default_device_type"]) == "DeviceType.DLA"
+    assert "GPU_FALLBACK" in rec["config_flags"]
+
+
+def test_dla_core_the_device_lacks_or_fp32_on_dla_is_refused(tmp_path):
+    fake, cuda = fake_for("8.6.1")
+    fake.state.num_dla_cores = 0
+    with pytest.raises(UserError, match="has 0 DLA core"):
+        build(fake, cuda, make_onnx(tmp_path / "i.onnx", "int8"), str(tmp_path / "m.engine"), dla_core=0)
+    fake.state.num_dla_cores = 2
+    with pytest.raises(UserError, match="DLA runs FP16/INT8 only"):
+        build(fake, cuda, make_onnx(tmp_path / "f.onnx", "fp32"), str(tmp_path / "m.engine"), dla_core=0)
+
+
+def test_timing_cache_is_saved_then_reused_by_the_next_build(tmp_path):
+    fake, cuda = fake_for(NEWEST_10)
+    cache = tmp_path / "trt.cache"
+    onnx_path = make_onnx(tmp_path / "m.onnx")
+    log: list = []
+    build(fake, cuda, onnx_path, str(tmp_path / "a.engine"), timing_cache=str(cache), log=log)
+    first = cache.read_bytes()
+    assert fake.state.timing_cache_loaded == [b""] and first
+    build(fake, cuda, onnx_path, str(tmp_path / "b.engine"), timing_cache=str(cache), log=log)
+    assert fake.state.timing_cache_loaded[-1] == first  # the second build started from the first's cache
+    assert cache.read_bytes().startswith(first) and len(cache.read_bytes()) > len(first)
+    assert any("reusing" in line for line in log)
+
+
+def test_sidecar_records_what_the_engine_is_tied_to(tmp_path):
+    fake, cuda = fake_for(NEWEST_10, gpu="NVIDIA GeForce RTX 4090", cc=(8, 9))
+    onnx_path = make_onnx(tmp_path / "m.onnx", "fp16")
+    engine = str(tmp_path / "m.engine")
+    build(fake, cuda, onnx_path, engine, workspace_gib=2)
+    rec = read_sidecar(engine)
+    tied_to = (rec["tensorrt_version"], rec["gpu_name"], rec["compute_capability"])
+    assert tied_to == (NEWEST_10, "NVIDIA GeForce RTX 4090", "8.9")
+    assert rec["precision"] == "fp16" and rec["onnx_sha256"] == file_sha256(onnx_path)
+    assert rec["engine_sha256"] == file_sha256(engine)
+    assert rec["meta"]["classes"] == CLASSES and rec["meta"]["mean"] and rec["meta"]["palette"]
+    assert {i["name"]: (i["shape"], i["dtype"]) for i in rec["inputs"]} == {"images": ([1, 8, 8, 3], "uint8")}
+    assert [o["name"] for o in rec["outputs"]] == ["class_map", "logits"]
+    assert rec["build_options"]["workspace_gib"] == 2 and rec["build_seconds"] >= 0
+    assert rebuild_command(rec, engine).endswith(f"--out {engine} --workspace 2")
+
+
+def test_parser_errors_are_reported_per_node(tmp_path):
+    fake, cuda = fake_for(NEWEST_10)
+    fake.state.parse_errors = {2: "Unsupported attribute group=3", 99: "model-level problem"}
+    with pytest.raises(UserError, match=r"node 2 'head' \(Conv\): Unsupported attribute group=3\n  model: model-level"):
+        build(fake, cuda, make_onnx(tmp_path / "m.onnx"), str(tmp_path / "m.engine"))
+
+
+def test_graph_check_runs_before_tensorrt_parses(tmp_path):
+    fake, cuda = fake_for("8.6.1", as_version="8.5.2")  # 8.5's parser has no LayerNormalization
+    with pytest.raises(UserError, match=r"(?s)cannot be parsed by TensorRT 8\.5.*LayerNormalization"):
+        build(fake, cuda, make_onnx(tmp_path / "m.onnx", layernorm=True), str(tmp_path / "m.engine"))
+    assert "OnnxParser.parse" not in fake.used
+
+
+def test_failed_build_is_a_user_error_and_writes_nothing(tmp_path):
+    fake, cuda = fake_for(NEWEST_10)
+    fake.state.build_fails = True
+    with pytest.raises(UserError, match="failed to build"):
+        build(fake, cuda, make_onnx(tmp_path / "m.onnx"), str(tmp_path / "m.engine"))
+    assert not (tmp_path / "m.engine").exists() and not (tmp_path / "m.engine.json").exists()
+
+
+def test_progress_monitor_prints_top_phases(tmp_path):
+    fake, cuda = fake_for(NEWEST_10)
+    log: list = []
+    build(fake, cuda, make_onnx(tmp_path / "m.onnx"), str(tmp_path / "m.engine"), log=log)
+    monitor = fake.state.builds[-1]["attrs"]["progress_monitor"]
+    monitor.phase_start("Building engine", None, 3)
+    monitor.phase_start("Tactic search", "Building engine", 10)
+    monitor.phase_start("Kernel timing", "Tactic search", 99)
+    assert monitor.step_complete("Building engine", 1) is True
+    assert "  Building engine (3 steps)" in log and "    Tactic search (10 steps)" in log
+    assert not any("Kernel timing" in line for line in log)
+    assert any(line.startswith("wrote ") and "TensorRT build" in line for line in log)
+
+
+def test_missing_tensorrt_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(UserError, match="TensorRT's Python package is not importable.*JetPack"):
+        import_tensorrt()
+
+
+# --- command line -------------------------------------------------------------------------------------
+def test_cli_builds_with_the_installed_tensorrt(tmp_path, monkeypatch, capsys):
+    fake, cuda = fake_for(NEWEST_10)
+    monkeypatch.setattr(builder_mod, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr("ds2a.runtime.cuda_buffers.open_cuda", lambda device=0: cuda)
+    onnx_path = make_onnx(tmp_path / "m.int8.onnx", "int8", batch="batch")
+    rc = cli_main(["build-engine", onnx_path, "--batch", "1:2:4", "--timing-cache", str(tmp_path / "c.bin")])
+    assert rc == 0
+    engine = tmp_path / "m.int8.engine"
+    assert engine.is_file() and json.loads((tmp_path / "m.int8.engine.json").read_text())["precision"] == "int8"
+    assert "INT8 engine" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    rc = cli_main(["build-engine", make_onnx(tmp_path / "m.onnx"), "--batch", "8:1:1"])
+    assert rc == 2 and "MIN:OPT:MAX" in capsys.readouterr().err
+
+
+def test_deploy_script_is_the_same_command():
+    proc = subprocess.run([sys.executable, str(ROOT / "deploy" / "build_engine.py"), "--help"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0 and "--timing-cache" in proc.stdout and "--dla-core" in proc.stdout
+
+
+def test_engine_and_runtime_modules_import_without_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import ds2a.engine, ds2a.engine.command, ds2a.runtime.tensorrt_backend, ds2a.runtime.cuda_buffers\n"
+            "print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+# --- legacy implicit INT8 from a calibration cache (TensorRT 8.5-10.x) ---------------------------------
+CACHE_TEXT = "TRT-8501-EntropyCalibration2\nx_t: 3c010a14\nfeat: 3d4ccccd\n"
+
+
+@pytest.mark.parametrize("version,explicit_batch", [("8.6.1", True), ("10.13.3.9", False)])
+def test_calibration_cache_builds_implicit_int8_on_8_and_10(tmp_path, version, explicit_batch):
+    cache = tmp_path / "model.calib.cache"
+    cache.write_text(CACHE_TEXT)
+    fake, cuda = fake_for(version)
+    engine = str(tmp_path / "m.engine")
+    report = build(fake, cuda, make_onnx(tmp_path / "m.onnx"), engine, int8=True, calib_cache=str(cache))
+    rec = fake.state.builds[-1]
+    assert report.precision == "int8" and rec["config_flags"] == ["INT8"]
+    assert ("EXPLICIT_BATCH" in rec["network_flags"]) == explicit_batch and "STRONGLY_TYPED" not in rec["network_flags"]
+    calibrator = rec["attrs"]["int8_calibrator"]
+    assert calibrator.read_calibration_cache() == CACHE_TEXT.encode() and calibrator.get_batch(["images"]) is None
+    assert read_sidecar(engine)["calibration_cache_sha256"] == file_sha256(str(cache))
+    assert "--calib-cache" in rebuild_command(read_sidecar(engine), engine)
+
+
+def test_calibration_cache_on_11_says_to_use_qdq(tmp_path):
+    cache = tmp_path / "c.cache"
+    cache.write_text(CACHE_TEXT)
+    with pytest.raises(UserError, match=r"removed INT8 calibrators.*ds2a calibrate .*--precision int8"):
+        plan_precision(_info(tmp_path, "fp32"), BuildOptions(int8=True, calib_cache=str(cache)),
+                       features_for("11.4.0.106"))
+
+
+def test_missing_or_foreign_calibration_cache_is_refused(tmp_path):
+    info, f = _info(tmp_path, "fp32"), features_for("10.13.3.9")
+    with pytest.raises(UserError, match="does not exist"):
+        plan_precision(info, BuildOptions(int8=True, calib_cache=str(tmp_path / "none.cache")), f)
+    bad = tmp_path / "bad.cache"
+    bad.write_text('{"act_scales": {}}')
+    with pytest.raises(UserError, match="not a TensorRT calibration cache"):
+        plan_precision(info, BuildOptions(int8=True, calib_cache=str(bad)), f)
+    good = tmp_path / "good.cache"
+    good.write_text(CACHE_TEXT)
+    with pytest.raises(UserError, match="already has Q/DQ nodes"):
+        plan_precision(_info(tmp_path, "int8"), BuildOptions(int8=True, calib_cache=str(good)), f)
