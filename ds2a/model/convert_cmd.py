@@ -1,0 +1,32 @@
+"""`ds2a convert-official IN.pth OUT.pt --arch r18|r34|r50`: official mmseg checkpoint -> ds2a checkpoint."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="official DS2A-Former checkpoint (.pth written by mmsegmentation)")
+    parser.add_argument("output", help="our checkpoint to write (.pt)")
+    parser.add_argument("--arch", required=True, choices=["r18", "r34", "r50"], help="backbone of the official model")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="expected class count (default: read from the checkpoint; 4 for M-BSD)")
+    parser.add_argument("--classes", default=None,
+                        help="comma-separated class names (default: background,damage,smudge,dust for 4 classes)")
+    parser.add_argument("--input-size", default=None, help="deployment size HxW stored in the metadata, e.g. 512x512")
+    parser.add_argument("--half", action="store_true", help="store weights as fp16 (half the file size)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..meta import parse_size
+    from .convert import convert_official_checkpoint
+
+    overrides = {}
+    if args.input_size:
+        overrides["input_size"] = parse_size(args.input_size)
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    report = convert_official_checkpoint(args.input, args.output, args.arch, num_classes=args.num_classes,
+                                         classes=classes, half=args.half, **overrides)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {args.output}")
+    return 0
