@@ -9,8 +9,7 @@ install-runtime:
 
 install-dev:
 	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e '.[train,export,bench,trt,dev]'
-	$(PYTHON) -m pip install -q nvidia-modelopt onnx-graphsurgeon lief
+	$(PYTHON) -m pip install -q -e '.[train,export,calib,bench,trt,dev]'
 
 demo: install-runtime
 	$(PYTHON) -m ds2a inspect --model $(DEMO_MODEL) --source "demo://?frames=300" --headless \

@@ -1,0 +1,13 @@
+"""FP32 ONNX -> INT8 (symmetric Q/DQ, calibrated on the CPU) or FP16 (mixed) ONNX. Torch-free.
+
+Entry points: `ds2a calibrate` (ds2a.precision.command), `select_calibration_set` (which images),
+`calibrate_int8` (TensorRT placement via NVIDIA ModelOpt, or ONNX Runtime quantize_static) and
+`convert_fp16` (ModelOpt AutoCast). ModelOpt is imported only inside a worker process.
+"""
+from .calib_data import CalibrationSet, select_calibration_set
+from .fp16 import convert_fp16
+from .int8 import calibrate_int8
+from .model_info import inspect_model, precision_of
+
+__all__ = ["CalibrationSet", "calibrate_int8", "convert_fp16", "inspect_model", "precision_of",
+           "select_calibration_set"]
