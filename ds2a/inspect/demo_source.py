@@ -1,0 +1,117 @@
+"""`demo://`: a synthetic conveyor of battery cells, so inspection runs with no camera.
+
+Cells (rendered with defects by `ds2a.data.synth.render_cell`) slide left to right over a
+belt in a 1280x720 frame. Each cell is a part with an id (`cell-000017`); a frame carries
+that id and the cell's box (the region to inspect) while the whole cell is in view, like a
+photo-eye trigger and part locator on a real line.
+
+URI options: `frames=N` (end after N frames; default endless), `fps=F` (pace like a camera:
+it is then live, keeps the newest frame only; default unpaced, every frame processed),
+`seed=S`, `width=`, `height=`, `speed=` (pixels per frame).
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional, Tuple
+from urllib.parse import parse_qs, urlsplit
+
+import cv2
+import numpy as np
+
+from ..errors import UserError
+from .sources import Frame, Source
+
+
+class DemoSource(Source):
+    """Endless or N-frame synthetic conveyor; deterministic for a given seed."""
+
+    gives_parts = True
+    gives_roi = True
+
+    def __init__(self, uri: str = "demo://", frames: Optional[int] = None, fps: float = 0.0, seed: int = 0,
+                 width: int = 1280, height: int = 720, speed: int = 96) -> None:
+        super().__init__(uri)
+        if width < 64 or height < 64 or speed < 1:
+            raise UserError(f"source {uri}: width/height must be >= 64 and speed >= 1")
+        self.frames = frames
+        self.fps = fps if fps > 0 else None
+        self.live = fps > 0
+        self.width, self.height, self.speed = width, height, speed
+        self.seed = seed
+        self.cell_hw = (int(height * 0.62) // 2 * 2, int(width * 0.45) // 2 * 2)
+        self.pitch = int(self.cell_hw[1] * 1.6)
+        self.y0 = (height - self.cell_hw[0]) // 2
+        self._belt = self._make_belt()
+        self._cells: Dict[int, np.ndarray] = {}
+        self._index = 0
+        self._next_t: Optional[float] = None
+
+    @classmethod
+    def from_uri(cls, uri: str) -> "DemoSource":
+        q = {k: v[-1] for k, v in parse_qs(urlsplit(uri).query).items()}
+        known = {"frames", "fps", "seed", "width", "height", "speed"}
+        unknown = set(q) - known
+        if unknown:
+            raise UserError(f"source {uri}: unknown option(s) {', '.join(sorted(unknown))}; "
+                            f"valid: {', '.join(sorted(known))} (example: demo://?frames=300&fps=30)")
+        try:
+            return cls(uri, frames=int(q["frames"]) if "frames" in q else None, fps=float(q.get("fps", 0)),
+                       seed=int(q.get("seed", 0)), width=int(q.get("width", 1280)),
+                       height=int(q.get("height", 720)), speed=int(q.get("speed", 96)))
+        except ValueError as exc:
+            raise UserError(f"source {uri}: {exc}; options are numbers (example: demo://?frames=300)") from None
+
+    def _make_belt(self) -> np.ndarray:
+        """One belt period wider than the frame: dark rubber with slats, so motion is visible."""
+        h, w = self.height, self.width + self.pitch
+        rng = np.random.default_rng(self.seed + 7)
+        belt = np.full((h, w, 3), 48, np.uint8)
+        belt += rng.integers(0, 10, (h, w, 1), dtype=np.uint8)
+        slat = max(8, self.pitch // 8)
+        for x in range(0, w, slat):
+            belt[:, x:x + 3] = 30
+        belt[: self.y0 // 2] = 90  # rails
+        belt[h - self.y0 // 2:] = 90
+        return belt
+
+    def _cell(self, cell_id: int) -> np.ndarray:
+        if cell_id not in self._cells:
+            from ..data.synth import render_cell
+
+            rng = np.random.default_rng([self.seed, cell_id])
+            ch, cw = self.cell_hw
+            image, _mask = render_cell(rng, (ch // 2, cw // 2))  # half size: 4x cheaper, the model sees less
+            self._cells[cell_id] = cv2.resize(image[..., :3], (cw, ch), interpolation=cv2.INTER_LINEAR)
+        return self._cells[cell_id]
+
+    def _render(self, i: int) -> Tuple[np.ndarray, Optional[str], Optional[Tuple[int, int, int, int]]]:
+        travel = i * self.speed
+        off = travel % self.pitch
+        frame = self._belt[:, self.pitch - off: self.pitch - off + self.width].copy()
+        ch, cw = self.cell_hw
+        first = (travel - self.width) // self.pitch  # oldest cell that can still be in view
+        part = roi = None
+        for cid in range(max(0, first), travel // self.pitch + 1):
+            x = travel - cid * self.pitch - cw  # left edge: cell `cid` enters at travel = cid*pitch
+            if x >= self.width or x + cw <= 0:
+                continue
+            a, b = max(0, x), min(self.width, x + cw)
+            frame[self.y0:self.y0 + ch, a:b] = self._cell(cid)[:, a - x:b - x]
+            if x >= 0 and x + cw <= self.width:
+                part, roi = f"cell-{cid:06d}", (x, self.y0, cw, ch)
+        for cid in [c for c in self._cells if c < first]:
+            del self._cells[cid]
+        return frame, part, roi
+
+    def read(self) -> Optional[Frame]:
+        if self._stop.is_set() or (self.frames is not None and self._index >= self.frames):
+            return None
+        if self.fps:
+            now = time.perf_counter()
+            self._next_t = now if self._next_t is None else self._next_t
+            if self._stop.wait(max(0.0, self._next_t - now)):
+                return None
+            self._next_t += 1.0 / self.fps
+        image, part, roi = self._render(self._index)
+        self._index += 1
+        return self._frame(image, self._index - 1, part_id=part, roi=roi)

@@ -1,0 +1,345 @@
+"""The inspection loop: capture | infer | output on three threads joined by bounded queues.
+
+The model thread never waits on I/O: capture runs ahead of it and drawing, encoding and
+database writes run behind it. A live source hands over only its newest frame (older ones
+are dropped and counted) so verdicts never fall behind the line; a file source hands over
+every frame and capture simply waits when the model is slower.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+from ..preprocess import resize_frame
+from ..timing import Stopwatch
+from .quantify import Defect
+from .sources import Frame, Source
+
+STAGES = ("capture", "queue", "preprocess", "infer", "postprocess", "output", "latency")
+_END = object()
+
+
+@dataclass
+class Result:
+    """One inspected frame on its way to the outputs."""
+
+    seq: int  # order of processing (0, 1, 2, ...), unlike frame.index which has gaps after drops
+    frame: Frame
+    class_map: Optional[np.ndarray]  # uint8 at model size; None when not inspected
+    defects: List[Defect]
+    passed: bool
+    reasons: List[str]
+    ms: Dict[str, float] = field(default_factory=dict)
+    roi: Optional[Tuple[int, int, int, int]] = None  # x, y, w, h the model looked at; None = whole frame
+    behind: bool = False  # the output thread is behind a live source: draw nothing, record everything
+    inspected: bool = True  # False: the source said no part is in view, the model was not run
+
+    @property
+    def verdict(self) -> str:
+        return "NONE" if not self.inspected else "PASS" if self.passed else "FAIL"
+
+
+@dataclass
+class LoopStats:
+    """What the run did, for the summary table, the database and the benchmark."""
+
+    frames: int = 0
+    captured: int = 0
+    dropped: int = 0
+    corrupt: int = 0
+    no_part: int = 0  # frames with no part in view (sources with part boxes): not inspected
+    reconnects: int = 0
+    wall_s: float = 0.0
+    stop_reason: str = ""
+    cpu_s: Dict[str, float] = field(default_factory=dict)  # thread CPU seconds per thread
+    cpu_model_s: float = 0.0  # CPU of the infer thread while inside model.infer
+    timings: Stopwatch = field(default_factory=Stopwatch)
+    events: List[str] = field(default_factory=list)
+
+    @property
+    def e2e_fps(self) -> float:
+        """End-to-end frames per second: frames fully output / wall time from first capture to last output."""
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def model_fps(self) -> float:
+        """Model-only frames per second: 1000 / mean time inside model.infer during the run."""
+        s = self.timings.samples.get("infer", [])
+        return 1000.0 * len(s) / sum(s) if s and sum(s) > 0 else 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"frames": self.frames, "captured": self.captured, "dropped": self.dropped,
+                "corrupt": self.corrupt, "no_part": self.no_part, "reconnects": self.reconnects,
+                "wall_s": round(self.wall_s, 3),
+                "e2e_fps": round(self.e2e_fps, 2), "model_fps": round(self.model_fps, 2),
+                "stop_reason": self.stop_reason, "cpu_s": {k: round(v, 4) for k, v in self.cpu_s.items()},
+                "cpu_model_s": round(self.cpu_model_s, 4), "timings": self.timings.summary()}
+
+
+class LatestSlot:
+    """A one-frame mailbox: a new frame replaces an unread one (counted as dropped)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: Any = None
+        self._has = False
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, item: Any) -> None:
+        with self._cond:
+            if self._has:
+                self.dropped += 1
+            self._item, self._has = item, True
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def get(self) -> Any:
+        """The newest frame, or _END once closed and empty."""
+        with self._cond:
+            while not self._has and not self._closed:
+                self._cond.wait()
+            if not self._has:
+                return _END
+            item, self._item, self._has = self._item, None, False
+            return item
+
+
+Region = Tuple[int, int, int, int]  # x, y, w, h in frame pixels
+Analyse = Callable[[np.ndarray, Optional[np.ndarray], Region], Tuple[List[Defect], bool, List[str]]]
+
+
+def clip_roi(roi: Optional[Region], frame_hw: Tuple[int, int]) -> Optional[Region]:
+    """The part of `roi` inside the frame; None for the whole frame (no ROI, or nothing left)."""
+    if roi is None:
+        return None
+    fh, fw = frame_hw
+    x0, y0 = max(0, int(roi[0])), max(0, int(roi[1]))
+    x1, y1 = min(fw, int(roi[0] + roi[2])), min(fh, int(roi[1] + roi[3]))
+    if x1 - x0 < 2 or y1 - y0 < 2 or (x0, y0, x1, y1) == (0, 0, fw, fh):
+        return None
+    return x0, y0, x1 - x0, y1 - y0
+
+
+class InspectionLoop:
+    """Runs source -> model -> analyse -> output until the source ends, max_frames, or stop().
+
+    The model sees `roi` (a fixed inspection window) if given, else the part box the source
+    reports (demo://), else the whole frame.
+    """
+
+    def __init__(self, source: Source, model: Any, analyse: Analyse, output: Callable[[Result], None],
+                 max_frames: Optional[int] = None, queue_size: int = 4, output_queue_size: int = 8,
+                 roi: Optional[Region] = None) -> None:
+        self.source, self.model, self.analyse, self.output = source, model, analyse, output
+        self.max_frames, self.roi = max_frames, roi
+        self.stats = LoopStats()
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._capture_done = threading.Event()
+        self._in: Any = LatestSlot() if source.live else queue.Queue(maxsize=queue_size)
+        self._out: "queue.Queue[Any]" = queue.Queue(maxsize=output_queue_size)
+        self._errors: List[BaseException] = []
+        self._t_first: Optional[float] = None
+        self._t_last: Optional[float] = None
+
+    # -- control -------------------------------------------------------------------------
+    def stop(self, reason: str = "stopped") -> None:
+        """Finish cleanly: stop capturing, process and record what is already queued. Any thread."""
+        if not self._stop.is_set():
+            self.stats.stop_reason = self.stats.stop_reason or reason
+            self._stop.set()
+            self.source.stop()
+            if isinstance(self._in, LatestSlot):
+                self._in.close()  # wake the model thread even if the camera never sends again
+
+    def abort(self) -> None:
+        """Stop now: drop queued frames (what was already output stays recorded)."""
+        self._abort.set()
+        self.stop("aborted")
+
+    # -- threads -------------------------------------------------------------------------
+    def _guard(self, name: str, body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            c0 = time.thread_time()
+            try:
+                body()
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                self._errors.append(exc)
+                self.stop(f"error in {name} thread")
+                self._abort.set()
+            finally:
+                self.stats.cpu_s[name] = time.thread_time() - c0
+        return run
+
+    def _capture(self) -> None:
+        sw = self.stats.timings
+        try:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                frame = self.source.read()
+                if frame is None:
+                    self.stop("source ended")
+                    break
+                sw.add("capture", (time.perf_counter() - t0) * 1e3)
+                self.stats.captured += 1
+                if isinstance(self._in, LatestSlot):
+                    self._in.put(frame)
+                else:
+                    while not self._stop.is_set():
+                        try:
+                            self._in.put(frame, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+        finally:
+            self.source.close()
+            self._capture_done.set()
+            if isinstance(self._in, LatestSlot):
+                self._in.close()
+            else:
+                try:
+                    self._in.put_nowait(_END)  # when full, the model thread sees _capture_done instead
+                except queue.Full:
+                    pass
+
+    def _put_end(self, q: "queue.Queue[Any]") -> None:
+        while True:
+            try:
+                q.put(_END, timeout=0.1)
+                return
+            except queue.Full:
+                if self._abort.is_set():
+                    try:
+                        q.get_nowait()
+                    except queue.Empty:
+                        pass
+
+    def _take(self) -> Any:
+        """Next frame for the model, or _END when capture has finished and nothing is left."""
+        if isinstance(self._in, LatestSlot):
+            return self._in.get()
+        while True:
+            try:
+                return self._in.get(timeout=0.05)
+            except queue.Empty:
+                if self._capture_done.is_set() and self._in.empty():
+                    return _END
+
+    def _inspect(self, frame: Frame, seq: int, size: Tuple[int, int]) -> Optional[Result]:
+        """One frame through preprocess, model and analysis; None for a corrupt frame."""
+        sw = self.stats.timings
+        t_start = time.perf_counter()
+        ms = {"queue": (t_start - frame.t_perf) * 1e3}
+        image = frame.image
+        if image is None or not getattr(image, "size", 0):
+            self.stats.corrupt += 1
+            return None
+        if self.roi is None and self.source.gives_roi and frame.roi is None:  # no part in view
+            self.stats.no_part += 1
+            return Result(seq, frame, None, [], True, [], ms, None, inspected=False)
+        try:
+            roi = clip_roi(self.roi or frame.roi, image.shape[:2])
+            if roi is not None:
+                x, y, w, h = roi
+                image = image[y:y + h, x:x + w]
+            region = roi or (0, 0, image.shape[1], image.shape[0])
+            small = resize_frame(image, size)
+        except (ValueError, TypeError, IndexError, cv2.error):  # odd shape or type
+            self.stats.corrupt += 1
+            return None
+        t1 = time.perf_counter()
+        c1 = time.thread_time()
+        out = self.model.infer(small)
+        self.stats.cpu_model_s += time.thread_time() - c1
+        t2 = time.perf_counter()
+        defects, passed, reasons = self.analyse(out.class_map, out.confidence, region)
+        t3 = time.perf_counter()
+        ms.update(preprocess=(t1 - t_start) * 1e3, infer=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
+        for k in ("queue", "preprocess", "infer", "postprocess"):
+            sw.add(k, ms[k])
+        return Result(seq, frame, out.class_map, defects, passed, reasons, ms, roi)
+
+    def _infer(self) -> None:
+        size = tuple(self.model.input_size)
+        seq = 0
+        try:
+            while not self._abort.is_set():
+                frame = self._take()
+                if frame is _END:
+                    break
+                res = self._inspect(frame, seq, size)
+                if res is None:
+                    continue
+                seq += 1
+                while not self._abort.is_set():  # blocks only on a slow output; abort frees it
+                    try:
+                        self._out.put(res, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self.max_frames is not None and seq >= self.max_frames:
+                    self.stop("max frames")
+                    break
+        finally:
+            self._put_end(self._out)
+            if isinstance(self._in, LatestSlot):
+                self.stats.dropped = self._in.dropped
+
+    def _output(self) -> None:
+        sw = self.stats.timings
+        while True:
+            res = self._out.get()
+            if res is _END:
+                break
+            if self._abort.is_set() and self._errors:
+                continue
+            res.behind = self.source.live and self._out.qsize() > 1
+            t0 = time.perf_counter()
+            self.output(res)
+            t1 = time.perf_counter()
+            res.ms["output"] = (t1 - t0) * 1e3
+            res.ms["latency"] = (t1 - res.frame.t_perf) * 1e3
+            sw.add("output", res.ms["output"])
+            sw.add("latency", res.ms["latency"])
+            if self._t_first is None:
+                self._t_first = res.frame.t_perf
+            self._t_last = t1
+            self.stats.frames += 1
+
+    # -- run -----------------------------------------------------------------------------
+    def run(self, duration: Optional[float] = None) -> LoopStats:
+        """Run to the end (or `duration` seconds); re-raises the first error of any thread."""
+        threads = [threading.Thread(target=self._guard(n, f), name=f"ds2a-{n}", daemon=True)
+                   for n, f in (("capture", self._capture), ("infer", self._infer), ("output", self._output))]
+        t0 = time.perf_counter()
+        c0 = time.thread_time()
+        for t in threads:
+            t.start()
+        deadline = None if duration is None else t0 + duration
+        while threads[-1].is_alive():  # the output thread ends last, after everything was recorded
+            if deadline is not None and time.perf_counter() >= deadline:
+                self.stop("duration reached")
+                deadline = None
+            threads[-1].join(timeout=0.25)  # signals still interrupt the wait
+        for t in threads[:-1]:  # a camera blocked in read() gets a moment, then is left (daemon)
+            t.join(timeout=3.0)
+        self.stats.cpu_s["main"] = time.thread_time() - c0
+        st = self.stats
+        st.reconnects, st.corrupt = self.source.stats.reconnects, st.corrupt + self.source.stats.corrupt
+        st.events = list(self.source.stats.events)
+        if self._t_first is not None and self._t_last is not None:
+            st.wall_s = self._t_last - self._t_first
+        if self._errors:
+            raise self._errors[0]
+        return st

@@ -1,0 +1,266 @@
+"""PASS/FAIL rules: limits per defect class, judged per frame or per part.
+
+A rules file is YAML (see deploy/rules.example.yaml). It is checked completely at start,
+so a typo stops the run before the line starts instead of passing bad parts silently.
+A part fails when any of its frames fails; its reasons are the union of those frames'.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from ..errors import UserError
+from .quantify import Defect, quantify
+
+LIMIT_KEYS = ("max_count", "max_total_area_px", "max_total_area_mm2", "max_area_px", "max_area_mm2")
+CLASS_KEYS = LIMIT_KEYS + ("min_confidence", "min_area_px")
+TOP_KEYS = ("version", "level", "part", "min_area_px", "mm_per_pixel", "classes")
+PART_MODES = ("auto", "source", "frames")
+DEFAULT_MIN_AREA_PX = 64.0
+
+
+@dataclass
+class ClassRule:
+    """Limits for one class; None means no limit."""
+
+    max_count: Optional[int] = None
+    max_total_area_px: Optional[float] = None
+    max_total_area_mm2: Optional[float] = None
+    max_area_px: Optional[float] = None
+    max_area_mm2: Optional[float] = None
+    min_confidence: float = 0.0  # weaker regions are not counted
+    min_area_px: Optional[float] = None  # overrides the file-wide minimum for this class
+
+
+@dataclass
+class Rules:
+    classes: Dict[str, ClassRule] = field(default_factory=dict)
+    level: str = "part"  # "frame" or "part"
+    part_by: str = "auto"  # "source" part ids / trigger, "frames" (N consecutive), auto = source if it has ids
+    part_frames: int = 1
+    min_area_px: float = DEFAULT_MIN_AREA_PX
+    mm_per_pixel: Optional[float] = None
+    origin: str = "built-in default"
+
+    @property
+    def needs_confidence(self) -> bool:
+        return any(r.min_confidence > 0 for r in self.classes.values())
+
+    def min_area_for(self, name: str) -> float:
+        rule = self.classes.get(name)
+        return self.min_area_px if rule is None or rule.min_area_px is None else rule.min_area_px
+
+    def to_dict(self) -> Dict[str, Any]:
+        classes = {k: {a: b for a, b in asdict(v).items() if b is not None and not (a == "min_confidence" and b == 0)}
+                   for k, v in self.classes.items()}
+        d: Dict[str, Any] = {"version": 1, "level": self.level,
+                             "part": {"by": self.part_by, "frames": self.part_frames},
+                             "min_area_px": self.min_area_px, "classes": classes}
+        if self.mm_per_pixel:
+            d["mm_per_pixel"] = self.mm_per_pixel
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None).rstrip()
+
+
+def default_rules(classes: Sequence[str]) -> Rules:
+    """Any defect region of at least DEFAULT_MIN_AREA_PX pixels fails; parts from the source when it has them."""
+    return Rules(classes={str(c): ClassRule(max_count=0) for c in classes[1:]})
+
+
+def _number(value: Any, where: str, path: str, integer: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        kind = "a whole number >= 0" if integer else "a number >= 0"
+        raise UserError(f"rules file {path}: {where} is {value!r}, it must be {kind}")
+    return int(value) if integer else float(value)
+
+
+def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
+                mm_per_pixel: Optional[float] = None) -> Rules:
+    """Validate a loaded YAML document against the model's classes; UserError names the fix."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"rules file {path}: the top level must be a mapping with keys {', '.join(TOP_KEYS)}")
+    unknown = set(data) - set(TOP_KEYS)
+    if unknown:
+        raise UserError(f"rules file {path}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                        f"valid keys: {', '.join(TOP_KEYS)}")
+    if data.get("version", 1) != 1:
+        raise UserError(f"rules file {path}: version {data['version']!r} is not supported; use version: 1")
+    rules = Rules(origin=path)
+    rules.level = str(data.get("level", "part"))
+    if rules.level not in ("frame", "part"):
+        raise UserError(f"rules file {path}: level '{rules.level}' is not valid; use 'frame' or 'part'")
+    part = data.get("part", {}) or {}
+    if not isinstance(part, dict) or set(part) - {"by", "frames"}:
+        raise UserError(f"rules file {path}: 'part' must be a mapping with 'by' ({'|'.join(PART_MODES)}) "
+                        "and 'frames' (N consecutive frames per part)")
+    rules.part_by = str(part.get("by", "auto"))
+    if rules.part_by not in PART_MODES:
+        raise UserError(f"rules file {path}: part.by '{rules.part_by}' is not valid; "
+                        f"use one of {', '.join(PART_MODES)}")
+    rules.part_frames = _number(part.get("frames", 1), "part.frames", path, integer=True)  # type: ignore[assignment]
+    if rules.part_frames < 1:
+        raise UserError(f"rules file {path}: part.frames must be at least 1")
+    rules.min_area_px = _number(data.get("min_area_px", DEFAULT_MIN_AREA_PX), "min_area_px", path)
+    if data.get("mm_per_pixel") is not None:
+        rules.mm_per_pixel = _number(data["mm_per_pixel"], "mm_per_pixel", path) or None
+    if mm_per_pixel:
+        rules.mm_per_pixel = float(mm_per_pixel)
+    cls_data = data.get("classes", {}) or {}
+    if not isinstance(cls_data, dict):
+        raise UserError(f"rules file {path}: 'classes' must map a class name to its limits")
+    valid = [str(c) for c in classes[1:]]
+    for name, limits in cls_data.items():
+        if str(name) not in valid:
+            raise UserError(f"rules file {path}: class '{name}' is not a defect class of this model; "
+                            f"valid: {', '.join(valid)}")
+        limits = limits or {}
+        if not isinstance(limits, dict):
+            raise UserError(f"rules file {path}: classes.{name} must be a mapping such as {{max_count: 0}}")
+        bad = set(limits) - set(CLASS_KEYS)
+        if bad:
+            raise UserError(f"rules file {path}: classes.{name} has unknown key(s) {', '.join(sorted(map(str, bad)))}; "
+                            f"valid: {', '.join(CLASS_KEYS)}")
+        rule = ClassRule()
+        for key, value in limits.items():
+            val = _number(value, f"classes.{name}.{key}", path, integer=(key == "max_count"))
+            if key == "min_confidence" and val > 1:
+                raise UserError(f"rules file {path}: classes.{name}.min_confidence must be between 0 and 1")
+            if key.endswith("_mm2") and not rules.mm_per_pixel:
+                raise UserError(f"rules file {path}: classes.{name}.{key} needs the image scale; add "
+                                "mm_per_pixel to the rules file or pass --mm-per-pixel")
+            setattr(rule, key, val)
+        rules.classes[str(name)] = rule
+    return rules
+
+
+def load_rules(path: Optional[str], classes: Sequence[str], mm_per_pixel: Optional[float] = None) -> Rules:
+    """Read and validate a rules file, or the default rules when path is None."""
+    if path is None:
+        rules = default_rules(classes)
+        rules.mm_per_pixel = mm_per_pixel
+        return rules
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise UserError(f"rules file {path} does not exist; start from deploy/rules.example.yaml") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"rules file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    return parse_rules(data, classes, path, mm_per_pixel)
+
+
+def judge(rules: Rules, defects: Sequence[Defect]) -> Tuple[bool, List[str]]:
+    """(passed, reasons) for one frame's defects; only regions that clear min area/confidence count."""
+    reasons: List[str] = []
+    by_class: Dict[str, List[Defect]] = {}
+    for d in defects:
+        rule = rules.classes.get(d.class_name)
+        if d.area_px < rules.min_area_for(d.class_name):
+            continue
+        if rule and rule.min_confidence and d.confidence is not None and d.confidence < rule.min_confidence:
+            continue
+        by_class.setdefault(d.class_name, []).append(d)
+    for name, found in by_class.items():
+        rule = rules.classes.get(name)
+        if rule is None:
+            continue
+        if rule.max_count is not None and len(found) > rule.max_count:
+            reasons.append(f"{name}: {len(found)} region(s) > max_count {rule.max_count}")
+        checks = [("max_total_area_px", sum(d.area_px for d in found), "total area", "px"),
+                  ("max_area_px", max(d.area_px for d in found), "largest region", "px")]
+        if rules.mm_per_pixel:
+            checks += [("max_total_area_mm2", sum(d.area_mm2 or 0.0 for d in found), "total area", "mm2"),
+                       ("max_area_mm2", max(d.area_mm2 or 0.0 for d in found), "largest region", "mm2")]
+        for key, value, what, unit in checks:
+            limit = getattr(rule, key)
+            if limit is not None and value > limit:
+                reasons.append(f"{name}: {what} {value:.4g} {unit} > {key} {limit:g}")
+    return not reasons, reasons
+
+
+@dataclass
+class PartVerdict:
+    """The verdict of one part (or one frame when rules.level is 'frame')."""
+
+    part_id: str
+    level: str
+    passed: bool
+    reasons: List[str]
+    first_seq: int
+    last_seq: int
+    n_frames: int
+    t_start: float
+    t_end: float
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+
+class PartTracker:
+    """Groups frame verdicts into parts: by the source's part ids, or N consecutive frames."""
+
+    def __init__(self, rules: Rules, source_gives_parts: bool) -> None:
+        self.rules = rules
+        self.by = rules.part_by
+        if self.by == "auto":
+            self.by = "source" if source_gives_parts else "frames"
+        self._open: Optional[PartVerdict] = None
+        self._count = 0
+
+    def feed(self, seq: int, part_id: Optional[str], passed: bool, reasons: List[str], t: float) -> List[PartVerdict]:
+        """Add one frame; returns the parts this frame closed (zero, one, or two)."""
+        if self.rules.level == "frame":
+            return [PartVerdict(part_id or f"frame-{seq:06d}", "frame", passed, list(reasons), seq, seq, 1, t, t)]
+        closed: List[PartVerdict] = []
+        if self.by == "frames":
+            part_id = f"part-{self._count // self.rules.part_frames:06d}"
+            self._count += 1
+        cur = self._open
+        if cur is not None and cur.part_id != part_id:
+            closed.append(cur)
+            self._open = cur = None
+        if part_id is None:
+            return closed
+        if cur is None:
+            self._open = cur = PartVerdict(part_id, "part", True, [], seq, seq, 0, t, t)
+        cur.passed = cur.passed and passed
+        cur.reasons += [r for r in reasons if r not in cur.reasons]
+        cur.last_seq, cur.t_end = seq, t
+        cur.n_frames += 1
+        if self.by == "frames" and cur.n_frames >= self.rules.part_frames:
+            closed.append(cur)
+            self._open = None
+        return closed
+
+    def feed_gap(self) -> List[PartVerdict]:
+        """A frame with no part in view: ends the open part (when parts come from the source)."""
+        return self.flush() if self.by == "source" else []
+
+    def flush(self) -> List[PartVerdict]:
+        """The part still open at the end of the run (it may be incomplete)."""
+        cur, self._open = self._open, None
+        return [cur] if cur is not None else []
+
+
+def analyser(rules: Rules, classes: Sequence[str]):
+    """(class map, confidence, region x,y,w,h) -> (defects, passed, reasons): quantify at model size,
+    scale to the inspected region of the frame, judge."""
+    floor = min([rules.min_area_px] + [r.min_area_px for r in rules.classes.values() if r.min_area_px is not None])
+
+    def analyse(class_map, confidence, region):
+        x, y, w, h = region
+        defects = quantify(class_map, classes, (h, w), rules.mm_per_pixel, floor, confidence, (x, y))
+        passed, reasons = judge(rules, defects)
+        return defects, passed, reasons
+
+    return analyse

@@ -1,0 +1,138 @@
+"""Where annotated frames go, by URI: `display://0`, a video file (.mp4/.avi/.mkv), an image folder, `none`.
+
+Each sink is checked when opened (window possible? folder writable?) so a bad path fails
+before the first frame, not an hour into a shift.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+
+from ..errors import UserError
+
+VIDEO_EXTS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+
+
+def check_writable_dir(path: str, what: str) -> None:
+    """Create the folder and prove a file can be written there; UserError otherwise."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".ds2a-write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write {what} to {path}: {exc.strerror or exc}; choose a writable folder") from None
+
+
+class Sink:
+    """Takes annotated BGR frames. `write` returns False when the user asked to stop (display 'q')."""
+
+    uri = ""
+
+    def write(self, image: np.ndarray) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class NullSink(Sink):
+    uri = "none"
+
+
+class DisplaySink(Sink):
+    """An OpenCV window; q or Esc stops the run."""
+
+    def __init__(self, uri: str = "display://0", title: str = "ds2a inspect") -> None:
+        self.uri, self.title = uri, title
+        no_desktop = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                              or os.environ.get("WAYLAND_DISPLAY"))
+        try:
+            if no_desktop:  # GTK would print a warning and exit the process; fail politely instead
+                raise cv2.error("no DISPLAY")
+            cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise UserError("cannot open a display window (OpenCV without GUI support, or no desktop/DISPLAY); "
+                            "use --headless with --output FILE.mp4, or install opencv-python instead of "
+                            "opencv-python-headless") from None
+
+    def write(self, image: np.ndarray) -> bool:
+        cv2.imshow(self.title, image)
+        key = cv2.waitKey(1) & 0xFF
+        return key not in (ord("q"), 27)
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+        except cv2.error:
+            pass
+
+
+class VideoSink(Sink):
+    """A video file; opened on the first frame (size known then), later frames resized to it."""
+
+    def __init__(self, path: str, fps: float = 30.0) -> None:
+        self.uri, self.path, self.fps = path, path, float(fps) if fps and fps > 0 else 30.0
+        ext = os.path.splitext(path)[1].lower()
+        self.fourcc = VIDEO_EXTS[ext]
+        check_writable_dir(os.path.dirname(os.path.abspath(path)), "the output video")
+        if os.path.isdir(path):
+            raise UserError(f"output {path} is a folder; give a file name such as {path.rstrip('/')}.mp4")
+        self._writer: Optional[cv2.VideoWriter] = None
+        self._size: Optional[Tuple[int, int]] = None
+        self.frames = 0
+
+    def write(self, image: np.ndarray) -> bool:
+        h, w = image.shape[:2]
+        if self._writer is None:
+            self._size = (w, h)
+            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise UserError(f"OpenCV cannot write video {self.path} ({self.fourcc}); try an .avi output")
+        if (w, h) != self._size:
+            image = cv2.resize(image, self._size)
+        self._writer.write(image)
+        self.frames += 1
+        return True
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+class ImageFolderSink(Sink):
+    """Numbered JPEG files in a folder."""
+
+    def __init__(self, path: str, ext: str = ".jpg") -> None:
+        self.uri, self.path, self.ext = path, path, ext
+        check_writable_dir(path, "output images")
+        self.count = 0
+
+    def write(self, image: np.ndarray) -> bool:
+        name = os.path.join(self.path, f"{self.count:06d}{self.ext}")
+        if not cv2.imwrite(name, image):
+            raise UserError(f"cannot write {name}; check free space and permissions")
+        self.count += 1
+        return True
+
+
+def open_sink(uri: str, fps: float = 30.0) -> Sink:
+    """A Sink for `display://N`, `none`, `FILE.mp4|.avi|.mkv|.mov` (file:// allowed) or a folder."""
+    uri = str(uri).strip()
+    if uri in ("none", "null", "none://", "null://"):
+        return NullSink()
+    if uri.startswith("display"):
+        return DisplaySink(uri)
+    path = uri.removeprefix("file://")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in VIDEO_EXTS:
+        return VideoSink(path, fps)
+    if ext:
+        raise UserError(f"output {uri}: unknown video type '{ext}'; use one of {', '.join(VIDEO_EXTS)}, "
+                        "a folder for images, display://0 or none")
+    return ImageFolderSink(path)

@@ -1,0 +1,92 @@
+"""Drawing (overlay / mask / side by side, legend, verdict) and sinks by URI."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from ds2a.errors import UserError
+from ds2a.inspect.overlay import Renderer
+from ds2a.inspect.quantify import quantify
+from ds2a.inspect.sinks import ImageFolderSink, NullSink, VideoSink, open_sink
+from ds2a.meta import MBSD_CLASSES, MBSD_PALETTE
+
+
+def _scene():
+    frame = np.full((360, 640, 3), 120, np.uint8)
+    cm = np.zeros((90, 160), np.uint8)
+    cm[60:80, 100:140] = 2  # smudge, bottom right, away from legend and verdict text
+    return frame, cm
+
+
+def test_overlay_blends_defect_pixels_and_leaves_background_untouched():
+    frame, cm = _scene()
+    out = Renderer(MBSD_CLASSES, MBSD_PALETTE, "overlay", alpha=0.5).render(frame, cm, False, ["smudge: x"])
+    assert out.shape == frame.shape
+    inside = out[260:300, 420:540]  # frame coordinates of the smudge (4x scale), inside its box
+    expected = (0.5 * 120 + 0.5 * np.array(MBSD_PALETTE[2])).round()
+    assert np.abs(inside.reshape(-1, 3).mean(0) - expected).max() < 2
+    assert np.array_equal(out[150:200, 200:300], frame[150:200, 200:300])  # background stays as captured
+
+
+def test_verdict_banner_and_legend_are_drawn():
+    frame, cm = _scene()
+    r = Renderer(MBSD_CLASSES, MBSD_PALETTE)
+    passed, failed = r.render(frame, cm, True, []), r.render(frame, cm, False, ["r"])
+    top_right = (slice(8, 40), slice(560, 630))
+    assert not np.array_equal(passed[top_right], failed[top_right])  # green PASS vs red FAIL
+    # the legend's first swatch has the 'damage' colour
+    assert tuple(int(v) for v in passed[14, 12]) == MBSD_PALETTE[1]
+
+
+def test_mask_and_side_modes_and_defect_boxes():
+    frame, cm = _scene()
+    mask = Renderer(MBSD_CLASSES, MBSD_PALETTE, "mask").render(frame, cm, True, [])
+    assert tuple(int(v) for v in mask[280, 480]) == MBSD_PALETTE[2] and mask[200, 250].max() == 0
+    side = Renderer(MBSD_CLASSES, MBSD_PALETTE, "side").render(frame, cm, True, [])
+    assert side.shape == (360, 1280, 3) and np.array_equal(side[:, :640], frame)
+    defects = quantify(cm, MBSD_CLASSES, (360, 640))
+    boxed = Renderer(MBSD_CLASSES, MBSD_PALETTE, "overlay", alpha=0.0).render(frame, cm, True, [], defects)
+    x, y, w, _h = defects[0].bbox
+    assert tuple(int(v) for v in boxed[y, x + w // 2]) == MBSD_PALETTE[2]  # top edge of the box
+
+
+def test_region_of_interest_is_painted_in_place_and_outlined():
+    frame = np.full((360, 640, 3), 120, np.uint8)
+    cm = np.full((32, 32), 1, np.uint8)  # everything in the window is damage
+    out = Renderer(MBSD_CLASSES, MBSD_PALETTE, "mask").render(frame, cm, False, [], roi=(300, 150, 200, 100))
+    assert tuple(int(v) for v in out[200, 400]) == MBSD_PALETTE[1]
+    assert out[300, 100].max() == 0  # outside the window: nothing painted in mask mode
+    assert tuple(int(v) for v in out[150, 400]) == (200, 200, 200)  # outline
+
+
+def test_a_frame_that_was_not_inspected_says_so():
+    frame, _ = _scene()
+    r = Renderer(MBSD_CLASSES, MBSD_PALETTE)
+    none, passed = r.render(frame, None, True, []), r.render(frame, np.zeros((90, 160), np.uint8), True, [])
+    banner = (slice(12, 36), slice(500, 630))
+    assert not np.array_equal(none[banner], passed[banner])
+    assert np.array_equal(none[150:300, 100:400], frame[150:300, 100:400])
+
+
+def test_sinks_by_uri(tmp_path):
+    assert isinstance(open_sink("none"), NullSink)
+    assert isinstance(open_sink(str(tmp_path / "v.mp4")), VideoSink)
+    assert isinstance(open_sink(f"file://{tmp_path / 'v.avi'}"), VideoSink)
+    assert isinstance(open_sink(str(tmp_path / "imgs")), ImageFolderSink)
+    with pytest.raises(UserError, match="unknown video type"):
+        open_sink(str(tmp_path / "x.gif"))
+
+
+def test_video_sink_keeps_the_first_size_and_image_folder_numbers_files(tmp_path):
+    v = VideoSink(str(tmp_path / "out.mp4"), fps=5)
+    v.write(np.zeros((48, 64, 3), np.uint8))
+    v.write(np.zeros((100, 100, 3), np.uint8))  # resized to the first frame's size
+    v.close()
+    cap = cv2.VideoCapture(str(tmp_path / "out.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 64
+    cap.release()
+    s = ImageFolderSink(str(tmp_path / "imgs"))
+    for _ in range(3):
+        s.write(np.zeros((8, 8, 3), np.uint8))
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["000000.jpg", "000001.jpg", "000002.jpg"]

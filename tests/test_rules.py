@@ -1,0 +1,151 @@
+"""PASS/FAIL rules: validation at start, per-class limits, frame and part verdicts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ds2a.errors import UserError
+from ds2a.inspect.quantify import Defect
+from ds2a.inspect.rules import PartTracker, analyser, default_rules, judge, load_rules, parse_rules
+
+CLASSES = ("background", "damage", "smudge", "dust")
+EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "rules.example.yaml"
+
+
+def d(name: str, area: float, conf=None, mm2=None) -> Defect:
+    return Defect(CLASSES.index(name), name, area, mm2, (0, 0, 1, 1), (0.0, 0.0), conf)
+
+
+def test_example_rules_file_loads():
+    rules = load_rules(str(EXAMPLE), CLASSES)
+    assert rules.level == "part" and rules.mm_per_pixel == 0.05
+    assert rules.classes["damage"].max_count == 0
+    assert rules.classes["dust"].min_area_px == 16
+
+
+def test_default_rules_fail_any_defect_above_min_area():
+    rules = default_rules(CLASSES)
+    assert judge(rules, [])[0]
+    assert judge(rules, [d("dust", 10)])[0]  # below the 64 px default: noise
+    ok, reasons = judge(rules, [d("dust", 100)])
+    assert not ok and reasons == ["dust: 1 region(s) > max_count 0"]
+
+
+def test_each_limit_gives_its_reason():
+    rules = parse_rules({"mm_per_pixel": 0.1, "min_area_px": 0, "classes": {
+        "smudge": {"max_count": 1, "max_total_area_px": 150, "max_area_px": 90},
+        "dust": {"max_area_mm2": 0.5, "max_total_area_mm2": 0.8}}}, CLASSES)
+    ok, reasons = judge(rules, [d("smudge", 80), d("smudge", 95), d("dust", 60, mm2=0.6), d("dust", 30, mm2=0.3)])
+    assert not ok
+    assert reasons == [
+        "smudge: 2 region(s) > max_count 1",
+        "smudge: total area 175 px > max_total_area_px 150",
+        "smudge: largest region 95 px > max_area_px 90",
+        "dust: total area 0.9 mm2 > max_total_area_mm2 0.8",
+        "dust: largest region 0.6 mm2 > max_area_mm2 0.5",
+    ]
+    assert judge(rules, [d("smudge", 80), d("dust", 40, mm2=0.4)]) == (True, [])
+
+
+def test_min_confidence_and_per_class_min_area_drop_weak_regions():
+    rules = parse_rules({"min_area_px": 50, "classes": {
+        "damage": {"max_count": 0, "min_confidence": 0.7}, "dust": {"max_count": 0, "min_area_px": 5}}}, CLASSES)
+    assert judge(rules, [d("damage", 100, conf=0.5), d("dust", 20)])[1] == ["dust: 1 region(s) > max_count 0"]
+    assert not judge(rules, [d("damage", 100, conf=0.9)])[0]
+    assert rules.needs_confidence
+
+
+@pytest.mark.parametrize("doc, words", [
+    ([1, 2], "top level must be a mapping"),
+    ({"clases": {}}, "unknown key(s) clases"),
+    ({"version": 2}, "version 2"),
+    ({"level": "lot"}, "level 'lot'"),
+    ({"part": {"by": "camera"}}, "part.by 'camera'"),
+    ({"part": {"frames": 0}}, "at least 1"),
+    ({"part": {"every": 3}}, "'part' must be a mapping"),
+    ({"classes": {"scratch": {"max_count": 0}}}, "class 'scratch' is not a defect class"),
+    ({"classes": {"background": {"max_count": 0}}}, "class 'background' is not a defect class"),
+    ({"classes": {"dust": {"max_cnt": 1}}}, "unknown key(s) max_cnt"),
+    ({"classes": {"dust": {"max_count": -1}}}, "classes.dust.max_count is -1"),
+    ({"classes": {"dust": {"max_count": 1.5}}}, "whole number"),
+    ({"classes": {"dust": {"max_area_px": "big"}}}, "'big'"),
+    ({"classes": {"dust": {"min_confidence": 3}}}, "between 0 and 1"),
+    ({"classes": {"dust": {"max_area_mm2": 1}}}, "needs the image scale"),
+    ({"classes": {"dust": 5}}, "must be a mapping"),
+    ({"min_area_px": -3}, "min_area_px is -3"),
+])
+def test_invalid_rules_are_clear_errors_naming_the_file(tmp_path, doc, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError) as exc:
+        load_rules(str(path), CLASSES)
+    assert str(path) in str(exc.value) and words in str(exc.value)
+
+
+def test_mm2_rule_accepts_scale_from_the_command_line(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("classes: {dust: {max_area_mm2: 1}}\n")
+    assert load_rules(str(path), CLASSES, mm_per_pixel=0.2).mm_per_pixel == 0.2
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_rules(str(tmp_path / "none.yaml"), CLASSES)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("classes: {dust: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_rules(str(bad), CLASSES)
+
+
+def test_parts_from_source_ids_fail_when_any_frame_fails():
+    tracker = PartTracker(default_rules(CLASSES), source_gives_parts=True)
+    seq = [("a", True, []), ("a", False, ["x"]), ("a", True, []), (None, True, []), ("b", True, []),
+           ("b", True, []), ("c", False, ["y"])]
+    closed = []
+    for i, (pid, ok, reasons) in enumerate(seq):
+        closed += tracker.feed(i, pid, ok, reasons, float(i))
+    closed += tracker.flush()
+    assert [(p.part_id, p.verdict, p.n_frames, p.first_seq, p.last_seq, p.reasons) for p in closed] == [
+        ("a", "FAIL", 3, 0, 2, ["x"]), ("b", "PASS", 2, 4, 5, []), ("c", "FAIL", 1, 6, 6, ["y"])]
+
+
+def test_parts_of_n_frames_when_the_source_has_no_ids():
+    rules = parse_rules({"part": {"frames": 3}}, CLASSES)
+    tracker = PartTracker(rules, source_gives_parts=False)
+    closed = []
+    for i in range(7):
+        closed += tracker.feed(i, None, i != 4, ["r"] if i == 4 else [], float(i))
+    closed += tracker.flush()
+    assert [(p.part_id, p.verdict, p.n_frames) for p in closed] == [
+        ("part-000000", "PASS", 3), ("part-000001", "FAIL", 3), ("part-000002", "PASS", 1)]
+
+
+def test_a_frame_with_no_part_in_view_closes_the_open_part():
+    tracker = PartTracker(default_rules(CLASSES), source_gives_parts=True)
+    assert tracker.feed(0, "a", True, [], 0.0) == []
+    assert [p.part_id for p in tracker.feed_gap()] == ["a"]
+    assert tracker.feed_gap() == []
+    frames = PartTracker(parse_rules({"part": {"frames": 2}}, CLASSES), source_gives_parts=False)
+    frames.feed(0, None, True, [], 0.0)
+    assert frames.feed_gap() == []  # counting frames: a gap does not cut a part short
+
+
+def test_frame_level_gives_one_verdict_per_frame():
+    tracker = PartTracker(parse_rules({"level": "frame"}, CLASSES), source_gives_parts=True)
+    out = tracker.feed(5, "a", False, ["r"], 1.0)
+    assert [(p.part_id, p.level, p.verdict) for p in out] == [("a", "frame", "FAIL")]
+    assert tracker.flush() == []
+
+
+def test_analyser_scales_areas_before_judging():
+    rules = parse_rules({"min_area_px": 0, "classes": {"damage": {"max_area_px": 100}}}, CLASSES)
+    cm = np.zeros((16, 16), np.uint8)
+    cm[0:4, 0:4] = 1  # 16 px at model size
+    analyse = analyser(rules, CLASSES)
+    assert analyse(cm, None, (0, 0, 16, 16))[1] is True
+    defects, ok, reasons = analyse(cm, None, (10, 20, 64, 64))  # a 64x64 region at (10, 20): 256 frame px
+    assert not ok and defects[0].area_px == 256 and "max_area_px 100" in reasons[0]
+    assert defects[0].bbox == (10, 20, 16, 16)
