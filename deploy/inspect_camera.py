@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Realtime inspection on the device: same as `ds2a inspect` (run by deploy/ds2a-inspect.service).
 
-    python3 deploy/inspect.py --model model.engine --source csi://0 --rules deploy/rules.example.yaml \
+    python3 deploy/inspect_camera.py --model model.engine --source csi://0 --rules deploy/rules.example.yaml \
         --db /var/lib/ds2a/inspect.sqlite --save-fail /var/lib/ds2a/fail --headless
 """
 import sys
