@@ -1,0 +1,95 @@
+"""Scoring: run any Segmenter (PyTorch, ONNX Runtime, TensorRT) over a dataset split and
+compute mmseg-style metrics. Torch-free so calibration and benchmarks can call it anywhere.
+
+Each prediction is made at the model size and mapped back to the mask's size with
+`class_map_to_frame` (nearest), so scores are always counted on the original label pixels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Sequence
+
+from ..errors import UserError
+from ..metrics import ConfusionMatrix
+from ..preprocess import class_map_to_frame
+
+
+def _classes(dataset: Any, num_classes: Optional[int]) -> Sequence[str]:
+    classes = list(getattr(dataset, "classes", []) or [])
+    if not classes:
+        classes = [str(i) for i in range(num_classes or 0)]
+    return classes
+
+
+def _check_model_classes(segmenter: Any, classes: Sequence[str]) -> None:
+    meta = getattr(segmenter, "meta", None)
+    model_classes = list(getattr(meta, "classes", []) or [])
+    if model_classes and len(model_classes) != len(classes):
+        raise UserError(
+            f"the model predicts {len(model_classes)} classes ({', '.join(model_classes)}) but the dataset "
+            f"has {len(classes)} ({', '.join(classes)}); evaluate on a dataset with the model's classes "
+            "or train a model for this dataset with `ds2a train`")
+
+
+def evaluate(segmenter: Any, dataset: Any, batch_size: Optional[int] = None,
+             limit: Optional[int] = None, progress: bool = False) -> Dict[str, Any]:
+    """Predict every sample of `dataset` with `segmenter.infer_batch` and score it.
+
+    Returns the metrics dict of `ConfusionMatrix.metrics` plus "num_images".
+    """
+    classes = _classes(dataset, None)
+    _check_model_classes(segmenter, classes)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise UserError(f"nothing to evaluate: the split of {getattr(dataset, 'root', 'the dataset')} is empty; "
+                        "check --data and --split")
+    conf = ConfusionMatrix(len(classes))
+    bs = batch_size or getattr(segmenter, "batch_size", None) or 8
+    for start in range(0, n, bs):
+        samples = [dataset[i] for i in range(start, min(n, start + bs))]
+        results = segmenter.infer_batch([s.image for s in samples])
+        for sample, res in zip(samples, results):
+            conf.update(class_map_to_frame(res.class_map, sample.mask.shape[:2]), sample.mask)
+        if progress:
+            print(f"\reval {min(n, start + bs)}/{n}", end="", flush=True)
+    if progress:
+        print()
+    out = conf.metrics(classes)
+    out["num_images"] = n
+    return out
+
+
+def evaluate_predictions(pred_dir: str, dataset: Any) -> Dict[str, Any]:
+    """Score png class maps named like the dataset's samples (`<name>.png`) in `pred_dir`."""
+    from ..data.imageio import read_mask
+
+    folder = Path(pred_dir)
+    if not folder.is_dir():
+        raise UserError(f"prediction folder '{pred_dir}' does not exist; write one png class map per image there")
+    names = list(dataset.names)
+    if not names:
+        raise UserError("nothing to evaluate: the dataset split is empty; check --data and --split")
+    paths = [folder / f"{name}.png" for name in names]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
+        raise UserError(f"'{pred_dir}' lacks predictions for {len(missing)} of {len(names)} images: {shown}; "
+                        "write one <image name>.png class map per image")
+    classes = _classes(dataset, None)
+    conf = ConfusionMatrix(len(classes))
+    for i, path in enumerate(paths):
+        sample = dataset[i]
+        pred = read_mask(path)
+        if pred.shape[:2] != sample.mask.shape[:2]:
+            raise UserError(f"prediction '{path}' is {pred.shape[0]}x{pred.shape[1]} but the mask of "
+                            f"'{sample.name}' is {sample.mask.shape[0]}x{sample.mask.shape[1]}; "
+                            "write predictions at the label size")
+        conf.update(pred, sample.mask)
+    out = conf.metrics(classes)
+    out["num_images"] = len(paths)
+    return out
+
+
+def iter_rows(result: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
+    for name, row in result["per_class"].items():
+        yield {"class": name, **row}

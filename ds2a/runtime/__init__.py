@@ -1,0 +1,63 @@
+"""Run a DS2A-Former model from any artefact: `open_model(path)` picks the backend from the file.
+
+Backends are imported only when used, so a Jetson without torch (or without ONNX Runtime)
+can still open TensorRT engines.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from ..errors import UserError
+from .base import InferResult, Segmenter
+
+# backend name -> (module, class)
+BACKENDS: Dict[str, Tuple[str, str]] = {
+    "tensorrt": ("ds2a.runtime.tensorrt_backend", "TensorRTSegmenter"),
+    "onnxruntime": ("ds2a.runtime.onnxruntime_backend", "OnnxRuntimeSegmenter"),
+    "pytorch": ("ds2a.runtime.torch_backend", "TorchSegmenter"),
+}
+ALIASES: Dict[str, str] = {"trt": "tensorrt", "ort": "onnxruntime", "onnx": "onnxruntime",
+                           "torch": "pytorch", "pt": "pytorch"}
+SUFFIXES: Dict[str, str] = {".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt",
+                            ".onnx": "onnxruntime", ".pt": "pytorch", ".pth": "pytorch"}
+
+__all__ = ["open_model", "backend_for", "Segmenter", "InferResult", "BACKENDS", "SUFFIXES"]
+
+
+def backend_for(path: str, backend: Optional[str] = None) -> str:
+    """The backend name for a file: the one asked for, else the one its suffix implies."""
+    if backend:
+        name = ALIASES.get(backend.lower(), backend.lower())
+        if name not in BACKENDS:
+            raise UserError(
+                f"unknown backend '{backend}' for {path}; valid backends: {', '.join(BACKENDS)}"
+            )
+        return name
+    suffix = os.path.splitext(str(path))[1].lower()
+    if suffix not in SUFFIXES:
+        raise UserError(
+            f"cannot tell which backend runs {path} (suffix '{suffix or 'none'}'); use one of "
+            f"{', '.join(SUFFIXES)} or pass backend= (--backend) one of {', '.join(BACKENDS)}"
+        )
+    return SUFFIXES[suffix]
+
+
+def open_model(path: str, backend: Optional[str] = None, **options: Any) -> Segmenter:
+    """Load a model file into the matching `Segmenter`; options go to the backend's constructor."""
+    name = backend_for(path, backend)
+    if not os.path.isfile(path):
+        hint = {"tensorrt": "build one with `ds2a build-engine MODEL.onnx --out MODEL.engine`",
+                "onnxruntime": "export one with `ds2a export CHECKPOINT.pt --out MODEL.onnx`",
+                "pytorch": "train one with `ds2a train` or use ds2a/assets/demo/ds2a_tiny_synth.pt"}[name]
+        raise UserError(f"model file {path} does not exist; check the path or {hint}")
+    module_name, class_name = BACKENDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        need = {"tensorrt": "TensorRT Python bindings and cuda-python (pip install 'ds2a-edge[trt]')",
+                "onnxruntime": "onnxruntime (pip install onnxruntime)",
+                "pytorch": "PyTorch (pip install 'ds2a-edge[train]')"}[name]
+        raise UserError(f"the {name} backend for {path} needs {need}: {exc}") from None
+    return getattr(module, class_name)(str(path), **options)

@@ -1,0 +1,144 @@
+"""The one inference interface every backend (TensorRT, ONNX Runtime, PyTorch) implements.
+
+Callers (inspection loop, eval, bench) hold a `Segmenter` and never branch on the backend.
+Torch-free: only numpy/OpenCV here.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import UserError
+from ..meta import ModelMeta
+from ..preprocess import resize_frame
+
+Frames = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+@dataclass
+class InferResult:
+    """One frame's prediction at the model size."""
+
+    class_map: np.ndarray  # uint8 (H, W) class indices
+    logits: Optional[np.ndarray] = None  # float32 (K, H, W), when the backend was asked for them
+    confidence: Optional[np.ndarray] = None  # float32 (H, W): max over K of the logits
+
+
+class Segmenter(ABC):
+    """A loaded model that turns frames into class maps.
+
+    Subclasses set `meta`, `backend` and implement `infer_batch`. `last_timings` holds the
+    per-stage milliseconds of the latest call when a backend can measure them separately
+    (TensorRT: "h2d_ms", "compute_ms", "d2h_ms", "enqueue_ms"); the benchmark reports them.
+    """
+
+    backend: str = "base"
+    meta: ModelMeta
+
+    def __init__(self, meta: ModelMeta) -> None:
+        self.meta = meta
+        self.last_timings: Dict[str, float] = {}
+
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        """(H, W) the model runs at; frames of other sizes are resized to it."""
+        return tuple(self.meta.input_size)  # type: ignore[return-value]
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        """Fixed batch size of the model, or None when any batch size works."""
+        return 1
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """Any uint8 image (gray, BGR, BGRA, any size) -> contiguous uint8 BGR at the model size."""
+        frame = np.asarray(frame)
+        if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3, 4)):
+            raise UserError(
+                f"cannot run {self.backend} on a frame of shape {frame.shape}: expected one image "
+                "HxW (gray), HxWx1, HxWx3 (BGR) or HxWx4 (BGRA); pass a batch (N,H,W,3) to infer_batch"
+            )
+        return resize_frame(frame, self.input_size)
+
+    def prepare_batch(self, frames: Frames) -> np.ndarray:
+        """A (N,H,W,3) array or a list of frames -> uint8 (N,H,W,3) BGR at the model size."""
+        if isinstance(frames, np.ndarray):
+            if frames.ndim != 4:
+                raise UserError(
+                    f"infer_batch needs frames shaped (N,H,W,C), got {frames.shape}; use infer() for one frame"
+                )
+            h, w = self.input_size
+            if frames.dtype == np.uint8 and frames.shape[1:] == (h, w, 3):
+                return np.ascontiguousarray(frames)
+        if len(frames) == 0:
+            raise UserError("infer_batch got an empty batch; pass at least one frame")
+        return np.stack([self.prepare(f) for f in frames])
+
+    def infer(self, frame: np.ndarray) -> InferResult:
+        """One frame -> its class map (and logits/confidence when the backend returns them)."""
+        return self.infer_batch(self.prepare(frame)[None])[0]
+
+    @abstractmethod
+    def infer_batch(self, frames: Frames) -> List[InferResult]:
+        """Several frames -> one result each, in order."""
+
+    def warmup(self, n: int = 3) -> None:
+        """Run a few dummy frames so lazy allocation and autotuning are out of the timed path."""
+        h, w = self.input_size
+        batch = max(1, self.batch_size or 1)
+        frames = np.zeros((batch, h, w, 3), np.uint8)
+        for _ in range(max(0, n)):
+            self.infer_batch(frames)
+
+    def close(self) -> None:
+        """Release sessions, engines and device buffers."""
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        h, w = self.input_size
+        return f"{type(self).__name__}(backend={self.backend!r}, arch={self.meta.arch!r}, size={h}x{w})"
+
+
+def make_results(class_map: Optional[np.ndarray], logits: Optional[np.ndarray], count: int,
+                 keep_logits: bool = True) -> List[InferResult]:
+    """Batched outputs (N,H,W) / (N,K,H,W) -> the first `count` InferResults.
+
+    The class map comes from the logits (argmax) when the model has no class-map output.
+    """
+    if class_map is None:
+        if logits is None:
+            raise ValueError("a model must give a class map or logits")
+        class_map = logits.argmax(axis=1)
+    class_map = np.asarray(class_map)
+    if class_map.ndim == 4 and class_map.shape[1] == 1:
+        class_map = class_map[:, 0]
+    class_map = class_map.astype(np.uint8, copy=False)
+    results = []
+    for i in range(count):
+        lg = conf = None
+        if logits is not None and keep_logits:
+            lg = np.asarray(logits[i], dtype=np.float32)
+            conf = lg.max(axis=0)
+        results.append(InferResult(class_map=class_map[i], logits=lg, confidence=conf))
+    return results
+
+
+def fit_batch(frames: np.ndarray, batch: Optional[int]) -> List[Tuple[np.ndarray, int]]:
+    """Split/pad (N,H,W,3) into chunks a fixed-batch model accepts: [(chunk, real_count), ...]."""
+    if batch is None or batch <= 0:
+        return [(frames, len(frames))]
+    chunks = []
+    for start in range(0, len(frames), batch):
+        part = frames[start:start + batch]
+        n = len(part)
+        if n < batch:  # pad by repeating the last frame; padded results are dropped
+            part = np.concatenate([part, np.repeat(part[-1:], batch - n, axis=0)])
+        chunks.append((part, n))
+    return chunks

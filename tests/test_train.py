@@ -1,0 +1,172 @@
+"""`ds2a train`: end to end on a tiny synthetic set, checkpoints, resume, determinism, time limit, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("scipy")
+
+from ds2a.cli import main  # noqa: E402
+from ds2a.data import write_dataset  # noqa: E402
+from ds2a.errors import UserError  # noqa: E402
+from ds2a.train.loop import TrainConfig, Trainer, train  # noqa: E402
+
+# A very small DS2A-Former so a CPU step takes well under a second.
+TINY = dict(backbone_width=16, hidden_dim=32, encoder_layers=1, encoder_heads=2, encoder_ffn=64,
+            decoder_layers=1, decoder_heads=2, decoder_ffn=64, num_queries=4, norm_groups=8)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    write_dataset(root, 6, 3, size_hw=(64, 64), seed=0)
+    return root
+
+
+def _cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
+    base = TrainConfig(model="ds2a_tiny", data=str(data), out=str(out), iters=4, batch_size=2, crop=(64, 64),
+                       eval_every=0, ckpt_every=2, log_every=1, workers=0, num_points=64, threads=1,
+                       ratio_range=(0.8, 1.25), model_overrides=dict(TINY), progress=False, lr=1e-3)
+    return replace(base, **kw)
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _rows(path: Path) -> list:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_trains_evaluates_and_writes_a_loadable_checkpoint(synth: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import ds2a.model as model_pkg
+    from ds2a import load_model
+
+    original = model_pkg.build_model
+    monkeypatch.setattr(model_pkg, "build_model", lambda name, **kw: original(name, **{**TINY, **kw}))
+    out = tmp_path / "run"
+    rc = main(["train", "--model", "ds2a_tiny", "--data", str(synth), "--out", str(out), "--iters", "3",
+               "--batch-size", "2", "--crop", "64x64", "--eval-every", "2", "--ckpt-every", "2", "--log-every", "1",
+               "--workers", "0", "--num-points", "64", "--quiet", "--seed", "1", "--threads", "1"])
+    assert rc == 0
+    rows = list(_rows(out / "eval.csv"))
+    assert [r["iter"] for r in rows] == ["2", "3"]  # every 2 iterations and at the end
+    assert all(0.0 <= float(r["mIoU"]) <= 1.0 for r in rows)
+    train_rows = list(_rows(out / "train.csv"))
+    assert [r["iter"] for r in train_rows] == ["1", "2", "3"] and float(train_rows[0]["loss"]) > 0
+    kinds = [json.loads(line)["kind"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert kinds.count("eval") == 2 and kinds.count("train") == 3
+    model = load_model(str(out / "best.pt"))
+    assert model.meta.classes == ["background", "damage", "smudge", "dust"]
+    assert tuple(model.meta.input_size) == (64, 64)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iter"] == 3 and summary["best_mIoU"] == max(float(r["mIoU"]) for r in rows)
+    from ds2a.train.plot import plot_run
+
+    png = Path(plot_run(str(out), str(tmp_path / "curve.png")))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_weights_other_seed_differs(synth: Path, tmp_path: Path) -> None:
+    train(_cfg(synth, tmp_path / "a", seed=3))
+    train(_cfg(synth, tmp_path / "b", seed=3))
+    train(_cfg(synth, tmp_path / "c", seed=4))
+    a, b, c = (_weights(tmp_path / n / "last.pt") for n in "abc")
+    assert _same(a, b)
+    assert not _same(a, c)
+
+
+def test_resume_continues_from_the_saved_iteration_exactly(synth: Path, tmp_path: Path) -> None:
+    train(_cfg(synth, tmp_path / "full"))
+    # stop after 2 of 4 iterations (iters=4 keeps the same lr schedule), then resume
+    first = Trainer(_cfg(synth, tmp_path / "split"))
+    first.cfg = replace(first.cfg, time_limit_min=1e-9)
+    assert first.run()["iter"] == 1
+    trainer = Trainer(_cfg(synth, tmp_path / "split", resume=True))
+    assert trainer.start_iter == 1
+    assert trainer.run()["iter"] == 4
+    assert _same(_weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "split" / "last.pt"))
+    iters = [int(r["iter"]) for r in _rows(tmp_path / "split" / "train.csv")]
+    assert iters == [1, 2, 3, 4]
+
+
+def test_time_limit_stops_cleanly_with_a_checkpoint(synth: Path, tmp_path: Path) -> None:
+    summary = train(_cfg(synth, tmp_path / "t", iters=50, time_limit_min=1e-9, eval_every=25))
+    assert summary["stopped_early"] and summary["iter"] == 1
+    state = torch.load(tmp_path / "t" / "last.pt", weights_only=True)["extra"]["train_state"]
+    assert state["iter"] == 1
+    assert (tmp_path / "t" / "best.pt").exists()  # evaluated before stopping
+
+
+def test_training_reduces_the_loss(synth: Path, tmp_path: Path) -> None:
+    train(_cfg(synth, tmp_path / "fit", iters=30, lr=3e-3, ckpt_every=100, warmup_iters=0))
+    losses = [float(r["loss"]) for r in _rows(tmp_path / "fit" / "train.csv")]
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(resume=True), "does not exist"),
+    (dict(num_classes=3), "4 classes"),
+    (dict(crop=(60, 64)), "multiples of 32"),
+    (dict(model="ds2a_huge"), "valid names"),
+    (dict(amp="fp16"), "CUDA"),
+])
+def test_bad_options_are_user_errors(synth: Path, tmp_path: Path, kw: dict, match: str) -> None:
+    if kw.get("amp") and torch.cuda.is_available():
+        pytest.skip("fp16 is allowed with a GPU")
+    with pytest.raises(UserError, match=match):
+        Trainer(_cfg(synth, tmp_path / "bad", **kw))
+
+
+def test_existing_run_needs_resume_and_empty_eval_split_is_explained(synth: Path, tmp_path: Path) -> None:
+    train(_cfg(synth, tmp_path / "r", iters=1))
+    with pytest.raises(UserError, match="--resume"):
+        Trainer(_cfg(synth, tmp_path / "r"))
+    with pytest.raises(UserError, match="--eval-every 0"):
+        Trainer(_cfg(synth, tmp_path / "e", eval_every=1, eval_split="nosuchsplit"))
+
+
+def test_resume_refuses_a_checkpoint_of_another_class_count(synth: Path, tmp_path: Path) -> None:
+    from ds2a.model import build_model, save_checkpoint
+
+    out = tmp_path / "other"
+    out.mkdir()
+    save_checkpoint(str(out / "last.pt"), build_model("ds2a_tiny", num_classes=2, **TINY),
+                    extra={"train_state": {"iter": 1}})
+    with pytest.raises(UserError, match="another model"):
+        Trainer(_cfg(synth, out, resume=True))
+
+
+def test_mixed_precision_only_where_supported() -> None:
+    from ds2a.train.loop import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cpu) is None
+    assert amp_dtype("bf16", cpu) == torch.bfloat16
+    if torch.cuda.is_available():
+        assert amp_dtype("auto", torch.device("cuda")) in (torch.bfloat16, torch.float16)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--ratio-range", "2,1"], "needs 0 < MIN <= MAX"),
+    (["--ratio-range", "big"], "is not MIN,MAX"),
+    (["--crop", "64xZ"], "is not HxW"),
+    (["--iters", "0"], "at least 1"),
+])
+def test_cli_bad_options_print_the_fix(synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                       extra: list, message: str) -> None:
+    argv = ["train", "--model", "ds2a_tiny", "--data", str(synth), "--out", str(tmp_path / "x")] + extra
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
