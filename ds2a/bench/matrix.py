@@ -1,0 +1,270 @@
+"""The benchmark matrix behind benchmarks/results/: every backend and precision of a model at a size.
+
+For each (model, size) group: a checkpoint (the demo model when given, else random weights
+for latency and parity only), `ds2a export` to ONNX, `ds2a calibrate` to FP16 and to INT8
+in both Q/DQ placements, TensorRT engines where TensorRT and a GPU exist; then every file
+is timed with the same `measure()` and scored (mIoU on the synthetic test split for the
+trained demo model, class-map parity with PyTorch otherwise). A step that cannot run
+becomes a row saying why.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .command import bench_model, make_report
+from .report import add_speedups, write_all
+
+# (backend, precision label, calibrate arguments or None for the plain export)
+ORT_VARIANTS: List[Tuple[str, Optional[List[str]]]] = [
+    ("fp32", None),
+    ("fp16", ["--precision", "fp16"]),
+    ("int8-ort", ["--precision", "int8", "--target", "onnxruntime"]),
+    ("int8-trt", ["--precision", "int8", "--target", "tensorrt"]),
+]
+TRT_VARIANTS = [("fp32", "fp32"), ("fp16", "fp16"), ("int8", "int8-trt")]  # engine precision <- ONNX used
+
+Log = Callable[..., None]
+
+
+def run_cli(argv: List[str], log: Log, timeout: float = 3600) -> Optional[str]:
+    """Run `python -m ds2a ARGV`; None when it worked, else the reason (its last error line)."""
+    log("  $ ds2a " + " ".join(argv))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ds2a", *argv], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return f"`ds2a {argv[0]}` took longer than {timeout:.0f} s"
+    log(f"    ({time.perf_counter() - t0:.0f} s, exit {proc.returncode})")
+    if proc.returncode == 0:
+        return None
+    if proc.returncode < 0:
+        return f"`ds2a {argv[0]}` was killed by signal {-proc.returncode} (out of memory on this machine?)"
+    lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+    return f"`ds2a {argv[0]}` failed: " + (lines[-1][:240] if lines else f"exit {proc.returncode}")
+
+
+def tensorrt_missing() -> Optional[str]:
+    """Why TensorRT rows cannot run here, or None when they can."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT not installed on this machine"
+    from .machine import gpu_info
+
+    return None if gpu_info() else "no NVIDIA GPU on this machine"
+
+
+def make_checkpoint(name: str, size: Tuple[int, int], demo: Optional[str], work: str, log: Log) -> Tuple[str, bool]:
+    """(checkpoint path, trained?) — the demo checkpoint for its arch, else random weights at `size`."""
+    if demo and os.path.isfile(demo):
+        from ..model import load_model
+
+        if load_model(demo).meta.arch == name:
+            return demo, True
+    path = os.path.join(work, f"{name}_random_{size[0]}x{size[1]}.pt")
+    if not os.path.isfile(path):
+        import torch
+
+        from ..model import build_model, save_checkpoint
+
+        torch.manual_seed(0)
+        log(f"  random-weight {name} at {size[0]}x{size[1]} -> {path}")
+        save_checkpoint(path, build_model(name, input_size=size))
+    return path, False
+
+
+def make_onnx_files(ckpt: str, tag: str, size: Tuple[int, int], trained_size: bool, data: Optional[str],
+                    args: argparse.Namespace, log: Log) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
+    """precision label -> (onnx path, None) or (None, reason it could not be made)."""
+    files: Dict[str, Tuple[Optional[str], Optional[str]]] = {}
+    fp32 = os.path.join(args.work, f"{tag}.onnx")
+    if not os.path.isfile(fp32) or args.rebuild:
+        cmd = ["export", ckpt, "--out", fp32, "--outputs", "both"]  # logits for the parity check
+        if not trained_size:
+            cmd += ["--size", f"{size[0]}x{size[1]}", "--force-size"]
+        err = run_cli(cmd, log)
+        if err:
+            return {label: (None, err) for label, _ in ORT_VARIANTS}
+    files["fp32"] = (fp32, None)
+    for label, calib in ORT_VARIANTS[1:]:
+        out = os.path.join(args.work, f"{tag}.{label}.onnx")
+        failed_marker = out + ".failed"
+        if not args.rebuild and os.path.isfile(out):
+            files[label] = (out, None)
+            continue
+        if not args.rebuild and os.path.isfile(failed_marker):  # do not repeat a failure (OOM) on re-runs
+            with open(failed_marker) as f:
+                files[label] = (None, f.read().strip() + " (earlier run; --rebuild retries)")
+            continue
+        if calib is None:
+            continue
+        if not data and label != "fp16":
+            files[label] = (None, "no calibration data (--data)")
+            continue
+        cmd = ["calibrate", fp32, *calib, "--out", out, "--data", data or "", "--num-images", str(args.calib_images)]
+        if args.rebuild and label != "fp16":
+            cmd.append("--recalibrate")
+        err = run_cli(cmd, log)
+        files[label] = (None, err) if err else (out, None)
+        if err:
+            with open(failed_marker, "w") as f:
+                f.write(err)
+    return files
+
+
+def reference_frames(data: Optional[str], size: Tuple[int, int], count: int) -> np.ndarray:
+    """Frames for parity: test-split images when a dataset is given, else seeded noise."""
+    from ..preprocess import resize_frame
+
+    if data:
+        from ..data import open_dataset
+
+        ds = open_dataset(data, split="test")
+        return np.stack([resize_frame(ds[i].image, size) for i in range(min(count, len(ds)))])
+    return np.random.default_rng(0).integers(0, 256, (count, *size, 3), dtype=np.uint8)
+
+
+def predict_with_logits(model: Any, row: Dict[str, Any], frames: np.ndarray, size: Tuple[int, int],
+                        args: argparse.Namespace) -> List[Any]:
+    """The model's results on `frames`, with logits when the backend can return them.
+
+    The timed model is opened without logits (the hot path fetches only the class map), so
+    ONNX Runtime and PyTorch rows are reopened with return_logits for this check.
+    """
+    if row["backend"] not in ("onnxruntime", "pytorch"):
+        return model.infer_batch(frames)
+    from ..runtime import open_model
+
+    opts: Dict[str, Any] = {"return_logits": True}
+    if row["backend"] == "pytorch":
+        opts.update(device="auto" if args.gpu_torch else "cpu", input_size=size)
+    with open_model(row["model"], backend=row["backend"], **opts) as m:
+        return m.infer_batch(frames)
+
+
+def run_group(name: str, size: Tuple[int, int], args: argparse.Namespace, log: Log) -> List[Dict[str, Any]]:
+    """All rows of one (model, size): PyTorch, ORT FP32/FP16/INT8 x2, TensorRT where possible."""
+    tag = f"{name}_{size[0]}x{size[1]}"
+    log(f"== {tag}")
+    ckpt, trained = make_checkpoint(name, size, args.demo, args.work, log)
+    from ..model import load_model
+
+    trained_size = tuple(load_model(ckpt).meta.input_size) == tuple(size)
+    label = f"{name} (demo)" if trained else f"{name} (random)"
+    base = {"label": label, "input_size": list(size), "group": tag, "backend": None}
+    frames = reference_frames(args.data, size, args.parity_frames)
+    reference: Dict[str, np.ndarray] = {}
+
+    def parity(model: Any, row: Dict[str, Any]) -> None:
+        """Class-map agreement (and logits error when available) with the group's first row (PyTorch)."""
+        results = predict_with_logits(model, row, frames, size, args)
+        maps = np.stack([r.class_map for r in results])
+        logits = np.stack([r.logits for r in results]) if all(r.logits is not None for r in results) else None
+        if "maps" not in reference:
+            reference.update(maps=maps, logits=logits, by=f"{row['backend']} {row['precision']}")
+        row["parity"] = float((maps == reference["maps"]).mean())
+        row["parity_reference"] = reference["by"]
+        row["reference_classes_seen"] = int(len(np.unique(reference["maps"])))
+        if logits is not None and reference.get("logits") is not None:
+            ref = reference["logits"]
+            row["logits_rel_err"] = float(np.abs(logits - ref).max() / max(float(np.abs(ref).max()), 1e-12))
+
+    def bench(path: str, backend: str, precision: str, **extra: Any) -> Dict[str, Any]:
+        ns = argparse.Namespace(**{**vars(args.bench), "backend": backend,
+                                   "data": args.data if trained else None})
+        if backend == "pytorch":
+            ns.device, ns.size = ("auto" if args.gpu_torch else "cpu"), f"{size[0]}x{size[1]}"
+        try:
+            row = bench_model(path, ns, log, after=parity)
+        except Exception as exc:  # one broken row must not lose the matrix
+            return {**base, "backend": backend, "precision": precision, "skipped": f"{type(exc).__name__}: {exc}"[:240]}
+        row.update({**base, "backend": backend, "precision": precision, **extra})
+        return row
+
+    rows = [bench(ckpt, "pytorch", "fp32", **({} if trained_size else {"note": f"run at {size[0]}x{size[1]}"}))]
+    if not trained_size:
+        rows[0]["size_mb"] = round(os.path.getsize(ckpt) / 2**20, 2)
+    files = make_onnx_files(ckpt, tag, size, trained_size, args.data if args.calib_data is None else args.calib_data,
+                            args, log)
+    for precision, (path, reason) in files.items():
+        rows.append(bench(path, "onnxruntime", precision) if path
+                    else {**base, "backend": "onnxruntime", "precision": precision, "skipped": reason})
+    trt_reason = tensorrt_missing() or (None if args.tensorrt else "TensorRT rows not requested (--tensorrt)")
+    for precision, source in TRT_VARIANTS:
+        onnx_path, reason = files.get(source, (None, "no ONNX"))
+        if trt_reason or not onnx_path:
+            rows.append({**base, "backend": "tensorrt", "precision": precision, "skipped": trt_reason or reason})
+            continue
+        engine = os.path.join(args.work, f"{tag}.{precision}.engine")
+        err = None if os.path.isfile(engine) and not args.rebuild else run_cli(
+            ["build-engine", onnx_path, "--out", engine] + (["--fp16"] if precision == "fp16" else []), log)
+        rows.append({**base, "backend": "tensorrt", "precision": precision, "skipped": err} if err
+                    else bench(engine, "tensorrt", precision))
+    return rows
+
+
+def target_notes(rows: List[Dict[str, Any]]) -> List[str]:
+    """The issue's targets, stated from the measured rows."""
+    def med(group: str, backend: str, precision: str) -> Optional[float]:
+        for r in rows:
+            if (r.get("group"), r.get("backend"), r.get("precision")) == (group, backend, precision) \
+                    and r.get("latency_ms"):
+                return r["latency_ms"]["median"]
+        return None
+
+    notes = []
+    for group in dict.fromkeys(r["group"] for r in rows):
+        pt, f32, i8 = (med(group, "pytorch", "fp32"), med(group, "onnxruntime", "fp32"),
+                       med(group, "onnxruntime", "int8-ort"))
+        if pt and f32:
+            notes.append(f"{group}: ORT FP32 vs PyTorch eager: {pt / f32:.2f}x "
+                         f"({'faster' if f32 < pt else 'NOT faster'}; medians {f32:.1f} vs {pt:.1f} ms)")
+        if f32 and i8:
+            notes.append(f"{group}: ORT INT8 (onnxruntime placement) vs ORT FP32: {f32 / i8:.2f}x "
+                         f"({'faster' if i8 < f32 else 'NOT faster'}; medians {i8:.1f} vs {f32:.1f} ms)")
+    demo = [r for r in rows if "(demo)" in str(r.get("label")) and r.get("latency_ms") and r["backend"] != "tensorrt"]
+    if demo:
+        best = max(demo, key=lambda r: r["latency_ms"]["throughput_fps"])
+        miou = f", mIoU {100 * best['miou']:.2f}" if best.get("miou") is not None else ""
+        notes.append(f"best CPU configuration for the demo model: {best['backend']} {best['precision']} at "
+                     f"{best['input_size'][0]}x{best['input_size'][1]}: {best['latency_ms']['throughput_fps']:.1f} FPS "
+                     f"(median {best['latency_ms']['median']:.1f} ms{miou})")
+    return notes
+
+
+def merge_rows(old: List[Dict[str, Any]], new: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Replace the groups measured now, keep the others (so a matrix can be re-run in parts)."""
+    fresh = {r.get("group") for r in new}
+    return [r for r in old if r.get("group") not in fresh] + new
+
+
+def run_matrix(args: argparse.Namespace, log: Log, previous: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Measure every requested (model, size) group; returns the report (merged into `previous`)."""
+    os.makedirs(args.work, exist_ok=True)
+    rows: List[Dict[str, Any]] = []
+    for name in args.models:
+        for size in args.sizes:
+            rows += run_group(name, size, args, log)
+    if previous:
+        rows = merge_rows(previous.get("rows", []), rows)
+    add_speedups(rows)
+    notes = list(args.notes or [])
+    report = make_report(rows, command=args.command, title="DS2A-Former benchmark matrix", notes=notes)
+    load = (report["machine"]["cpu"] or {}).get("load_avg_1_5_15")
+    report["notes"] += target_notes(rows)
+    if load:
+        report["notes"].append(f"1-min load average when the report was written: {load[0]} "
+                               f"(the machine is shared; CPU numbers are noisy when it is high)")
+    return report
+
+
+def write_report(report: Dict[str, Any], out_prefix: str) -> None:
+    write_all(report, out_prefix + ".json", out_prefix + ".md", out_prefix + ".png")
