@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 import cv2
 import numpy as np
 import pytest
+from test_runtime import CLASSES, reference_logits, tiny_onnx
 
 import ds2a.bench.command as bench_cmd
 import ds2a.runtime
@@ -20,7 +21,6 @@ from ds2a.cli import main
 from ds2a.errors import UserError
 from ds2a.meta import ModelMeta
 from ds2a.runtime.base import Segmenter, make_results
-from test_runtime import CLASSES, reference_logits, tiny_onnx
 
 
 class FakeClock:

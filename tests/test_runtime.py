@@ -241,6 +241,14 @@ def test_warmup_runs_the_model(tmp_path: Path) -> None:
     assert calls == [(1, 32, 48, 3)] * 2
 
 
+def test_thread_spinning_is_off_by_default_and_can_be_enabled(tmp_path: Path) -> None:
+    path = str(tiny_onnx(tmp_path / "m.onnx"))
+    key = "session.intra_op.allow_spinning"
+    with open_model(path) as quiet, open_model(path, spin=True) as spinning:
+        assert quiet.session.get_session_options().get_session_config_entry(key) == "0"
+        assert spinning.session.get_session_options().get_session_config_entry(key) == "1"
+
+
 # --- base helpers ----------------------------------------------------------------------------
 def test_fit_batch_pads_last_chunk_with_real_counts() -> None:
     x = np.arange(5)[:, None, None, None] * np.ones((5, 2, 2, 3), np.uint8)

@@ -15,9 +15,9 @@ from typing import Any, Callable, Dict, List, Optional
 from ..errors import UserError
 from ..meta import parse_size
 from .latency import measure
-from .stats import latency_stats
 from .machine import machine_info
 from .report import add_speedups, write_all
+from .stats import latency_stats
 
 GATE_STATS = ("median", "mean", "p90", "p95", "p99", "max")
 EXAMPLES = """examples:

@@ -290,7 +290,9 @@ class Crack500Dataset(SegmentationDataset):
     a mask already stored as 0/1 is kept.
     """
 
-    SPLIT_DIRS: ClassVar[Dict[str, Tuple[str, ...]]] = {"train": ("train", "traincrop"), "test": ("test", "testcrop"), "val": ("val", "valcrop")}
+    SPLIT_DIRS: ClassVar[Dict[str, Tuple[str, ...]]] = {
+        "train": ("train", "traincrop"), "test": ("test", "testcrop"), "val": ("val", "valcrop"),
+    }
 
     def __init__(self, root: PathLike, split: str = "train", classes: Optional[Sequence[str]] = None,
                  on_error: str = "raise", test_every: int = 5) -> None:

@@ -57,17 +57,23 @@ class OnnxRuntimeSegmenter(Segmenter):
 
     Options: device ('cpu', 'cuda', 'tensorrt', 'auto' or a provider list), intra_op_threads,
     inter_op_threads (0 = ORT default), return_logits (fetch the logits output when the
-    model has one), optimization ('all' | 'extended' | 'basic' | 'disable').
+    model has one), optimization ('all' | 'extended' | 'basic' | 'disable'), spin (let ORT's
+    worker threads busy-wait between runs: off by default, because in the inspection loop the
+    spinning threads steal the cores that capture and output need; measured in
+    benchmarks/results/inspect_e2e.md).
     """
 
     backend = "onnxruntime"
 
     def __init__(self, path: str, device: Union[str, Sequence[str]] = "cpu", intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, return_logits: bool = False, optimization: str = "all") -> None:
+                 inter_op_threads: int = 0, return_logits: bool = False, optimization: str = "all",
+                 spin: bool = False) -> None:
         self.path = str(path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(intra_op_threads)
         opts.inter_op_num_threads = int(inter_op_threads)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
         levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

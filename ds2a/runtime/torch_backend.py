@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
-
 from ..errors import UserError
 from ..meta import ModelMeta
 from ..preprocess import normalize
