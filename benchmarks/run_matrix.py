@@ -14,8 +14,8 @@ import argparse
 import json
 import os
 import shlex
-import tempfile
 import sys
+import tempfile
 
 from ds2a.bench.matrix import run_matrix, write_report
 from ds2a.errors import UserError
