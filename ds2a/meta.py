@@ -4,7 +4,9 @@ Torch-free on purpose: the runtime on a Jetson reads it without PyTorch.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -98,3 +100,12 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 def sizes_ok_for_model(size: Sequence[int], divisor: int = 32) -> bool:
     return all(int(s) % divisor == 0 for s in size)
+
+
+def file_sha256(path: "str | os.PathLike[str]") -> str:
+    """sha256 of a file, read in 1 MiB blocks: ties a checkpoint, ONNX and engine to their source."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

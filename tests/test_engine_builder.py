@@ -21,9 +21,10 @@ from trt_stubs.onnx_models import CLASSES, make_onnx
 from ds2a.cli import main as cli_main
 from ds2a.engine import builder as builder_mod
 from ds2a.engine.builder import BuildOptions, check_options, import_tensorrt, inspect_onnx, parse_batch, plan_precision
-from ds2a.engine.sidecar import file_sha256, read_sidecar, rebuild_command
+from ds2a.engine.sidecar import read_sidecar, rebuild_command
 from ds2a.engine.versions import features_for, same_release
 from ds2a.errors import UserError
+from ds2a.meta import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 

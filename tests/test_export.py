@@ -59,7 +59,7 @@ def test_export_matches_pytorch_on_the_same_frame(exported, ckpt):
 
 
 def test_metadata_carries_meta_and_checkpoint_hash(exported, ckpt):
-    from ds2a.export.metadata import file_sha256
+    from ds2a.meta import file_sha256
 
     model = onnx.load(str(exported))
     meta = read_meta(model, exported)

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import UserError
-from ..meta import INPUT_NAME, ModelMeta
-from .sidecar import file_sha256, sidecar_path, write_sidecar
+from ..meta import INPUT_NAME, ModelMeta, file_sha256
+from .sidecar import sidecar_path, write_sidecar
 from .versions import TrtFeatures, features_for
 
 Log = Callable[[str], None]

@@ -7,7 +7,6 @@ deserialisation error.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -15,6 +14,7 @@ import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import UserError
+from ..meta import file_sha256
 from .versions import parse_version, same_release
 
 FORMAT = "ds2a-engine"
@@ -26,13 +26,6 @@ def sidecar_path(engine_path: str) -> str:
     """`model.engine` -> `model.engine.json`."""
     return f"{engine_path}.json"
 
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_sidecar(engine_path: str, record: Dict[str, Any]) -> str:

@@ -4,7 +4,6 @@ Torch-free: calibration, the engine builder and the runtimes read it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional, Union
@@ -16,13 +15,6 @@ from ..meta import ONNX_META_KEY, ModelMeta
 
 PathLike = Union[str, Path]
 
-
-def file_sha256(path: PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_onnx(path: PathLike) -> onnx.ModelProto:

@@ -6,14 +6,13 @@ loading always gives an fp32 model in eval mode.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
 import torch
 
 from ..errors import UserError
-from ..meta import ModelMeta
+from ..meta import ModelMeta, file_sha256
 from .backbone import load_torchvision_state
 from .config import MODEL_CONFIGS, ModelConfig
 from .ds2a_former import DS2AFormer
@@ -21,13 +20,6 @@ from .ds2a_former import DS2AFormer
 FORMAT = "ds2a-checkpoint"
 VERSION = 1
 
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(path: str, model: DS2AFormer, meta: ModelMeta | None = None,

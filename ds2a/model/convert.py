@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from ..meta import ModelMeta
-from .checkpoint import file_sha256, save_checkpoint
+from ..meta import ModelMeta, file_sha256
+from .checkpoint import save_checkpoint
 from .config import ModelConfig, get_config
 from .ds2a_former import DS2AFormer, default_meta
 

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export.metadata import file_sha256, read_meta, write_meta
+    from ..export.metadata import read_meta, write_meta
+    from ..meta import file_sha256
     from .calib_data import select_calibration_set
     from .model_info import final_compute_nodes, inspect_model, precision_of, resolve_exclusions
 
