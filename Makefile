@@ -1,6 +1,6 @@
 # Two commands for a newcomer: `make demo` (the main job) and `make test` (the test suite).
 PYTHON ?= python3
-DEMO_MODEL ?= ds2a/assets/demo/ds2a_tiny_synth.onnx
+DEMO_MODEL ?= ds2a/assets/demo/ds2a_tiny_synth.int8.onnx
 
 .PHONY: demo test install-runtime install-dev
 

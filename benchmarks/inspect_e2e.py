@@ -5,7 +5,7 @@ CPU time per frame spent outside the model, with a 1280x720 source on ONNX Runti
 Targets (issue 5): end-to-end FPS >= 90% of model-only throughput; CPU outside the model <= 5 ms
 per frame. Prints the numbers and, with --markdown, writes them to a results file.
 
-    python benchmarks/inspect_e2e.py --model ds2a/assets/demo/ds2a_tiny_synth.onnx --frames 200 \
+    python benchmarks/inspect_e2e.py --model ds2a/assets/demo/ds2a_tiny_synth.int8.onnx --frames 200 \
         --markdown benchmarks/results/inspect_e2e.md
 
 Source: 24 demo:// conveyor frames (1280x720) rendered once and replayed, so capture costs what a
@@ -90,7 +90,7 @@ def end_to_end(model: Any, source: Source, video: Optional[str], db: str) -> Dic
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="ds2a/assets/demo/ds2a_tiny_synth.onnx")
+    ap.add_argument("--model", default="ds2a/assets/demo/ds2a_tiny_synth.int8.onnx")
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3, help="alternate model-only and end-to-end runs")
     ap.add_argument("--source", choices=("replay", "demo"), default="replay")

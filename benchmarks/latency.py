@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Latency benchmark of one or more models: the same as `ds2a bench` (see `--help`).
 
-    python benchmarks/latency.py --model ds2a/assets/demo/ds2a_tiny_synth.onnx --duration 10 \\
+    python benchmarks/latency.py --model ds2a/assets/demo/ds2a_tiny_synth.int8.onnx --duration 10 \\
         --markdown benchmarks/results/latency.md
 """
 import sys

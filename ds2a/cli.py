@@ -19,7 +19,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "train": ("ds2a.train.command", "train DS2A-Former (single process or torchrun DDP)",
               "ds2a train --model ds2a_tiny --data data/synth --out runs/tiny"),
     "eval": ("ds2a.eval.command", "score a model (.pt/.onnx/.engine) or png predictions on a split",
-             "ds2a eval --model ds2a/assets/demo/ds2a_tiny_synth.onnx --data data/synth"),
+             "ds2a eval --model ds2a/assets/demo/ds2a_tiny_synth.int8.onnx --data data/synth"),
     "convert-official": ("ds2a.model.convert_cmd", "convert an official mmsegmentation checkpoint",
                          "ds2a convert-official ds2aformer_r18.pth r18.pt --arch r18"),
     "export": ("ds2a.export.command", "export a checkpoint to ONNX (uint8 frames in, class map out)",

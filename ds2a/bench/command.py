@@ -21,7 +21,7 @@ from .stats import latency_stats
 
 GATE_STATS = ("median", "mean", "p90", "p95", "p99", "max")
 EXAMPLES = """examples:
-  ds2a bench --model ds2a/assets/demo/ds2a_tiny_synth.onnx --duration 10 --markdown bench.md
+  ds2a bench --model ds2a/assets/demo/ds2a_tiny_synth.int8.onnx --duration 10 --markdown bench.md
   ds2a bench --model m.pt --model m.onnx --model m.int8.onnx --threads 2 --json bench.json --plot bench.png
   ds2a bench --model m.onnx --data data/synth --min-miou 0.70 --max-latency-ms 50   # CI gate
   ds2a bench --model m.engine --cuda-graph --iterations 2000 --warmup-s 2

@@ -1,7 +1,7 @@
 """`ds2a inspect`: camera (or video, or demo://) -> model -> PASS/FAIL per part, records, annotated output.
 
 examples:
-  ds2a inspect --model ds2a/assets/demo/ds2a_tiny_synth.onnx --source "demo://?frames=300" --headless \\
+  ds2a inspect --model ds2a/assets/demo/ds2a_tiny_synth.int8.onnx --source "demo://?frames=300" --headless \\
       --output runs/demo/inspect.mp4 --db runs/demo/inspect.sqlite --save-fail runs/demo/fail
   ds2a inspect --model model.engine --source csi://0 --rules rules.yaml --mm-per-pixel 0.05 \\
       --db /var/lib/ds2a/inspect.sqlite --save-fail /var/lib/ds2a/fail --headless
