@@ -47,7 +47,8 @@ def test_infer_returns_the_engines_class_map_and_logits(built):
         result = seg.infer(x[0])
         assert result.class_map.tolist() == expected(x)[0] and result.class_map.dtype == np.uint8
         assert result.logits.shape == (4, 8, 8) and (result.logits.argmax(0) == result.class_map).all()
-        assert set(seg.last_timings) == {"h2d_ms", "compute_ms", "d2h_ms"}
+        assert set(seg.last_timings) == {"h2d_ms", "compute_ms", "d2h_ms", "enqueue_ms"}
+        assert seg.last_timings["enqueue_ms"] >= 0
 
 
 def test_frames_of_other_sizes_and_gray_are_resized(built):

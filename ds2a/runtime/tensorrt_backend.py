@@ -9,6 +9,7 @@ replays the copy+enqueue+copy sequence per batch size.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -233,8 +234,10 @@ class TensorRTSegmenter(Segmenter):
             inp.to_device(stream, n * inp.nbytes // self._max_batch)
             if not capture:
                 cuda.record_event(ev[1], stream)
+            t_enqueue = time.perf_counter()
             if not self.context.execute_async_v3(cuda.stream_handle(stream)):
                 raise RuntimeError(f"TensorRT failed to enqueue {self.path} (see the TensorRT log)")
+            enqueue_ms = (time.perf_counter() - t_enqueue) * 1e3  # host time to enqueue, as trtexec reports
             if not capture:
                 cuda.record_event(ev[2], stream)
             for name in fetch:
@@ -248,7 +251,8 @@ class TensorRTSegmenter(Segmenter):
             self._warmed.add(n)
             self.last_timings = {"h2d_ms": cuda.elapsed_ms(ev[0], ev[1]),
                                  "compute_ms": cuda.elapsed_ms(ev[1], ev[2]),
-                                 "d2h_ms": cuda.elapsed_ms(ev[2], ev[3])}
+                                 "d2h_ms": cuda.elapsed_ms(ev[2], ev[3]),
+                                 "enqueue_ms": enqueue_ms}
         class_map = self._buffers[self._class_map].host[:n].copy() if self._class_map else None
         logits = None
         if self._logits in fetch:
