@@ -38,25 +38,25 @@ def _check_complete(path: Path, data: np.ndarray) -> None:
         raise UserError(f"'{path}' is a truncated PNG (no IEND chunk); replace or delete the file")
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """Any 8/16-bit, grey/colour image file -> uint8 BGR (H, W, 3)."""
+def _decode(path: PathLike, what: str) -> np.ndarray:
+    """File bytes -> array as stored, with truncation caught before OpenCV silently half-decodes."""
     path = Path(path)
     data = _read_bytes(path)
     _check_complete(path, data)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise UserError(f"'{path}' is not a readable image (corrupt or unknown format); replace or delete the file")
-    return to_bgr(img)
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise UserError(f"'{path}' is not a readable {what} (corrupt or unknown format); replace or delete the file")
+    return array
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Any 8/16-bit, grey/colour image file -> uint8 BGR (H, W, 3)."""
+    return to_bgr(_decode(path, "image"))
 
 
 def read_mask(path: PathLike) -> np.ndarray:
     """An index-mask file -> uint8 (H, W) exactly as stored (no colour conversion, no rescaling)."""
-    path = Path(path)
-    data = _read_bytes(path)
-    _check_complete(path, data)
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise UserError(f"'{path}' is not a readable mask (corrupt or unknown format); replace or delete the file")
+    mask = _decode(path, "mask")
     if mask.ndim == 3:
         if mask.shape[2] >= 3 and not (np.array_equal(mask[..., 0], mask[..., 1])
                                        and np.array_equal(mask[..., 0], mask[..., 2])):
