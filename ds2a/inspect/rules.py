@@ -81,6 +81,14 @@ def _number(value: Any, where: str, path: str, integer: bool = False) -> float:
     return int(value) if integer else float(value)
 
 
+def _reject_unknown(mapping: Dict[Any, Any], valid: Sequence[str], where: str, path: str) -> None:
+    """A misspelt key would silently disable a limit: refuse it and list the valid ones."""
+    unknown = set(mapping) - set(valid)
+    if unknown:
+        raise UserError(f"rules file {path}: {where}unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                        f"valid keys: {', '.join(valid)}")
+
+
 def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
                 mm_per_pixel: Optional[float] = None) -> Rules:
     """Validate a loaded YAML document against the model's classes; UserError names the fix."""
@@ -88,10 +96,7 @@ def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"rules file {path}: the top level must be a mapping with keys {', '.join(TOP_KEYS)}")
-    unknown = set(data) - set(TOP_KEYS)
-    if unknown:
-        raise UserError(f"rules file {path}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                        f"valid keys: {', '.join(TOP_KEYS)}")
+    _reject_unknown(data, TOP_KEYS, "", path)
     if data.get("version", 1) != 1:
         raise UserError(f"rules file {path}: version {data['version']!r} is not supported; use version: 1")
     rules = Rules(origin=path)
@@ -125,10 +130,7 @@ def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
         limits = limits or {}
         if not isinstance(limits, dict):
             raise UserError(f"rules file {path}: classes.{name} must be a mapping such as {{max_count: 0}}")
-        bad = set(limits) - set(CLASS_KEYS)
-        if bad:
-            raise UserError(f"rules file {path}: classes.{name} has unknown key(s) {', '.join(sorted(map(str, bad)))}; "
-                            f"valid: {', '.join(CLASS_KEYS)}")
+        _reject_unknown(limits, CLASS_KEYS, f"classes.{name} has ", path)
         rule = ClassRule()
         for key, value in limits.items():
             val = _number(value, f"classes.{name}.{key}", path, integer=(key == "max_count"))
