@@ -2,14 +2,14 @@
 PYTHON ?= python3
 DEMO_MODEL ?= ds2a/assets/demo/ds2a_tiny_synth.int8.onnx
 
-.PHONY: demo test install-runtime install-dev
+.PHONY: demo test test-py38 install-runtime install-dev
 
 install-runtime:
-	$(PYTHON) -m pip install -q -e .
+	$(PYTHON) -m pip install -q -e '.[opencv]'
 
 install-dev:
 	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e '.[train,export,calib,bench,trt,dev]'
+	$(PYTHON) -m pip install -q -e '.[opencv,train,export,calib,bench,trt,dev]'
 
 demo: install-runtime
 	$(PYTHON) -m ds2a inspect --model $(DEMO_MODEL) --source "demo://?frames=300" --headless \
@@ -17,3 +17,8 @@ demo: install-runtime
 
 test: install-dev
 	$(PYTHON) -m pytest -q
+	$(PYTHON) .ci/py38_tests.py
+
+# the device-side tests under Python 3.8 (JetPack 5), where an interpreter exists; skips with the reason elsewhere
+test-py38:
+	$(PYTHON) .ci/py38_tests.py

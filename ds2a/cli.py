@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sqlite3
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -34,6 +36,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
                "ds2a report runs/inspect.sqlite --csv parts.csv"),
     "bench": ("ds2a.bench.command", "latency / accuracy benchmark across backends and precisions",
               "ds2a bench --model model.onnx --duration 10 --markdown bench.md"),
+    "doctor": ("ds2a.doctor.command", "what this machine can run: GPU, TensorRT, CUDA, OpenCV", "ds2a doctor --model model.engine"),
 }
 
 
@@ -58,7 +61,15 @@ def _version() -> str:
 
 def _command_parser(verb: str) -> Tuple[argparse.ArgumentParser, object]:
     module_name, help_text, example = COMMANDS[verb]
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != "cv2":
+            raise
+        from .opencv import MISSING
+
+        print(f"ds2a {verb}: error: {MISSING}", file=sys.stderr)
+        raise SystemExit(2) from None
     parser = argparse.ArgumentParser(
         prog=f"ds2a {verb}", description=help_text, epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -87,6 +98,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"ds2a {verb}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ds2a ... | head`: the reader left; say nothing more
+        _silence_stdout()
+        return 141
+    except (OSError, sqlite3.Error) as exc:
+        if os.environ.get("DS2A_DEBUG"):
+            raise
+        print(f"ds2a {verb}: error: {_environment_error(exc, args)} (DS2A_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 2
+
+
+def _environment_error(exc: BaseException, args: argparse.Namespace) -> str:
+    """One line for a file-system or database failure, naming the path involved."""
+    if isinstance(exc, OSError):
+        paths = " -> ".join(f"'{p}'" for p in (exc.filename, exc.filename2) if p is not None)
+        what = exc.strerror or str(exc) or type(exc).__name__
+        return f"{paths}: {what}; check the path, its permissions and free space" if paths else \
+            f"{what} ({type(exc).__name__}); check the paths given, their permissions and free space"
+    db = getattr(args, "db", None)
+    where = f"database '{db}'" if db else "the database"
+    return f"{where}: {type(exc).__name__}: {exc}; check that it is a ds2a database that is not locked or damaged"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not complain about the pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

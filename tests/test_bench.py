@@ -238,7 +238,9 @@ def test_end_to_end_mode_runs_the_inspection_loop(tmp_path: Path) -> None:
     assert rc == 0
     row = json.loads((tmp_path / "e.json").read_text())["rows"][0]
     assert row["mode"] == "end-to-end" and row["frames"] == 12 and row["dropped"] == 0
-    assert row["e2e_fps"] > 0 and row["model_fps"] > 0 and len(row["samples_ms"]) == 12
+    assert row["e2e_fps"] > 0 and row["model_fps"] > 0
+    # latency counts only the frames the model ran on (demo frames without a part in view are not)
+    assert 0 < len(row["samples_ms"]) == row["inferred"] == row["stages_ms"]["infer"]["count"] <= 12
     assert {"capture", "infer", "latency"} <= set(row["stages_ms"])
     assert "end-to-end FPS" in (tmp_path / "e.md").read_text()
 

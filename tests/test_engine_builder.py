@@ -1,43 +1,54 @@
 """`ds2a build-engine`: precision per release, builder options, sidecar, and every bad input handled.
 
-Pure planning (`plan_precision`, `features_for`, option checks) runs everywhere; builds run
-against fakes of the real TensorRT surfaces (tests/trt_stubs), skipped only when a release's
-bindings wheel cannot be obtained.
+Planning (`plan_precision`, option checks) runs on the features detected on fakes of the real
+TensorRT surfaces (tests/trt_stubs), as do the builds; skipped only when a release's bindings
+wheel cannot be obtained.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Tuple
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from trt_stubs.helpers import NEWEST_10, build, fake_for
+from trt_stubs.helpers import NEWEST_10, build, fake_for, features
 from trt_stubs.onnx_models import CLASSES, make_onnx
 
 from ds2a.cli import main as cli_main
 from ds2a.engine import builder as builder_mod
-from ds2a.engine.builder import BuildOptions, check_options, import_tensorrt, inspect_onnx, parse_batch, plan_precision
-from ds2a.engine.sidecar import read_sidecar, rebuild_command
-from ds2a.engine.versions import features_for, same_release
+from ds2a.engine.builder import BuildOptions, build_engine, check_options, inspect_onnx, parse_batch, plan_precision
 from ds2a.errors import UserError
+from ds2a.export.onnx_export import decompose_layernorm
 from ds2a.meta import file_sha256
+from ds2a.runtime.tensorrt_backend import TensorRTSegmenter
+from ds2a.trt import platform as trt_platform
+from ds2a.trt.features import import_tensorrt
+from ds2a.trt.sidecar import read_sidecar, rebuild_command, verify_sidecar
+from ds2a.trt.versions import require_supported, same_release
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# --- versions and planning (no TensorRT needed) --------------------------------------------------
-def test_feature_table_follows_the_releases():
-    assert features_for("8.5.2").explicit_batch_flag and not features_for("8.5.2").builder_optimization_level
-    assert features_for("8.6.1").hardware_compat and not features_for("8.6.1").strongly_typed
-    assert features_for("10.3.0").strongly_typed and not features_for("10.3.0").same_compute_capability
-    assert features_for("10.13.3.9").same_compute_capability and features_for("10.13.3.9").weak_typing
-    assert features_for("11.4.0.106").strongly_typed_only and not features_for("11.4.0.106").explicit_batch_flag
+# --- versions and planning ------------------------------------------------------------------------
+def test_features_detected_on_each_release_surface():
+    assert features("8.5.2").explicit_batch_flag and not features("8.5.2").builder_optimization_level
+    assert not features("8.5.2").version_compatible and not features("8.5.2").normalization_layer
+    assert features("8.6.1").hardware_compat and not features("8.6.1").strongly_typed
+    assert features("8.6.1").native_instancenorm and features("8.6.1").explicit_batch_flag
+    assert features("10.3.0").strongly_typed and not features("10.3.0").same_compute_capability
+    assert not features("10.3.0").explicit_batch_flag  # implicit batch is gone: no EXPLICIT_BATCH needed
+    assert features("10.13.3.9").same_compute_capability and features("10.13.3.9").weak_typing
+    assert features("11.4.0.106").strongly_typed_only and not features("11.4.0.106").int8_calibrator
     with pytest.raises(UserError, match="needs 8.5 or newer"):
-        features_for("8.4.3")
+        require_supported("8.4.3")
     assert same_release("10.13.3.9", "10.13.3.9") and not same_release("10.13.3.9", "10.13.2.6")
 
 
@@ -62,7 +73,7 @@ PLANS = [  # version, graph, --fp16, strongly typed, flags, precision
 
 @pytest.mark.parametrize("version,graph,fp16,typed,flags,precision", PLANS)
 def test_precision_plan_per_release(tmp_path, version, graph, fp16, typed, flags, precision):
-    f = features_for(version)
+    f = features(version)
     plan = plan_precision(_info(tmp_path, graph), BuildOptions(fp16=fp16), f)
     assert (plan.strongly_typed, plan.flags, plan.precision) == (typed, flags, precision)
     assert plan.explicit_batch == (f.explicit_batch_flag and not typed)
@@ -70,19 +81,19 @@ def test_precision_plan_per_release(tmp_path, version, graph, fp16, typed, flags
 
 
 def test_redundant_precision_flag_on_11_is_noted_not_refused(tmp_path):
-    plan = plan_precision(_info(tmp_path, "int8"), BuildOptions(int8=True), features_for("11.4.0.106"))
+    plan = plan_precision(_info(tmp_path, "int8"), BuildOptions(int8=True), features("11.4.0.106"))
     assert plan.precision == "int8" and any("ignored" in n for n in plan.notes)
 
 
 @pytest.mark.parametrize("version", ["8.6.1", "10.13.3.9", "11.4.0.106"])
 def test_int8_without_qdq_says_which_calibrate_command_makes_it(tmp_path, version):
     with pytest.raises(UserError, match=r"ds2a calibrate .*--precision int8 --out .*model\.int8\.onnx"):
-        plan_precision(_info(tmp_path, "fp32"), BuildOptions(int8=True), features_for(version))
+        plan_precision(_info(tmp_path, "fp32"), BuildOptions(int8=True), features(version))
 
 
 def test_fp16_flag_on_11_says_which_calibrate_command_makes_it(tmp_path):
     with pytest.raises(UserError, match=r"removed the FP16 builder flag.*--precision fp16"):
-        plan_precision(_info(tmp_path, "fp32"), BuildOptions(fp16=True), features_for("11.4.0.106"))
+        plan_precision(_info(tmp_path, "fp32"), BuildOptions(fp16=True), features("11.4.0.106"))
 
 
 @pytest.mark.parametrize("opts,version,message", [
@@ -97,7 +108,7 @@ def test_fp16_flag_on_11_says_which_calibrate_command_makes_it(tmp_path):
 ])
 def test_options_the_release_lacks_are_refused(opts, version, message):
     with pytest.raises(UserError, match=message):
-        check_options(opts, features_for(version), version)
+        check_options(opts, features(version), version)
 
 
 @pytest.mark.parametrize("text,expected", [("1:4:8", (1, 4, 8)), ("2", (2, 2, 2))])
@@ -316,6 +327,7 @@ def test_deploy_script_is_the_same_command():
 def test_engine_and_runtime_modules_import_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
             "import ds2a.engine, ds2a.engine.command, ds2a.runtime.tensorrt_backend, ds2a.runtime.cuda_buffers\n"
+            "import ds2a.trt, ds2a.trt.compat, ds2a.trt.sidecar, ds2a.trt.platform\n"
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -347,11 +359,11 @@ def test_calibration_cache_on_11_says_to_use_qdq(tmp_path):
     cache.write_text(CACHE_TEXT)
     with pytest.raises(UserError, match=r"removed INT8 calibrators.*ds2a calibrate .*--precision int8"):
         plan_precision(_info(tmp_path, "fp32"), BuildOptions(int8=True, calib_cache=str(cache)),
-                       features_for("11.4.0.106"))
+                       features("11.4.0.106"))
 
 
 def test_missing_or_foreign_calibration_cache_is_refused(tmp_path):
-    info, f = _info(tmp_path, "fp32"), features_for("10.13.3.9")
+    info, f = _info(tmp_path, "fp32"), features("10.13.3.9")
     with pytest.raises(UserError, match="does not exist"):
         plan_precision(info, BuildOptions(int8=True, calib_cache=str(tmp_path / "none.cache")), f)
     bad = tmp_path / "bad.cache"
@@ -362,3 +374,243 @@ def test_missing_or_foreign_calibration_cache_is_refused(tmp_path):
     good.write_text(CACHE_TEXT)
     with pytest.raises(UserError, match="already has Q/DQ nodes"):
         plan_precision(_info(tmp_path, "int8"), BuildOptions(int8=True, calib_cache=str(good)), f)
+
+
+# --- version-compatible engines: NVIDIA's matrix ---------------------------------------------------------
+def _vc_record(built: str) -> dict:
+    return {"tensorrt_version": built, "version_compatible": True, "gpu_name": "NVIDIA Orin",
+            "compute_capability": "8.7", "precision": "fp16", "inputs": [], "outputs": [], "onnx_path": "m.onnx"}
+
+
+@pytest.mark.parametrize("built,runtime", [
+    ("8.6.1", "8.6.2"), ("8.6.1", "10.3.0"), ("8.6.2", "10.16.1.11"),  # 8.x VC engines load on 10.x
+    ("10.3.0", "10.13.3.9"), ("10.13.3.9", "11.4.0.106"), ("11.0.0", "11.4.0.106"),  # 10.x ones on 11.x
+])
+def test_version_compatible_engine_loads_where_nvidia_says(built, runtime):
+    assert verify_sidecar(_vc_record(built), "m.engine", runtime, "NVIDIA Orin", (8, 7), board=None) == []
+
+
+@pytest.mark.parametrize("built,runtime,loads_in", [
+    ("10.13.3.9", "10.3.0", "10.13.3.9 or a later 10.x or 11.x"),  # older runtime of the same major
+    ("8.6.1", "11.4.0.106", "8.6.1 or a later 8.x or 10.x"),  # 8.x engines: not on 11.x
+    ("11.4.0.106", "10.16.1.11", "11.4.0.106 or a later 11.x"),  # never on an older major
+    ("8.6.1", "8.5.2", "8.6.1 or a later 8.x or 10.x"),  # 8.5 has no lean runtime
+    ("8.5.2", "10.3.0", "8.5.2 or a later 8.x"),  # 8.5 cannot build version-compatible engines
+])
+def test_version_compatible_engine_is_refused_elsewhere_with_where_it_loads(built, runtime, loads_in):
+    with pytest.raises(UserError, match=rf"version-compatible engine from TensorRT {built}.*loads in TensorRT "
+                                        rf"{re.escape(loads_in)}\b.*rebuild it on this device: ds2a build-engine"):
+        verify_sidecar(_vc_record(built), "m.engine", runtime, "NVIDIA Orin", (8, 7), board=None)
+
+
+def test_tensorrt_8_6_version_compatible_engine_runs_on_a_10_x_runtime(tmp_path):
+    fake86, cuda = fake_for("8.6.1")
+    engine = str(tmp_path / "vc.engine")
+    build(fake86, cuda, make_onnx(tmp_path / "m.onnx"), engine, version_compatible=True)
+    assert fake86.state.parser_flags == ["NATIVE_INSTANCENORM"]  # 8.6 would otherwise use the plugin
+    fake10, cuda10 = fake_for(NEWEST_10)
+    with TensorRTSegmenter(engine, trt_module=fake10, cuda_api=cuda10) as seg:
+        x = np.random.default_rng(0).integers(0, 255, (1, 8, 8, 3), dtype=np.uint8)
+        assert seg.infer(x[0]).class_map.tolist() == ((x[0, ..., 0] // 64) % 4).tolist()
+
+
+def test_standard_build_leaves_the_parser_flags_alone(tmp_path):
+    fake, cuda = fake_for("8.6.1")
+    build(fake, cuda, make_onnx(tmp_path / "m.onnx"), str(tmp_path / "m.engine"))
+    assert fake.state.parser_flags == []
+
+
+# --- one home for TensorRT facts ------------------------------------------------------------------------
+def test_graph_check_runs_for_releases_between_the_targets(tmp_path):
+    """A TensorRT 9.x runtime is checked like any other (9.x parsers read opsets up to 19)."""
+    fake, cuda = fake_for("10.3.0", as_version="9.2.0")
+    path = make_onnx(tmp_path / "m.onnx")
+    model = onnx.load(path)
+    model.opset_import[0].version = 20
+    onnx.save(model, path)
+    with pytest.raises(UserError, match=r"cannot be parsed by TensorRT 9\.2:\n.*opset 20 is newer than this parser"):
+        build(fake, cuda, path, str(tmp_path / "m.engine"))
+    assert "OnnxParser.parse" not in fake.used
+
+
+def _imports(package: str) -> set:
+    """Absolute names of the ds2a modules a package's sources import (relative imports resolved)."""
+    import ast
+
+    found = set()
+    for path in (ROOT / "ds2a" / package).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module is not None:
+                base = "ds2a" if node.level == 2 else f"ds2a.{package}" if node.level == 1 else ""
+                found.add(f"{base}.{node.module}".strip(".") if node.level else node.module)
+    return found
+
+
+def test_runtime_and_builder_share_ds2a_trt_and_not_each_other():
+    runtime, engine = _imports("runtime"), _imports("engine")
+    assert {"ds2a.trt.sidecar", "ds2a.trt.features"} <= runtime and "ds2a.trt.features" in engine
+    assert not {m for m in runtime if m.startswith("ds2a.engine")}, "the runtime imports the builder"
+    assert not {m for m in engine if m.startswith("ds2a.runtime.tensorrt_backend")}
+    assert not (ROOT / "ds2a" / "engine" / "sidecar.py").exists() and not (ROOT / "ds2a" / "engine" / "versions.py").exists()
+
+
+# --- timing cache, sidecar and empty engines --------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["foreign", "corrupt"])
+def test_foreign_or_corrupt_timing_cache_is_set_aside_and_the_build_completes(tmp_path, kind):
+    other, other_cuda = fake_for("10.13.3.9", gpu="NVIDIA GeForce RTX 4090", cc=(8, 9))
+    cache = tmp_path / "trt.cache"
+    onnx_path = make_onnx(tmp_path / "m.onnx")
+    build(other, other_cuda, onnx_path, str(tmp_path / "other.engine"), timing_cache=str(cache))
+    if kind == "corrupt":
+        cache.write_bytes(b"\x00garbage" * 8)
+    stale = cache.read_bytes()
+    fake, cuda = fake_for(NEWEST_10)
+    log: list = []
+    engine = tmp_path / "m.engine"
+    build(fake, cuda, onnx_path, str(engine), timing_cache=str(cache), log=log)
+    assert engine.is_file() and read_sidecar(str(engine))["engine_sha256"] == file_sha256(str(engine))
+    assert any("starting a fresh one" in line for line in log)
+    assert fake.state.timing_cache_loaded == [stale, b""]
+    fresh = cache.read_bytes()
+    assert fresh and fresh != stale
+    build(fake, cuda, onnx_path, str(tmp_path / "again.engine"), timing_cache=str(cache), log=log)
+    assert fake.state.timing_cache_loaded[-1] == fresh  # the fresh cache is this device's and is reused
+
+
+def test_an_engine_never_stays_without_its_sidecar(tmp_path, monkeypatch):
+    fake, cuda = fake_for(NEWEST_10)
+
+    def no_space(path, record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(builder_mod, "write_sidecar", no_space)
+    with pytest.raises(OSError, match="No space"):
+        build(fake, cuda, make_onnx(tmp_path / "m.onnx"), str(tmp_path / "m.engine"))
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_empty_serialized_engine_is_a_user_error_and_writes_nothing(tmp_path):
+    fake, cuda = fake_for(NEWEST_10)
+    fake.state.build_empty = True
+    with pytest.raises(UserError, match="returned an empty engine"):
+        build(fake, cuda, make_onnx(tmp_path / "m.onnx"), str(tmp_path / "m.engine"))
+    assert not (tmp_path / "m.engine").exists() and not (tmp_path / "m.engine.json").exists()
+
+
+# --- DLA, hardware compatibility and Jetson modules ------------------------------------------------------
+@pytest.mark.parametrize("graph,fp16", [("fp16", False), ("int8", True), ("fp32", True)])
+def test_dla_with_layers_pinned_to_fp32_needs_gpu_fallback_before_the_build(tmp_path, graph, fp16):
+    fake, cuda = fake_for("8.6.1")
+    onnx_path = make_onnx(tmp_path / "m.onnx", graph)
+    with pytest.raises(UserError, match=r"keeps normalization, softmax, reduce layers in FP32.*add --gpu-fallback"):
+        build(fake, cuda, onnx_path, str(tmp_path / "m.engine"), dla_core=0, fp16=fp16)
+    assert "OnnxParser.parse" not in fake.used
+    build(fake, cuda, onnx_path, str(tmp_path / "m.engine"), dla_core=0, fp16=fp16, gpu_fallback=True)
+    assert "GPU_FALLBACK" in fake.state.builds[-1]["config_flags"]
+
+
+@pytest.fixture
+def board(tmp_path, monkeypatch):
+    """Pretend to be a Jetson: write the device-tree model file ds2a reads."""
+    path = tmp_path / "model"
+    monkeypatch.setattr(trt_platform, "MODEL_FILE", str(path))
+    monkeypatch.setattr(trt_platform, "TEGRA_RELEASE", str(tmp_path / "no_tegra_release"))
+
+    def set_board(name: str) -> None:
+        path.write_bytes(name.encode() + b"\x00")
+
+    return set_board
+
+
+@pytest.mark.parametrize("jetson,dla", [(True, None), (False, 0)])
+def test_hardware_compat_on_jetson_or_dla_is_refused_before_the_build(tmp_path, board, jetson, dla):
+    if jetson:
+        board("NVIDIA Jetson AGX Orin Developer Kit")
+    fake, cuda = fake_for(NEWEST_10)
+    with pytest.raises(UserError, match=r"--hardware-compat ampere\+ is for discrete GPUs.*drop --hardware-compat"):
+        build(fake, cuda, make_onnx(tmp_path / "m.onnx", "int8"), str(tmp_path / "m.engine"),
+              hardware_compat="ampere+", dla_core=dla, gpu_fallback=dla is not None)
+    assert "OnnxParser.parse" not in fake.used
+
+
+@dataclass(frozen=True)
+class Module:
+    """A Jetson GPU as the CUDA layer reports it: every Orin module is "Orin", compute capability 8.7."""
+
+    sm_count: int
+    total_memory: int
+    index: int = 0
+    name: str = "Orin"
+    compute_capability: Tuple[int, int] = (8, 7)
+
+    @property
+    def cc_text(self) -> str:
+        return "8.7"
+
+
+AGX_ORIN_64 = ("NVIDIA Jetson AGX Orin Developer Kit", Module(16, 62 << 30))
+ORIN_NX_16 = ("NVIDIA Jetson Orin NX Engine Reference Carrier", Module(8, 15 << 30))
+
+
+@pytest.mark.parametrize("board_name,module,why", [
+    (ORIN_NX_16[0], ORIN_NX_16[1], "built on a NVIDIA Jetson AGX Orin Developer Kit, this is a NVIDIA Jetson Orin NX"),
+    (AGX_ORIN_64[0], Module(14, 62 << 30), "with 16 SMs, this one has 14"),  # AGX Orin 32GB has 14 SMs
+    (AGX_ORIN_64[0], Module(16, 30 << 30), "with 62 GiB, this one has 30 GiB"),
+])
+def test_jetson_module_identity_is_recorded_and_checked(tmp_path, board, board_name, module, why):
+    board(AGX_ORIN_64[0])
+    fake, cuda = fake_for(NEWEST_10, gpu="Orin")
+    engine = str(tmp_path / "m.engine")
+    build_engine(make_onnx(tmp_path / "m.onnx"), engine, BuildOptions(), trt=fake, device=AGX_ORIN_64[1],
+                 log=lambda line: None)
+    rec = read_sidecar(engine)
+    assert (rec["board"], rec["sm_count"], rec["total_memory"]) == (AGX_ORIN_64[0], 16, 62 << 30)
+    assert verify_sidecar(rec, engine, NEWEST_10, "Orin", (8, 7), device=AGX_ORIN_64[1], board=AGX_ORIN_64[0]) == []
+    with pytest.raises(UserError, match=re.escape(why) + r".*rebuild it on this device"):
+        verify_sidecar(rec, engine, NEWEST_10, "Orin", (8, 7), device=module, board=board_name)
+    with pytest.warns(UserWarning, match=re.escape(why)):
+        verify_sidecar(rec, engine, NEWEST_10, "Orin", (8, 7), device=module, board=board_name, allow_other_gpu=True)
+
+
+def test_board_model_is_read_from_the_device_tree(board):
+    assert trt_platform.board_model() is None and not trt_platform.is_jetson()
+    board("NVIDIA Jetson Orin Nano Developer Kit")
+    assert trt_platform.board_model() == "NVIDIA Jetson Orin Nano Developer Kit" and trt_platform.is_jetson()
+
+
+# --- TensorRT 8.5 FP16: the decomposed LayerNorm ----------------------------------------------------------
+def test_fp16_on_8_5_pins_the_decomposed_layernorm_arithmetic(tmp_path):
+    model = onnx.load(make_onnx(tmp_path / "ln.onnx", layernorm=True))
+    assert decompose_layernorm(model) == 1
+    path = str(tmp_path / "m.onnx")
+    onnx.save(model, path)
+    fake, cuda = fake_for("8.6.1", as_version="8.5.2")
+    build(fake, cuda, path, str(tmp_path / "m.engine"), fp16=True)
+    nodes = list(model.graph.node)
+    layer_op = {(n.name or f"n{i}"): n for i, n in enumerate(nodes)}
+    pinned = [layer_op[name] for name in fake.state.builds[-1]["pinned"]]
+    ops = [n.op_type for n in pinned]
+    assert {"Sqrt", "Div"} <= set(ops) and ops.count("ReduceMean") == 3  # 2 in the norm + the model's own
+    square = next(n for n in pinned if n.op_type == "Mul")
+    assert square.input[0] == square.input[1]  # the variance's square, not the scale multiply
+    assert not any(n.op_type == "Add" and n.input[1] == "ln_b" for n in pinned)  # the bias add stays FP16
+
+
+def test_decomposed_layernorm_detection_finds_pow_form_and_ignores_other_divisions():
+    def node(op, inputs, out):
+        return helper.make_node(op, inputs, [out])
+    nodes = [node("ReduceMean", ["x"], "m"), node("Sub", ["x", "m"], "d"), node("Pow", ["d", "two"], "d2"),
+             node("ReduceMean", ["d2"], "v"), node("Add", ["v", "eps"], "ve"), node("Sqrt", ["ve"], "s"),
+             node("Div", ["d", "s"], "n"), node("Div", ["n", "k"], "scaled"), node("Sqrt", ["n"], "other_root")]
+    assert builder_mod.decomposed_layernorm_tensors(nodes) == ["d2", "ve", "s", "n"]
+
+
+def test_build_releases_the_cuda_layer_it_opened_to_read_the_device(tmp_path, monkeypatch):
+    """pycuda aborts the process at exit when a context is still pushed; the builder closes what it opens."""
+    fake, cuda = fake_for(NEWEST_10)
+    closed: list = []
+    cuda.close = lambda: closed.append(True)
+    monkeypatch.setattr(builder_mod, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr("ds2a.runtime.cuda_buffers.open_cuda", lambda device=0: cuda)
+    build_engine(make_onnx(tmp_path / "m.onnx"), str(tmp_path / "m.engine"), BuildOptions(), log=lambda line: None)
+    assert closed == [True]

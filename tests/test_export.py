@@ -11,8 +11,8 @@ from ds2a.errors import UserError  # noqa: E402
 from ds2a.export import read_meta  # noqa: E402
 from ds2a.export.onnx_export import check_size  # noqa: E402
 from ds2a.export.parity import check_parity  # noqa: E402
-from ds2a.export.trt_compat import blockers, check_model  # noqa: E402
 from ds2a.preprocess import normalize  # noqa: E402
+from ds2a.trt.compat import blockers, check_model  # noqa: E402
 
 SIZE = (64, 64)
 
@@ -127,3 +127,13 @@ def test_non_checkpoint_file_is_refused(tmp_path):
     bad = tmp_path / "junk.pt"
     bad.write_bytes(b"not a checkpoint")
     assert main(["export", str(bad), "--out", str(tmp_path / "x.onnx")]) == 2
+
+
+@pytest.mark.parametrize("opset", ["99", "16"])
+def test_an_opset_the_exporter_cannot_write_is_one_line(ckpt, tmp_path, capsys, opset):
+    from ds2a.export.onnx_export import max_opset
+
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "x.onnx"), "--opset", opset]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--opset {opset} is outside 17..{max_opset()}" in err
+    assert not (tmp_path / "x.onnx").exists()

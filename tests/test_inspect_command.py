@@ -161,18 +161,18 @@ def test_bad_setup_fails_at_start_with_a_clear_error(tmp_path, model, capsys, mo
     assert time.perf_counter() - t0 < 10
 
 
-def test_min_confidence_with_a_model_without_logits_is_announced(tmp_path, model, capsys):
+def test_min_confidence_with_a_model_without_logits_is_refused_at_start(tmp_path, model, capsys):
     rules = tmp_path / "rules.yaml"
     rules.write_text("classes: {damage: {max_count: 0, min_confidence: 0.5}}\n")
     assert main(["inspect", "--model", str(model), "--source", DEMO.format(n=2), "--headless",
-                 "--rules", str(rules)]) == 0
-    assert "min_confidence is ignored" in capsys.readouterr().out
+                 "--rules", str(rules)]) == 2
+    assert "use min_confidence but" in capsys.readouterr().err
 
 
 def test_no_display_without_headless_falls_back_with_a_note(tmp_path, model, capsys, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    assert main(["inspect", "--model", str(model), "--source", DEMO.format(n=2)]) == 0
+    assert main(["inspect", "--model", str(model), "--source", DEMO.format(n=10)]) == 0  # a cell in view
     assert "no display available, running headless" in capsys.readouterr().out
 
 

@@ -9,6 +9,7 @@ from typing import List, Optional
 import numpy as np
 import pytest
 
+from ds2a.errors import UserError
 from ds2a.inspect.fake_model import ThresholdSegmenter
 from ds2a.inspect.loop import InspectionLoop, LatestSlot, Result
 from ds2a.inspect.rules import analyser, default_rules
@@ -206,3 +207,21 @@ def test_latest_slot_keeps_only_the_newest():
     slot.close()
     assert slot.get() == 9
     assert slot.get() != 9  # closed and empty: the end marker
+
+
+def test_a_roi_outside_the_frame_is_refused_not_replaced_by_the_whole_frame():
+    out = Collect()
+    loop = _loop(CounterSource(3, live=False), ThresholdSegmenter((16, 16)), out, roi=(40, 30, 20, 20))
+    with pytest.raises(UserError, match="--roi 40,30,20,20 lies outside the 32x24 frame"):
+        loop.run()
+    assert out.results == [] and _no_loop_threads_left()  # not one frame was judged
+
+
+def test_a_roi_reaching_past_the_frame_is_clipped_with_a_note():
+    out = Collect()
+    stats = _loop(CounterSource(3, live=False), ThresholdSegmenter((16, 16)), out, roi=(20, 10, 40, 40)).run()
+    assert [r.roi for r in out.results] == [(20, 10, 12, 14)] * 3
+    notes = [e for e in stats.events if "--roi 20,10,40,40 reaches past the 32x24 frame" in e]
+    assert len(notes) == 1 and notes[0].endswith("20,10,12,14")
+    inside = _loop(CounterSource(2, live=False), ThresholdSegmenter((16, 16)), Collect(), roi=(2, 2, 8, 8)).run()
+    assert not [e for e in inside.events if "--roi" in e]  # a window inside the frame needs no note

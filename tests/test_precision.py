@@ -9,10 +9,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ds2a.cli import main
 from ds2a.export.metadata import read_meta, write_meta
-from ds2a.export.trt_compat import blockers, check_model
 from ds2a.meta import ModelMeta
 from ds2a.precision.int8 import zero_points_symmetric
 from ds2a.precision.model_info import precision_of
+from ds2a.trt.compat import blockers, check_model
 
 H = W = 32
 
@@ -196,6 +196,20 @@ def test_precision_and_trt_check_import_without_torch():
     import sys
 
     code = ("import sys, ds2a.precision.command, ds2a.precision.int8, ds2a.precision.fp16, "
-            "ds2a.precision.calib_data, ds2a.export.trt_compat, ds2a.export.metadata; "
+            "ds2a.precision.calib_data, ds2a.trt.compat, ds2a.export.metadata; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_onnxruntime_without_calibration_caches_is_refused_with_the_fix(files, monkeypatch, capsys):
+    """onnxruntime 1.19 (the newest for Python 3.8) lacks calibration_cache_path: a message, not a TypeError."""
+    import onnxruntime.quantization as quantization
+
+    def quantize_static_1_19(model_input, model_output, calibration_data_reader, quant_format=None,
+                             op_types_to_quantize=None, extra_options=None):
+        raise AssertionError("must not be called")
+
+    monkeypatch.setattr(quantization, "quantize_static", quantize_static_1_19)
+    assert calibrate(files, "--precision", "int8", "--target", "onnxruntime", "--out", str(files / "old.onnx")) == 2
+    err = capsys.readouterr().err
+    assert "needs a newer onnxruntime" in err and "Python 3.9+" in err

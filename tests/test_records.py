@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 import sqlite3
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -84,10 +87,13 @@ def test_unwritable_or_wrong_databases_fail_clearly(tmp_path):
     blocker.write_text("x")
     with pytest.raises(UserError, match="writable folder"):
         Records(str(blocker / "db.sqlite"))
-    with pytest.raises(UserError, match="cannot use inspection database"):
-        Records(str(tmp_path))  # a folder
+    with pytest.raises(UserError, match="is a folder"):
+        Records(str(tmp_path))
     old = tmp_path / "old.sqlite"
-    sqlite3.connect(old).execute("PRAGMA user_version=7")
+    Records(str(old)).close()
+    con = sqlite3.connect(old)
+    con.execute("PRAGMA user_version=7")
+    con.close()
     with pytest.raises(UserError, match="schema version 7"):
         Records(str(old))
     with pytest.raises(UserError, match="does not exist"):
@@ -131,3 +137,297 @@ def test_report_errors(tmp_path, capsys):
     Records(str(empty)).close()
     assert main(["report", str(empty)]) == 2
     assert "no runs yet" in capsys.readouterr().err
+
+
+# -- never someone else's: foreign, corrupt and legacy files --------------------------------------
+
+def _snapshot(path):
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+def _foreign_runs(path):
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, name TEXT)")
+    con.execute("INSERT INTO runs (name) VALUES ('marathon')")
+    con.commit()
+    con.close()
+
+
+def _foreign_other(path):
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    con.commit()
+    con.close()
+
+
+def _foreign_app_id(path):
+    _foreign_other(path)
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA application_id=1234")
+    con.close()
+
+
+def _not_sqlite(path):
+    path.write_bytes(b"name,total\nx,1\n" * 20)
+
+
+def _corrupt_sqlite(path):
+    _foreign_other(path)
+    data = bytearray(path.read_bytes())
+    data[100:] = b"\xff" * (len(data) - 100)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("make, words", [(_foreign_runs, "runs` table of another layout"),
+                                         (_foreign_other, "no ds2a tables"),
+                                         (_foreign_app_id, "another application"),
+                                         (_not_sqlite, "not a SQLite file"),
+                                         (_corrupt_sqlite, "malformed")])
+def test_another_applications_or_a_corrupt_file_is_refused_untouched(tmp_path, capsys, make, words):
+    path = tmp_path / "their.sqlite"
+    make(path)
+    before = _snapshot(path)
+    time.sleep(0.01)
+    with pytest.raises(UserError, match=words):
+        Records(str(path))
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert _snapshot(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["their.sqlite"]  # no -wal / -shm left either
+
+
+def test_our_databases_carry_a_mark_and_older_unmarked_ones_are_adopted(tmp_path):
+    from ds2a.inspect.records import APPLICATION_ID, SCHEMA
+
+    path = tmp_path / "r.sqlite"
+    _fill(path)
+    assert int.from_bytes(path.read_bytes()[68:72], "big") == APPLICATION_ID  # in the file itself, not only the WAL
+    legacy = tmp_path / "legacy.sqlite"  # written by ds2a before the mark existed
+    con = sqlite3.connect(legacy)
+    con.executescript(SCHEMA)
+    con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    con.commit()
+    con.close()
+    assert _fill(legacy) == 1
+    assert sqlite3.connect(legacy).execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+def test_a_damaged_database_of_ours_is_a_clear_error(tmp_path):
+    path = tmp_path / "r.sqlite"
+    _fill(path)
+    data = bytearray(path.read_bytes())
+    data[100:] = b"\xff" * (len(data) - 100)
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="damaged|malformed"):
+        Records(str(path))
+
+
+def test_report_reads_read_only_and_never_changes_the_file(tmp_path, capsys):
+    path = tmp_path / "service.sqlite"
+    _fill(path)
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=DELETE")  # so that a WAL switch would show in the file
+    con.close()
+    path.chmod(0o444)
+    before = _snapshot(path)
+    time.sleep(0.01)
+    assert main(["report", str(path)]) == 0
+    assert "1 PASS, 1 FAIL" in capsys.readouterr().out
+    assert _snapshot(path) == before
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    ro = connect(str(path), create=False, readonly=True)  # what report uses: writes are impossible
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro.execute("DELETE FROM runs")
+    ro.close()
+    if os.geteuid() != 0:  # root ignores file modes; the checks above hold for everyone
+        with pytest.raises(UserError):
+            Records(str(path))
+
+
+# -- never lost, never overwritten -------------------------------------------------------------------
+
+def test_report_csv_onto_the_database_or_a_hard_link_of_it_is_refused(tmp_path, capsys):
+    path = tmp_path / "r.sqlite"
+    _fill(path)
+    os.link(path, tmp_path / "link.csv")
+    before = path.read_bytes()
+    for out in (path, tmp_path / "link.csv", tmp_path / "r.sqlite-wal"):
+        assert main(["report", str(path), "--csv", str(out)]) == 2
+        assert "same file as the input DB" in capsys.readouterr().err
+    assert path.read_bytes() == before
+    assert main(["report", str(path), "--csv", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def _locked(path):
+    """A second process-like connection holding the write lock."""
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    return other
+
+
+def test_a_locked_database_queues_records_retries_and_reports_the_delay(tmp_path):
+    path = tmp_path / "r.sqlite"
+    logs = []
+    rec = Records(str(path), retry_s=0.05, log=logs.append)
+    rec.start_run("m", "b", "s", CLASSES, {}, None)
+    other = _locked(path)
+    t0 = time.perf_counter()
+    for seq in range(5):
+        rec.add_frame(_result(seq, "a", []))
+        rec.commit()  # must not raise and must not wait for the lock
+    assert time.perf_counter() - t0 < 2.0
+    assert rec.pending == 5 and rec.outages == 1 and "locked" in logs[0]
+    other.execute("ROLLBACK")
+    other.close()
+    time.sleep(0.06)
+    rec.add_frame(_result(5, "a", []))
+    rec.commit()
+    assert rec.pending == 0 and "writable again" in logs[-1]
+    rec.finish_run("finished", {"frames": 6})
+    rec.close()
+    con = sqlite3.connect(path)
+    assert [r[0] for r in con.execute("SELECT seq FROM frames ORDER BY id")] == list(range(6))
+    stats = json.loads(con.execute("SELECT stats FROM runs").fetchone()[0])
+    assert stats["db_outages"] == 1 and stats["db_max_delay_s"] > 0 and stats["db_max_backlog"] == 5
+
+
+def test_a_full_disk_queues_records_and_a_full_queue_stops_with_an_alarm(tmp_path):
+    from ds2a.inspect.records import RecordsBackedUp
+
+    path = tmp_path / "r.sqlite"
+    rec = Records(str(path), max_pending=3, retry_s=0.0, log=lambda m: None)
+    rec.start_run("m", "b", "s", CLASSES, {}, None)
+    pages = rec.con.execute("PRAGMA page_count").fetchone()[0]
+    rec.con.execute(f"PRAGMA max_page_count={pages}")  # sqlite's own 'database or disk is full'
+    big = [Defect(1, "damage", 1.0, None, (0, 0, 1, 1), (0.5, 0.5), None)] * 400
+    for seq in range(3):
+        rec.add_frame(_result(seq, "a", big))
+        rec.commit()
+    assert rec.pending == 3 and "full" in rec.last_error
+    rec.add_frame(_result(3, "a", big))
+    with pytest.raises(RecordsBackedUp, match="ALARM.*no part passes unrecorded"):
+        rec.commit()
+    rec.con.execute("PRAGMA max_page_count=1073741823")  # space again: nothing was lost
+    rec.finish_run("error", {})
+    rec.close()
+    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM frames").fetchone()[0] == 4
+
+
+def _publisher(tmp_path, records, save_fail=None):
+    from ds2a.inspect.overlay import Renderer
+    from ds2a.inspect.publish import Publisher
+    from ds2a.inspect.rules import PartTracker, load_rules
+
+    return Publisher(Renderer(CLASSES, [(0, 0, 0)] * 4), [], PartTracker(load_rules(None, CLASSES), True),
+                     records, save_fail)
+
+
+def test_the_realtime_loop_keeps_inspecting_while_the_database_is_locked(tmp_path):
+    import threading
+
+    from ds2a.inspect.demo_source import DemoSource
+    from ds2a.inspect.fake_model import ThresholdSegmenter
+    from ds2a.inspect.loop import InspectionLoop
+    from ds2a.inspect.rules import analyser, load_rules
+
+    path = tmp_path / "r.sqlite"
+    rec = Records(str(path), retry_s=0.1, log=lambda m: None)
+    rec.start_run("m", "fake", "demo://", CLASSES, {}, None)
+    pub = _publisher(tmp_path, rec)
+    window = []
+
+    def hold_lock():  # 1.2 s here (the soak script, benchmarks/soak.py, holds it 15 s)
+        time.sleep(0.5)
+        other = _locked(path)
+        window.append(time.time())
+        time.sleep(1.2)
+        window.append(time.time())
+        other.execute("ROLLBACK")
+        other.close()
+
+    locker = threading.Thread(target=hold_lock)
+    locker.start()
+    loop = InspectionLoop(DemoSource("demo://", frames=75, fps=30, width=160, height=96), ThresholdSegmenter(),
+                          analyser(load_rules(None, CLASSES), CLASSES), pub)
+    stats = loop.run()
+    locker.join()
+    pub.finish()
+    rec.finish_run("finished", stats.to_dict())
+    rec.close()
+    con = sqlite3.connect(path)
+    times = [t for (t,) in con.execute("SELECT t FROM frames ORDER BY id")]
+    assert len(times) == stats.frames > 40  # every inspected frame recorded
+    during = sum(1 for t in times if window[0] < t < window[1])
+    outside = len(times) - during
+    span = times[-1] - times[0]
+    lock_s = window[1] - window[0]
+    assert during / lock_s > 0.6 * outside / (span - lock_s)  # the frame rate held up through the lock
+    health = json.loads(con.execute("SELECT stats FROM runs").fetchone()[0])
+    assert health["db_outages"] >= 1 and health["db_max_delay_s"] >= 0.5 and health["db_unwritten"] == 0
+
+
+def test_failure_images_are_unique_per_run_and_never_replace_files(tmp_path):
+    fails = tmp_path / "fails"
+    names = []
+    for _ in range(2):  # two runs without --db: same seq numbers, different files
+        pub = _publisher(tmp_path, None, str(fails))
+        res = _result(0, "a", [], ("damage: 1 region(s) > max_count 0",))
+        pub(res)
+        names.append(sorted(p.name for p in fails.iterdir()))
+    assert len(names[0]) == 2 and len(names[1]) == 4 and set(names[0]) < set(names[1])
+    assert all(n.endswith(("_annotated.jpg", "_raw.jpg")) for n in names[1])
+    path = tmp_path / "r.sqlite"  # with --db: the run id and the run tag are in the name, the row points at it
+    rec = Records(str(path))
+    run = rec.start_run("m", "b", "s", CLASSES, {}, None)
+    pub = _publisher(tmp_path, rec, str(fails))
+    pub(_result(0, "a", [], ("x",)))
+    rec.close()
+    image = sqlite3.connect(path).execute("SELECT image_path FROM frames").fetchone()[0]
+    assert os.path.basename(image).startswith(f"run{run}_{pub.run_tag}_000000_a")
+    assert cv2.imread(image) is not None
+
+
+def test_a_failed_image_write_is_counted_warned_and_recorded(tmp_path, monkeypatch, capsys):
+    import ds2a.inspect.publish as publish
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(publish, "write_new", disk_full)
+    path = tmp_path / "r.sqlite"
+    rec = Records(str(path))
+    rec.start_run("m", "b", "s", CLASSES, {}, None)
+    pub = _publisher(tmp_path, rec, str(tmp_path / "fails"))
+    for seq in range(3):
+        pub(_result(seq, "a", [], ("damage: too big",)))
+    pub.finish()
+    rec.finish_run("finished", {"frames": 3})
+    rec.close()
+    assert pub.images_failed == 3
+    err = capsys.readouterr().err
+    assert err.count("could not save failure image") == 1 and "No space left" in err
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT COUNT(*), COUNT(image_path) FROM frames").fetchone() == (3, 0)
+    stats = json.loads(con.execute("SELECT stats FROM runs").fetchone()[0])
+    assert stats["fail_images_unsaved"] == 3 and "No space left" in stats["fail_images_error"]
+
+
+def test_rows_the_database_never_takes_are_saved_beside_it_and_the_run_fails(tmp_path):
+    path = tmp_path / "r.sqlite"
+    rec = Records(str(path), retry_s=0.05, log=lambda m: None)
+    rec.start_run("m", "b", "s", CLASSES, {}, None)
+    other = _locked(path)
+    for seq in range(3):
+        rec.add_frame(_result(seq, "a", []))
+        rec.commit()
+    rec.finish_patience_s = 0.2
+    with pytest.raises(UserError, match="3 records could not be written.*saved to .*unsaved-run1"):
+        rec.finish_run("finished", {"frames": 3})
+    rec.close()
+    other.execute("ROLLBACK")
+    dumps = list(tmp_path.glob("r.sqlite.unsaved-run1-*.jsonl"))
+    assert len(dumps) == 1
+    rows = [json.loads(line) for line in dumps[0].read_text().splitlines()]
+    assert [r["row"][1] for r in rows] == [0, 1, 2] and rows[0]["table"] == "frames"

@@ -8,11 +8,13 @@ import pytest
 import yaml
 
 from ds2a.errors import UserError
+from ds2a.inspect import rules as rules_module
 from ds2a.inspect.quantify import Defect
 from ds2a.inspect.rules import PartTracker, analyser, default_rules, judge, load_rules, parse_rules
 
 CLASSES = ("background", "damage", "smudge", "dust")
 EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "rules.example.yaml"
+LIMIT = {"classes": {"damage": {"max_count": 0}}}
 
 
 def d(name: str, area: float, conf=None, mm2=None) -> Defect:
@@ -76,6 +78,20 @@ def test_min_confidence_and_per_class_min_area_drop_weak_regions():
     ({"classes": {"dust": {"max_area_mm2": 1}}}, "needs the image scale"),
     ({"classes": {"dust": 5}}, "must be a mapping"),
     ({"min_area_px": -3}, "min_area_px is -3"),
+    # a file that states no limit would pass every part
+    ({}, "at least one defect class"),
+    ({"classes": {}}, "at least one defect class"),
+    ({"classes": None}, "at least one defect class"),
+    ({"level": "frame", "min_area_px": 10}, "at least one defect class"),
+    ({"classes": {"dust": None}}, "classes.dust must be a mapping"),
+    ({"classes": {"dust": {}}}, "classes.dust states no limit"),
+    ({"classes": {"dust": {"min_confidence": 0.5, "min_area_px": 3}}}, "classes.dust states no limit"),
+    ({"classes": {"dust": {"max_count": None}}}, "omit the key for no limit"),
+    ({"classes": {"dust": {"max_count": 0}, "smudge": {"max_area_px": None}}}, "max_area_px is None"),
+    # NaN / infinity would switch a limit or the noise floor off
+    ({"min_area_px": float("inf"), **LIMIT}, "min_area_px is inf"),
+    ({"classes": {"dust": {"max_area_px": float("nan")}}}, "finite number"),
+    ({"mm_per_pixel": float("nan"), **LIMIT}, "mm_per_pixel is nan"),
 ])
 def test_invalid_rules_are_clear_errors_naming_the_file(tmp_path, doc, words):
     path = tmp_path / "bad.yaml"
@@ -89,6 +105,43 @@ def test_mm2_rule_accepts_scale_from_the_command_line(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("classes: {dust: {max_area_mm2: 1}}\n")
     assert load_rules(str(path), CLASSES, mm_per_pixel=0.2).mm_per_pixel == 0.2
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n", "~\n"])
+def test_an_empty_or_comment_only_rules_file_is_refused(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="empty; a rules file must state at least one limit"):
+        load_rules(str(path), CLASSES)
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf"), 0.0, -0.1])
+def test_a_scale_that_is_not_finite_and_positive_is_refused(tmp_path, scale):
+    path = tmp_path / "r.yaml"
+    path.write_text("classes: {dust: {max_area_mm2: 1}}\n")
+    for rules_path in (str(path), None):
+        with pytest.raises(UserError, match="--mm-per-pixel .*finite, positive"):
+            load_rules(rules_path, CLASSES, mm_per_pixel=scale)
+
+
+def test_unreadable_rules_paths_are_one_line_errors(tmp_path, monkeypatch):
+    folder = tmp_path / "rules.d"
+    folder.mkdir()
+    with pytest.raises(UserError, match="is a folder"):
+        load_rules(str(folder), CLASSES)
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("classes: {damage: {max_count: 0}}  # Größe\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8"):
+        load_rules(str(latin), CLASSES)
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("classes: {damage: {max_count: 0}}\n")
+
+    def no_permission(path, *a, **k):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(rules_module, "open", no_permission, raising=False)  # root reads anything
+    with pytest.raises(UserError, match="cannot read rules file .*locked.yaml: Permission denied"):
+        load_rules(str(locked), CLASSES)
 
 
 def test_missing_and_malformed_files(tmp_path):
@@ -113,7 +166,7 @@ def test_parts_from_source_ids_fail_when_any_frame_fails():
 
 
 def test_parts_of_n_frames_when_the_source_has_no_ids():
-    rules = parse_rules({"part": {"frames": 3}}, CLASSES)
+    rules = parse_rules({"part": {"frames": 3}, **LIMIT}, CLASSES)
     tracker = PartTracker(rules, source_gives_parts=False)
     closed = []
     for i in range(7):
@@ -128,13 +181,13 @@ def test_a_frame_with_no_part_in_view_closes_the_open_part():
     assert tracker.feed(0, "a", True, [], 0.0) == []
     assert [p.part_id for p in tracker.feed_gap()] == ["a"]
     assert tracker.feed_gap() == []
-    frames = PartTracker(parse_rules({"part": {"frames": 2}}, CLASSES), source_gives_parts=False)
+    frames = PartTracker(parse_rules({"part": {"frames": 2}, **LIMIT}, CLASSES), source_gives_parts=False)
     frames.feed(0, None, True, [], 0.0)
     assert frames.feed_gap() == []  # counting frames: a gap does not cut a part short
 
 
 def test_frame_level_gives_one_verdict_per_frame():
-    tracker = PartTracker(parse_rules({"level": "frame"}, CLASSES), source_gives_parts=True)
+    tracker = PartTracker(parse_rules({"level": "frame", **LIMIT}, CLASSES), source_gives_parts=True)
     out = tracker.feed(5, "a", False, ["r"], 1.0)
     assert [(p.part_id, p.level, p.verdict) for p in out] == [("a", "frame", "FAIL")]
     assert tracker.flush() == []
@@ -149,3 +202,12 @@ def test_analyser_scales_areas_before_judging():
     defects, ok, reasons = analyse(cm, None, (10, 20, 64, 64))  # a 64x64 region at (10, 20): 256 frame px
     assert not ok and defects[0].area_px == 256 and "max_area_px 100" in reasons[0]
     assert defects[0].bbox == (10, 20, 16, 16)
+
+
+def test_parts_by_source_on_a_source_without_part_ids_is_refused_with_the_fix():
+    rules = parse_rules({"part": {"by": "source"}, **LIMIT}, CLASSES, "r.yaml")
+    with pytest.raises(UserError, match="part.by is 'source' but clip.mp4 gives no part ids.*by: frames"):
+        PartTracker(rules, source_gives_parts=False, source="clip.mp4")
+    assert PartTracker(rules, source_gives_parts=True).by == "source"
+    frame_level = parse_rules({"level": "frame", "part": {"by": "source"}, **LIMIT}, CLASSES)
+    assert PartTracker(frame_level, source_gives_parts=False).feed(0, None, False, ["r"], 0.0)[0].verdict == "FAIL"

@@ -215,6 +215,23 @@ def test_folder_and_glob_skip_unreadable_images(tmp_path):
     ("demo://?frame=3", "unknown option(s) frame"),
     ("demo://?frames=many", "options are numbers"),
     ("csi://0?fps=fast", "not a whole number"),
+    # absurd options are refused before anything is allocated or opened
+    ("demo://?width=60000", "'width=60000' is out of range"),
+    ("demo://?height=10", "'height=10' is out of range"),
+    ("demo://?frames=0", "'frames=0' is out of range"),
+    ("demo://?fps=nan", "'fps=nan' is out of range"),
+    ("demo://?fps=inf", "'fps=inf' is out of range"),
+    ("demo://?seed=-1", "'seed=-1' is out of range"),
+    ("demo://?speed=5000&width=320", "more than the frame width"),
+    ("demo://?frames=" + "9" * 5000, "is not a whole number"),
+    ("csi://0?widht=640", "unknown option(s) widht"),
+    ("csi://99", "out of range"),
+    ("csi://0?flip=9", "'flip=9' is out of range"),
+    ("gst://", "give a GStreamer pipeline"),
+    ("v4l2://", "name the device"),
+    ("", "is empty"),
+    ("clip\x00.mp4", "NUL byte"),
+    ("http://[::1", "Invalid IPv6 URL"),
 ])
 def test_bad_source_uris_are_clear_errors(uri, words):
     with pytest.raises(UserError) as exc:

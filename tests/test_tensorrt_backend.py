@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+from cuda_fakes import Machine, pycuda_entries
 from trt_stubs.fake_trt import MAGIC
 from trt_stubs.helpers import NEWEST_10, build, fake_for
 from trt_stubs.onnx_models import CLASSES, make_onnx
@@ -90,7 +91,7 @@ def test_cuda_graph_is_captured_once_then_replayed_with_new_frames(built):
         for seed in range(4):
             x = frames(1, seed=seed)
             assert seg.infer(x[0]).class_map.tolist() == expected(x)[0]
-        assert cuda.graph_launches == 3 and len(seg._graphs) == 1  # run 1 plain, runs 2..4 replay
+        assert cuda.graph_launches == 3 and seg._graph is not None  # run 1 plain, runs 2..4 replay
         assert "gpu_ms" in seg.last_timings
 
 
@@ -305,7 +306,7 @@ class RecordingCudart:
             if name == "cudaEventElapsedTime":
                 return ok, 1.25
             if name in ("cudaMalloc", "cudaStreamCreate", "cudaEventCreate", "cudaStreamEndCapture",
-                        "cudaGraphInstantiate"):
+                        "cudaGraphInstantiateWithFlags", "cudaGetDevice"):
                 return ok, len(self.calls)
             return (ok,)
         return call
@@ -332,16 +333,20 @@ def test_cuda_python_layer_uses_only_names_cuda_python_has(real_cudart):
     buf.to_host(stream, 192)
     start, end = api.create_event(), api.create_event()
     api.record_event(start, stream)
-    api.begin_capture(stream)
-    graph = api.end_capture(stream)
-    api.launch_graph(graph, stream)
+    with api.activate():
+        api.begin_capture(stream)
+        graph = api.end_capture(stream)
+        api.launch_graph(graph, stream)
+        api.begin_capture(stream)
+        api.abort_capture(stream)
     api.record_event(end, stream)
     api.synchronize(stream)
     assert api.elapsed_ms(start, end) == 1.25
     api.destroy_graph(graph)
     buf.free()
-    assert {"cudaMallocHost", "cudaMemcpyAsync", "cudaStreamBeginCapture", "cudaGraphInstantiate",
-            "cudaGraphLaunch", "cudaFreeHost", "cudaFree"} <= set(rt.calls)
+    assert {"cudaMallocHost", "cudaMemcpyAsync", "cudaStreamBeginCapture", "cudaGraphInstantiateWithFlags",
+            "cudaGraphLaunch", "cudaGetLastError", "cudaGetDevice", "cudaSetDevice", "cudaFreeHost",
+            "cudaFree"} <= set(rt.calls)
 
 
 @pytest.mark.parametrize("error,driver,message", [
@@ -360,74 +365,26 @@ def test_cuda_python_layer_refuses_a_gpu_index_that_does_not_exist(real_cudart):
 
 
 # --- pycuda fallback ------------------------------------------------------------------------------------
-def _fake_pycuda(monkeypatch):
-    """A minimal pycuda.driver (older JetPacks) so the fallback's wiring is exercised without a GPU."""
-    import types
-
-    drv = types.ModuleType("pycuda.driver")
-    log = []
-
-    class Error(Exception):
-        pass
-
-    class Ctx:
-        def push(self):
-            log.append("push")
-
-        def pop(self):
-            log.append("pop")
-
-    class Device:
-        @staticmethod
-        def count():
-            return 1
-
-        def __init__(self, index):
-            self.index = index
-
-        def name(self):
-            return "Orin"
-
-        def compute_capability(self):
-            return (8, 7)
-
-        def total_memory(self):
-            return 8 << 30
-
-        def retain_primary_context(self):
-            return Ctx()
-
-    class Mem:
-        def __init__(self, n):
-            self.n = n
-
-        def __int__(self):
-            return 4096 + self.n
-
-        def free(self):
-            log.append("free")
-
-    drv.Error, drv.Device = Error, Device
-    drv.init = lambda: log.append("init")
-    drv.pagelocked_empty = lambda shape, dtype: np.zeros(shape, dtype)
-    drv.mem_alloc = Mem
-    pkg = types.ModuleType("pycuda")
-    pkg.driver = drv
-    monkeypatch.setitem(sys.modules, "pycuda", pkg)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
-    monkeypatch.setattr(cuda_buffers, "load_cudart", lambda: None)
-    return log
-
-
 def test_pycuda_is_used_when_cuda_python_is_absent(monkeypatch):
-    log = _fake_pycuda(monkeypatch)
+    machine = Machine()
+    for name, module in pycuda_entries(machine):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(cuda_buffers, "load_cudart", lambda: None)
     api = cuda_buffers.open_cuda(0)
     assert api.name == "pycuda" and not api.supports_graphs
-    assert api.device_info().compute_capability == (8, 7)
+    assert api.device_info().compute_capability == (8, 7) and machine.pushed() == {}
+    stream = api.create_stream()
     buf = cuda_buffers.HostDeviceBuffer(api, (1, 8, 8, 3), np.uint8)
+    buf.host[...] = 9
+    buf.to_device(stream)
+    api.synchronize(stream)  # async: the copy reads the host buffer when it runs
+    buf.host[...] = 0
+    buf.to_host(stream)
+    api.synchronize(stream)
+    assert (buf.host == 9).all()  # through the fake GPU memory and back
     buf.free()
     api.close()
-    assert log == ["init", "push", "free", "pop"]
+    assert machine.mem == {} and machine.pushed() == {}  # each operation popped what it pushed
 
 
 def test_neither_cuda_python_nor_pycuda_is_a_user_error(monkeypatch):

@@ -148,6 +148,38 @@ def test_resume_refuses_a_checkpoint_of_another_class_count(synth: Path, tmp_pat
         Trainer(_cfg(synth, out, resume=True))
 
 
+@pytest.mark.parametrize("kw, match", [
+    (dict(lr=float("nan")), "--lr nan must be a finite number"),
+    (dict(lr=-1.0), "--lr -1.0 must be a finite number"),
+    (dict(device="foo"), "--device 'foo' is not a device"),
+])
+def test_bad_numbers_and_devices_from_the_api_are_user_errors(synth: Path, tmp_path: Path, kw: dict,
+                                                              match: str) -> None:
+    with pytest.raises(UserError, match=match):
+        Trainer(_cfg(synth, tmp_path / "bad", **kw))
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage", b"PK\x03\x04 truncated zip"])
+def test_resume_from_a_corrupt_last_pt_is_one_clear_error(synth: Path, tmp_path: Path, content: bytes) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(content)
+    with pytest.raises(UserError, match=r"--resume: .*last\.pt.*delete it to start over"):
+        Trainer(_cfg(synth, out, resume=True))
+
+
+def test_resume_with_a_damaged_training_state_is_one_clear_error(synth: Path, tmp_path: Path) -> None:
+    from ds2a.model import build_model, save_checkpoint
+
+    out = tmp_path / "damaged"
+    out.mkdir()
+    torch.manual_seed(0)
+    save_checkpoint(str(out / "last.pt"), build_model("ds2a_tiny", num_classes=4, **TINY),
+                    extra={"train_state": {"iter": 1}})
+    with pytest.raises(UserError, match="damaged training state"):
+        Trainer(_cfg(synth, out, resume=True))
+
+
 def test_mixed_precision_only_where_supported() -> None:
     from ds2a.train.loop import amp_dtype
 
@@ -162,11 +194,19 @@ def test_mixed_precision_only_where_supported() -> None:
     (["--ratio-range", "2,1"], "needs 0 < MIN <= MAX"),
     (["--ratio-range", "big"], "is not MIN,MAX"),
     (["--crop", "64xZ"], "is not HxW"),
-    (["--iters", "0"], "at least 1"),
+    (["--iters", "0"], "must be a whole number >= 1"),
+    (["--lr", "nan"], "must be a finite number"),
+    (["--lr", "-1"], "must be a finite number"),
+    (["--device", "foo"], "is not a device"),
+    (["--ratio-range", "0.5,inf"], "needs 0 < MIN <= MAX"),
 ])
 def test_cli_bad_options_print_the_fix(synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                        extra: list, message: str) -> None:
     argv = ["train", "--model", "ds2a_tiny", "--data", str(synth), "--out", str(tmp_path / "x")] + extra
-    assert main(argv) == 2
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        rc = exc.code
+    assert rc == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

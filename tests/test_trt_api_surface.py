@@ -5,7 +5,8 @@ Python bindings (PyPI wheels, loaded against stub libraries in a subprocess) giv
 public surface; the builder and backend then run every option their branch supports
 against a fake restricted to that surface, which raises on any missing name and records
 the names used; finally the recorded names are resolved on the real module again.
-8.5 has no bindings wheel: its branch runs on the 8.6 surface reporting version 8.5.2.
+8.5 has no bindings wheel: its branch runs on the 8.6 surface less what 8.6 added
+(trt_stubs/surface85.py), reporting version 8.5.2.
 """
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ import numpy as np
 import pytest
 from trt_stubs import wheels
 from trt_stubs.fake_trt import FakeCuda, FakeTensorRT
-from trt_stubs.helpers import build, fake_for
+from trt_stubs.helpers import build, fake_for, features
 from trt_stubs.onnx_models import make_onnx
 
 from ds2a.engine import builder as builder_mod
-from ds2a.engine.versions import features_for
 from ds2a.errors import UserError
 from ds2a.runtime.tensorrt_backend import TensorRTSegmenter
 
@@ -31,7 +31,7 @@ BRANCHES = [(v, None) for v in RELEASES] + [("8.6.1", "8.5.2")]  # (surface, rep
 
 def _scenarios(version: str) -> List[Tuple[str, Dict]]:
     """(onnx precision, build options) for every option the release's branch supports."""
-    f = features_for(version)
+    f = features(version)
     out: List[Tuple[str, Dict]] = [
         ("fp32", {}), ("fp16", {}), ("int8", {"int8": True}),
         ("fp32", {"batch": (1, 2, 4), "workspace_gib": 0.5, "timing_cache": "cache.bin", "verbose": True}),
@@ -54,7 +54,7 @@ def exercise(fake: FakeTensorRT, cuda: FakeCuda, tmp: Path) -> Set[str]:
     for i, (precision, opts) in enumerate(_scenarios(version)):
         dynamic = "batch" in opts
         onnx = make_onnx(tmp / f"m{i}.onnx", precision, batch="batch" if dynamic else 1,
-                         layernorm=features_for(version).normalization_layer)
+                         layernorm=features(version).normalization_layer)
         if "timing_cache" in opts:
             opts = dict(opts, timing_cache=str(tmp / opts["timing_cache"]))
         if "calib_cache" in opts:
@@ -131,12 +131,13 @@ def test_tensorrt_8_branch_uses_explicit_batch_and_weak_typing(used_names):
     assert weak <= used
     assert "IBuilderConfig.progress_monitor" not in used  # no IProgressMonitor before 10.0
     assert {"IInt8EntropyCalibrator2", "IBuilderConfig.int8_calibrator"} <= used
+    assert {"OnnxParser.set_flag", "OnnxParserFlag.NATIVE_INSTANCENORM"} <= used  # version-compatible builds
 
 
 def test_tensorrt_8_5_branch_skips_what_8_6_added(used_names):
     used = _branch(used_names, "8.6.1", "8.5.2")
     assert not {"IBuilderConfig.builder_optimization_level", "IBuilderConfig.hardware_compatibility_level",
-                "BuilderFlag.VERSION_COMPATIBLE"} & used
+                "BuilderFlag.VERSION_COMPATIBLE", "OnnxParser.set_flag"} & used
     assert "NetworkDefinitionCreationFlag.EXPLICIT_BATCH" in used
 
 
@@ -161,7 +162,8 @@ def test_tensorrt_11_branch_never_touches_removed_precision_api(used_names):
 def test_fake_refuses_a_name_the_release_lacks(tmp_path, monkeypatch):
     """Guard against a toothless fake: 11.x with the 10.x (weakly typed) branch forced must fail."""
     fake, cuda = fake_for("11.4.0.106")
-    monkeypatch.setattr(builder_mod, "features_for", lambda v: features_for("10.13.3.9"))
+    weak = features("10.13.3.9")
+    monkeypatch.setattr(builder_mod, "detect_features", lambda trt: weak)
     onnx = make_onnx(tmp_path / "m.onnx", "fp32")
     with pytest.raises(AttributeError, match=r"BuilderFlag\.FP16 does not exist"):
         build(fake, cuda, onnx, str(tmp_path / "m.engine"), fp16=True)
@@ -182,9 +184,9 @@ def test_progress_monitor_subclasses_the_real_interface(version):
     code = (
         "import tensorrt as trt\n"
         "from ds2a.engine.builder import _progress_monitor\n"
-        "from ds2a.engine.versions import features_for\n"
+        "from ds2a.trt.features import detect_features\n"
         "lines = []\n"
-        "if features_for(trt.__version__).progress_monitor:\n"
+        "if detect_features(trt).progress_monitor:\n"
         "    m = _progress_monitor(trt, lines.append)\n"
         "    assert isinstance(m, trt.IProgressMonitor)\n"
         "    m.phase_start('Build', None, 2)\n"
@@ -194,14 +196,16 @@ def test_progress_monitor_subclasses_the_real_interface(version):
     )
     proc = wheels.run_with_real_trt(version, code)
     assert proc.returncode == 0, proc.stderr
-    has_monitor = features_for(version).progress_monitor
+    has_monitor = features(version).progress_monitor
     assert proc.stdout.strip() == (("['  Build (2 steps)']" if has_monitor else "[]") + " Logger")
 
 
-@pytest.mark.parametrize("version", [v for v in RELEASES if features_for(v).int8_calibrator])
+@pytest.mark.parametrize("version", RELEASES)
 def test_cache_calibrator_subclasses_the_real_interface(version):
     if wheels.obtain(version)[0] is None:
         pytest.skip(f"TensorRT {version} bindings unavailable: {wheels.obtain(version)[1]}")
+    if not features(version).int8_calibrator:
+        pytest.skip(f"TensorRT {version} has no INT8 calibrators")
     code = (
         "import tensorrt as trt\n"
         "from ds2a.engine.builder import _cache_calibrator\n"

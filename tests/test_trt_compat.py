@@ -6,13 +6,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ds2a.errors import UserError
 from ds2a.export.onnx_export import decompose_layernorm
-from ds2a.export.trt_compat import (
-    blockers,
-    check_model,
-    check_versions,
-    format_report,
-    parse_version,
-)
+from ds2a.trt.compat import blockers, check_model, check_versions, format_report
+from ds2a.trt.versions import parse_version, target_version
 
 F, U8, I64 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT64
 
@@ -120,10 +115,31 @@ def test_einsum_with_ellipsis_blocks_trt8_only():
 
 
 @pytest.mark.parametrize("text", ["7.1", "9", "12", "abc"])
-def test_unsupported_versions_are_refused(text):
+def test_unsupported_targets_are_refused(text):
     with pytest.raises(UserError, match="TensorRT"):
-        parse_version(text)
+        target_version(text)
 
 
 def test_version_parsing_accepts_full_versions():
     assert parse_version("8.5.2") == (8, 5) and parse_version("10.3.0") == (10, 3) and parse_version("11") == (11, 0)
+
+
+def _opset_model(opset):
+    model = layernorm_model()
+    model.opset_import[0].version = opset
+    return model
+
+
+@pytest.mark.parametrize("version,readable,too_new", [("8.6", 17, 18), ("9.2", 19, 20), ("10.0", 20, 21),
+                                                      ("10.5", 20, 21), ("10.6", 22, 23), ("10.15", 24, 25)])
+def test_opset_limit_per_release(version, readable, too_new):
+    assert not [f for f in check_model(_opset_model(readable), version) if f.op_type == "opset"]
+    assert [f for f in blockers(check_model(_opset_model(too_new), version)) if f.op_type == "opset"]
+
+
+def test_one_version_reader_for_every_release_the_device_may_run():
+    assert parse_version("9.2.0") == (9, 2) and parse_version("v10.3") == (10, 3)
+    assert parse_version("10.13.3.9") == (10, 13) and parse_version("11") == (11, 0)
+    assert target_version("10.3.0") == (10, 3) and target_version("8.5") == (8, 5)
+    with pytest.raises(UserError, match="cannot read TensorRT version"):
+        parse_version("abc")

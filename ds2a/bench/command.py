@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import math
 import os
 import shlex
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
+from ..cli_types import finite_float, int_range
 from ..errors import UserError
 from ..meta import parse_size
+from ..outputs import check_outputs
 from .latency import measure
 from .machine import machine_info
 from .report import add_speedups, write_all
@@ -36,27 +39,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", help="tensorrt | onnxruntime | pytorch (default: from the file suffix)")
     parser.add_argument("--device", default=None,
                         help="onnxruntime: cpu (default) | cuda | tensorrt | auto; pytorch: auto | cpu | cuda")
-    parser.add_argument("--batch", type=int, default=1, help="frames per inference (default 1)")
+    parser.add_argument("--batch", type=int_range(1, 4096), default=1, help="frames per inference (default 1)")
     parser.add_argument("--size", metavar="HxW", help="pytorch only: run the checkpoint at this size "
                         "(ONNX files and engines have their size built in)")
-    parser.add_argument("--warmup-s", type=float, default=1.0, help="warm-up seconds, not timed (default 1)")
+    parser.add_argument("--warmup-s", type=finite_float(0, 3600), default=1.0, help="warm-up seconds, not timed (default 1)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--iterations", type=int, help="timed inferences (exactly this many)")
-    group.add_argument("--duration", type=float, help="timed seconds (default 3, at least 10 inferences)")
+    group.add_argument("--iterations", type=int_range(1), help="timed inferences (exactly this many)")
+    group.add_argument("--duration", type=finite_float(0, 86400, lo_open=True), help="timed seconds (default 3, at least 10 inferences)")
     parser.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay a captured CUDA graph")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for ONNX Runtime / PyTorch (0 = all)")
+    parser.add_argument("--threads", type=int_range(0, 4096), default=0, help="CPU threads for ONNX Runtime / PyTorch (0 = all)")
     parser.add_argument("--json", metavar="F", help="write the full result (raw samples included) as JSON")
     parser.add_argument("--markdown", metavar="F", help="write the result table as markdown")
     parser.add_argument("--plot", metavar="F.png", help="write latency distribution / accuracy plot")
     parser.add_argument("--data", metavar="DIR", help="labelled dataset: also compute mIoU (ds2a eval)")
     parser.add_argument("--split", default="test", help="dataset split for --data (default test)")
-    parser.add_argument("--limit", type=int, help="score only the first N images of the split")
-    parser.add_argument("--min-miou", type=float, metavar="X", help="exit 1 when a model's mIoU (0-1) is below X")
-    parser.add_argument("--max-latency-ms", type=float, metavar="Y",
+    parser.add_argument("--limit", type=int_range(1), help="score only the first N images of the split")
+    parser.add_argument("--min-miou", type=finite_float(0, 1), metavar="X", help="exit 1 when a model's mIoU (0-1) is below X")
+    parser.add_argument("--max-latency-ms", type=finite_float(0, lo_open=True), metavar="Y",
                         help="exit 1 when a model's latency (--gate-stat, default median) is above Y ms")
     parser.add_argument("--gate-stat", choices=GATE_STATS, default="median", help="statistic --max-latency-ms checks")
     parser.add_argument("--source", metavar="URI", help="end-to-end mode: run the inspection loop on this source")
-    parser.add_argument("--max-frames", type=int, default=300,
+    parser.add_argument("--max-frames", type=int_range(1), default=300,
                         help="end-to-end mode: frames to process (default 300; --duration stops earlier)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
 
@@ -78,13 +81,22 @@ def backend_options(backend: str, args: argparse.Namespace) -> Dict[str, Any]:
     elif backend == "pytorch":
         opts["threads"] = args.threads
         if args.device:
-            opts["device"] = args.device
+            opts["device"] = args.device if args.device == "auto" else _torch_device(args.device)
     if getattr(args, "size", None):
         if backend != "pytorch":
             raise UserError(f"--size only applies to PyTorch checkpoints; a {backend} model has its size built in "
                             "(export it again with `ds2a export CKPT --size HxW`)")
         opts["input_size"] = parse_size(args.size)
     return opts
+
+
+def _torch_device(text: str) -> str:
+    from ..cli_types import torch_device
+
+    try:
+        return torch_device(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"--device {exc} (or auto) for a PyTorch checkpoint") from None
 
 
 def guess_precision(path: str, meta: Any) -> str:
@@ -150,14 +162,32 @@ def check_gates(rows: List[Dict[str, Any]], args: argparse.Namespace) -> List[st
         if r.get("skipped"):
             continue
         name = f"{r['model']} ({r['backend']} {r['precision']})"
-        if args.min_miou is not None and r.get("miou") is not None and r["miou"] < args.min_miou:
-            failed.append(f"{name}: mIoU {r['miou']:.4f} < --min-miou {args.min_miou}")
+        if args.min_miou is not None:
+            miou = _number(r.get("miou"))
+            if miou is None:  # a gate that cannot be evaluated fails
+                failed.append(f"{name}: mIoU could not be measured (no labelled pixels scored); "
+                              f"--min-miou {args.min_miou} is not met")
+            elif miou < args.min_miou:
+                failed.append(f"{name}: mIoU {miou:.4f} < --min-miou {args.min_miou}")
         if args.max_latency_ms is not None:
-            value = r["latency_ms"][args.gate_stat]
-            if value > args.max_latency_ms:
+            lat = r.get("latency_ms") or {}
+            value = _number(lat.get(args.gate_stat)) if lat.get("count") else None
+            if value is None:
+                failed.append(f"{name}: no {args.gate_stat} latency was measured (no frame inferred); "
+                              f"--max-latency-ms {args.max_latency_ms} is not met")
+            elif value > args.max_latency_ms:
                 failed.append(f"{name}: {args.gate_stat} latency {value:.2f} ms > "
                               f"--max-latency-ms {args.max_latency_ms}")
     return failed
+
+
+def _number(value: Any) -> Optional[float]:
+    """A finite float, or None for a missing / NaN / infinite measurement."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def summary_lines(rows: List[Dict[str, Any]]) -> List[str]:
@@ -173,8 +203,13 @@ def summary_lines(rows: List[Dict[str, Any]]) -> List[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.source and (args.data or args.min_miou is not None):
+        raise UserError("--data / --min-miou score a model on a labelled split, which end-to-end mode (--source) "
+                        "does not do; run the accuracy gate without --source")
     if args.min_miou is not None and not args.data:
         raise UserError("--min-miou needs --data DIR (a labelled split to score the model on)")
+    check_outputs([("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)],
+                  [("--model", m) for m in args.model] + [("--data", args.data)])
     if args.source:
         return run_end_to_end(args)
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, file=sys.stderr, **k))
@@ -235,20 +270,26 @@ def run_end_to_end(args: argparse.Namespace) -> int:
         try:
             classes = list(model.meta.classes)
             measure(model, warmup_s=args.warmup_s, iterations=1)  # same warm-up as model-only mode
-            loop = InspectionLoop(source, model, analyser(load_rules(None, classes), classes), lambda res: None,
+            inferred: List[bool] = []  # per output frame, in order: did the model run on it?
+            loop = InspectionLoop(source, model, analyser(load_rules(None, classes), classes),
+                                  lambda res: inferred.append(bool(getattr(res, "inspected", True))),
                                   max_frames=args.max_frames)
             stats = loop.run(duration=args.duration)
         finally:
             source.close()
             model.close()
-        e2e = stats.timings.samples.get("latency", [])
+        # latency counts only frames the model judged (not "no part in view" frames)
+        e2e = [v for v, ok in zip(stats.timings.samples.get("latency", []), inferred) if ok]
+        if not e2e:
+            raise UserError(f"no frame from {args.source} was inferred by {path} ({stats.frames} output, "
+                            f"{stats.corrupt} corrupt, {stats.no_part} without a part); nothing to measure")
         latency = latency_stats(e2e, 1, stats.wall_s)
         latency["throughput_fps"] = stats.e2e_fps  # frames fully output per second of the run
         rows.append({
             "label": model.meta.arch, "model": path, "backend": model.backend,
             "precision": guess_precision(path, model.meta), "input_size": list(model.input_size), "batch": 1,
             "size_mb": round(os.path.getsize(path) / 2**20, 2), "mode": "end-to-end", "source": args.source,
-            "frames": stats.frames, "captured": stats.captured, "dropped": stats.dropped,
+            "frames": stats.frames, "inferred": len(e2e), "captured": stats.captured, "dropped": stats.dropped,
             "e2e_fps": round(stats.e2e_fps, 2), "model_fps": round(stats.model_fps, 2),
             "latency_ms": latency, "samples_ms": [round(v, 4) for v in e2e],
             "stages_ms": {k: latency_stats(v) for k, v in stats.timings.samples.items()},

@@ -7,8 +7,9 @@ stages_ms, accuracy (miou / parity) and speedup, or `skipped` with the reason.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Dict, List, Optional, Sequence
+
+from ..outputs import atomic_path, atomic_write
 
 ACCURACY_KEYS = ("miou", "parity")
 
@@ -27,8 +28,7 @@ def add_speedups(rows: Sequence[Dict[str, Any]]) -> None:
 
 
 def write_json(report: Dict[str, Any], path: str) -> None:
-    _mkdir(path)
-    with open(path, "w") as f:
+    with atomic_write(path, label="--json") as f:
         json.dump(report, f, indent=1, sort_keys=False, default=str)
         f.write("\n")
 
@@ -122,8 +122,7 @@ def _machine_lines(m: Dict[str, Any]) -> List[str]:
 
 
 def write_markdown(report: Dict[str, Any], path: str) -> None:
-    _mkdir(path)
-    with open(path, "w") as f:
+    with atomic_write(path, label="--markdown") as f:
         f.write(to_markdown(report))
 
 
@@ -167,19 +166,16 @@ def write_plot(report: Dict[str, Any], path: str) -> None:
         a.xaxis.set_minor_formatter(ticker.NullFormatter())
         a.grid(True, which="major", axis="x", alpha=0.3)
     fig.tight_layout()
-    _mkdir(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path, label="--plot") as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _row_name(r: Dict[str, Any]) -> str:
     size = "x".join(str(v) for v in r.get("input_size") or [])
     return f"{r.get('label')} {size} {r.get('backend')} {r.get('precision')}"
-
-
-def _mkdir(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
 
 
 def write_all(report: Dict[str, Any], json_path: Optional[str] = None, markdown_path: Optional[str] = None,

@@ -253,12 +253,25 @@ def _classes_from_source_md(folder: Path) -> Optional[List[str]]:
 
 
 def _classes_from_masks(mask_paths: Sequence[Path]) -> List[str]:
-    top = 1
+    """Class names inferred from the mask values, which must be the contiguous ids 0..K-1 (255 = ignore).
+
+    A gap (e.g. ids 0, 1 and one stray 200) would make a 201-class model out of a typo, so it is
+    refused naming the file that holds the first value past the gap.
+    """
+    first_seen: Dict[int, Path] = {}
     for p in mask_paths:
-        m = read_mask(p)
-        valid = m[m != IGNORE_INDEX]
-        if valid.size:
-            top = max(top, int(valid.max()))
+        for v in np.unique(read_mask(p)):
+            if int(v) != IGNORE_INDEX:
+                first_seen.setdefault(int(v), p)
+    values = sorted(first_seen) or [0]
+    top = max(1, values[-1])
+    missing = [i for i in range(1, top) if i not in first_seen]
+    if missing:
+        stray = next(v for v in values if v > missing[0])
+        raise UserError(
+            f"'{first_seen[stray]}' has mask value {stray}, but no mask uses {_few([str(i) for i in missing])}; "
+            f"a stray value would make a {top + 1}-class model. Fix the mask (255 marks ignored pixels), or "
+            "list every class in a classes.txt in the dataset folder (one name per line, background first)")
     return ["background"] + [f"class_{i}" for i in range(1, top + 1)]
 
 
@@ -286,8 +299,8 @@ class Crack500Dataset(SegmentationDataset):
     """Crack-500: `NAME.jpg` beside `NAME_mask.png` (0/255), in split folders or one flat folder.
 
     Split folders tried: `<split>`, `<split>crop` (the official `traincrop/testcrop/valcrop`).
-    A flat folder uses the `split_names` rule. Mask values >= 128 become class 1 (crack);
-    a mask already stored as 0/1 is kept.
+    A flat folder uses the `split_names` rule. Masks are converted per file by the rule in
+    `convert_mask` (0/255 -> crack = 1; class ids kept with 255 = ignore; ambiguous values refused).
     """
 
     SPLIT_DIRS: ClassVar[Dict[str, Tuple[str, ...]]] = {
@@ -312,9 +325,26 @@ class Crack500Dataset(SegmentationDataset):
         super().__init__(image_paths, mask_paths, classes, root, split, on_error=on_error)
 
     def convert_mask(self, mask: np.ndarray, path: Path) -> np.ndarray:
-        if mask.max() <= 1:
+        """Per-file rule, so no pixel changes meaning silently:
+
+        - values within 0..K-1 (plus 255) with a crack id present: class ids, 255 stays ignore;
+        - only 0 and 255: the Crack-500 convention, 255 = crack;
+        - 255 with grey values between (anti-aliased edges of a 0/255 mask): crack where >= 128;
+        - anything else (e.g. 0/2) is ambiguous and refused, naming the file and its values.
+        """
+        values = np.unique(mask)
+        k = self.num_classes
+        if all(v < k or v == IGNORE_INDEX for v in values) and any(0 < v < k for v in values):
             return mask
-        return (mask >= 128).astype(np.uint8)
+        if all(v in (0, 255) for v in values):
+            return (mask == 255).astype(np.uint8)
+        grey = [int(v) for v in values if 1 < v < 255]
+        if values[-1] == 255 and grey:
+            return (mask >= 128).astype(np.uint8)
+        shown = [int(v) for v in values[:10]]
+        raise UserError(f"'{path}' has mask values {shown}, which are neither Crack-500's 0/255 (255 = crack) nor "
+                        f"class ids 0..{k - 1} (with 255 = ignore); re-export the mask as 0/255, or give the classes "
+                        "in a classes.txt beside the images")
 
 
 class FolderDataset(SegmentationDataset):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli_types import int_range
 from ..errors import UserError
 from ..meta import MBSD_CLASSES, parse_size
 from .synth import write_dataset
@@ -15,10 +16,10 @@ from .synth import write_dataset
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output folder (gets img_dir/{train,test} and ann_dir/{train,test})")
-    parser.add_argument("--train", type=int, default=400, help="training images (default 400)")
-    parser.add_argument("--test", type=int, default=100, help="test images (default 100)")
+    parser.add_argument("--train", type=int_range(0, 10**7), default=400, help="training images (default 400)")
+    parser.add_argument("--test", type=int_range(0, 10**7), default=100, help="test images (default 100)")
     parser.add_argument("--size", default="256x256", help="image size HxW (default 256x256)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="same seed, same bytes (default 0)")
     parser.add_argument("--force", action="store_true", help="replace an existing dataset in OUT")
 
 

@@ -1,10 +1,10 @@
 """ONNX -> TensorRT engine, version-aware, with the precision taken from the ONNX itself.
 
-The ONNX carries the precision (Q/DQ nodes = INT8, float16 tensors = FP16; see DESIGN.md §4),
-so this module is a thin compiler step: pick the network/builder flags the running TensorRT
-release supports (`versions.features_for`), parse, build, and write the engine plus its
-`model.engine.json` sidecar. `plan_precision` is a pure function so every release's branch
-is testable without TensorRT.
+The ONNX carries the precision (Q/DQ nodes = INT8, float16 tensors = FP16), so this module
+is a thin compiler step: pick the network/builder flags the running TensorRT release has
+(`ds2a.trt.detect_features`), parse, build, and write the engine plus its `model.engine.json`
+sidecar. `plan_precision` is a pure function so every release's branch is testable without
+TensorRT.
 """
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import UserError
 from ..meta import INPUT_NAME, ModelMeta, file_sha256
-from .sidecar import sidecar_path, write_sidecar
-from .versions import TrtFeatures, features_for
+from ..trt import platform
+from ..trt.features import TrtFeatures, detect_features, import_tensorrt
+from ..trt.sidecar import sidecar_path, write_sidecar
+from ..trt.versions import version_text
 
 Log = Callable[[str], None]
 HW_COMPAT = ("none", "ampere+", "same-cc")
-# Layers kept in FP32 when a weakly typed network may use FP16 (overflow-prone: DESIGN.md §4).
+# Layers kept in FP32 when a weakly typed network may use FP16 (overflow-prone sums of squares/exps).
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 INT8_FIX = "ds2a calibrate {onnx} --data DATA_DIR --precision int8 --out {stem}.int8.onnx"
 FP16_FIX = "ds2a calibrate {onnx} --data DATA_DIR --precision fp16 --out {stem}.fp16.onnx"
@@ -107,6 +109,7 @@ class OnnxInfo:
     outputs: List[TensorSpec]
     node_names: List[str] = field(default_factory=list)
     node_ops: List[str] = field(default_factory=list)
+    fp32_tensors: List[str] = field(default_factory=list)  # outputs of a decomposed LayerNorm's arithmetic
 
     @property
     def dynamic_batch(self) -> bool:
@@ -168,7 +171,37 @@ def inspect_onnx(path: str) -> OnnxInfo:
         inputs=inputs, outputs=[spec(vi) for vi in g.output],
         node_names=[n.name or f"{n.op_type}_{i}" for i, n in enumerate(g.node)],
         node_ops=[n.op_type for n in g.node],
+        fp32_tensors=decomposed_layernorm_tensors(g.node),
     )
+
+
+def decomposed_layernorm_tensors(nodes: Any) -> List[str]:
+    """Outputs of the Pow/Mul (square), variance Add, Sqrt and Div of each LayerNorm written out as ops.
+
+    Without a LayerNormalization op (TensorRT 8.5, `ds2a export --trt 8.5`) a norm is
+    ReduceMean -> Sub -> Pow|Mul -> ReduceMean -> Add -> Sqrt -> Div; in FP16 the square overflows
+    and the root/division lose the small variances, so these stay FP32 like the reductions.
+    """
+    producer = {out: n for n in nodes for out in n.output}
+    consumers: Dict[str, List[Any]] = {}
+    for n in nodes:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    pinned: List[str] = []
+    for sqrt in (n for n in nodes if n.op_type == "Sqrt"):
+        add = producer.get(sqrt.input[0])
+        var = producer.get(add.input[0]) if add is not None and add.op_type == "Add" else None
+        if var is None or var.op_type != "ReduceMean":
+            continue
+        square = producer.get(var.input[0])
+        is_square = square is not None and (square.op_type == "Pow" or (
+            square.op_type == "Mul" and len(square.input) == 2 and square.input[0] == square.input[1]))
+        if not is_square:
+            continue
+        divs = [c for c in consumers.get(sqrt.output[0], []) if c.op_type == "Div"]
+        for node in [square, add, sqrt] + divs:
+            pinned += [o for o in node.output if o and o not in pinned]
+    return pinned
 
 
 def _check_convention(path: str, inputs: List[TensorSpec]) -> None:
@@ -282,10 +315,15 @@ def _cache_calibrator(trt: Any, data: bytes) -> Any:
     return CacheCalibrator()
 
 
-def check_options(opts: BuildOptions, f: TrtFeatures, version: str) -> None:
-    """Refuse options the running release lacks, naming the release that has them."""
+def check_options(opts: BuildOptions, f: TrtFeatures, version: str, jetson: bool = False) -> None:
+    """Refuse options the running release or device lacks, naming the release that has them."""
     if opts.hardware_compat not in HW_COMPAT:
         raise UserError(f"--hardware-compat '{opts.hardware_compat}' is not one of {', '.join(HW_COMPAT)}")
+    if opts.hardware_compat != "none" and (jetson or opts.dla_core is not None):
+        where = "with --dla-core" if opts.dla_core is not None else "on a Jetson"
+        raise UserError(f"--hardware-compat {opts.hardware_compat} is for discrete GPUs, not for engines built "
+                        f"{where} (a Jetson or DLA engine only runs on the module that built it): "
+                        "drop --hardware-compat and build the engine on each device")
     if opts.hardware_compat == "ampere+" and not f.hardware_compat:
         raise UserError(f"--hardware-compat ampere+ needs TensorRT 8.6 or newer; this is {version}")
     if opts.hardware_compat == "same-cc" and not f.same_compute_capability:
@@ -307,32 +345,27 @@ def check_options(opts: BuildOptions, f: TrtFeatures, version: str) -> None:
         raise UserError(f"--dla-core {opts.dla_core} must be 0 or 1 (Jetson AGX/NX have DLA cores 0 and 1)")
 
 
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt  # noqa: PLC0415
-    except ImportError as exc:
-        raise UserError(f"TensorRT's Python package is not importable ({exc}): on a Jetson it comes with "
-                        "JetPack (python3-libnvinfer), on a desktop `pip install tensorrt`; "
-                        "see deploy/README.md") from None
-    return tensorrt
+def check_dla(opts: BuildOptions, plan: PrecisionPlan) -> None:
+    """DLA runs FP16/INT8 layers only: refuse, before the minutes-long build, a plan DLA cannot run alone."""
+    if opts.dla_core is None or opts.gpu_fallback:
+        return
+    fix = f"add --gpu-fallback (those layers then run on the GPU) or drop --dla-core {opts.dla_core}"
+    if plan.precision == "fp32":
+        raise UserError(f"DLA runs FP16/INT8 only and this is an FP32 build: add --fp16, build the INT8 ONNX, or {fix}")
+    if plan.pin_fp32:
+        raise UserError(f"--dla-core {opts.dla_core} with {plan.precision.upper()} keeps "
+                        f"{', '.join(FP32_LAYER_TYPES).lower()} layers in FP32, which DLA cannot run: {fix}")
 
 
 def _run_compat_check(info: OnnxInfo, version: Tuple[int, int], log: Log) -> None:
-    """The export issue's graph check (ds2a.export.trt_compat) runs before TensorRT parses."""
-    try:
-        import onnx
+    """The graph check of `ds2a export --check-trt` (ds2a.trt.compat) runs before TensorRT parses."""
+    import onnx
 
-        from ..export import trt_compat
-    except ImportError:
-        log("graph check skipped (ds2a.export.trt_compat not importable)")
-        return
-    try:
-        model = onnx.load(info.path, load_external_data=False)
-        findings = trt_compat.check_model(model, f"{version[0]}.{version[1]}")
-    except UserError as exc:  # a release the checker has no table for: TensorRT's parser still decides
-        log(f"graph check skipped: {exc}")
-        return
-    blocking = trt_compat.blockers(findings)
+    from ..trt import compat
+
+    model = onnx.load(info.path, load_external_data=False)
+    findings = compat.check_model(model, version_text(version))
+    blocking = compat.blockers(findings)
     for finding in findings:
         if finding.severity != "blocker":
             log(f"  warning: {finding.line()}")
@@ -352,13 +385,18 @@ def _parser_errors(parser: Any, info: OnnxInfo) -> str:
     return "\n  ".join(lines) or "no details (rerun with --verbose)"
 
 
-def _pin_fp32(trt: Any, network: Any) -> int:
-    """Keep overflow-prone layers in FP32 in a weakly typed FP16 network; returns how many."""
+def _pin_fp32(trt: Any, network: Any, tensors: List[str]) -> int:
+    """Keep overflow-prone layers in FP32 in a weakly typed FP16 network; returns how many.
+
+    Pinned: norm/softmax/reduce layers by type, and the layers producing `tensors` (the
+    arithmetic of a LayerNorm written out as ops, found in the ONNX by name).
+    """
     pinned = 0
-    wanted = {getattr(trt.LayerType, name) for name in FP32_LAYER_TYPES if hasattr(trt.LayerType, name)}
+    wanted = {getattr(trt.LayerType, name) for name in FP32_LAYER_TYPES if name in trt.LayerType.__members__}
+    names = set(tensors)
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type not in wanted:
+        if layer.type not in wanted and not any(layer.get_output(j).name in names for j in range(layer.num_outputs)):
             continue
         layer.precision = trt.DataType.FLOAT
         for j in range(layer.num_outputs):
@@ -392,23 +430,40 @@ def _add_profile(trt: Any, builder: Any, network: Any, config: Any, opts: BuildO
 
 
 def _load_timing_cache(config: Any, path: Optional[str], log: Log) -> Any:
+    """Attach the cache from `path`; one from another GPU/release or a corrupt file is set aside for a fresh one."""
     data = b""
     if path and os.path.isfile(path):
         with open(path, "rb") as f:
             data = f.read()
-        log(f"timing cache: reusing {path} ({len(data)} bytes)")
-    cache = config.create_timing_cache(data)
-    config.set_timing_cache(cache, False)
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception:  # some releases raise on a blob they cannot read
+            cache = None
+        if cache is not None and config.set_timing_cache(cache, False):
+            log(f"timing cache: reusing {path} ({len(data)} bytes)")
+            return cache
+        log(f"warning: timing cache {path} was measured on another GPU or TensorRT release, or is corrupt; "
+            "starting a fresh one (it replaces the file after the build)")
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        log("warning: TensorRT refused a fresh timing cache; building without one")
+        return None
     return cache
 
 
 def _save_timing_cache(config: Any, path: str, log: Log) -> None:
-    data = bytes(config.get_timing_cache().serialize())
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    log(f"timing cache: saved {path} ({len(data)} bytes)")
+    """Write the build's timing cache; a failure costs the next build time, never the engine."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        log(f"warning: TensorRT kept no timing cache; {path} not written")
+        return
+    try:
+        _write_atomic(path, bytes(cache.serialize()))
+    except OSError as exc:
+        log(f"warning: timing cache {path} not written ({exc})")
+        return
+    log(f"timing cache: saved {path} ({os.path.getsize(path)} bytes)")
 
 
 def _set_dla(trt: Any, builder: Any, config: Any, opts: BuildOptions, plan: PrecisionPlan, log: Log) -> None:
@@ -417,8 +472,6 @@ def _set_dla(trt: Any, builder: Any, config: Any, opts: BuildOptions, plan: Prec
         raise UserError(f"--dla-core {opts.dla_core}: this device has {cores} DLA core(s)"
                         + (" (DLA exists on Jetson AGX Orin/Xavier and Orin NX)" if cores == 0 else ""))
     if plan.precision == "fp32":
-        if not opts.gpu_fallback:
-            raise UserError("DLA runs FP16/INT8 only: add --fp16, build the INT8 ONNX, or add --gpu-fallback")
         log("warning: an FP32 network cannot run on DLA; every layer will fall back to the GPU")
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = int(opts.dla_core)  # type: ignore[arg-type]
@@ -467,13 +520,14 @@ class BuildReport:
 
 
 def _configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, plan: PrecisionPlan,
-               feats: TrtFeatures, path: str, log: Log) -> Tuple[Any, Optional[List[int]], List[Any]]:
+               feats: TrtFeatures, info: OnnxInfo, log: Log) -> Tuple[Any, Optional[List[int]], List[Any]]:
     """Builder config from the plan and options: (config, batch profile, objects to keep alive)."""
+    path, info_tensors = info.path, info.fp32_tensors
     config = builder.create_builder_config()
     for name in plan.flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
     if plan.pin_fp32:
-        log(f"pinned {_pin_fp32(trt, network)} layers to FP32")
+        log(f"pinned {_pin_fp32(trt, network, info_tensors)} layers to FP32")
     keep: List[Any] = []
     if plan.calibrator:
         keep.append(_cache_calibrator(trt, read_calibration_cache(opts.calib_cache)))
@@ -483,7 +537,7 @@ def _configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, plan: P
     profile = _add_profile(trt, builder, network, config, opts, path)
     # TensorRT needs the calibrator, timing cache and progress monitor alive until the build ends.
     if opts.timing_cache:
-        keep.append(_load_timing_cache(config, opts.timing_cache, log))
+        keep.append(_load_timing_cache(config, opts.timing_cache, log))  # may be None: built without one
     if opts.dla_core is not None:
         _set_dla(trt, builder, config, opts, plan, log)
     if opts.hardware_compat == "ampere+":
@@ -502,9 +556,13 @@ def _configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, plan: P
     return config, profile, keep
 
 
-def _parse(trt: Any, builder: Any, logger: Any, plan: PrecisionPlan, info: OnnxInfo,
-           version: str) -> Tuple[Any, Any]:
-    """(network, parser): a network with the plan's creation flags, filled by the ONNX parser."""
+def _parse(trt: Any, builder: Any, logger: Any, plan: PrecisionPlan, info: OnnxInfo, version: str,
+           native_instancenorm: bool) -> Tuple[Any, Any]:
+    """(network, parser): a network with the plan's creation flags, filled by the ONNX parser.
+
+    `native_instancenorm`: a version-compatible plan cannot carry the InstanceNormalization
+    plugin, so the parser must import that op natively (8.6 defaults to the plugin, 10.0+ to native).
+    """
     net_flags = 0
     if plan.explicit_batch:
         net_flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -512,6 +570,8 @@ def _parse(trt: Any, builder: Any, logger: Any, plan: PrecisionPlan, info: OnnxI
         net_flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(net_flags)
     parser = trt.OnnxParser(network, logger)
+    if native_instancenorm:
+        parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
     with open(info.path, "rb") as f:
         parsed = parser.parse(f.read(), os.path.abspath(info.path))
     if not parsed:
@@ -526,6 +586,29 @@ def _write_atomic(path: str, data: Any) -> None:
     os.replace(f"{path}.tmp", path)
 
 
+def _device_info(index: int) -> Any:
+    """The GPU the build runs on; the CUDA layer is released at once (TensorRT keeps its own context)."""
+    from ..runtime.cuda_buffers import open_cuda  # the GPU memory layer, not the TensorRT backend
+
+    api = open_cuda(index)
+    try:
+        return api.device_info()
+    finally:
+        close = getattr(api, "close", None)
+        if close is not None:
+            close()
+
+
+def _write_engine_and_sidecar(out_path: str, serialized: Any, record: Dict[str, Any]) -> str:
+    """The engine and its sidecar land together: an engine without a sidecar is never left behind."""
+    _write_atomic(out_path, serialized)
+    try:
+        return write_sidecar(out_path, record)
+    except BaseException:
+        os.remove(out_path)
+        raise
+
+
 def build_engine(onnx_path: str, out_path: str, opts: Optional[BuildOptions] = None, trt: Any = None,
                  device: Any = None, log: Log = _stderr) -> BuildReport:
     """Build `out_path` (+ its sidecar) from `onnx_path` with the running TensorRT release.
@@ -538,36 +621,35 @@ def build_engine(onnx_path: str, out_path: str, opts: Optional[BuildOptions] = N
     info = inspect_onnx(onnx_path)
     trt = trt or import_tensorrt()
     version = str(trt.__version__)
-    feats = features_for(version)
-    check_options(opts, feats, version)
+    feats = detect_features(trt)
+    board = platform.board_model()
+    check_options(opts, feats, version, jetson=platform.is_jetson(board))
     plan = plan_precision(info, opts, feats)
+    check_dla(opts, plan)
     log(f"checking {onnx_path} ({info.precision} graph) for TensorRT {version}")
     _run_compat_check(info, feats.version, log)
     if device is None:
-        from ..runtime.cuda_buffers import open_cuda
-
-        device = open_cuda(opts.device).device_info()
+        device = _device_info(opts.device)
 
     logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     log("parsing ONNX")
-    network, _parser = _parse(trt, builder, logger, plan, info, version)  # the parser must outlive the build
-    config, profile, _keep = _configure(trt, builder, network, opts, plan, feats, onnx_path, log)
+    native_in = opts.version_compatible and feats.native_instancenorm
+    network, _parser = _parse(trt, builder, logger, plan, info, version, native_in)  # must outlive the build
+    config, profile, _keep = _configure(trt, builder, network, opts, plan, feats, info, log)
     for note in plan.notes:
         log(note)
     log(f"building {plan.precision.upper()} engine on {device.name} (compute {device.cc_text}); this takes minutes")
     t_build = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise UserError(f"TensorRT {version} failed to build an engine from {onnx_path} (see its log above); "
+    if serialized is None or memoryview(serialized).nbytes == 0:
+        what = "failed to build" if serialized is None else "returned an empty engine for"
+        raise UserError(f"TensorRT {version} {what} {onnx_path} (see its log above); nothing was written: "
                         "rerun with --verbose, or try --workspace 4 / a lower --builder-optimization-level")
     build_s = time.perf_counter() - t_build
-    _write_atomic(out_path, serialized)
-    if opts.timing_cache:
-        _save_timing_cache(config, opts.timing_cache, log)
-
     record = {
         "tensorrt_version": version, "gpu_name": device.name, "compute_capability": device.cc_text,
+        **platform.device_identity(device, board),
         "precision": plan.precision, "strongly_typed": plan.strongly_typed, "builder_flags": plan.flags,
         "inputs": [_tensor_record(trt, network.get_input(i)) for i in range(network.num_inputs)],
         "outputs": [_tensor_record(trt, network.get_output(i)) for i in range(network.num_outputs)],
@@ -579,7 +661,9 @@ def build_engine(onnx_path: str, out_path: str, opts: Optional[BuildOptions] = N
         "calibration_cache_sha256": file_sha256(opts.calib_cache) if plan.calibrator else None,  # type: ignore[arg-type]
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    side = write_sidecar(out_path, record)
+    side = _write_engine_and_sidecar(out_path, serialized, record)
+    if opts.timing_cache:
+        _save_timing_cache(config, opts.timing_cache, log)
     size = os.path.getsize(out_path)
     total = time.perf_counter() - t0
     log(f"wrote {out_path} ({size / 1e6:.1f} MB) and {sidecar_path(out_path)} in {total:.1f} s "

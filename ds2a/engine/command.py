@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..outputs import check_outputs
 from .builder import HW_COMPAT, BuildOptions, build_engine, parse_batch
 
 EXAMPLES = """examples:
@@ -34,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-cache", metavar="FILE", help="legacy implicit INT8 on TensorRT 8.5-10.x: "
                         "FP32 ONNX + a TensorRT calibration cache (explicit Q/DQ ONNX preferred)")
     parser.add_argument("--version-compatible", action="store_true",
-                        help="engine also loads in later TensorRT releases of the same major version (8.6+)")
+                        help="8.6+: the engine also loads in later TensorRT releases (later ones of its "
+                        "major; 8.x engines in 10.x, 10.x engines in 11.x; see deploy/README.md)")
     parser.add_argument("--hardware-compat", choices=HW_COMPAT, default="none",
                         help="ampere+: one engine for all Ampere+ GPUs; "
                         "same-cc: GPUs of this compute capability (10.9+)")
@@ -46,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = args.out or os.path.splitext(args.onnx)[0] + ".engine"
+    check_outputs([("--out", out), ("--out's metadata", out + ".json")],  # before minutes of building
+                  [("ONNX", args.onnx), ("--calib-cache", args.calib_cache)])
     opts = BuildOptions(
         workspace_gib=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core,
         gpu_fallback=args.gpu_fallback, batch=parse_batch(args.batch) if args.batch else None,

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 from typing import Any, Dict
 
+from ..cli_types import int_range
 from ..errors import UserError
 from ..metrics import format_table
+from ..outputs import atomic_write, check_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder (M-BSD layout, Crack-500 or images/+masks/)")
     parser.add_argument("--split", default="test", help="split to score (default test)")
     parser.add_argument("--backend", help="force a backend: pytorch, onnxruntime, tensorrt")
-    parser.add_argument("--batch-size", type=int, help="frames per inference call (default: the model's)")
-    parser.add_argument("--limit", type=int, help="score only the first N images")
+    parser.add_argument("--batch-size", type=int_range(1, 4096), help="frames per inference call (default: the model's)")
+    parser.add_argument("--limit", type=int_range(1), help="score only the first N images")
     parser.add_argument("--json", dest="json_out", help="also write the metrics here as JSON")
 
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import open_dataset
     from .evaluate import evaluate, evaluate_predictions
 
+    check_outputs([("--json", args.json_out)], [("--model", args.model), ("--data", args.data)])
     dataset = open_dataset(args.data, split=args.split)
     if args.pred_dir:
         result: Dict[str, Any] = evaluate_predictions(args.pred_dir, dataset)
@@ -59,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result['num_images']} images of {args.data} ({args.split}), {result['source']}")
     print(format_table(result))
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(_clean(result), indent=2))
+        with atomic_write(args.json_out, label="--json") as fh:
+            fh.write(json.dumps(_clean(result), indent=2))
     return 0

@@ -21,7 +21,13 @@ def _classes(dataset: Any, num_classes: Optional[int]) -> Sequence[str]:
     return classes
 
 
+def _placeholder_names(classes: Sequence[str]) -> bool:
+    """True for the names a dataset invents when it has none (background, class_1, class_2, ...)."""
+    return all(c == f"class_{i}" for i, c in enumerate(classes) if i > 0)
+
+
 def _check_model_classes(segmenter: Any, classes: Sequence[str]) -> None:
+    """The model's class list must be the dataset's, in the same order (else scores go under swapped names)."""
     meta = getattr(segmenter, "meta", None)
     model_classes = list(getattr(meta, "classes", []) or [])
     if model_classes and len(model_classes) != len(classes):
@@ -29,6 +35,34 @@ def _check_model_classes(segmenter: Any, classes: Sequence[str]) -> None:
             f"the model predicts {len(model_classes)} classes ({', '.join(model_classes)}) but the dataset "
             f"has {len(classes)} ({', '.join(classes)}); evaluate on a dataset with the model's classes "
             "or train a model for this dataset with `ds2a train`")
+    norm = [c.strip().lower() for c in classes]
+    if not model_classes or _placeholder_names(norm) or [c.strip().lower() for c in model_classes] == norm:
+        return
+    how = "in another order" if sorted(norm) == sorted(c.strip().lower() for c in model_classes) else "with other names"
+    raise UserError(
+        f"the dataset lists its classes {how} than the model: dataset {', '.join(classes)} vs model "
+        f"{', '.join(model_classes)}; scores would be reported under the wrong names. Fix the dataset's "
+        "classes.txt (one name per line, in mask-value order) to match the model")
+
+
+def _check_predicted_ids(class_map: Any, num_classes: int, where: str) -> None:
+    """Refuse class ids the class list does not have (they would count as misses under no class)."""
+    import numpy as np
+
+    top = int(np.max(class_map)) if getattr(class_map, "size", 0) else 0
+    if top >= num_classes:
+        bad = sorted(int(v) for v in np.unique(class_map) if v >= num_classes)
+        raise UserError(f"{where} holds class ids {bad[:10]} outside 0..{num_classes - 1}; "
+                        "predictions must use the dataset's class ids (one png class map per image)")
+
+
+def _require_labels(result: Dict[str, Any], dataset: Any) -> Dict[str, Any]:
+    """Refuse a score with no labelled pixel behind it: all-NaN metrics must never read as a result."""
+    if not any(row.get("pixels") for row in result["per_class"].values()):
+        raise UserError(f"nothing was scored: every mask pixel of split '{getattr(dataset, 'split', '?')}' of "
+                        f"{getattr(dataset, 'root', 'the dataset')} is 255 (ignore), so every metric is undefined; "
+                        "check the masks or choose another --split")
+    return result
 
 
 def evaluate(segmenter: Any, dataset: Any, batch_size: Optional[int] = None,
@@ -49,12 +83,13 @@ def evaluate(segmenter: Any, dataset: Any, batch_size: Optional[int] = None,
         samples = [dataset[i] for i in range(start, min(n, start + bs))]
         results = segmenter.infer_batch([s.image for s in samples])
         for sample, res in zip(samples, results):
+            _check_predicted_ids(res.class_map, len(classes), f"the model's class map for '{sample.name}'")
             conf.update(class_map_to_frame(res.class_map, sample.mask.shape[:2]), sample.mask)
         if progress:
             print(f"\reval {min(n, start + bs)}/{n}", end="", flush=True)
     if progress:
         print()
-    out = conf.metrics(classes)
+    out = _require_labels(conf.metrics(classes), dataset)
     out["num_images"] = n
     return out
 
@@ -84,8 +119,9 @@ def evaluate_predictions(pred_dir: str, dataset: Any) -> Dict[str, Any]:
             raise UserError(f"prediction '{path}' is {pred.shape[0]}x{pred.shape[1]} but the mask of "
                             f"'{sample.name}' is {sample.mask.shape[0]}x{sample.mask.shape[1]}; "
                             "write predictions at the label size")
+        _check_predicted_ids(pred, len(classes), f"prediction '{path}'")
         conf.update(pred, sample.mask)
-    out = conf.metrics(classes)
+    out = _require_labels(conf.metrics(classes), dataset)
     out["num_images"] = len(paths)
     return out
 

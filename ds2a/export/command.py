@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli_types import int_range
 from ..errors import UserError
 from ..meta import parse_size
 
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", help="HxW input size, multiples of 32 (default: the checkpoint's size)")
     parser.add_argument("--force-size", action="store_true", help="allow a --size other than the trained size")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
+    group.add_argument("--batch", type=int_range(1, 4096), default=1, help="fixed batch size (default 1)")
     group.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension 'batch'")
     parser.add_argument("--outputs", choices=("classmap", "logits", "both"), default="classmap",
                         help="class_map uint8 (default), logits float32, or both")
@@ -40,23 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..model import load_model
-    from .onnx_export import ExportOptions, build_onnx, check_size, keep_outputs, save
+    from ..trt.compat import SUPPORTED, blockers, check_versions, format_report
+    from ..trt.versions import target_version
+    from .onnx_export import ExportOptions, build_onnx, check_opset, check_size, keep_outputs, save
     from .parity import check_parity
-    from .trt_compat import (
-        SUPPORTED,
-        blockers,
-        check_versions,
-        format_report,
-        parse_version,
-    )
 
-    if args.opset < 17:
-        raise UserError(f"--opset {args.opset} is below 17 (no native LayerNormalization); use 17")
+    check_opset(args.opset)  # before loading anything: an unknown opset fails deep in the exporter
     if args.batch < 1:
         raise UserError(f"--batch {args.batch} must be at least 1 (or use --dynamic-batch)")
     check = [] if not args.check_trt else (list(SUPPORTED) if "all" in args.check_trt else args.check_trt)
     for v in check + ([args.trt] if args.trt else []):
-        parse_version(v)
+        target_version(v)
     out = Path(args.out)
     if out.suffix.lower() != ".onnx":
         raise UserError(f"--out {out} should end in .onnx")

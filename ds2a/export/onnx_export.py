@@ -47,6 +47,21 @@ def check_size(size: Tuple[int, int], meta_size: Tuple[int, int], force: bool) -
                         f"or add --force-size to export at {size[0]}x{size[1]} anyway")
 
 
+def max_opset() -> int:
+    """The newest opset both the TorchScript exporter and the installed onnx package know."""
+    from torch.onnx import _constants
+
+    return min(int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)), onnx.defs.onnx_opset_version())
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter cannot write before tracing (else a long exporter traceback)."""
+    top = max_opset()
+    if not OPSET <= opset <= top:
+        raise UserError(f"--opset {opset} is outside {OPSET}..{top} (17: native LayerNormalization, the newest "
+                        f"TensorRT 8.5/8.6 parse; {top}: the newest this exporter writes); use --opset 17")
+
+
 def torch_export(model, meta: ModelMeta, opts: ExportOptions) -> onnx.ModelProto:
     """Trace the wrapped model (both outputs) into an in-memory ONNX model."""
     import torch
@@ -142,11 +157,12 @@ def build_onnx(model, meta: ModelMeta, opts: ExportOptions) -> onnx.ModelProto:
     """Export with both outputs, clean, apply TensorRT reformulations, attach metadata."""
     if opts.outputs not in OUTPUT_CHOICES:
         raise UserError(f"--outputs {opts.outputs} is unknown; choose one of {', '.join(OUTPUT_CHOICES)}")
+    check_opset(opts.opset)
     onnx_model = slim(torch_export(model, meta, opts))
     if opts.trt is not None:
-        from .trt_compat import parse_version
+        from ..trt.versions import target_version
 
-        if parse_version(opts.trt) < (8, 6):
+        if target_version(opts.trt) < (8, 6):
             decompose_layernorm(onnx_model)
     out_meta = ModelMeta.from_dict(meta.to_dict())
     out_meta.input_size = tuple(opts.size)

@@ -10,6 +10,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -19,12 +20,13 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..errors import UserError
-from .loop import STAGES, InspectionLoop, LoopStats
+from .jsonl_out import JsonlOut
+from .loop import STAGES, InspectionLoop, LoopStats, clip_roi
 from .overlay import MODES, Renderer
 from .publish import Publisher
 from .records import Records
-from .rules import PartTracker, Rules, analyser, load_rules
-from .sinks import Sink, open_sink
+from .rules import PartTracker, Rules, analyser, check_scale, load_rules
+from .sinks import Sink, check_run_outputs, open_sink
 from .sources import open_source
 
 
@@ -59,10 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"--max-frames {args.max_frames}: give a positive number of frames")
-    if args.duration is not None and args.duration <= 0:
-        raise UserError(f"--duration {args.duration}: give a positive number of seconds")
-    if args.mm_per_pixel is not None and args.mm_per_pixel <= 0:
-        raise UserError(f"--mm-per-pixel {args.mm_per_pixel}: give the positive size of one pixel in mm")
+    for flag, value in (("--duration", args.duration), ("--fps", args.fps)):  # NaN/inf would never end
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"{flag} {value}: give a finite, positive number")
+    if args.mm_per_pixel is not None:
+        check_scale(args.mm_per_pixel)
     if not 0.0 <= args.alpha <= 1.0:
         raise UserError(f"--alpha {args.alpha}: give a value between 0 and 1")
     if args.roi is not None:
@@ -79,8 +82,8 @@ def _rules_want_confidence(path: Optional[str]) -> bool:
     if not path or not os.path.isfile(path):
         return False
     try:
-        with open(path, encoding="utf-8") as fh:
-            return "min_confidence" in fh.read()
+        with open(path, "rb") as fh:  # bytes: a file that is not UTF-8 is refused later, with its reason
+            return b"min_confidence" in fh.read()
     except OSError:
         return False
 
@@ -98,7 +101,7 @@ def _open_model(args: argparse.Namespace) -> Any:
         if name != "onnxruntime":
             raise UserError(f"--threads applies to ONNX Runtime models; {args.model} runs on {name}")
         options["intra_op_threads"] = args.threads
-    if name == "onnxruntime" and _rules_want_confidence(args.rules):
+    if _rules_want_confidence(args.rules):  # every backend can fetch logits when the model has them
         options["return_logits"] = True
     return open_model(args.model, backend=args.backend, **options)
 
@@ -114,28 +117,52 @@ def _open_sinks(args: argparse.Namespace, fps: float, log: Any) -> List[Sink]:
 
 
 class _Signals:
-    """First SIGINT/SIGTERM: finish cleanly (records flushed); second: abort at once."""
+    """SIGINT/SIGTERM handling from before warm-up until the records are flushed.
 
-    def __init__(self, loop: InspectionLoop, log: Any) -> None:
-        self.loop, self.log, self.count, self.previous = loop, log, 0, {}
+    Before the loop exists the first signal is remembered (the loop stops as soon as it is
+    made) and a second aborts start-up, when nothing is recorded yet. While the loop runs the
+    first finishes cleanly and a second drops the queued frames. While the records are being
+    flushed every signal waits for the flush, so no run is left `running` and no verdict lost.
+    """
 
-    def __enter__(self) -> None:
+    def __init__(self, log: Any) -> None:
+        self.log, self.count, self.previous = log, 0, {}  # type: Any, int, Dict[int, Any]
+        self.loop: Optional[InspectionLoop] = None
+        self.pending: Optional[str] = None
+        self.flushing = False
+
+    def install(self) -> "_Signals":
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def attach(self, loop: InspectionLoop) -> None:
+        self.loop = loop
+        if self.pending:
+            loop.stop(self.pending)
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.count += 1
         name = signal.Signals(signum).name
-        if self.count == 1:
+        if self.flushing:
+            print(f"\n{name}: writing the records; exiting as soon as they are flushed", file=self.log)
+        elif self.loop is None:
+            if self.count > 1:
+                raise KeyboardInterrupt
+            self.pending = name
+            print(f"\n{name}: stopping as soon as start-up is done (again to abort start-up)", file=self.log)
+        elif self.count == 1:
             print(f"\n{name}: finishing the frames in flight and flushing records (again to abort)", file=self.log)
             self.loop.stop(f"{name}")
         else:
+            print(f"\n{name}: dropping queued frames; what was recorded stays recorded", file=self.log)
             self.loop.abort()
 
-    def __exit__(self, *exc: object) -> None:
+    def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        self.previous = {}
 
 
 def summary_text(stats: LoopStats, publisher: Publisher, classes: List[str]) -> str:
@@ -156,6 +183,8 @@ def summary_text(stats: LoopStats, publisher: Publisher, classes: List[str]) -> 
         f"verdicts ({parts[0].level if parts else 'part'})      {len(parts)}: {len(parts) - failed} PASS, "
         f"{failed} FAIL" + (f"  (pass rate {100.0 * (len(parts) - failed) / len(parts):.1f}%)" if parts else ""),
         f"frames FAIL           {publisher.frames_failed}",
+        *([f"failure images lost   {publisher.images_failed} (not written: {publisher.image_error})"]
+          if publisher.images_failed else []),
         f"stopped because       {stats.stop_reason or 'source ended'}",
     ]
     return "\n".join(lines)
@@ -163,6 +192,8 @@ def summary_text(stats: LoopStats, publisher: Publisher, classes: List[str]) -> 
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    check_run_outputs(args.output, args.db, [("--model", args.model), ("--rules", args.rules),
+                                             ("--source", args.source)])
     log = sys.stderr if args.jsonl else sys.stdout
     model = _open_model(args)
     classes = list(model.meta.classes)
@@ -171,53 +202,68 @@ def run(args: argparse.Namespace) -> int:
     records = None
     sinks: List[Sink] = []
     loop = None
+    signals = _Signals(log)
+    jsonl = JsonlOut(sys.stdout, lambda text: print(text, file=log)) if args.jsonl else None
     try:
         sinks = _open_sinks(args, args.fps or source.fps or 30.0, log)
         records = Records(args.db) if args.db else None
-        tracker = PartTracker(rules, source.gives_parts)
+        tracker = PartTracker(rules, source.gives_parts, args.source)
         renderer = Renderer(classes, model.meta.palette, args.mode, args.alpha)
-        publisher = Publisher(renderer, sinks, tracker, records, args.save_fail,
-                              sys.stdout if args.jsonl else None)
+        publisher = Publisher(renderer, sinks, tracker, records, args.save_fail, jsonl)
         h, w = model.input_size
         print(f"model   {args.model} ({model.backend}, {h}x{w}, classes {', '.join(classes)})", file=log)
         region = (f"window {','.join(map(str, args.roi))}" if args.roi else
                   "the part box from the source" if getattr(source, "gives_roi", False) else "whole frame")
         print(f"source  {args.source} ({'live: newest frame only' if source.live else 'every frame'}; "
               f"model sees {region})", file=log)
+        if args.roi and source.frame_hw:
+            clip_roi(args.roi, source.frame_hw)  # a window outside the frame is refused before the run
         print(f"outputs {', '.join(s.uri for s in sinks) or 'none'}; db {args.db or 'none'}; "
               f"failures {args.save_fail or 'not saved'}", file=log)
         print(f"rules   ({rules.origin}; parts: "
               f"{'from the source' if tracker.by == 'source' else f'{rules.part_frames} frame(s)'})", file=log)
         print("  " + rules.to_yaml().replace("\n", "\n  "), file=log)
+        signals.install()  # before warm-up, kept until the records are flushed
+        model.warmup(2)  # also checks the model's outputs against its metadata
+        if rules.needs_confidence and model.infer(np.zeros((h, w, 3), np.uint8)).confidence is None:
+            raise UserError(f"rules {rules.origin} use min_confidence but {args.model} gives no confidence (it "
+                            "has no 'logits' output): export it with `ds2a export ... --outputs both` (and build "
+                            "the engine from that ONNX), or remove min_confidence from the rules")
+        loop = InspectionLoop(source, model, analyser(rules, classes), publisher, max_frames=args.max_frames,
+                              roi=args.roi)
+        publisher.on_stop = loop.stop
+        signals.attach(loop)
         if records is not None:
             run_id = records.start_run(args.model, model.backend, args.source, classes, rules.to_dict(),
                                        rules.mm_per_pixel)
             print(f"run     {run_id} in {args.db}", file=log)
-        model.warmup(2)
-        if rules.needs_confidence and model.infer(np.zeros((h, w, 3), np.uint8)).confidence is None:
-            print("note: the rules use min_confidence but this model gives no confidence (export it with "
-                  "`ds2a export ... --outputs both`); min_confidence is ignored", file=log)
-        loop = InspectionLoop(source, model, analyser(rules, classes), publisher, max_frames=args.max_frames,
-                              roi=args.roi)
-        publisher.on_stop = loop.stop
         status = "finished"
         try:
-            with _Signals(loop, log):
-                stats = loop.run(duration=args.duration)
+            stats = loop.run(duration=args.duration)
         except BaseException:
             status = "error"
             raise
         finally:
+            signals.flushing = True  # a signal now waits for the records
             publisher.finish()
+            st = loop.stats
+            if status != "error" and st.stop_reason in ("SIGINT", "SIGTERM", "aborted"):
+                status = "interrupted"
+            elif status == "finished" and st.frames - st.no_part == 0:
+                status = "empty"  # nothing judged: never reported as a good run
+            if jsonl is not None and jsonl.stopped:
+                st.events.append(jsonl.stopped)
             if records is not None:
-                st = loop.stats
-                if status != "error" and st.stop_reason in ("SIGINT", "SIGTERM", "aborted"):
-                    status = "interrupted"
                 records.finish_run(status, {**st.to_dict(), "parts": len(publisher.parts),
-                                            "parts_failed": sum(1 for p in publisher.parts if not p.passed)})
+                                            "parts_failed": sum(1 for p in publisher.parts if not p.passed),
+                                            "notes": loop.notes + ([jsonl.stopped] if jsonl and jsonl.stopped else [])})
         for event in stats.events:
             print(f"event   {event}", file=log)
         print(summary_text(stats, publisher, classes), file=log)
+        if status == "empty":
+            raise UserError(f"nothing was inspected: {args.source} gave {stats.captured} frame(s), "
+                            f"{stats.corrupt} unreadable or corrupt, {stats.no_part} without a part in view "
+                            f"(stopped because {stats.stop_reason or 'source ended'}); check --source")
         return 0
     finally:
         if loop is None:  # failed before the capture thread took the source over
@@ -227,3 +273,4 @@ def run(args: argparse.Namespace) -> int:
         for s in sinks:
             s.close()
         model.close()
+        signals.restore()

@@ -5,21 +5,20 @@ belt in a 1280x720 frame. Each cell is a part with an id (`cell-000017`); a fram
 that id and the cell's box (the region to inspect) while the whole cell is in view, like a
 photo-eye trigger and part locator on a real line.
 
-URI options: `frames=N` (end after N frames; default endless), `fps=F` (pace like a camera:
-it is then live, keeps the newest frame only; default unpaced, every frame processed),
-`seed=S`, `width=`, `height=`, `speed=` (pixels per frame).
+URI options: `frames=N` (end after N >= 1 frames; default endless), `fps=F` (0..1000: pace like
+a camera: it is then live, keeps the newest frame only; default unpaced, every frame processed),
+`seed=S` (0..2**32-1), `width=` (64..7680), `height=` (64..4320), `speed=` (pixels per frame).
 """
 from __future__ import annotations
 
 import time
 from typing import Dict, Optional, Tuple
-from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
 
 from ..errors import UserError
-from .sources import Frame, Source
+from .sources import Frame, Source, parse_source
 
 
 class DemoSource(Source):
@@ -31,12 +30,15 @@ class DemoSource(Source):
     def __init__(self, uri: str = "demo://", frames: Optional[int] = None, fps: float = 0.0, seed: int = 0,
                  width: int = 1280, height: int = 720, speed: int = 96) -> None:
         super().__init__(uri)
-        if width < 64 or height < 64 or speed < 1:
-            raise UserError(f"source {uri}: width/height must be >= 64 and speed >= 1")
+        if not (64 <= width <= 7680 and 64 <= height <= 4320 and 1 <= speed <= width):
+            raise UserError(f"source {uri}: width must be 64..7680, height 64..4320 and speed 1..width")
+        frames, fps, seed = None if frames is None else int(frames), float(fps), int(seed)
+        width, height, speed = int(width), int(height), int(speed)
         self.frames = frames
         self.fps = fps if fps > 0 else None
         self.live = fps > 0
         self.width, self.height, self.speed = width, height, speed
+        self.frame_hw = (height, width)
         self.seed = seed
         self.cell_hw = (int(height * 0.62) // 2 * 2, int(width * 0.45) // 2 * 2)
         self.pitch = int(self.cell_hw[1] * 1.6)
@@ -48,18 +50,11 @@ class DemoSource(Source):
 
     @classmethod
     def from_uri(cls, uri: str) -> "DemoSource":
-        q = {k: v[-1] for k, v in parse_qs(urlsplit(uri).query).items()}
-        known = {"frames", "fps", "seed", "width", "height", "speed"}
-        unknown = set(q) - known
-        if unknown:
-            raise UserError(f"source {uri}: unknown option(s) {', '.join(sorted(unknown))}; "
-                            f"valid: {', '.join(sorted(known))} (example: demo://?frames=300&fps=30)")
-        try:
-            return cls(uri, frames=int(q["frames"]) if "frames" in q else None, fps=float(q.get("fps", 0)),
-                       seed=int(q.get("seed", 0)), width=int(q.get("width", 1280)),
-                       height=int(q.get("height", 720)), speed=int(q.get("speed", 96)))
-        except ValueError as exc:
-            raise UserError(f"source {uri}: {exc}; options are numbers (example: demo://?frames=300)") from None
+        """The source for `demo://?...`; options are checked (names and ranges) by `parse_source`."""
+        spec = parse_source(uri)
+        if spec.kind != "demo":
+            raise UserError(f"source {uri} is not a demo:// URI")
+        return cls(uri, **spec.options)  # type: ignore[arg-type]
 
     def _make_belt(self) -> np.ndarray:
         """One belt period wider than the frame: dark rubber with slats, so motion is visible."""

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
+from ..errors import UserError
 from ..preprocess import resize_frame
 from ..timing import Stopwatch
 from .quantify import Defect
@@ -120,13 +121,20 @@ Analyse = Callable[[np.ndarray, Optional[np.ndarray], Region], Tuple[List[Defect
 
 
 def clip_roi(roi: Optional[Region], frame_hw: Tuple[int, int]) -> Optional[Region]:
-    """The part of `roi` inside the frame; None for the whole frame (no ROI, or nothing left)."""
+    """The part of `roi` inside the frame; None for the whole frame (no ROI, or it covers the frame).
+
+    UserError when less than 2x2 pixels of the window lie in the frame: inspecting the whole
+    frame instead would judge something the operator did not ask for.
+    """
     if roi is None:
         return None
     fh, fw = frame_hw
     x0, y0 = max(0, int(roi[0])), max(0, int(roi[1]))
     x1, y1 = min(fw, int(roi[0] + roi[2])), min(fh, int(roi[1] + roi[3]))
-    if x1 - x0 < 2 or y1 - y0 < 2 or (x0, y0, x1, y1) == (0, 0, fw, fh):
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        raise UserError(f"--roi {','.join(map(str, roi))} lies outside the {fw}x{fh} frame; give a window "
+                        f"inside it (X+W <= {fw}, Y+H <= {fh}) or leave --roi out to inspect the whole frame")
+    if (x0, y0, x1, y1) == (0, 0, fw, fh):
         return None
     return x0, y0, x1 - x0, y1 - y0
 
@@ -152,6 +160,8 @@ class InspectionLoop:
         self._errors: List[BaseException] = []
         self._t_first: Optional[float] = None
         self._t_last: Optional[float] = None
+        self.notes: List[str] = []  # things the operator should know, printed with the summary
+        self._clipped: set = set()  # frame sizes for which the --roi clipping note was given
 
     # -- control -------------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -248,8 +258,10 @@ class InspectionLoop:
         if self.roi is None and self.source.gives_roi and frame.roi is None:  # no part in view
             self.stats.no_part += 1
             return Result(seq, frame, None, [], True, [], ms, None, inspected=False)
+        roi = clip_roi(self.roi or frame.roi, image.shape[:2])  # UserError: --roi is outside the frame
+        if self.roi is not None and image.shape[:2] not in self._clipped:
+            self._note_clip(image.shape[:2], roi)
         try:
-            roi = clip_roi(self.roi or frame.roi, image.shape[:2])
             if roi is not None:
                 x, y, w, h = roi
                 image = image[y:y + h, x:x + w]
@@ -269,6 +281,15 @@ class InspectionLoop:
         for k in ("queue", "preprocess", "infer", "postprocess"):
             sw.add(k, ms[k])
         return Result(seq, frame, out.class_map, defects, passed, reasons, ms, roi)
+
+    def _note_clip(self, frame_hw: Tuple[int, int], roi: Optional[Region]) -> None:
+        """Say once per frame size when --roi reaches past the frame and only its inside is inspected."""
+        self._clipped.add(frame_hw)
+        x, y, w, h = self.roi  # type: ignore[misc]
+        got = roi or (0, 0, frame_hw[1], frame_hw[0])
+        if got != (x, y, w, h):
+            self.notes.append(f"note: --roi {x},{y},{w},{h} reaches past the {frame_hw[1]}x{frame_hw[0]} frame; "
+                              f"inspecting its part inside the frame, {','.join(map(str, got))}")
 
     def _infer(self) -> None:
         size = tuple(self.model.input_size)
@@ -337,7 +358,7 @@ class InspectionLoop:
         self.stats.cpu_s["main"] = time.thread_time() - c0
         st = self.stats
         st.reconnects, st.corrupt = self.source.stats.reconnects, st.corrupt + self.source.stats.corrupt
-        st.events = list(self.source.stats.events)
+        st.events = self.notes + list(self.source.stats.events)
         if self._t_first is not None and self._t_last is not None:
             st.wall_s = self._t_last - self._t_first
         if self._errors:

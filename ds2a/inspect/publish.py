@@ -2,6 +2,9 @@
 
 Runs on the loop's output thread, so nothing here can slow the model down. Records come
 first: when the output thread is behind a live source it skips drawing, never recording.
+Saved failure images carry the run's start time and a random tag in their names and never
+replace an existing file, so an old database never points at a newer run's pictures; an
+image that cannot be written (full disk) is counted, warned about and kept in the run's stats.
 """
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ import os
 import re
 import sys
 import time
-from typing import IO, Callable, List, Optional, Sequence
+import uuid
+from typing import IO, Callable, List, Optional, Sequence, Tuple
 
 import cv2
 
+from ..outputs import write_new
 from .loop import Result
 from .overlay import Renderer
 from .records import Records
@@ -26,13 +31,18 @@ class Publisher:
 
     def __init__(self, renderer: Renderer, sinks: Sequence[Sink], tracker: PartTracker,
                  records: Optional[Records] = None, save_fail: Optional[str] = None,
-                 jsonl: Optional[IO[str]] = None, on_stop: Optional[Callable[[str], None]] = None) -> None:
+                 jsonl: Optional[IO[str]] = None, on_stop: Optional[Callable[[str], None]] = None,
+                 log: Optional[IO[str]] = None) -> None:
         self.renderer, self.sinks, self.tracker = renderer, list(sinks), tracker
         self.records, self.save_fail, self.jsonl, self.on_stop = records, save_fail, jsonl, on_stop
+        self.log = log
         if save_fail:
             check_writable_dir(save_fail, "failed frames (--save-fail)")
         self.parts: List[PartVerdict] = []
         self.frames_failed = 0
+        self.images_failed = 0  # failure images that could not be written
+        self.image_error = ""
+        self.run_tag = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]  # unique per run
         self._fps: Optional[float] = None
         self._t_prev: Optional[float] = None
 
@@ -65,14 +75,32 @@ class Publisher:
         return self.renderer.render(res.frame.image, res.class_map, res.passed, res.reasons, res.defects,
                                     self._fps, res.frame.part_id, res.roi)
 
-    def _save_fail(self, res: Result, annotated) -> tuple:
+    def _save_fail(self, res: Result, annotated) -> Tuple[Optional[str], Optional[str]]:
         run = f"run{self.records.run_id}_" if self.records is not None and self.records.run_id else ""
         part = re.sub(r"[^A-Za-z0-9._#-]", "_", res.frame.part_id or "frame")
-        stem = os.path.join(self.save_fail or ".", f"{run}{res.seq:06d}_{part}")
+        stem = os.path.join(self.save_fail or ".", f"{run}{self.run_tag}_{res.seq:06d}_{part}")
         ann, raw = stem + "_annotated.jpg", stem + "_raw.jpg"
         # raw as JPEG q95: a 720p PNG costs 40-80 ms of CPU, JPEG about 5 ms
-        ok = cv2.imwrite(ann, annotated) and cv2.imwrite(raw, res.frame.image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        return (ann, raw) if ok else (None, None)
+        try:
+            for path, image, params in ((ann, annotated, []), (raw, res.frame.image, [cv2.IMWRITE_JPEG_QUALITY, 95])):
+                ok, buf = cv2.imencode(".jpg", image, params)
+                if not ok:
+                    raise ValueError("OpenCV could not encode the image")
+                write_new(path, buf.tobytes())
+        except (OSError, ValueError, cv2.error) as exc:
+            self._image_failed(ann, exc)
+            return (ann, None) if os.path.isfile(ann) and not os.path.isfile(raw) else (None, None)
+        return ann, raw
+
+    def _image_failed(self, path: str, exc: BaseException) -> None:
+        """Count, warn (first time, then every 100th) and keep in the run's stats; inspection goes on."""
+        self.images_failed += 1
+        self.image_error = f"{path}: {getattr(exc, 'strerror', None) or exc}"
+        if self.images_failed == 1 or self.images_failed % 100 == 0:
+            print(f"warning: could not save failure image {self.image_error} ({self.images_failed} so far); "
+                  "the verdicts are still recorded", file=self.log or sys.stderr, flush=True)
+        if self.records is not None:
+            self.records.extra.update(fail_images_unsaved=self.images_failed, fail_images_error=self.image_error)
 
     def _record(self, res: Result, closed: List[PartVerdict], image_path: Optional[str],
                 raw_path: Optional[str]) -> None:

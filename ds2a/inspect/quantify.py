@@ -11,6 +11,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..errors import UserError
+
 
 @dataclass
 class Defect:
@@ -59,6 +61,10 @@ def quantify(
     ox, oy = origin
     mm2 = mm_per_pixel * mm_per_pixel if mm_per_pixel else None
     present = np.bincount(class_map.ravel(), minlength=len(classes))
+    if len(present) > len(classes):  # an id outside the class list would be skipped: a silent PASS
+        raise UserError(f"the model gave class id {len(present) - 1} but lists {len(classes)} classes "
+                        f"({', '.join(map(str, classes))}); the model and its metadata disagree: re-export it "
+                        "with `ds2a export`")
     defects: List[Defect] = []
     for cid in range(1, len(classes)):
         if present[cid] == 0:

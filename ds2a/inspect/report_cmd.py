@@ -14,6 +14,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from ..errors import UserError
+from ..outputs import atomic_write, check_outputs
 from ..timing import summarize
 from .records import connect
 
@@ -118,11 +119,7 @@ def write_csv(con: sqlite3.Connection, run_id: int, out: str) -> int:
     names = con.execute("SELECT classes FROM runs WHERE id=?", (run_id,)).fetchone()[0]
     classes: List[str] = json.loads(names or "[]")[1:]
     rows = con.execute("SELECT * FROM verdicts WHERE run_id=? ORDER BY id", (run_id,)).fetchall()
-    try:
-        fh = open(out, "w", newline="", encoding="utf-8")  # noqa: SIM115 - the error needs its own message
-    except OSError as exc:
-        raise UserError(f"cannot write {out}: {exc.strerror}; choose a writable --csv path") from None
-    with fh:
+    with atomic_write(out, "w", label="--csv", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["run", "part_id", "level", "verdict", "reasons", "first_seq", "last_seq", "n_frames",
                     "t_start", "t_end"] + [f"{c}_regions" for c in classes])
@@ -139,7 +136,9 @@ def write_csv(con: sqlite3.Connection, run_id: int, out: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    con = connect(args.db, create=False)
+    if args.csv:  # the database, its WAL and shared-memory files are inputs, never overwritten
+        check_outputs([("--csv", args.csv)], [("DB", args.db), ("DB", args.db + "-wal"), ("DB", args.db + "-shm")])
+    con = connect(args.db, create=False, readonly=True)
     con.row_factory = sqlite3.Row
     try:
         run_row = _run_row(con, args.run, args.db)

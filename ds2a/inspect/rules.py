@@ -6,6 +6,7 @@ A part fails when any of its frames fails; its reasons are the union of those fr
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -72,20 +73,36 @@ def default_rules(classes: Sequence[str]) -> Rules:
 
 
 def _number(value: Any, where: str, path: str, integer: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    """A finite number >= 0: NaN or infinity would turn a limit (or the noise floor) off silently."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
     if integer:
         ok = ok and float(value).is_integer()
     if not ok:
-        kind = "a whole number >= 0" if integer else "a number >= 0"
-        raise UserError(f"rules file {path}: {where} is {value!r}, it must be {kind}")
+        kind = "a whole number >= 0" if integer else "a finite number >= 0"
+        hint = "; omit the key for no limit" if value is None else ""
+        raise UserError(f"rules file {path}: {where} is {value!r}, it must be {kind}{hint}")
     return int(value) if integer else float(value)
+
+
+def check_scale(mm_per_pixel: Any, where: str = "--mm-per-pixel") -> float:
+    """The image scale must be finite and positive: NaN compares false and would disable every mm2 limit."""
+    ok = isinstance(mm_per_pixel, (int, float)) and not isinstance(mm_per_pixel, bool)
+    if not ok or not math.isfinite(mm_per_pixel) or mm_per_pixel <= 0:
+        raise UserError(f"{where} {mm_per_pixel}: give the finite, positive size of one pixel in mm (e.g. 0.05)")
+    return float(mm_per_pixel)
+
+
+def _show(key: Any) -> str:
+    """A key as typed, on one line (repr when it holds control characters)."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
 
 
 def _reject_unknown(mapping: Dict[Any, Any], valid: Sequence[str], where: str, path: str) -> None:
     """A misspelt key would silently disable a limit: refuse it and list the valid ones."""
     unknown = set(mapping) - set(valid)
     if unknown:
-        raise UserError(f"rules file {path}: {where}unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+        raise UserError(f"rules file {path}: {where}unknown key(s) {', '.join(sorted(map(_show, unknown)))}; "
                         f"valid keys: {', '.join(valid)}")
 
 
@@ -93,7 +110,8 @@ def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
                 mm_per_pixel: Optional[float] = None) -> Rules:
     """Validate a loaded YAML document against the model's classes; UserError names the fix."""
     if data is None:
-        data = {}
+        raise UserError(f"rules file {path} is empty; a rules file must state at least one limit, "
+                        "for example `classes: {damage: {max_count: 0}}` (see deploy/rules.example.yaml)")
     if not isinstance(data, dict):
         raise UserError(f"rules file {path}: the top level must be a mapping with keys {', '.join(TOP_KEYS)}")
     _reject_unknown(data, TOP_KEYS, "", path)
@@ -102,14 +120,14 @@ def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
     rules = Rules(origin=path)
     rules.level = str(data.get("level", "part"))
     if rules.level not in ("frame", "part"):
-        raise UserError(f"rules file {path}: level '{rules.level}' is not valid; use 'frame' or 'part'")
+        raise UserError(f"rules file {path}: level '{_show(rules.level)}' is not valid; use 'frame' or 'part'")
     part = data.get("part", {}) or {}
     if not isinstance(part, dict) or set(part) - {"by", "frames"}:
         raise UserError(f"rules file {path}: 'part' must be a mapping with 'by' ({'|'.join(PART_MODES)}) "
                         "and 'frames' (N consecutive frames per part)")
     rules.part_by = str(part.get("by", "auto"))
     if rules.part_by not in PART_MODES:
-        raise UserError(f"rules file {path}: part.by '{rules.part_by}' is not valid; "
+        raise UserError(f"rules file {path}: part.by '{_show(rules.part_by)}' is not valid; "
                         f"use one of {', '.join(PART_MODES)}")
     rules.part_frames = _number(part.get("frames", 1), "part.frames", path, integer=True)  # type: ignore[assignment]
     if rules.part_frames < 1:
@@ -117,20 +135,21 @@ def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
     rules.min_area_px = _number(data.get("min_area_px", DEFAULT_MIN_AREA_PX), "min_area_px", path)
     if data.get("mm_per_pixel") is not None:
         rules.mm_per_pixel = _number(data["mm_per_pixel"], "mm_per_pixel", path) or None
-    if mm_per_pixel:
-        rules.mm_per_pixel = float(mm_per_pixel)
-    cls_data = data.get("classes", {}) or {}
-    if not isinstance(cls_data, dict):
-        raise UserError(f"rules file {path}: 'classes' must map a class name to its limits")
+    if mm_per_pixel is not None:
+        rules.mm_per_pixel = check_scale(mm_per_pixel)
+    cls_data = data.get("classes")
+    if not isinstance(cls_data, dict) or not cls_data:
+        raise UserError(f"rules file {path}: 'classes' must map at least one defect class to its limits, "
+                        f"for example `classes: {{{classes[-1] if len(classes) > 1 else 'damage'}: "
+                        "{max_count: 0}}`; a rules file without a limit would pass every part")
     valid = [str(c) for c in classes[1:]]
     for name, limits in cls_data.items():
         if str(name) not in valid:
-            raise UserError(f"rules file {path}: class '{name}' is not a defect class of this model; "
+            raise UserError(f"rules file {path}: class '{_show(name)}' is not a defect class of this model; "
                             f"valid: {', '.join(valid)}")
-        limits = limits or {}
         if not isinstance(limits, dict):
-            raise UserError(f"rules file {path}: classes.{name} must be a mapping such as {{max_count: 0}}")
-        _reject_unknown(limits, CLASS_KEYS, f"classes.{name} has ", path)
+            raise UserError(f"rules file {path}: classes.{_show(name)} must be a mapping such as {{max_count: 0}}")
+        _reject_unknown(limits, CLASS_KEYS, f"classes.{_show(name)} has ", path)
         rule = ClassRule()
         for key, value in limits.items():
             val = _number(value, f"classes.{name}.{key}", path, integer=(key == "max_count"))
@@ -140,6 +159,9 @@ def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
                 raise UserError(f"rules file {path}: classes.{name}.{key} needs the image scale; add "
                                 "mm_per_pixel to the rules file or pass --mm-per-pixel")
             setattr(rule, key, val)
+        if not set(limits) & set(LIMIT_KEYS):
+            raise UserError(f"rules file {path}: classes.{name} states no limit; give at least one of "
+                            f"{', '.join(LIMIT_KEYS)} (for example max_count: 0), or remove the class")
         rules.classes[str(name)] = rule
     return rules
 
@@ -148,15 +170,24 @@ def load_rules(path: Optional[str], classes: Sequence[str], mm_per_pixel: Option
     """Read and validate a rules file, or the default rules when path is None."""
     if path is None:
         rules = default_rules(classes)
-        rules.mm_per_pixel = mm_per_pixel
+        rules.mm_per_pixel = None if mm_per_pixel is None else check_scale(mm_per_pixel)
         return rules
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except FileNotFoundError:
         raise UserError(f"rules file {path} does not exist; start from deploy/rules.example.yaml") from None
+    except IsADirectoryError:
+        raise UserError(f"rules file {path} is a folder; give the path of a YAML file such as "
+                        "deploy/rules.example.yaml") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"rules file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise UserError(f"cannot read rules file {path}: {exc.strerror or exc}; check its permissions") from None
     except yaml.YAMLError as exc:
         raise UserError(f"rules file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    except RecursionError:
+        raise UserError(f"rules file {path} is nested too deeply to be a rules file") from None
     return parse_rules(data, classes, path, mm_per_pixel)
 
 
@@ -211,9 +242,14 @@ class PartVerdict:
 class PartTracker:
     """Groups frame verdicts into parts: by the source's part ids, or N consecutive frames."""
 
-    def __init__(self, rules: Rules, source_gives_parts: bool) -> None:
+    def __init__(self, rules: Rules, source_gives_parts: bool, source: str = "this source") -> None:
         self.rules = rules
         self.by = rules.part_by
+        if self.by == "source" and rules.level == "part" and not source_gives_parts:
+            # every frame would wait for a part id that never comes: FAIL frames, no part verdict
+            raise UserError(f"rules file {rules.origin}: part.by is 'source' but {source} gives no part ids "
+                            "(only demo:// and image folders do); use `part: {by: frames, frames: N}` to group "
+                            "N consecutive frames per part, or `by: auto`")
         if self.by == "auto":
             self.by = "source" if source_gives_parts else "frames"
         self._open: Optional[PartVerdict] = None

@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from ..errors import UserError
+from ..outputs import check_outputs
 
 VIDEO_EXTS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
@@ -121,6 +122,23 @@ class ImageFolderSink(Sink):
         return True
 
 
+def _file_uri(uri: str) -> str:
+    uri = str(uri).strip()
+    return uri[len("file://"):] if uri.startswith("file://") else uri  # Python 3.8: no removeprefix
+
+
+def check_run_outputs(outputs: Sequence[str], db: Optional[str], inputs: Sequence[Tuple[str, Optional[str]]]) -> None:
+    """Before the model opens: no video --output or --db may be an input (model, rules, source file) or
+    each other, and their folders must be writable."""
+    files: List[Tuple[str, Optional[str]]] = [("--db", db)]
+    for uri in outputs:
+        path = _file_uri(uri)
+        if os.path.splitext(path)[1].lower() in VIDEO_EXTS:
+            files.append(("the output video --output", path))
+    ins = [(label, _file_uri(p)) for label, p in inputs if p is not None]
+    check_outputs(files, [(label, p) for label, p in ins if os.path.isfile(p)])
+
+
 def open_sink(uri: str, fps: float = 30.0) -> Sink:
     """A Sink for `display://N`, `none`, `FILE.mp4|.avi|.mkv|.mov` (file:// allowed) or a folder."""
     uri = str(uri).strip()
@@ -128,7 +146,7 @@ def open_sink(uri: str, fps: float = 30.0) -> Sink:
         return NullSink()
     if uri.startswith("display"):
         return DisplaySink(uri)
-    path = uri.removeprefix("file://")
+    path = _file_uri(uri)
     ext = os.path.splitext(path)[1].lower()
     if ext in VIDEO_EXTS:
         return VideoSink(path, fps)

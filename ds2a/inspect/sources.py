@@ -14,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import cv2
 import numpy as np
@@ -54,6 +54,7 @@ class Source:
     gives_parts = False  # True when frames carry part ids (a trigger), e.g. demo://
     gives_roi = False  # True when frames carry the part's box, e.g. demo://
     fps: Optional[float] = None
+    frame_hw: Optional[Tuple[int, int]] = None  # (height, width) when known before the first frame
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -154,6 +155,7 @@ class VideoFileSource(Source):
                             "check that the file is a complete video (mp4, avi, mkv...)")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 else None
+        self.frame_hw = _capture_hw(self._cap)
         self._index = 0
 
     def read(self) -> Optional[Frame]:
@@ -233,15 +235,98 @@ def csi_pipeline(sensor_id: int, width: int = 1280, height: int = 720, fps: int 
     )
 
 
-def _query(parts: object) -> Dict[str, str]:
-    return {k: v[-1] for k, v in parse_qs(getattr(parts, "query", "")).items()}
+# Options a URI may carry: name -> (type, smallest, largest). Bounds keep a typo such as
+# width=60000 from allocating gigabytes or a negative seed from failing deep inside numpy.
+Option = Tuple[type, float, float]
+DEMO_OPTIONS: Dict[str, Option] = {"frames": (int, 1, 10**9), "fps": (float, 0.0, 1000.0),
+                                   "seed": (int, 0, 2**32 - 1), "width": (int, 64, 7680),
+                                   "height": (int, 64, 4320), "speed": (int, 1, 7680)}
+CSI_OPTIONS: Dict[str, Option] = {"width": (int, 64, 7680), "height": (int, 64, 4320),
+                                  "fps": (int, 1, 1000), "flip": (int, 0, 7)}
+STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp", "srt")
+FORMS = ("csi://N, v4l2:///dev/videoN, N, rtsp://..., http://..., gst://PIPELINE, file://PATH, "
+         "a path/folder/glob, or demo://")
 
 
-def _int_param(q: Dict[str, str], key: str, default: int, uri: str) -> int:
+@dataclass
+class SourceSpec:
+    """A parsed, checked source URI: what to open, before anything is opened."""
+
+    kind: str  # demo, csi, v4l2, stream, gst, path
+    target: str  # sensor id, device, URL, pipeline or path
+    options: Dict[str, float] = field(default_factory=dict)
+
+
+def _number_option(uri: str, key: str, text: str, option: Option) -> float:
+    kind, lo, hi = option
+    what = "a whole number" if kind is int else "a number"
     try:
-        return int(q.get(key, default))
+        value = kind(text)
+    except (ValueError, OverflowError):
+        raise UserError(f"source {uri}: '{key}={text}' is not {what}; options are numbers "
+                        "(example: demo://?frames=300&fps=30)") from None
+    if not lo <= value <= hi:  # also refuses NaN
+        raise UserError(f"source {uri}: '{key}={text}' is out of range; give {what} from {lo:g} to {hi:g}")
+    return value
+
+
+def _options(uri: str, query: str, allowed: Dict[str, Option]) -> Dict[str, float]:
+    """Query options checked against `allowed`; a misspelt one is refused, not ignored."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
-        raise UserError(f"source {uri}: '{key}={q[key]}' is not a whole number") from None
+        raise UserError(f"source {uri}: cannot read the options '{query}'; write them as "
+                        "?key=value&key=value") from None
+    q = dict(pairs)
+    unknown = sorted(set(q) - set(allowed))
+    if unknown:
+        raise UserError(f"source {uri}: unknown option(s) {', '.join(unknown)}; valid: "
+                        f"{', '.join(sorted(allowed)) or 'none'}")
+    return {k: _number_option(uri, k, v, allowed[k]) for k, v in q.items()}
+
+
+def parse_source(uri: str) -> SourceSpec:
+    """Check a source URI without opening anything; UserError names the option and the accepted forms."""
+    uri = str(uri).strip()
+    if not uri or not uri.isprintable():
+        raise UserError(f"source {uri!r} is empty or holds control characters (NUL, newline...); use one of {FORMS}")
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:
+        raise UserError(f"source {uri}: {exc}; use one of {FORMS}") from None
+    scheme = parts.scheme.lower() if len(parts.scheme) > 1 else ""  # 'C:' is a drive, not a scheme
+    if scheme == "demo":
+        spec = SourceSpec("demo", "", _options(uri, parts.query, DEMO_OPTIONS))
+        width = int(spec.options.get("width", 1280))
+        if spec.options.get("speed", 0) > width:
+            raise UserError(f"source {uri}: speed {spec.options['speed']:g} is more than the frame width {width}")
+        return spec
+    if scheme == "csi":
+        sensor = _number_option(uri, "sensor id", parts.netloc or "0", (int, 0, 15))
+        return SourceSpec("csi", str(sensor), _options(uri, parts.query, CSI_OPTIONS))
+    if scheme == "v4l2" or uri.isdigit():
+        dev = uri if uri.isdigit() else (parts.path or parts.netloc)
+        if not dev:
+            raise UserError(f"source {uri}: name the device, for example v4l2:///dev/video0 or 0")
+        return SourceSpec("v4l2", dev)
+    if scheme in STREAM_SCHEMES:
+        return SourceSpec("stream", uri)
+    if scheme == "gst":  # gst://<any GStreamer pipeline ending in appsink>
+        pipe = uri[len("gst://"):]
+        if not pipe.strip():
+            raise UserError(f"source {uri}: give a GStreamer pipeline ending in appsink after gst://")
+        return SourceSpec("gst", pipe)
+    if scheme == "file":
+        return SourceSpec("path", parts.netloc + parts.path)
+    if scheme:
+        raise UserError(f"unknown source scheme '{scheme}' in {uri}; use {FORMS}")
+    return SourceSpec("path", uri)
+
+
+def _capture_hw(cap: cv2.VideoCapture) -> Optional[Tuple[int, int]]:
+    """(height, width) an open capture reports, or None when it does not say."""
+    h, w = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+    return (h, w) if h > 0 and w > 0 else None
 
 
 def _gstreamer_ok() -> bool:
@@ -280,46 +365,37 @@ def _file_paths(spec: str) -> List[str]:
 def open_source(uri: str) -> Source:
     """A Source for a URI or path; UserError with the accepted forms when it cannot be opened."""
     uri = str(uri).strip()
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower() if len(parts.scheme) > 1 else ""  # 'C:' is a drive, not a scheme
-    q = _query(parts)
-    if scheme == "demo":
+    spec = parse_source(uri)
+    if spec.kind == "demo":
         from .demo_source import DemoSource
 
-        return DemoSource.from_uri(uri)
-    if scheme == "csi":
-        sensor = _int_param({"id": parts.netloc or "0"}, "id", 0, uri)
-        pipe = csi_pipeline(sensor, _int_param(q, "width", 1280, uri), _int_param(q, "height", 720, uri),
-                            _int_param(q, "fps", 30, uri), _int_param(q, "flip", 0, uri))
+        return DemoSource(uri, **spec.options)  # type: ignore[arg-type]
+    if spec.kind == "csi":
+        o = spec.options
+        pipe = csi_pipeline(int(spec.target), int(o.get("width", 1280)), int(o.get("height", 720)),
+                            int(o.get("fps", 30)), int(o.get("flip", 0)))
         if not _gstreamer_ok():
             raise UserError(f"source {uri} needs OpenCV built with GStreamer (JetPack's python3-opencv); "
                             "this OpenCV has no GStreamer. On a Jetson uninstall opencv-python from pip "
                             "so the system OpenCV is used")
         return CaptureSource(uri, lambda: cv2.VideoCapture(pipe, cv2.CAP_GSTREAMER), f"GStreamer: {pipe}")
-    if scheme == "v4l2" or uri.isdigit():
-        dev = uri if uri.isdigit() else (parts.path or parts.netloc)
-        target = int(dev) if dev.isdigit() else dev
+    if spec.kind == "v4l2":
+        target = int(spec.target) if spec.target.isdigit() else spec.target
         api = cv2.CAP_V4L2 if hasattr(cv2, "CAP_V4L2") else cv2.CAP_ANY
         return CaptureSource(uri, lambda: cv2.VideoCapture(target, api), f"V4L2 device {target}")
-    if scheme in ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp", "srt"):
+    if spec.kind == "stream":
         return CaptureSource(uri, _stream_capture(uri), "network stream via FFmpeg")
-    if scheme == "gst":  # gst://<any GStreamer pipeline ending in appsink>
-        pipe = uri[len("gst://"):]
+    if spec.kind == "gst":
         if not _gstreamer_ok():
             raise UserError(f"source {uri} needs OpenCV built with GStreamer; this OpenCV has none")
-        return CaptureSource(uri, lambda: cv2.VideoCapture(pipe, cv2.CAP_GSTREAMER), f"GStreamer: {pipe}")
-    if scheme == "file":
-        spec = parts.netloc + parts.path
-    elif scheme:
-        raise UserError(f"unknown source scheme '{scheme}' in {uri}; use csi://N, v4l2:///dev/videoN, "
-                        "N, rtsp://..., http://..., gst://PIPELINE, file://PATH, a path/folder/glob, or demo://")
-    else:
-        spec = uri
-    if os.path.isfile(spec):
-        if os.path.splitext(spec)[1].lower() in IMAGE_EXTS:
-            return ImageFilesSource(uri, [spec])
-        return VideoFileSource(uri, spec)
-    paths = _file_paths(spec)
+        return CaptureSource(uri, lambda: cv2.VideoCapture(spec.target, cv2.CAP_GSTREAMER),
+                             f"GStreamer: {spec.target}")
+    path = spec.target
+    if os.path.isfile(path):
+        if os.path.splitext(path)[1].lower() in IMAGE_EXTS:
+            return ImageFilesSource(uri, [path])
+        return VideoFileSource(uri, path)
+    paths = _file_paths(path)
     if not paths:
         raise UserError(f"source {uri}: no such file, or no images/videos in that folder or glob; "
                         "check the path (examples: clip.mp4, frames/, 'frames/*.png')")

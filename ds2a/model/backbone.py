@@ -115,7 +115,7 @@ def load_torchvision_state(backbone: ResNet, state: dict) -> list[str]:
 
     Raises KeyError/ValueError on missing keys or shape mismatches; callers turn these into UserError.
     """
-    state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    state = {(k[len("backbone."):] if k.startswith("backbone.") else k): v for k, v in state.items()}
     own = backbone.state_dict()
     ignored = sorted(k for k in state if k not in own)
     missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))

@@ -86,7 +86,7 @@ def convert_official_state_dict(state: dict[str, Tensor], config: ModelConfig,
 
     Raises UserError naming the keys if anything is missing, unknown or of the wrong shape for `config`.
     """
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     with torch.device("meta"):  # shapes only: no memory, no init cost
         reference = DS2AFormer(config)
     own = reference.state_dict()
@@ -184,9 +184,9 @@ def official_unused_parameters(config: ModelConfig) -> dict[str, tuple[int, ...]
 
 # --- files -------------------------------------------------------------------------------------
 
-def read_official_checkpoint(path: str) -> dict[str, Tensor]:
+def read_official_checkpoint(path: str, trust: bool = False) -> dict[str, Tensor]:
     """The state dict of an official (mmengine) checkpoint file, or of a bare state dict file."""
-    return _load_official(path)[0]
+    return _load_official(path, trust)[0]
 
 
 def _dataset_classes(obj: Any) -> list[str] | None:
@@ -199,19 +199,65 @@ def _dataset_classes(obj: Any) -> list[str] | None:
     return None
 
 
-def _load_official(path: str) -> tuple[dict[str, Tensor], list[str] | None]:
+def _numpy_safe_globals() -> list[Any]:
+    """numpy's data-only reconstructors (scalars, arrays, dtypes) that mmengine's training meta pickles.
+
+    They build plain values and never call user code, so the restricted unpickler may use them;
+    each is also listed under its numpy 1.x module name so files written with either numpy load.
+    """
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    found: list[Any] = [np.ndarray, np.dtype]
+    for name in ("scalar", "_reconstruct"):
+        obj = getattr(core.multiarray, name)
+        found += [obj, (obj, f"numpy.core.multiarray.{name}"), (obj, f"numpy._core.multiarray.{name}")]
+    dtypes = getattr(np, "dtypes", None)
+    found += [v for v in vars(dtypes).values() if isinstance(v, type)] if dtypes else []
+    return found
+
+
+def _blocked_globals(path: str) -> list[str]:
+    """The pickled globals a weights-only load refuses (empty if torch cannot tell)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - not a zip checkpoint, or an older torch: nothing to name
+        return []
+
+
+def load_official_object(path: str, trust: bool = False) -> Any:
+    """torch.load an official file without running code: weights only, plus numpy's plain data types.
+
+    Anything else (objects whose unpickling can run code) is refused with the globals that blocked
+    it, unless `trust=True`, the explicit opt-in to full unpickling for files from a trusted source.
+    """
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any refusal or damage is explained below
+        safe_error = exc
+    blocked = _blocked_globals(path)
+    if not trust:
+        if blocked:
+            raise UserError(
+                f"'{path}' holds pickled objects a safe load refuses ({_list(blocked, 6)}); loading them could run "
+                "code from the file. If the file comes from a source you trust, pass --trust-checkpoint "
+                "(full unpickling), or re-save just its 'state_dict' tensors with torch.save")
+        raise UserError(f"cannot read '{path}' ({type(safe_error).__name__}: {str(safe_error).splitlines()[0][:200]}); "
+                        "is it an mmsegmentation .pth checkpoint?")
+    print(f"warning: --trust-checkpoint: fully unpickling '{path}' (it can run code; blocked by the safe load: "
+          f"{_list(blocked, 6) or 'unknown'})", file=sys.stderr)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot read '{path}' ({type(exc).__name__}: {str(exc)[:200]}); "
+                        "is it an mmsegmentation .pth checkpoint?") from None
+
+
+def _load_official(path: str, trust: bool = False) -> tuple[dict[str, Tensor], list[str] | None]:
     if not os.path.isfile(path):
         raise UserError(f"official checkpoint '{path}' does not exist; download it from the DS2A-Former release and pass its path")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - mmengine files pickle their training meta (numpy, mmengine objects)
-        print(f"note: '{path}' holds pickled objects besides tensors; loading it fully "
-              "(only do this with files from a source you trust)", file=sys.stderr)
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"cannot read '{path}' ({type(exc).__name__}: {str(exc)[:200]}); "
-                            "is it an mmsegmentation .pth checkpoint?") from None
+    obj = load_official_object(path, trust)
     if isinstance(obj, dict) and obj.get("format") == "ds2a-checkpoint":
         raise UserError(f"'{path}' is already a ds2a checkpoint; load it directly with ds2a.load_model")
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
@@ -253,12 +299,13 @@ class ConversionReport:
 
 def convert_official_checkpoint(src: str, dst: str, arch: str, num_classes: int | None = None,
                                 classes: list[str] | None = None, half: bool = False,
-                                **overrides: Any) -> ConversionReport:
+                                trust_checkpoint: bool = False, **overrides: Any) -> ConversionReport:
     """Read an official checkpoint, check arch and class count, load strictly, write our checkpoint.
 
     Class names: `classes` if given, else the file's meta.dataset_meta.classes, else M-BSD's for 4 classes.
+    `trust_checkpoint` allows full unpickling (can run code from the file; see `load_official_object`).
     """
-    state, file_names = _load_official(src)
+    state, file_names = _load_official(src, trust_checkpoint)
     name = arch if arch.startswith("ds2a_") else f"ds2a_{arch}"
     depth = detect_depth(state)
     config = get_config(name, **overrides)

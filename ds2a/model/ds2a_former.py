@@ -5,7 +5,7 @@ semantic inference on top of the last one.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from .head import PredictionHead
 from .pixel_decoder import PixelDecoder
 from .positional_encoding import sine_position_encoding
 
-Prediction = tuple[Tensor, Tensor]  # (class logits (B, Q, K+1), mask logits (B, Q, H/4, W/4))
+Prediction = Tuple[Tensor, Tensor]  # (class logits (B, Q, K+1), mask logits (B, Q, H/4, W/4))
 
 
 def default_meta(config: ModelConfig) -> ModelMeta:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli_types import int_range
 from ..errors import UserError
+from ..outputs import atomic_path, check_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,14 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("int8", "fp16"), required=True)
     parser.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt",
                         help="INT8 Q/DQ placement: tensorrt (NVIDIA ModelOpt) or onnxruntime (fast on ORT CPU)")
-    parser.add_argument("--num-images", type=int, default=64, help="calibration images (default 64)")
-    parser.add_argument("--min-images", type=int, help="fail when fewer readable images (default min(8, N))")
+    parser.add_argument("--num-images", type=int_range(1), default=64, help="calibration images (default 64)")
+    parser.add_argument("--min-images", type=int_range(1), help="fail when fewer readable images (default min(8, N))")
     parser.add_argument("--method", choices=("entropy", "minmax", "percentile"),
                         help="activation range method (default: minmax for --target tensorrt, entropy for "
                              "onnxruntime; measured in benchmarks/results/precision_demo.md)")
     parser.add_argument("--exclude", default="", help="comma-separated op types or node names (regex) kept in float")
     parser.add_argument("--split", default="train", help="dataset split to calibrate on (default train)")
-    parser.add_argument("--seed", type=int, default=0, help="image selection seed")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="image selection seed")
     parser.add_argument("--cache", help="calibration cache (default: OUT with .calib.json)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write a calibration cache")
     parser.add_argument("--recalibrate", action="store_true", help="ignore and overwrite an existing cache")
@@ -45,14 +47,23 @@ DEFAULT_METHOD = {"tensorrt": "minmax", "onnxruntime": "entropy"}
 
 def run(args: argparse.Namespace) -> int:
     args.method = args.method or DEFAULT_METHOD[args.target]
+    final = Path(args.out)
+    cache = None if args.no_cache else str(args.cache or final.with_suffix(".calib.json"))
+    check_outputs([("--out", args.out), ("--cache", cache)], [("MODEL", args.model), ("--data", args.data)])
+    from .isolated import signals_unwind
+
+    # SIGTERM unwinds (stopping any ModelOpt worker) so temp files and the partial --out are removed
+    with signals_unwind(), atomic_path(args.out, label="--out") as tmp:  # --out appears only once complete
+        return _calibrate(args, final, Path(tmp))
+
+
+def _calibrate(args: argparse.Namespace, final: Path, out: Path) -> int:
+    """The conversion, written to `out` (a temp file next to `final`)."""
     from ..export.metadata import read_meta, write_meta
     from ..meta import file_sha256
     from .calib_data import select_calibration_set
     from .model_info import final_compute_nodes, inspect_model, precision_of, resolve_exclusions
 
-    out = Path(args.out)
-    if out.resolve() == Path(args.model).resolve():
-        raise UserError(f"--out {out} would overwrite the input model; choose another path")
     info = inspect_model(args.model)
     exclude_ops, exclude_nodes = resolve_exclusions(info, args.exclude.split(","))
     calib = select_calibration_set(args.data, info.meta.input_size, args.num_images, args.seed, args.split,
@@ -70,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             present = set(info.op_types())
             exclude_ops = [o for o in DEFAULT_EXCLUDE_OPS if o in present]
             exclude_nodes = final_compute_nodes(info.model, depth=1)
-        cache = None if args.no_cache else Path(args.cache or out.with_suffix(".calib.json"))
+        cache = None if args.no_cache else Path(args.cache or final.with_suffix(".calib.json"))
         reused = calibrate_int8(info, calib, out, args.target, args.method, exclude_ops, exclude_nodes,
                                 cache, args.recalibrate, file_sha256(args.model))
     else:
@@ -88,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
     write_meta(result, meta)
     onnx.save(result, str(out))
     if precision_of(result) != args.precision:
-        raise UserError(f"{out} came out as {precision_of(result)}, not {args.precision}: nothing was converted; "
+        raise UserError(f"{final} came out as {precision_of(result)}, not {args.precision}: nothing was converted; "
                         f"check --exclude (it may exclude every convertible op)")
     agreement = _agreement(args.model, str(out), calib.frames[: max(info.batch, 4)], info)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.precision}"
+    print(f"wrote {final} ({out.stat().st_size / 1e6:.1f} MB, {args.precision}"
           f"{', ' + args.target if args.precision == 'int8' else ''}) in {time.perf_counter() - t0:.1f} s"
           f"{' (calibration cache reused)' if reused else ''}; class maps agree with FP32 on "
           f"{100 * agreement:.2f}% of calibration pixels")

@@ -11,6 +11,7 @@ TensorRT only takes symmetric (zero-point 0) signed INT8, so both targets produc
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -56,6 +57,12 @@ def quantize_onnxruntime(info: OnnxModelInfo, calib: CalibrationSet, out: Path, 
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        import onnxruntime
+
+        raise UserError(f"--target onnxruntime needs a newer onnxruntime than {onnxruntime.__version__} (its quantizer "
+                        "lacks calibration caches; Python 3.8 gets at most 1.19): calibrate on a workstation with "
+                        "Python 3.9+ and `pip install -U onnxruntime`, then copy the ONNX to the device")
     cached = None if (cache_path is None or recalibrate) else load_ranges(cache_path, cache_key)
     with tempfile.TemporaryDirectory(prefix="ds2a_calib_") as tmp:
         ort_cache = Path(tmp) / "ranges.json"

@@ -4,12 +4,20 @@ cuda-python (`cuda.bindings.runtime`, older `cuda.cudart`) is the layer NVIDIA's
 samples use since 10.x; pycuda is the fallback on older JetPacks where it is what is
 installed. Both sit behind the same small API so the backend never branches on which one.
 `cuda_call` turns cuda-python's (error, value) tuples into exceptions.
+
+CUDA state is per host thread (cuda-python's current device, pycuda's context stack), and
+the inspection loop opens a model on one thread and infers on another. So each API has
+`activate()`: a `with` block that makes this GPU current on the calling thread and leaves
+the thread as it found it. pycuda aborts the process at exit if a context is still pushed,
+so PycudaApi never leaves one pushed outside such a block.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -30,6 +38,7 @@ class DeviceInfo:
     name: str
     compute_capability: Tuple[int, int]
     total_memory: int = 0
+    sm_count: int = 0  # tells Jetson modules apart: AGX Orin, Orin NX and Orin Nano are all "Orin" 8.7
 
     @property
     def cc_text(self) -> str:
@@ -121,11 +130,23 @@ class CudaPythonApi:
             raise UserError(f"GPU {self.device} does not exist: this machine has {count} CUDA device(s); "
                             f"pick --device 0..{max(0, int(count) - 1)}")
 
+    @contextmanager
+    def activate(self) -> Iterator[None]:
+        """Run the block with this GPU current on the calling thread (cudaSetDevice is per thread)."""
+        before = int(cuda_call(self.cudart.cudaGetDevice()))
+        if before != self.device:
+            cuda_call(self.cudart.cudaSetDevice(self.device))
+        try:
+            yield
+        finally:
+            if before != self.device:
+                self.cudart.cudaSetDevice(before)
+
     def device_info(self) -> DeviceInfo:
         prop = cuda_call(self.cudart.cudaGetDeviceProperties(self.device))
         name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
         return DeviceInfo(self.device, name.rstrip("\x00").strip(), (int(prop.major), int(prop.minor)),
-                          int(getattr(prop, "totalGlobalMem", 0)))
+                          int(getattr(prop, "totalGlobalMem", 0)), int(getattr(prop, "multiProcessorCount", 0)))
 
     # memory --------------------------------------------------------------------------------
     def alloc_host(self, shape: Sequence[int], dtype: Any) -> Tuple[np.ndarray, int]:
@@ -184,13 +205,32 @@ class CudaPythonApi:
         cuda_call(self.cudart.cudaStreamBeginCapture(stream, mode))
 
     def end_capture(self, stream: Any) -> Any:
-        """Finish a capture and instantiate it: returns (graph, executable graph)."""
-        graph = cuda_call(self.cudart.cudaStreamEndCapture(stream))
+        """Finish a capture and instantiate it: returns (graph, executable graph).
+
+        cudaGraphInstantiateWithFlags(graph, flags) has the same signature on cuda-python 11.4+,
+        12 and 13 (cudaGraphInstantiate does not: 11.x takes a log buffer). On failure the
+        capture is already ended and the error cleared, so the stream works without graphs.
+        """
+        rt = self.cudart
+        err, graph = rt.cudaStreamEndCapture(stream)
+        if _error_code(err) != 0:
+            rt.cudaGetLastError()
+            cuda_call((err,))
         try:
-            exe = cuda_call(self.cudart.cudaGraphInstantiate(graph, 0))
-        except TypeError:  # cuda-python 11.x: (graph, log buffer, buffer size)
-            exe = cuda_call(self.cudart.cudaGraphInstantiate(graph, b"", 0))
+            exe = cuda_call(rt.cudaGraphInstantiateWithFlags(graph, 0))
+        except CudaError:
+            rt.cudaGraphDestroy(graph)
+            rt.cudaGetLastError()
+            raise
         return graph, exe
+
+    def abort_capture(self, stream: Any) -> None:
+        """End a capture whose work failed and clear the error (as trtexec does on a failed capture)."""
+        rt = self.cudart
+        err, graph = rt.cudaStreamEndCapture(stream)
+        if _error_code(err) == 0 and graph is not None:
+            rt.cudaGraphDestroy(graph)
+        rt.cudaGetLastError()
 
     def launch_graph(self, graph: Any, stream: Any) -> None:
         cuda_call(self.cudart.cudaGraphLaunch(graph[1], stream))
@@ -200,8 +240,21 @@ class CudaPythonApi:
         cuda_call(self.cudart.cudaGraphDestroy(graph[0]))
 
 
+def _in_context(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a PycudaApi method with the context pushed on the calling thread, popped after."""
+    @functools.wraps(method)
+    def run(self: "PycudaApi", *args: Any, **kw: Any) -> Any:
+        with self.activate():
+            return method(self, *args, **kw)
+    return run
+
+
 class PycudaApi:
-    """The same operations through pycuda (older JetPacks); no CUDA graphs."""
+    """The same operations through pycuda (older JetPacks); no CUDA graphs.
+
+    pycuda keeps a context stack per thread and aborts at exit while one is pushed, so the
+    device's primary context is pushed only for the duration of each operation.
+    """
 
     name = "pycuda"
     supports_graphs = False
@@ -220,13 +273,24 @@ class PycudaApi:
             raise UserError(f"GPU {self.device} does not exist: this machine has {count} CUDA device(s)")
         self._dev = cuda.Device(self.device)
         self._ctx = self._dev.retain_primary_context()
-        self._ctx.push()
         self._host: dict = {}
 
-    def device_info(self) -> DeviceInfo:
-        return DeviceInfo(self.device, self._dev.name(), tuple(self._dev.compute_capability()),
-                          int(self._dev.total_memory()))
+    @contextmanager
+    def activate(self) -> Iterator[None]:
+        """Run the block with this GPU's primary context pushed on the calling thread."""
+        self._ctx.push()
+        try:
+            yield
+        finally:
+            self.cuda.Context.pop()
 
+    def device_info(self) -> DeviceInfo:
+        attribute = getattr(self.cuda, "device_attribute", None)
+        sms = self._dev.get_attribute(attribute.MULTIPROCESSOR_COUNT) if attribute is not None else 0
+        return DeviceInfo(self.device, self._dev.name(), tuple(self._dev.compute_capability()),
+                          int(self._dev.total_memory()), int(sms))
+
+    @_in_context
     def alloc_host(self, shape: Sequence[int], dtype: Any) -> Tuple[np.ndarray, int]:
         arr = self.cuda.pagelocked_empty(tuple(shape), np.dtype(dtype))
         self._host[arr.ctypes.data] = arr
@@ -235,40 +299,49 @@ class PycudaApi:
     def free_host(self, ptr: int) -> None:
         self._host.pop(ptr, None)
 
+    @_in_context
     def alloc_device(self, nbytes: int) -> int:
         mem = self.cuda.mem_alloc(max(1, int(nbytes)))
         self._host[int(mem)] = mem  # keep the allocation alive until free_device
         return int(mem)
 
+    @_in_context
     def free_device(self, ptr: int) -> None:
         mem = self._host.pop(ptr, None)
         if mem is not None:
             mem.free()
 
+    @_in_context
     def copy_h2d(self, dst: int, host: np.ndarray, nbytes: int, stream: Any) -> None:
         self.cuda.memcpy_htod_async(dst, host.reshape(-1).view(np.uint8)[:nbytes], stream)
 
+    @_in_context
     def copy_d2h(self, host: np.ndarray, src: int, nbytes: int, stream: Any) -> None:
         self.cuda.memcpy_dtoh_async(host.reshape(-1).view(np.uint8)[:nbytes], src, stream)
 
+    @_in_context
     def create_stream(self) -> Any:
         return self.cuda.Stream()
 
     def stream_handle(self, stream: Any) -> int:
         return int(stream.handle)
 
+    @_in_context
     def synchronize(self, stream: Any) -> None:
         stream.synchronize()
 
     def destroy_stream(self, stream: Any) -> None:
         pass
 
+    @_in_context
     def create_event(self) -> Any:
         return self.cuda.Event()
 
+    @_in_context
     def record_event(self, event: Any, stream: Any) -> None:
         event.record(stream)
 
+    @_in_context
     def elapsed_ms(self, start: Any, end: Any) -> float:
         return float(start.time_till(end))
 
@@ -276,7 +349,8 @@ class PycudaApi:
         pass
 
     def close(self) -> None:
-        self._ctx.pop()
+        """Drop what is still held (nothing is left pushed: each operation popped its context)."""
+        self._host.clear()
 
 
 def open_cuda(device: int = 0, prefer: Optional[str] = None) -> Any:

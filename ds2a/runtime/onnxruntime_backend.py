@@ -16,7 +16,7 @@ import onnxruntime as ort
 from ..errors import UserError
 from ..meta import INPUT_NAME, ONNX_META_KEY, OUTPUT_CLASS_MAP, OUTPUT_LOGITS, ModelMeta
 from ..preprocess import normalize
-from .base import Frames, InferResult, Segmenter, fit_batch, make_results
+from .base import Frames, InferResult, Segmenter, check_output_spec, fit_batch, make_results
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
@@ -97,6 +97,8 @@ class OnnxRuntimeSegmenter(Segmenter):
         self.providers = self.session.get_providers()
         self._read_io()
         super().__init__(self._read_meta())
+        specs = {o.name: (o.type, o.shape) for o in self.session.get_outputs()}
+        check_output_spec(self.path, self.meta, self.input_size, specs.get(OUTPUT_CLASS_MAP), specs.get(OUTPUT_LOGITS))
         self.return_logits = bool(return_logits) and self._logits_name is not None
         self._fetch = [n for n in (self._class_map_name, self._logits_name if (
             self.return_logits or self._class_map_name is None) else None) if n]

@@ -4,10 +4,13 @@ Loading checks the engine's sidecar (`model.engine.json`) against the running Te
 release and GPU first, so a mismatch says how to rebuild instead of failing deep inside
 TensorRT. Inference is name-based (`set_tensor_address` + `execute_async_v3`, TensorRT 8.5+)
 on one CUDA stream with pinned host buffers and async copies; an optional CUDA graph
-replays the copy+enqueue+copy sequence per batch size.
+replays the copy+enqueue+copy sequence for the current batch size. Every GPU operation runs
+with the GPU made current on the calling thread, so a model opened on one thread can infer
+on another (the inspection loop does).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -15,13 +18,14 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..engine.sidecar import read_sidecar, rebuild_command, verify_sidecar
-from ..engine.versions import features_for
 from ..errors import UserError
 from ..meta import OUTPUT_CLASS_MAP, OUTPUT_LOGITS, ModelMeta
 from ..preprocess import normalize
-from .base import Frames, InferResult, Segmenter, fit_batch, make_results
-from .cuda_buffers import HostDeviceBuffer, open_cuda
+from ..trt.features import import_tensorrt
+from ..trt.sidecar import read_sidecar, rebuild_command, verify_sidecar
+from ..trt.versions import require_supported
+from .base import Frames, InferResult, Segmenter, check_output_spec, fit_batch, make_results
+from .cuda_buffers import CudaError, HostDeviceBuffer, open_cuda
 
 NP_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
             "BOOL": np.bool_, "UINT8": np.uint8}
@@ -53,10 +57,11 @@ def _np_type(trt_dtype: Any) -> Any:
 class TensorRTSegmenter(Segmenter):
     """A Segmenter over a deserialized TensorRT engine.
 
-    Options: device (GPU index), cuda_graph (capture and replay per batch size; cuda-python
-    only), return_logits (also copy back the logits output), allow_other_gpu (same compute
-    capability but another GPU model: warn instead of refuse). `trt_module` and `cuda_api`
-    replace tensorrt and the CUDA layer (tests).
+    Options: device (GPU index), cuda_graph (capture the work once a batch size repeats, then
+    replay it; cuda-python only; a failed capture falls back to plain runs), return_logits
+    (also copy back the logits output), allow_other_gpu (same compute capability but another
+    GPU model: warn instead of refuse). `trt_module` and `cuda_api` replace tensorrt and the
+    CUDA layer (tests).
     """
 
     backend = "tensorrt"
@@ -68,38 +73,53 @@ class TensorRTSegmenter(Segmenter):
             warnings.warn(f"TensorRT backend ignores option(s) {', '.join(unknown)} "
                           f"(it takes device, cuda_graph, {', '.join(KNOWN_OPTIONS[:2])})", UserWarning, stacklevel=2)
         self._buffers: Dict[str, HostDeviceBuffer] = {}
-        self._graphs: Dict[int, Any] = {}
+        self._graph: Any = None  # (graph, executable) for the context's current input shape
+        self._batch = 0  # batch the context's input shape is set to (dynamic engines)
+        self._ready = False  # one plain enqueue ran at that shape: TensorRT may now be captured
         self._stream: Any = None
         self._events: List[Any] = []
         self._check_file()
         record = read_sidecar(self.path)
         trt = kw.get("trt_module")
         if trt is None:
-            from ..engine.builder import import_tensorrt
-
             trt = import_tensorrt()
         self.trt = trt
         self.tensorrt_version = str(trt.__version__)
-        features_for(self.tensorrt_version)  # refuses releases without name-based I/O
+        require_supported(self.tensorrt_version)  # refuses releases without name-based I/O
         self.cuda = kw.get("cuda_api") or open_cuda(_device_index(device))
+        try:
+            with self._on_device():
+                self._open(record, cuda_graph, kw)
+        except BaseException:
+            self.close()
+            raise
+
+    def _on_device(self) -> Any:
+        """A `with` block with this GPU current on the calling thread (CUDA state is per thread)."""
+        activate = getattr(self.cuda, "activate", None)
+        return activate() if activate is not None else contextlib.nullcontext()
+
+    def _open(self, record: Optional[Dict[str, Any]], cuda_graph: bool, kw: Dict[str, Any]) -> None:
         self.device = self.cuda.device_info()
         if record is not None:
             verify_sidecar(record, self.path, self.tensorrt_version, self.device.name,
-                           self.device.compute_capability, allow_other_gpu=bool(kw.get("allow_other_gpu")))
+                           self.device.compute_capability, allow_other_gpu=bool(kw.get("allow_other_gpu")),
+                           device=self.device)
         else:
             warnings.warn(f"{self.path} has no sidecar {self.path}.json: TensorRT version/GPU are not checked and "
                           "class names are generic; build engines with `ds2a build-engine` to get one",
-                          UserWarning, stacklevel=2)
+                          UserWarning, stacklevel=3)
         self._record = record
         self._load_engine(record)
         self._read_io()
         super().__init__(self._meta(record))
+        check_output_spec(self.path, self.meta, self._hw, *[(self._types[n], self._shapes[n]) if n else None
+                                                            for n in (self._class_map, self._logits)])
         self.return_logits = bool(kw.get("return_logits")) and self._logits is not None
         self.cuda_graph = bool(cuda_graph) and getattr(self.cuda, "supports_graphs", False)
         if cuda_graph and not self.cuda_graph:
             warnings.warn(f"CUDA graphs need cuda-python; {self.cuda.name} runs without them",
-                          UserWarning, stacklevel=2)
-        self._warmed: set = set()
+                          UserWarning, stacklevel=3)
         self._allocate()
 
     # --- loading -------------------------------------------------------------------------
@@ -120,6 +140,8 @@ class TensorRTSegmenter(Segmenter):
         self.runtime = trt.Runtime(self._logger)
         if record and record.get("version_compatible"):
             self.runtime.engine_host_code_allowed = True  # the lean runtime is embedded in the plan
+        if record and record.get("dla_core") is not None:
+            self.runtime.DLA_core = int(record["dla_core"])  # the core the layers were placed on at build
         with open(self.path, "rb") as f:
             data = f.read()
         try:
@@ -132,6 +154,10 @@ class TensorRTSegmenter(Segmenter):
                             f"device: {self._rebuild_hint(record)}")
         self.engine = engine
         self.context = engine.create_execution_context()
+        if self.context is None:  # TensorRT logs the cause; on small boards it is GPU memory
+            raise UserError(f"TensorRT could not create an execution context for {self.path} (see its log "
+                            "above; usually the GPU is out of memory): close other GPU programs (on a Jetson "
+                            "the CPU shares that memory) and try again")
 
     def _read_io(self) -> None:
         """Find the image input and the class-map/logits outputs by name; refuse anything else."""
@@ -185,10 +211,23 @@ class TensorRTSegmenter(Segmenter):
             shape = (self._max_batch,) + self._shapes[name][1:]
             buf = HostDeviceBuffer(self.cuda, shape, self._types[name])
             self._buffers[name] = buf
-            self.context.set_tensor_address(name, buf.device)
-        if self._fixed_batch is None:
-            self.context.set_input_shape(self._input, (self._max_batch,) + self._shapes[self._input][1:])
+            if not self.context.set_tensor_address(name, buf.device):
+                raise UserError(f"TensorRT refused the buffer for tensor '{name}' of {self.path} (see its log "
+                                f"above); rebuild the engine on this device: {self._rebuild_hint(self._record)}")
+        self._set_batch(self._max_batch)
         self._events = [self.cuda.create_event() for _ in range(4)]
+
+    def _set_batch(self, n: int) -> None:
+        """Set a dynamic engine's input batch; a new shape drops the graph captured for the old one."""
+        if self._fixed_batch is not None or n == self._batch:
+            return
+        shape = (n,) + self._shapes[self._input][1:]
+        if not self.context.set_input_shape(self._input, shape):
+            raise UserError(f"TensorRT refused input shape {list(shape)} for {self.path} (see its log above): "
+                            f"the engine's batch profile does not allow it; rebuild with a wider --batch: "
+                            f"{self._rebuild_hint(self._record)}")
+        self._batch, self._ready = n, False
+        self._drop_graph()
 
     # --- inference -----------------------------------------------------------------------
     @property
@@ -203,80 +242,112 @@ class TensorRTSegmenter(Segmenter):
         else:
             chunks = fit_batch(batch, self._fixed_batch)
         results: List[InferResult] = []
-        for chunk, count in chunks:
-            results.extend(self._run(chunk, count))
+        with self._on_device():  # the caller may be another thread than the one that opened the model
+            for chunk, count in chunks:
+                results.extend(self._run(chunk, count))
         return results
 
     def _run(self, chunk: np.ndarray, count: int) -> List[InferResult]:
+        """One chunk: plain enqueue at a new shape, then capture once, then replay the graph.
+
+        TensorRT does shape-dependent set-up in the first enqueue after a shape change, which a
+        capture cannot hold, so a graph is captured only after one plain run at the same shape.
+        """
         n = len(chunk)
         inp = self._buffers[self._input]
         if self._float_input:
             inp.host[:n] = normalize(chunk, self.meta.mean, self.meta.std)
         else:
             np.copyto(inp.host[:n], chunk)
-        if self._fixed_batch is None:
-            self.context.set_input_shape(self._input, (n,) + self._shapes[self._input][1:])
+        self._set_batch(n)
         want_logits = self.return_logits or not self._class_map
         fetch = [name for name in (self._class_map, self._logits if want_logits else None) if name]
         cuda, stream, ev = self.cuda, self._stream, self._events
-        if self.cuda_graph and n in self._graphs:
-            cuda.record_event(ev[0], stream)
-            cuda.launch_graph(self._graphs[n], stream)
-            cuda.record_event(ev[3], stream)
-            cuda.synchronize(stream)
+        if self.cuda_graph and self._graph is None and self._ready:
+            self._graph = self._capture(n, fetch)
+        cuda.record_event(ev[0], stream)
+        if self._graph is not None:
+            cuda.launch_graph(self._graph, stream)
+        else:
+            timed = self._enqueue(n, fetch, ev)
+        cuda.record_event(ev[3], stream)
+        cuda.synchronize(stream)
+        if self._graph is not None:
             self.last_timings = {"gpu_ms": cuda.elapsed_ms(ev[0], ev[3])}
         else:
-            capture = self.cuda_graph and n in self._warmed
-            if capture:
-                cuda.begin_capture(stream)
-            else:
-                cuda.record_event(ev[0], stream)
-            inp.to_device(stream, n * inp.nbytes // self._max_batch)
-            if not capture:
-                cuda.record_event(ev[1], stream)
-            t_enqueue = time.perf_counter()
-            if not self.context.execute_async_v3(cuda.stream_handle(stream)):
-                raise RuntimeError(f"TensorRT failed to enqueue {self.path} (see the TensorRT log)")
-            enqueue_ms = (time.perf_counter() - t_enqueue) * 1e3  # host time to enqueue, as trtexec reports
-            if not capture:
-                cuda.record_event(ev[2], stream)
-            for name in fetch:
-                buf = self._buffers[name]
-                buf.to_host(stream, n * buf.nbytes // self._max_batch)
-            if capture:
-                self._graphs[n] = cuda.end_capture(stream)
-                return self._run(chunk, count)  # first replay does the work
-            cuda.record_event(ev[3], stream)
-            cuda.synchronize(stream)
-            self._warmed.add(n)
-            self.last_timings = {"h2d_ms": cuda.elapsed_ms(ev[0], ev[1]),
-                                 "compute_ms": cuda.elapsed_ms(ev[1], ev[2]),
-                                 "d2h_ms": cuda.elapsed_ms(ev[2], ev[3]),
-                                 "enqueue_ms": enqueue_ms}
+            self._ready = True
+            self.last_timings = {"h2d_ms": cuda.elapsed_ms(ev[0], ev[1]), "compute_ms": cuda.elapsed_ms(ev[1], ev[2]),
+                                 "d2h_ms": cuda.elapsed_ms(ev[2], ev[3]), "enqueue_ms": timed}
         class_map = self._buffers[self._class_map].host[:n].copy() if self._class_map else None
         logits = None
         if self._logits in fetch:
             logits = self._buffers[self._logits].host[:n].astype(np.float32)
         return make_results(class_map, logits, count, keep_logits=self.return_logits)
 
+    def _enqueue(self, n: int, fetch: List[str], events: Optional[List[Any]] = None) -> float:
+        """Copy in, enqueue, copy out on the stream; returns the host milliseconds of the enqueue."""
+        cuda, stream = self.cuda, self._stream
+        inp = self._buffers[self._input]
+        inp.to_device(stream, n * inp.nbytes // self._max_batch)
+        if events:
+            cuda.record_event(events[1], stream)
+        t_enqueue = time.perf_counter()
+        if not self.context.execute_async_v3(cuda.stream_handle(stream)):
+            raise RuntimeError(f"TensorRT failed to enqueue {self.path} (see the TensorRT log)")
+        enqueue_ms = (time.perf_counter() - t_enqueue) * 1e3  # host time to enqueue, as trtexec reports
+        if events:
+            cuda.record_event(events[2], stream)
+        for name in fetch:
+            buf = self._buffers[name]
+            buf.to_host(stream, n * buf.nbytes // self._max_batch)
+        return enqueue_ms
+
+    def _capture(self, n: int, fetch: List[str]) -> Any:
+        """The chunk's work as a CUDA graph, or None (graphs then stay off) when capture fails.
+
+        Some engines hold operations a capture cannot record; as trtexec does, the capture is
+        ended, the error cleared and inference goes on without graphs.
+        """
+        cuda, stream = self.cuda, self._stream
+        cuda.begin_capture(stream)
+        try:
+            self._enqueue(n, fetch)
+        except Exception as exc:  # noqa: BLE001 - any failure inside the capture means: no graphs
+            cuda.abort_capture(stream)
+            return self._without_graphs(exc)
+        try:
+            return cuda.end_capture(stream)
+        except CudaError as exc:  # end_capture has ended the capture and cleared the error
+            return self._without_graphs(exc)
+
+    def _without_graphs(self, exc: BaseException) -> None:
+        self.cuda_graph = False
+        warnings.warn(f"CUDA graph capture failed for {self.path} ({exc}); running without CUDA graphs",
+                      UserWarning, stacklevel=5)
+        return None
+
+    def _drop_graph(self) -> None:
+        if self._graph is not None:
+            graph, self._graph = self._graph, None
+            self.cuda.destroy_graph(graph)
+
     def close(self) -> None:
-        """Free graphs, buffers, events and the stream (safe to call twice)."""
+        """Free graphs, buffers, events and the stream (safe to call twice, and after a failed open)."""
         cuda = getattr(self, "cuda", None)
         if cuda is None:
             return
-        self.context = self.engine = None  # TensorRT objects go before the memory they point at
-        for graph in self._graphs.values():
-            cuda.destroy_graph(graph)
-        self._graphs.clear()
-        for buf in self._buffers.values():
-            buf.free()
-        self._buffers.clear()
-        for event in self._events:
-            cuda.destroy_event(event)
-        self._events = []
-        if self._stream is not None:
-            cuda.destroy_stream(self._stream)
-            self._stream = None
-        if hasattr(cuda, "close"):  # pycuda: pop the context this backend pushed
+        with self._on_device():
+            self.context = self.engine = None  # TensorRT objects go before the memory they point at
+            self._drop_graph()
+            for buf in self._buffers.values():
+                buf.free()
+            self._buffers.clear()
+            for event in self._events:
+                cuda.destroy_event(event)
+            self._events = []
+            if self._stream is not None:
+                cuda.destroy_stream(self._stream)
+                self._stream = None
+        if hasattr(cuda, "close"):
             cuda.close()
         self.cuda = None

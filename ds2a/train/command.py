@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..cli_types import finite_float, int_range, torch_device
 from ..errors import UserError
 from ..meta import parse_size
 
@@ -18,37 +19,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="registered name: ds2a_tiny, ds2a_r18, ds2a_r34, ds2a_r50")
     parser.add_argument("--data", required=True, help="dataset folder (M-BSD layout, Crack-500, or images/+masks/)")
     parser.add_argument("--out", required=True, help="run folder: last.pt, best.pt, train.csv, eval.csv, log.jsonl")
-    parser.add_argument("--iters", type=int, default=2000, help="total iterations (the poly schedule ends here)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per step per process")
+    parser.add_argument("--iters", type=int_range(1), default=2000, help="total iterations (the poly schedule ends here)")
+    parser.add_argument("--batch-size", type=int_range(1), default=8, help="images per step per process")
     parser.add_argument("--crop", default="256x256",
                         help="training crop HxW, multiples of 32; also the model's input size")
     parser.add_argument("--input-size", help="HxW the saved model runs at and is evaluated at (default: --crop)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (backbone gets x0.1)")
-    parser.add_argument("--backbone-lr-mult", type=float, default=0.1,
+    parser.add_argument("--lr", type=finite_float(0, 10, lo_open=True), default=1e-4, help="AdamW learning rate (backbone gets x0.1)")
+    parser.add_argument("--backbone-lr-mult", type=finite_float(0, 100), default=0.1,
                         help="backbone lr multiplier (official 0.1 for ImageNet weights; 1.0 from scratch)")
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--grad-clip", type=float, default=0.01, help="max gradient L2 norm (official 0.01; 0 = off)")
-    parser.add_argument("--warmup-iters", type=int, default=0, help="linear lr warm-up before the poly decay")
-    parser.add_argument("--eval-every", type=int, default=500,
+    parser.add_argument("--weight-decay", type=finite_float(0, 10), default=0.05)
+    parser.add_argument("--grad-clip", type=finite_float(0), default=0.01, help="max gradient L2 norm (official 0.01; 0 = off)")
+    parser.add_argument("--warmup-iters", type=int_range(0), default=0, help="linear lr warm-up before the poly decay")
+    parser.add_argument("--eval-every", type=int_range(0), default=500,
                         help="evaluate on the test split every N iters (0 = never)")
     parser.add_argument("--eval-split", default="test")
-    parser.add_argument("--ckpt-every", type=int, default=500, help="write last.pt every N iters")
-    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--ckpt-every", type=int_range(1), default=500, help="write last.pt every N iters")
+    parser.add_argument("--log-every", type=int_range(1), default=10)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = default)")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0)
+    parser.add_argument("--workers", type=int_range(0, 256), default=2, help="DataLoader worker processes")
+    parser.add_argument("--threads", type=int_range(0, 4096), default=0, help="torch CPU threads per process (0 = default)")
     parser.add_argument("--backbone-weights", help="torchvision ResNet .pth to start the backbone from")
-    parser.add_argument("--time-limit-min", type=float, default=0.0,
+    parser.add_argument("--time-limit-min", type=finite_float(0), default=0.0,
                         help="stop cleanly (eval + last.pt) after this many minutes of training")
-    parser.add_argument("--num-classes", type=int, help="must match the dataset's classes (a check)")
+    parser.add_argument("--num-classes", type=int_range(2, 255), help="must match the dataset's classes (a check)")
     parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                         help="mixed precision: auto = bf16/fp16 on CUDA, off on CPU")
-    parser.add_argument("--num-points", type=int, default=12544, help="points per mask for the mask losses")
+    parser.add_argument("--num-points", type=int_range(1), default=12544, help="points per mask for the mask losses")
     parser.add_argument("--ratio-range", help="random rescale MIN,MAX of the image (e.g. 0.5,2.0) instead of "
                         "the official random short edge 256..1024")
-    parser.add_argument("--vflip", type=float, default=0.0, help="probability of a vertical flip")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: the local GPU if any, else CPU)")
+    parser.add_argument("--vflip", type=finite_float(0, 1), default=0.0, help="probability of a vertical flip")
+    parser.add_argument("--device", type=torch_device, help="cpu, cuda, cuda:1 (default: the local GPU if any, else CPU)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -64,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
             lo, hi = (float(v) for v in args.ratio_range.split(","))
         except ValueError:
             raise UserError(f"--ratio-range '{args.ratio_range}' is not MIN,MAX (example: 0.5,2.0)") from None
-        if not 0 < lo <= hi:
-            raise UserError(f"--ratio-range '{args.ratio_range}' needs 0 < MIN <= MAX")
+        if not 0 < lo <= hi <= 100:
+            raise UserError(f"--ratio-range '{args.ratio_range}' needs 0 < MIN <= MAX <= 100")
         ratio = (lo, hi)
     cfg = TrainConfig(
         model=args.model, data=args.data, out=args.out, iters=args.iters, batch_size=args.batch_size, crop=crop,

@@ -90,7 +90,10 @@ def init_distributed(device_kind: str) -> Dist:
 
 def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
     if cfg.device:
-        dev = torch.device(cfg.device)
+        try:
+            dev = torch.device(cfg.device)
+        except RuntimeError:
+            raise UserError(f"--device '{cfg.device}' is not a device; use cpu, cuda or cuda:N") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"--device {cfg.device} asked for, but no CUDA GPU is visible; "
                             "drop --device to use the CPU")
@@ -195,6 +198,8 @@ class Trainer:
         self.input_size = tuple(cfg.input_size or cfg.crop)
         if cfg.iters < 1 or cfg.batch_size < 1:
             raise UserError("--iters and --batch-size must be at least 1")
+        if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+            raise UserError(f"--lr {cfg.lr} must be a finite number above 0 (e.g. 1e-4)")
         kind = "cuda" if (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else "cpu"
         self.dist = init_distributed(kind)
         self.device = pick_device(cfg, self.dist.local_rank)
@@ -290,7 +295,12 @@ class Trainer:
         if not path.exists():
             raise UserError(f"--resume: '{path}' does not exist; start without --resume "
                             "or point --out at the run to continue")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        from ..model.checkpoint import read_checkpoint
+
+        try:
+            ckpt = read_checkpoint(str(path))
+        except UserError as exc:
+            raise UserError(f"--resume: {exc}; delete it to start over, or restore it from a backup") from None
         state = (ckpt.get("extra") or {}).get("train_state")
         if not isinstance(state, dict):
             raise UserError(f"--resume: '{path}' has no training state (it is an export-only checkpoint); "
@@ -300,11 +310,15 @@ class Trainer:
         except RuntimeError as exc:
             raise UserError(f"--resume: '{path}' was trained with another model/classes than --model "
                             f"{self.cfg.model} on '{self.cfg.data}': {str(exc).splitlines()[0]}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        self.start_iter = int(state["iter"])
-        self.best_miou, self.best_iter = float(state["best_mIoU"]), int(state["best_iter"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"])
+            self.start_iter = int(state["iter"])
+            self.best_miou, self.best_iter = float(state["best_mIoU"]), int(state["best_iter"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise UserError(f"--resume: '{path}' has a damaged training state ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to start over") from None
 
     # -- evaluation
     def evaluate(self) -> Dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 MAGIC = b"FAKETRT\x00"
+CACHE_MAGIC = b"FAKECACHE "
 ONNX_TYPES = {1: "FLOAT", 10: "HALF", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL"}
 NP = {"FLOAT": np.float32, "HALF": np.float16, "UINT8": np.uint8, "INT8": np.int8, "INT32": np.int32,
       "INT64": np.int64, "BOOL": np.bool_}
@@ -32,6 +33,8 @@ class FakeState:
         self.num_dla_cores = 2
         self.builds: List[Dict[str, Any]] = []
         self.timing_cache_loaded: List[bytes] = []
+        self.build_empty = False  # build_serialized_network returns an empty plan
+        self.parser_flags: List[str] = []  # OnnxParser.set_flag calls
         self.cuda: Optional["FakeCuda"] = None
         self.executions = 0
 
@@ -84,7 +87,21 @@ class FakeClass:
         self._fake.check(self._name, attr)
         if attr in ("VERBOSE", "INFO", "WARNING", "ERROR", "INTERNAL_ERROR"):
             return EnumValue("Severity", attr, 0)
-        raise AttributeError(f"fake tensorrt has no class attribute {self._name}.{attr}")
+        return ClassMember(self._name, attr)  # a method/property the real class has (feature probes)
+
+
+class ClassMember:
+    """Stands for `trt.<Class>.<attr>` read off the class itself (e.g. hasattr(trt.Builder, ...))."""
+
+    def __init__(self, cls: str, attr: str) -> None:
+        self.cls, self.attr = cls, attr
+
+    def __repr__(self) -> str:
+        return f"<{self.cls}.{self.attr}>"
+
+
+def _not_constructible(fake: "FakeTensorRT", *args: Any, **kw: Any) -> Any:
+    raise TypeError("fake tensorrt: this class is not constructed directly")
 
 
 class Checked:
@@ -147,6 +164,8 @@ class FakeTensorRT:
             return FakeProgressMonitorBase
         if name.startswith("IInt8") and name.endswith("Calibrator2"):
             return FakeCalibratorBase
+        if name in self._surface["classes"]:  # e.g. trt.IExecutionContext, for attribute probes only
+            return FakeClass(self, name, _not_constructible)
         raise AttributeError(f"fake tensorrt implements no {name}")
 
     def enum(self, enum: str, member: str) -> EnumValue:
@@ -283,6 +302,9 @@ class _Parser(Checked):
 
     num_errors = property(lambda self: len(self._errors))
 
+    def set_flag(self, flag: EnumValue) -> None:
+        self._fake.state.parser_flags.append(flag.name)
+
     def get_error(self, i: int) -> FakeParserError:
         return self._errors[i]
 
@@ -331,11 +353,20 @@ class FakeConfig(Checked):
         self._profiles.append(profile)
         return len(self._profiles) - 1
 
-    def create_timing_cache(self, data: bytes) -> FakeTimingCache:
+    def _cache_header(self) -> bytes:
+        """A real timing cache names the TensorRT release and device that measured it."""
+        gpu = self._fake.state.cuda.info.name if self._fake.state.cuda else ""
+        return CACHE_MAGIC + f"{self._fake.__version__} {gpu}\n".encode()
+
+    def create_timing_cache(self, data: bytes) -> Optional[FakeTimingCache]:
         self._fake.state.timing_cache_loaded.append(bytes(data))
-        return FakeTimingCache(self._fake, data)
+        if data and not bytes(data).startswith(CACHE_MAGIC):
+            return None  # corrupt: TensorRT logs a deserialization error and returns no cache
+        return FakeTimingCache(self._fake, bytes(data) or self._cache_header())
 
     def set_timing_cache(self, cache: FakeTimingCache, ignore_mismatch: bool) -> bool:
+        if not ignore_mismatch and not cache._data.startswith(self._cache_header()):
+            return False  # measured by another release or device: refused, the config keeps no cache
         object.__setattr__(self, "_cache", cache)
         return True
 
@@ -369,6 +400,8 @@ class _Builder(Checked):
         fake.state.builds.append(record)
         if fake.state.build_fails:
             return None
+        if fake.state.build_empty:
+            return b""
         if config._cache is not None:  # a build adds its measurements to the cache
             entry = f"[build {len(fake.state.builds)}]".encode()
             object.__setattr__(config._cache, "_data", config._cache._data + entry)

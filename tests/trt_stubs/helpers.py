@@ -6,19 +6,26 @@ from typing import Any, Optional, Tuple
 import pytest
 
 from ds2a.engine.builder import BuildOptions, BuildReport, build_engine
+from ds2a.trt.features import TrtFeatures, detect_features
 
 from . import wheels
 from .fake_trt import FakeCuda, FakeTensorRT
+from .surface85 import surface_8_5
 
 NEWEST_10 = "10.16.1.11"
 
 
 def fake_for(version: str, as_version: Optional[str] = None, gpu: str = "NVIDIA Orin",
              cc: Tuple[int, int] = (8, 7)) -> Tuple[FakeTensorRT, FakeCuda]:
-    """A fake of `version`'s real surface (optionally reporting `as_version`), skipping without the wheel."""
+    """A fake of `version`'s real surface (optionally reporting `as_version`), skipping without the wheel.
+
+    8.5 (no wheel) is 8.6's surface less what 8.6 added (`surface85`).
+    """
     surface, why = wheels.surface(version)
     if surface is None:
         pytest.skip(f"TensorRT {version} bindings unavailable: {why}")
+    if as_version and as_version.startswith("8.5."):
+        surface = surface_8_5(surface, as_version)
     fake = FakeTensorRT(surface, version=as_version)
     cuda = FakeCuda(gpu, cc)
     fake.state.cuda = cuda
@@ -29,3 +36,10 @@ def build(fake: FakeTensorRT, cuda: FakeCuda, onnx_path: str, out: str, log: Any
           **options: Any) -> BuildReport:
     lines = log if log is not None else []
     return build_engine(onnx_path, out, BuildOptions(**options), trt=fake, device=cuda.info, log=lines.append)
+
+
+def features(version: str) -> TrtFeatures:
+    """The features detected on a fake of `version` ("8.5.2" is the 8.6 surface less 8.6's additions)."""
+    if version.startswith("8.5."):
+        return detect_features(fake_for("8.6.1", as_version=version)[0])
+    return detect_features(fake_for(version)[0])

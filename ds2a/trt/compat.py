@@ -1,15 +1,17 @@
 """Which TensorRT versions can parse an ONNX graph, node by node, and what to do where one cannot.
 
-Torch-free (onnx only): the engine builder runs the same check on the device before parsing.
-
-Sources (the ONNX parser is onnx/onnx-tensorrt; each release branch has docs/operators.md
-and docs/Changelog.md):
+Torch-free (onnx only): `ds2a export --check-trt` and the engine builder (on the device, before
+TensorRT parses) run the same check. Parser support cannot be asked of the `tensorrt` module, so
+this is a table, from these sources:
+(the ONNX parser is onnx/onnx-tensorrt; each release branch has docs/operators.md and docs/Changelog.md)
 - 8.5 GA changelog: "Added ... `GridSample` and `NonZero` operations", "support for importing
   ONNX networks with `UINT8` I/O types"; 8.5 operators.md: "supports operators up to Opset 17",
   `LayerNormalization | N`, Einsum "Ellipsis and diagonal operations are not supported.
   Broadcasting between inputs is not supported", Slice/Squeeze "`axes` must be an initializer",
   Cast types FP32/FP16/INT32/INT8/BOOL, "TensorRT will attempt to cast down INT64 to INT32".
 - 8.6 EA changelog: "Added support for `GroupNormalization`, `LayerNormalization`, `IsInf`".
+- 9.x operators.md: "supports operators up to Opset 19"; 10.0 operators.md: "supports operators
+  in the inclusive range of opset 9 to opset 20".
 - 9.0 EA changelog: "Added support for INT64 data type. The ONNX parser no longer automatically
   casts INT64 to INT32"; 9.3: "native support for INT32 and INT64 types for ArgMin and ArgMax".
 - 10.x operators.md (10.15): opset 9 to 24; "UINT8 is only supported as network input or output
@@ -32,11 +34,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import onnx
 from onnx import TensorProto
 
-from ..errors import UserError
+from .versions import JETPACK, TARGETS, Version, parse_version, version_text
 
-Version = Tuple[int, int]
-SUPPORTED = ("8.5", "8.6", "10", "11")  # the TensorRT lines this project builds engines with
-JETPACK = {(8, 5): "JetPack 5.1.x", (8, 6): "JetPack 6.0", (10, 3): "JetPack 6.1/6.2", (10, 13): "JetPack 7"}
+SUPPORTED = TARGETS  # the TensorRT lines `ds2a export --check-trt all` checks
 
 # Ops the parser gained after 8.5 (first version that parses them).
 OP_SINCE: Dict[str, Version] = {
@@ -64,9 +64,10 @@ FIX_OP = {
     "GroupNormalization": "use TensorRT 8.6+ (JetPack 6) or decompose into InstanceNormalization + Mul/Add",
     "GridSample": "use TensorRT 8.5+ (JetPack 5.1); older versions need a GridSample plugin",
 }
-# 8.x: "up to Opset 17"; 9.0 EA "Updated ONNX submodule to v1.14.0" (opset 19); 10.6 "Updated ONNX
-# submodule version to 1.17.0" (opset 22); 10.15 / 11.x: "opset 9 to opset 24".
-MAX_OPSET = {(8, 5): 17, (8, 6): 17, (10, 0): 19, (10, 6): 22, (10, 15): 24}
+# 8.x: "up to Opset 17"; 9.x: "up to Opset 19"; 10.0-10.5: "opset 9 to opset 20"; 10.6 "Updated ONNX
+# submodule version to 1.17.0" (opset 22); 10.15 / 11.x: "opset 9 to opset 24"; 11.5 "Added support
+# for ONNX opset 25".
+MAX_OPSET = {(8, 5): 17, (8, 6): 17, (9, 0): 19, (10, 0): 20, (10, 6): 22, (10, 15): 24, (11, 5): 25}
 RESIZE_MODES = {"nearest", "linear"}
 RESIZE_COORDS = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
 FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16}
@@ -87,19 +88,6 @@ class Finding:
         tag = "BLOCKS" if self.severity == "blocker" else "warns "
         return f"TRT {self.version}: {tag} node '{self.node}' ({self.op_type}): {self.reason}. Fix: {self.fix}"
 
-
-def parse_version(text: str) -> Version:
-    """'8.5', '8.5.2', '10', '10.3.0', '11' -> (major, minor); refuses lines we do not build for."""
-    parts = str(text).strip().lower().lstrip("v").split(".")
-    try:
-        major = int(parts[0])
-        minor = int(parts[1]) if len(parts) > 1 and parts[1] else 0
-    except ValueError:
-        raise UserError(f"TensorRT version '{text}' is not a number like 8.5, 8.6, 10.3 or 11") from None
-    if major < 8 or (major == 8 and minor < 5) or major in (9,) or major > 11:
-        raise UserError(f"TensorRT {text} is not supported here; choose one of {', '.join(SUPPORTED)} "
-                        f"(8.5 = JetPack 5.1, 8.6 = JetPack 6.0, 10.x = JetPack 6.1+/desktop, 11.x = desktop)")
-    return major, minor
 
 
 def _max_opset(v: Version) -> int:
@@ -247,9 +235,9 @@ def _node_findings(node: onnx.NodeProto, g: _Graph, v: Version, vs: str) -> Iter
 
 
 def check_model(model: onnx.ModelProto, version: str) -> List[Finding]:
-    """Every finding for one TensorRT version (an empty list means the parser should accept it)."""
+    """Every finding for one TensorRT version, any release from 8.5 on (empty: the parser should accept it)."""
     v = parse_version(version)
-    vs = f"{v[0]}.{v[1]}" if version.count(".") or v[0] == 8 else str(v[0])
+    vs = version_text(v) if str(version).count(".") or v[0] == 8 else str(v[0])
     g = _Graph(model)
     out: List[Finding] = []
     if g.opset > _max_opset(v):

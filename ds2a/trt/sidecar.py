@@ -15,17 +15,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import UserError
 from ..meta import file_sha256
-from .versions import parse_version, same_release
+from .platform import board_model, sm_count
+from .versions import same_release, vc_loadable, vc_runtimes
 
 FORMAT = "ds2a-engine"
 FORMAT_VERSION = 1
 REQUIRED = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "inputs", "outputs")
 
 
+_UNSET: Any = object()
+
+
 def sidecar_path(engine_path: str) -> str:
     """`model.engine` -> `model.engine.json`."""
     return f"{engine_path}.json"
-
 
 
 def write_sidecar(engine_path: str, record: Dict[str, Any]) -> str:
@@ -77,27 +80,46 @@ def _cc(value: Any) -> Tuple[int, int]:
     return int(major), int(minor or 0)
 
 
+def _check_release(record: Dict[str, Any], engine_path: str, tensorrt_version: str, fix: str) -> None:
+    built = str(record["tensorrt_version"])
+    if record.get("version_compatible"):
+        if not vc_loadable(built, tensorrt_version):
+            raise UserError(f"{engine_path} is a version-compatible engine from TensorRT {built}, which TensorRT "
+                            f"{tensorrt_version} cannot load (it loads in {vc_runtimes(built)}; see deploy/README.md); "
+                            f"{fix}")
+    elif not same_release(built, tensorrt_version):
+        raise UserError(f"{engine_path} was built with TensorRT {built} but this machine runs TensorRT "
+                        f"{tensorrt_version}; engines only load in the release that built them (build with "
+                        f"--version-compatible for one that later releases load): {fix}")
+
+
+def _module_mismatch(record: Dict[str, Any], device: Any, board: Optional[str]) -> Optional[str]:
+    """How this device differs from the one that built the engine, beyond name and compute capability."""
+    built_board, built_sms, built_mem = record.get("board"), record.get("sm_count"), record.get("total_memory")
+    if built_board and board and built_board != board:
+        return f"built on a {built_board}, this is a {board}"
+    sms = sm_count(device) if device is not None else None
+    if built_sms and sms and int(built_sms) != sms:
+        return f"built on a GPU with {built_sms} SMs, this one has {sms}"
+    mem = int(getattr(device, "total_memory", 0) or 0) if device is not None else 0
+    if built_mem and mem and abs(mem - int(built_mem)) > 0.25 * max(mem, int(built_mem)):
+        return f"built on a device with {int(built_mem) / 2**30:.0f} GiB, this one has {mem / 2**30:.0f} GiB"
+    return None
+
+
 def verify_sidecar(record: Dict[str, Any], engine_path: str, tensorrt_version: str, gpu_name: str,
                    compute_capability: Sequence[int], allow_other_gpu: bool = False,
-                   check_hash: bool = True) -> List[str]:
+                   check_hash: bool = True, device: Any = None, board: Any = _UNSET) -> List[str]:
     """Refuse an engine built for another TensorRT release or GPU; returns warnings for near misses.
 
-    Version-compatible engines load in the same or a newer release of the same major version;
+    Version-compatible engines load where NVIDIA's matrix says (`ds2a.trt.versions.vc_loadable`);
     hardware-compatible ones ("ampere+") on any GPU of compute capability 8.0 or newer,
-    "same-cc" ones on any GPU of the same compute capability.
+    "same-cc" ones on any GPU of the same compute capability. `device` (SM count, memory) and
+    the board model tell Jetson modules apart, which all report the GPU name "Orin".
     """
     fix = f"rebuild it on this device: {rebuild_command(record, engine_path)}"
     notes: List[str] = []
-    built = str(record["tensorrt_version"])
-    if record.get("version_compatible"):
-        b, r = parse_version(built), parse_version(tensorrt_version)
-        if b[0] != r[0] or r < b:
-            raise UserError(f"{engine_path} is a version-compatible engine from TensorRT {built}, which "
-                            f"TensorRT {tensorrt_version} cannot load (needs the same major version, "
-                            f"{built} or newer); {fix}")
-    elif not same_release(built, tensorrt_version):
-        raise UserError(f"{engine_path} was built with TensorRT {built} but this machine runs TensorRT "
-                        f"{tensorrt_version}; engines only load in the release that built them: {fix}")
+    _check_release(record, engine_path, tensorrt_version, fix)
     built_cc, run_cc = _cc(record["compute_capability"]), (int(compute_capability[0]), int(compute_capability[1]))
     hw = record.get("hardware_compat", "none")
     cc_text = f"{run_cc[0]}.{run_cc[1]}"
@@ -108,12 +130,16 @@ def verify_sidecar(record: Dict[str, Any], engine_path: str, tensorrt_version: s
     elif built_cc != run_cc:
         raise UserError(f"{engine_path} was built for {record['gpu_name']} (compute capability "
                         f"{built_cc[0]}.{built_cc[1]}) but this GPU is {gpu_name} ({cc_text}); {fix}")
-    elif hw != "same-cc" and record["gpu_name"] != gpu_name:
-        msg = (f"{engine_path} was built on {record['gpu_name']} but runs on {gpu_name} (same compute "
-               f"capability {cc_text}); TensorRT may pick slow kernels: {fix}")
-        if not allow_other_gpu:
-            raise UserError(msg + " (or pass allow_other_gpu=True to run it anyway)")
-        notes.append(msg)
+    elif hw != "same-cc":
+        other = _module_mismatch(record, device, board_model() if board is _UNSET else board)
+        if record["gpu_name"] != gpu_name:
+            other = f"built on {record['gpu_name']} but runs on {gpu_name}" + (f"; {other}" if other else "")
+        if other:
+            msg = (f"{engine_path} was {other} (same compute capability {cc_text}); TensorRT may pick slow "
+                   f"kernels or fail: {fix}")
+            if not allow_other_gpu:
+                raise UserError(msg + " (or pass allow_other_gpu=True to run it anyway)")
+            notes.append(msg)
     if check_hash and record.get("engine_sha256") and os.path.isfile(engine_path):
         if file_sha256(engine_path) != record["engine_sha256"]:
             raise UserError(f"{engine_path} does not match its sidecar {sidecar_path(engine_path)} (the "

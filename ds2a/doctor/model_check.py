@@ -1,0 +1,98 @@
+"""Will this model load here? An engine's sidecar against this machine; an ONNX through ONNX Runtime.
+
+The check reuses the runtime's own sidecar verification, so `ds2a doctor --model` and
+`ds2a inspect --model` refuse the same engines with the same rebuild command.
+"""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional
+
+from ..errors import UserError
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def _sidecar_module() -> Any:
+    try:
+        from ..trt import sidecar  # noqa: PLC0415
+    except ImportError:  # older layout
+        from ..engine import sidecar  # type: ignore[no-redef]  # noqa: PLC0415
+    return sidecar
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(path)[0]
+
+
+def check_model(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """{"loads": bool, "reason": ..., "fix": command or None} for `path` on this machine."""
+    if not os.path.isfile(path):
+        raise UserError(f"--model {path} does not exist; give the .onnx or .engine you want to run here")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in ENGINE_SUFFIXES:
+        return _check_engine(path, tensorrt, devices)
+    if suffix == ".onnx":
+        return _check_onnx(path, tensorrt, devices)
+    if suffix in (".pt", ".pth"):
+        return {"kind": "pytorch", "loads": False, "reason": "a PyTorch checkpoint; the device runs ONNX or engines",
+                "fix": f"ds2a export {path} --out {_stem(path)}.onnx"}
+    raise UserError(f"--model {path}: unknown model type '{suffix}'; give a .onnx or .engine file")
+
+
+def _check_onnx(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, Any]]) -> Dict[str, Any]:
+    result: Dict[str, Any] = {"kind": "onnx"}
+    try:
+        import onnxruntime as ort  # noqa: PLC0415
+
+        ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        return {**result, "loads": False, "reason": f"ONNX Runtime cannot load it: {type(exc).__name__}: {exc}",
+                "fix": "export it again with `ds2a export CHECKPOINT.pt --out MODEL.onnx`"}
+    result.update(loads=True, reason="ONNX Runtime (CPU) loads it: ds2a inspect --model " + path)
+    if tensorrt.get("importable") and devices:
+        result["fix"] = f"ds2a build-engine {path} --out {_stem(path)}.engine"
+        result["reason"] += f"; for the GPU build an engine here: {result['fix']}"
+    return result
+
+
+def _check_engine(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, Any]]) -> Dict[str, Any]:
+    sidecar = _sidecar_module()
+    result: Dict[str, Any] = {"kind": "tensorrt"}
+    try:
+        record = sidecar.read_sidecar(path)
+    except UserError as exc:
+        return {**result, "loads": False, "reason": str(exc), "fix": f"ds2a build-engine MODEL.onnx --out {path}"}
+    fix = sidecar.rebuild_command(record, path) if record else f"ds2a build-engine MODEL.onnx --out {path}"
+    if record:
+        result["built_for"] = {k: record.get(k) for k in ("tensorrt_version", "gpu_name", "compute_capability",
+                                                          "precision", "board", "sm_count")}
+    if not tensorrt.get("importable") or not devices:
+        missing = "TensorRT" if not tensorrt.get("importable") else "a CUDA GPU"
+        onnx = (record or {}).get("onnx_path") or f"{_stem(path)}.onnx"
+        return {**result, "loads": False, "fix": fix,
+                "reason": f"this machine has no {missing}, so no engine loads here; run the ONNX on ONNX Runtime "
+                          f"(ds2a inspect --model {onnx}) or build the engine on the device: {fix}"}
+    if record is None:
+        return {**result, "loads": None, "fix": fix,
+                "reason": f"no sidecar {path}.json: TensorRT version and GPU cannot be checked before loading"}
+    gpu = devices[0]
+    device = SimpleNamespace(sm_count=gpu.get("sm_count"), total_memory=gpu.get("total_memory") or 0)
+    cc = [int(v) for v in str(gpu["compute_capability"]).split(".")]
+    try:
+        notes: Optional[List[str]] = _verify(sidecar, record, path, tensorrt["version"], gpu["name"], cc, device)
+    except UserError as exc:
+        return {**result, "loads": False, "reason": str(exc), "fix": fix}
+    return {**result, "loads": True, "reason": "built for this TensorRT and GPU" + (f" ({'; '.join(notes)})" if notes
+                                                                                    else ""), "fix": None}
+
+
+def _verify(sidecar: Any, record: Dict[str, Any], path: str, version: str, name: str, cc: List[int],
+            device: Any) -> List[str]:
+    """The runtime's own check (same refusals as `ds2a inspect`), its warnings returned instead of printed."""
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return list(sidecar.verify_sidecar(record, path, version, name, cc, device=device))

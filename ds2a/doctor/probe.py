@@ -1,0 +1,162 @@
+"""What this machine has for ds2a, one probe per component; a probe reports and never raises.
+
+Each probe returns a plain dict (JSON-ready) with what it found or why it found nothing, so
+`ds2a doctor` prints the same facts for a person and for a script (`--json`).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import platform
+import re
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+from ..runtime.cuda_buffers import _cuda_text, explain_no_gpu, load_cudart
+
+TEGRA_RELEASE = "/etc/nv_tegra_release"
+BOARD_MODEL = "/proc/device-tree/model"
+MIN_PYTHON = (3, 8)
+# L4T major.minor -> JetPack (NVIDIA's release pages); the L4T line is what the device reports
+JETPACK = {"35": "5.1.x", "36.2": "6.0 DP", "36.3": "6.0", "36.4": "6.1/6.2", "38": "7.x"}
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace").replace("\x00", "").strip() or None
+    except OSError:
+        return None
+
+
+def l4t_release(text: Optional[str]) -> Optional[str]:
+    """'# R35 (release), REVISION: 4.1, GCID: ...' -> '35.4.1'."""
+    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text or "")
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def jetpack_for(l4t: Optional[str]) -> Optional[str]:
+    if not l4t:
+        return None
+    parts = l4t.split(".")
+    return JETPACK.get(".".join(parts[:2])) or JETPACK.get(parts[0])
+
+
+def platform_info(tegra_release: str = TEGRA_RELEASE, board_file: str = BOARD_MODEL) -> Dict[str, Any]:
+    """OS, CPU architecture, and on a Jetson the L4T release, JetPack and board model."""
+    l4t = l4t_release(_read(tegra_release))
+    board = _read(board_file)
+    return {"system": f"{platform.system()} {platform.machine()}", "jetson": bool(l4t) or "jetson" in (board or "").lower(),
+            "l4t": l4t, "jetpack": jetpack_for(l4t), "board": board}
+
+
+def python_info() -> Dict[str, Any]:
+    return {"version": platform.python_version(), "executable": sys.executable,
+            "supported": sys.version_info[:2] >= MIN_PYTHON}
+
+
+def _dist_version(*names: str) -> Optional[str]:
+    from importlib import metadata  # noqa: PLC0415
+
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def tensorrt_info(importer: Optional[Callable[[], Any]] = None) -> Dict[str, Any]:
+    """TensorRT's version, or why `import tensorrt` fails."""
+    try:
+        if importer is not None:
+            trt = importer()
+        else:
+            import tensorrt as trt  # noqa: PLC0415
+    except Exception as exc:  # ImportError, or a broken install raising anything
+        return {"importable": False, "error": f"{type(exc).__name__}: {exc}",
+                "fix": "Jetson: `sudo apt install python3-libnvinfer` (comes with JetPack); desktop: "
+                       "`pip install tensorrt` (see deploy/README.md)"}
+    return {"importable": True, "version": str(getattr(trt, "__version__", "?"))}
+
+
+def _ok(result: Any) -> bool:
+    return int(getattr(result[0], "value", result[0])) == 0
+
+
+def cuda_python_info(cudart: Any = None) -> Dict[str, Any]:
+    """cuda-python: driver and runtime CUDA versions, whether they fit, and the GPUs it sees."""
+    rt = cudart if cudart is not None else load_cudart()
+    if rt is None:
+        return {"installed": False, "fix": "pip install 'ds2a-edge[trt]' (cuda-python matching the driver's CUDA)"}
+    info: Dict[str, Any] = {"installed": True, "version": _dist_version("cuda-python", "cuda-bindings")}
+    drv, run = rt.cudaDriverGetVersion(), rt.cudaRuntimeGetVersion()
+    dv = int(drv[1]) if _ok(drv) and drv[1] else 0
+    rv = int(run[1]) if _ok(run) and run[1] else 0
+    info.update(driver_cuda=_cuda_text(dv) if dv else None, runtime_cuda=_cuda_text(rv) if rv else None,
+                fits_driver=bool(dv) and dv // 1000 >= rv // 1000, devices=[])
+    count = rt.cudaGetDeviceCount()
+    if not _ok(count):
+        name = getattr(count[0], "name", str(count[0]))
+        info["error"] = explain_no_gpu(name, dv, rv)
+        info["no_driver"] = dv == 0
+        return info
+    for index in range(int(count[1])):
+        prop = rt.cudaGetDeviceProperties(index)
+        if not _ok(prop):
+            continue
+        p = prop[1]
+        name = p.name.decode(errors="replace") if isinstance(p.name, bytes) else str(p.name)
+        info["devices"].append({"index": index, "name": name.rstrip("\x00").strip(),
+                                "compute_capability": f"{int(p.major)}.{int(p.minor)}",
+                                "sm_count": int(getattr(p, "multiProcessorCount", 0) or 0) or None,
+                                "total_memory": int(getattr(p, "totalGlobalMem", 0) or 0) or None})
+    if not info["devices"]:
+        info["error"] = explain_no_gpu("cudaErrorNoDevice", dv, rv)
+    return info
+
+
+def pycuda_info(driver: Any = None) -> Dict[str, Any]:
+    """pycuda: the CUDA it was built for, the driver's CUDA, and whether a GPU answers."""
+    if driver is None:
+        try:
+            import pycuda.driver as driver  # noqa: PLC0415
+        except Exception as exc:
+            return {"installed": False, "error": f"{type(exc).__name__}: {exc}"}
+    info: Dict[str, Any] = {"installed": True, "version": _dist_version("pycuda")}
+    built = tuple(driver.get_version())  # CUDA version pycuda was compiled against, e.g. (11, 4, 0)
+    info["built_for_cuda"] = ".".join(str(v) for v in built[:2])
+    try:
+        driver.init()
+        dv = int(driver.get_driver_version())
+        info["driver_cuda"] = _cuda_text(dv)
+        info["fits_driver"] = dv // 1000 >= int(built[0])
+        info["device_count"] = int(driver.Device.count())
+    except Exception as exc:  # pycuda.driver.Error and friends
+        info.update(driver_cuda=None, fits_driver=False, device_count=0, error=f"{type(exc).__name__}: {exc}")
+    return info
+
+
+def onnxruntime_info() -> Dict[str, Any]:
+    try:
+        import onnxruntime as ort  # noqa: PLC0415
+    except Exception as exc:
+        return {"installed": False, "error": f"{type(exc).__name__}: {exc}", "fix": "pip install onnxruntime"}
+    return {"installed": True, "version": ort.__version__, "providers": list(ort.get_available_providers())}
+
+
+def cameras(pattern: str = "/dev/video*") -> List[str]:
+    """V4L2 device nodes (USB cameras; CSI cameras appear as /dev/video* too once the driver is up)."""
+    return sorted(glob.glob(pattern), key=lambda p: (len(p), p))
+
+
+def gpus(cuda: Dict[str, Any]) -> List[Dict[str, Any]]:
+    return list(cuda.get("devices") or [])
+
+
+def cuda_layer_ready(cuda: Dict[str, Any], pycuda: Dict[str, Any]) -> bool:
+    return bool(gpus(cuda)) or bool(pycuda.get("device_count"))
+
+
+def env_summary() -> Dict[str, Any]:
+    return {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}

@@ -1,0 +1,360 @@
+"""`ds2a doctor --smoke`: the checks that need real hardware, each skipped with its reason elsewhere.
+
+Every part runs against the public runtime API (`open_model`, `open_cuda`, `ds2a build-engine`)
+on a tiny 1x1-conv model written here, and compares TensorRT's class map with ONNX Runtime's.
+A part needs some of: TensorRT, a GPU, onnx, cuda-python, pycuda, two GPUs, an AGX Orin; where
+a need is missing the part reports `skipped` and why, never `passed`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+SIZE = (32, 48)
+CLASSES = ["background", "a", "b", "c"]
+
+
+class Skip(Exception):
+    """A part cannot run here; the message says why."""
+
+
+def needs_missing(report: Dict[str, Any], needs: Tuple[str, ...]) -> Optional[str]:
+    """The first unmet need of a part as a reason, None when all are met."""
+    gpus = report.get("gpus") or []
+    checks = {
+        "tensorrt": (bool(report["tensorrt"].get("importable")), "TensorRT is not importable"),
+        "gpu": (bool(gpus) or bool(report["pycuda"].get("device_count")), "no CUDA GPU is usable"),
+        "cuda-python": (bool(report["cuda_python"].get("installed")) and bool(gpus), "cuda-python sees no GPU"),
+        "pycuda": (bool(report["pycuda"].get("device_count")), "pycuda is not installed or sees no GPU"),
+        "two-gpus": (len(gpus) >= 2, f"needs two GPUs, this machine has {len(gpus)}"),
+        "agx-orin": ("agx orin" in (report["platform"].get("board") or "").lower(), "DLA check needs a Jetson AGX Orin"),
+        "onnx": (_importable("onnx"), "the onnx package is not installed (pip install onnx)"),
+    }
+    missing = [checks[need][1] for need in needs if not checks[need][0]]
+    return "; ".join(missing) or None
+
+
+def _importable(name: str) -> bool:
+    import importlib.util  # noqa: PLC0415
+
+    return importlib.util.find_spec(name) is not None
+
+
+# --- the tiny model and helpers the parts share ---------------------------------------------
+def write_tiny_onnx(path: str, batch: Any = 1) -> str:
+    """uint8 NHWC frames -> 1x1 conv -> logits + class_map, with ds2a metadata (`batch` may be 'N')."""
+    import onnx  # noqa: PLC0415
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    from ..meta import ModelMeta  # noqa: PLC0415
+
+    h, w = SIZE
+    k = len(CLASSES)
+    rng = np.random.default_rng(0)
+    weight = rng.normal(0, 0.02, (k, 3, 1, 1)).astype(np.float32)
+    bias = rng.normal(0, 0.5, k).astype(np.float32)
+    nodes = [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["f"], ["x"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["x", "W", "B"], ["logits"]),
+             helper.make_node("ArgMax", ["logits"], ["am"], axis=1, keepdims=0),
+             helper.make_node("Cast", ["am"], ["class_map"], to=TensorProto.UINT8)]
+    graph = helper.make_graph(
+        nodes, "ds2a_smoke", [helper.make_tensor_value_info("images", TensorProto.UINT8, [batch, h, w, 3])],
+        [helper.make_tensor_value_info("class_map", TensorProto.UINT8, [batch, h, w]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, k, h, w])],
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"ds2a": ModelMeta(arch="smoke", classes=list(CLASSES), input_size=SIZE).to_json()})
+    onnx.save(model, path)
+    return path
+
+
+def frames(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n,) + SIZE + (3,), dtype=np.uint8)
+
+
+def reference(onnx_path: str, batch: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's class maps for the same frames (one at a time, so any ONNX batch works)."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(["class_map"], {"images": f[None]})[0] for f in batch])
+
+
+def class_maps(model: Any, batch: np.ndarray) -> np.ndarray:
+    return np.stack([r.class_map for r in model.infer_batch(batch)])
+
+
+def ds2a_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ds2a"] + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+class Workspace:
+    """Files the parts share: ONNX models and engines built once, in a temporary folder."""
+
+    def __init__(self, root: str, device: int) -> None:
+        self.root, self.device = root, device
+        self._built: Dict[str, str] = {}
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def onnx(self, dynamic: bool = False) -> str:
+        name = "tiny_dyn.onnx" if dynamic else "tiny.onnx"
+        if not os.path.isfile(self.path(name)):
+            write_tiny_onnx(self.path(name), "N" if dynamic else 1)
+        return self.path(name)
+
+    def engine(self, name: str = "tiny.engine", *build_args: str, dynamic: bool = False) -> str:
+        """Build (once per name) with `ds2a build-engine`; a non-zero exit or a missing sidecar fails the part."""
+        if name not in self._built:
+            out = self.path(name)
+            proc = ds2a_cli("build-engine", self.onnx(dynamic), "--out", out, "--device", str(self.device), *build_args)
+            if proc.returncode != 0 or not os.path.isfile(out + ".json"):
+                raise AssertionError(f"ds2a build-engine {name} exited {proc.returncode}: {proc.stderr[-800:]}")
+            self._built[name] = out
+        return self._built[name]
+
+
+def _open(ws: Workspace, engine: str, layer: Optional[str] = None, **options: Any) -> Any:
+    from ..runtime import open_model  # noqa: PLC0415
+    from ..runtime.cuda_buffers import open_cuda  # noqa: PLC0415
+
+    if layer is not None:
+        options["cuda_api"] = open_cuda(ws.device, prefer=layer)
+    return open_model(engine, backend="tensorrt", device=ws.device, **options)
+
+
+def _same(ws: Workspace, got: np.ndarray, batch: np.ndarray, onnx: Optional[str] = None) -> str:
+    want = reference(onnx or ws.onnx(), batch)
+    agree = float(np.mean(got == want))
+    if agree < 0.999:
+        raise AssertionError(f"TensorRT and ONNX Runtime agree on only {agree:.2%} of pixels")
+    return f"{len(batch)} frames match ONNX Runtime ({agree:.2%} of pixels)"
+
+
+# --- the parts ---------------------------------------------------------------------------------
+def part_build_exit(ws: Workspace) -> str:
+    engine = ws.engine()
+    record = json.load(open(engine + ".json"))
+    return f"build-engine exited 0 and wrote {os.path.basename(engine)}.json (TensorRT {record['tensorrt_version']})"
+
+
+def part_failed_open_exit(ws: Workspace) -> str:
+    """A refused engine must end in exit 2 with the message, not a CUDA abort (SIGABRT, -6)."""
+    engine = ws.engine()
+    bad = ws.path("mismatch.engine")
+    with open(engine, "rb") as src, open(bad, "wb") as dst:
+        dst.write(src.read())
+    record = json.load(open(engine + ".json"))
+    record["tensorrt_version"] = "8.5.0.1"
+    json.dump(record, open(bad + ".json", "w"))
+    proc = ds2a_cli("inspect", "--model", bad, "--source", "demo://?frames=2", "--headless", "--max-frames", "2",
+                    "--device", str(ws.device))
+    if proc.returncode != 2 or "8.5.0.1" not in proc.stderr:
+        raise AssertionError(f"inspect on a mismatched engine exited {proc.returncode}: {proc.stderr[-600:]}")
+    return "a refused engine exits 2 with the rebuild command"
+
+
+def _loop_thread(ws: Workspace, layer: str) -> str:
+    """Open and warm up on this thread, infer on another (what `ds2a inspect` does)."""
+    batch = frames(3)
+    model = _open(ws, ws.engine(), layer)
+    try:
+        class_maps(model, batch[:1])
+        out: Dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: out.update(maps=class_maps(model, batch)))
+        thread.start()
+        thread.join(60)
+        if "maps" not in out:
+            raise AssertionError(f"inference on a second thread under {layer} failed (see the log above)")
+        return _same(ws, out["maps"], batch)
+    finally:
+        model.close()
+
+
+def part_loop_thread_cuda_python(ws: Workspace) -> str:
+    return _loop_thread(ws, "cuda-python")
+
+
+def part_loop_thread_pycuda(ws: Workspace) -> str:
+    return _loop_thread(ws, "pycuda")
+
+
+def part_cuda_graphs(ws: Workspace) -> str:
+    batch = frames(2)
+    model = _open(ws, ws.engine(), "cuda-python", cuda_graph=True)
+    try:
+        maps = [class_maps(model, batch) for _ in range(3)]  # plain, capture, replay
+    finally:
+        model.close()
+    if not all(np.array_equal(m, maps[0]) for m in maps):
+        raise AssertionError("graph replays differ from the plain run")
+    return "graph capture and replay on the installed cuda-python: " + _same(ws, maps[-1], batch)
+
+
+def part_capture_failure(ws: Workspace) -> str:
+    """Make one capture fail (as an illegal call inside it would): results stay right and the stream is usable."""
+    model = _open(ws, ws.engine(), "cuda-python", cuda_graph=True)
+    api = model.cuda
+    real_end = api.end_capture
+    calls = {"n": 0}
+
+    def failing_end(stream: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real_end(stream)  # end it for real first, then report failure like a broken capture
+            from ..runtime.cuda_buffers import CudaError  # noqa: PLC0415
+
+            raise CudaError("CUDA error cudaErrorStreamCaptureInvalidated: injected by ds2a doctor --smoke")
+        return real_end(stream)
+
+    api.end_capture = failing_end
+    batch = frames(2)
+    try:
+        maps = [class_maps(model, batch) for _ in range(3)]
+    finally:
+        model.close()
+    if calls["n"] == 0:
+        raise AssertionError("the backend never captured a graph, so the fallback was not exercised")
+    return "after a failed capture: " + _same(ws, maps[-1], batch)
+
+
+def part_dynamic_batch(ws: Workspace) -> str:
+    engine = ws.engine("tiny_dyn.engine", "--batch", "1:2:4", dynamic=True)
+    sizes = [1, 3, 2, 4, 1, 4, 2]
+    graphs, plain = _open(ws, engine, cuda_graph=True), _open(ws, engine, cuda_graph=False)
+    try:
+        for i, n in enumerate(sizes):
+            batch = frames(n, seed=i)
+            a, b = class_maps(graphs, batch), class_maps(plain, batch)
+            if not np.array_equal(a, b):
+                raise AssertionError(f"batch {n} (step {i}): graphs differ from plain execution")
+            _same(ws, a, batch, ws.onnx(dynamic=True))
+    finally:
+        graphs.close()
+        plain.close()
+    return f"batch sizes {sizes}: graphs == plain == ONNX Runtime"
+
+
+def part_version_compatible(ws: Workspace) -> str:
+    engine = ws.engine("tiny_vc.engine", "--version-compatible")
+    model = _open(ws, engine)
+    try:
+        detail = _same(ws, class_maps(model, frames(2)), frames(2))
+    finally:
+        model.close()
+    return f"a version-compatible engine loads and runs ({detail}); loads in other releases need those releases"
+
+
+def part_device_1(ws: Workspace) -> str:
+    ws1 = Workspace(ws.root, 1)
+    engine = ws1.engine("tiny_dev1.engine")
+    return "--device 1: " + _loop_thread_on(ws1, engine)
+
+
+def _loop_thread_on(ws: Workspace, engine: str) -> str:
+    batch = frames(2)
+    model = _open(ws, engine)
+    try:
+        out: Dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: out.update(maps=class_maps(model, batch)))
+        thread.start()
+        thread.join(60)
+        if "maps" not in out:
+            raise AssertionError("inference on the loop thread failed")
+        return _same(ws, out["maps"], batch)
+    finally:
+        model.close()
+
+
+def part_timing_caches(ws: Workspace) -> str:
+    corrupt = ws.path("corrupt.cache")
+    with open(corrupt, "wb") as f:
+        f.write(os.urandom(4096))
+    ws.engine("tiny_tc.engine", "--timing-cache", corrupt)
+    fresh = ws.path("fresh.cache")
+    ws.engine("tiny_tc2.engine", "--timing-cache", fresh)
+    if not os.path.isfile(fresh) or os.path.getsize(fresh) == 0:
+        raise AssertionError("no timing cache was written for a fresh build")
+    return "a corrupt timing cache still builds an engine with its sidecar; a fresh one is written"
+
+
+def part_dla(ws: Workspace) -> str:
+    engine = ws.engine("tiny_dla.engine", "--dla-core", "0", "--gpu-fallback", "--fp16")
+    record = json.load(open(engine + ".json"))
+    model = _open(ws, engine)
+    try:
+        detail = _same(ws, class_maps(model, frames(2)), frames(2))
+    finally:
+        model.close()
+    return f"DLA core {record.get('dla_core', 0)} engine loads and runs: {detail}"
+
+
+def part_open_close(ws: Workspace, cycles: int = 100) -> str:
+    from ..runtime.cuda_buffers import cuda_call, load_cudart  # noqa: PLC0415
+
+    cudart = load_cudart()
+    engine = ws.engine()
+    _open(ws, engine).close()  # first load pays TensorRT's one-time allocations
+    cuda_call(cudart.cudaSetDevice(ws.device))
+    free_before = int(cuda_call(cudart.cudaMemGetInfo())[0])
+    for _ in range(cycles):
+        _open(ws, engine).close()
+    free_after = int(cuda_call(cudart.cudaMemGetInfo())[0])
+    lost = free_before - free_after
+    if lost > 64 * 2**20:
+        raise AssertionError(f"{cycles} open/close cycles lost {lost / 2**20:.0f} MiB of GPU memory")
+    return f"{cycles} open/close cycles, GPU memory change {lost / 2**20:+.1f} MiB"
+
+
+# name -> (needs, function)
+PARTS: Dict[str, Tuple[Tuple[str, ...], Callable[[Workspace], str]]] = {
+    "build-engine exit status": (("tensorrt", "gpu", "onnx"), part_build_exit),
+    "failed open exit status": (("tensorrt", "gpu", "onnx"), part_failed_open_exit),
+    "loop thread (cuda-python)": (("tensorrt", "cuda-python", "onnx"), part_loop_thread_cuda_python),
+    "loop thread (pycuda)": (("tensorrt", "pycuda", "onnx"), part_loop_thread_pycuda),
+    "CUDA graphs": (("tensorrt", "cuda-python", "onnx"), part_cuda_graphs),
+    "capture failure fallback": (("tensorrt", "cuda-python", "onnx"), part_capture_failure),
+    "dynamic batch, graphs vs plain": (("tensorrt", "cuda-python", "onnx"), part_dynamic_batch),
+    "version-compatible load": (("tensorrt", "gpu", "onnx"), part_version_compatible),
+    "--device 1": (("tensorrt", "two-gpus", "onnx"), part_device_1),
+    "foreign/corrupt timing cache": (("tensorrt", "gpu", "onnx"), part_timing_caches),
+    "DLA placement": (("tensorrt", "agx-orin", "onnx"), part_dla),
+    "100 open/close cycles": (("tensorrt", "cuda-python", "onnx"), part_open_close),
+}
+
+
+def run_smoke(report: Dict[str, Any], device: int = 0, log: Optional[Callable[[str], None]] = None,
+              parts: Optional[Dict[str, Tuple[Tuple[str, ...], Callable[[Workspace], str]]]] = None
+              ) -> List[Dict[str, Any]]:
+    """Run each part whose needs are met; [{"name", "status": passed/failed/skipped, "detail", "seconds"}]."""
+    results: List[Dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="ds2a_smoke_") as root:
+        ws = Workspace(root, device)
+        for name, (needs, fn) in (parts if parts is not None else PARTS).items():
+            start = time.perf_counter()
+            reason = needs_missing(report, needs)
+            if reason is not None:
+                status, detail = "skipped", reason
+            else:
+                try:
+                    status, detail = "passed", fn(ws)
+                except Skip as exc:
+                    status, detail = "skipped", str(exc)
+                except Exception as exc:  # a failed check is a result, not a crash
+                    status, detail = "failed", f"{type(exc).__name__}: {exc}"
+            results.append({"name": name, "status": status, "detail": detail,
+                            "seconds": round(time.perf_counter() - start, 2)})
+            if log is not None:
+                log(f"smoke: {name}: {status}: {detail}")
+    return results

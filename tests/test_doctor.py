@@ -1,0 +1,212 @@
+"""`ds2a doctor`: facts, verdicts and exit codes on fake machines; `--smoke` skips honestly; OpenCV extra."""
+from __future__ import annotations
+
+import configparser
+import json
+import subprocess
+import sys
+import types
+from enum import Enum
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+
+from ds2a.cli import main
+from ds2a.doctor import command, probe, smoke
+from ds2a.opencv import MISSING, gstreamer_in_build
+from ds2a.trt.sidecar import write_sidecar
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Err(Enum):
+    cudaSuccess = 0
+    cudaErrorInsufficientDriver = 35
+
+
+class FakeCudart:
+    """cuda-python's runtime module on a machine with `gpus` [(name, (major, minor), sms, bytes)]."""
+
+    def __init__(self, driver: int, runtime: int, gpus: List[Any]) -> None:
+        self.driver, self.runtime, self.gpus = driver, runtime, gpus
+
+    def cudaDriverGetVersion(self):
+        return Err.cudaSuccess, self.driver
+
+    def cudaRuntimeGetVersion(self):
+        return Err.cudaSuccess, self.runtime
+
+    def cudaGetDeviceCount(self):
+        if self.driver == 0:
+            return Err.cudaErrorInsufficientDriver, None
+        return Err.cudaSuccess, len(self.gpus)
+
+    def cudaGetDeviceProperties(self, i):
+        name, (major, minor), sms, mem = self.gpus[i]
+        return Err.cudaSuccess, types.SimpleNamespace(name=name.encode(), major=major, minor=minor,
+                                                      multiProcessorCount=sms, totalGlobalMem=mem)
+
+
+ORIN = ("Orin", (8, 7), 16, 64 * 2**30)
+
+
+@pytest.fixture
+def machine(monkeypatch, tmp_path):
+    """Configure a fake machine: machine(trt="10.3.0", driver=..., gpus=[...])."""
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    monkeypatch.setattr(probe, "cameras", lambda pattern="/dev/video*": [])
+
+    def configure(trt=None, driver=0, runtime=12060, gpus=(), board=None):
+        monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=trt) if trt else None)
+        monkeypatch.setattr(probe, "load_cudart", lambda: FakeCudart(driver, runtime, list(gpus)))
+        board_file = tmp_path / "model"
+        board_file.write_bytes((board or "").encode() + b"\x00")
+        monkeypatch.setattr(probe.platform_info, "__defaults__", (str(tmp_path / "no_tegra"), str(board_file)))
+    return configure
+
+
+def doctor(capsys, *args: str):
+    code = main(["doctor", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cpu_machine_says_plainly_there_is_no_gpu_or_driver(machine, capsys):
+    machine(trt=None, driver=0)
+    code, out, _ = doctor(capsys)
+    assert code == command.NO_GPU == 1
+    assert "No NVIDIA GPU or driver is usable here" in out and "no NVIDIA driver" in out
+    assert "tensorrt      not importable" in out and "gpu           none" in out
+
+
+def test_json_has_every_fact_and_the_same_exit_code(machine, capsys):
+    machine(trt=None, driver=0)
+    code, out, _ = doctor(capsys, "--json")
+    report = json.loads(out)
+    assert report["exit_code"] == code == 1
+    for key in ("platform", "python", "tensorrt", "cuda_python", "pycuda", "gpus", "onnxruntime", "opencv", "cameras"):
+        assert key in report
+    assert report["cuda_python"]["no_driver"] is True and report["gpus"] == []
+    assert "CPUExecutionProvider" in report["onnxruntime"]["providers"]
+
+
+def test_gpu_machine_reports_the_gpu_and_exits_0(machine, capsys):
+    machine(trt="10.3.0", driver=12060, runtime=12060, gpus=[ORIN], board="NVIDIA Jetson AGX Orin Developer Kit")
+    code, out, _ = doctor(capsys)
+    assert code == 0, out
+    assert "Orin, compute capability 8.7, 16 SMs, 64.0 GiB" in out
+    assert "board: NVIDIA Jetson AGX Orin Developer Kit" in out and "TensorRT and a CUDA GPU are usable" in out
+
+
+def test_cuda_python_newer_than_the_driver_is_named(machine, capsys):
+    machine(trt="10.3.0", driver=11040, runtime=12060, gpus=[ORIN])
+    _, out, _ = doctor(capsys)
+    assert "(CUDA runtime 12.6) - too new for this driver" in out and "CUDA 11.4" in out
+
+
+def _engine(tmp_path, trt="10.3.0.26", gpu=ORIN):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    write_sidecar(str(engine), {"tensorrt_version": trt, "gpu_name": gpu[0], "compute_capability": list(gpu[1]),
+                                "precision": "int8", "inputs": [], "outputs": [], "onnx_path": "/data/m.int8.onnx",
+                                "build_args": ["--int8"], "sm_count": gpu[2], "total_memory": gpu[3]})
+    return str(engine)
+
+
+def test_engine_for_another_tensorrt_gives_the_rebuild_command(machine, capsys, tmp_path):
+    machine(trt="10.13.3.9", driver=12060, gpus=[ORIN])
+    code, out, _ = doctor(capsys, "--model", _engine(tmp_path))
+    assert code == command.MODEL_WONT_LOAD == 3
+    assert "TensorRT 10.3.0.26" in out and f"fix: ds2a build-engine /data/m.int8.onnx --out {tmp_path}/m.engine --int8" in out
+
+
+def test_engine_built_here_loads(machine, capsys, tmp_path):
+    machine(trt="10.3.0.26", driver=12060, gpus=[ORIN])
+    code, out, _ = doctor(capsys, "--model", _engine(tmp_path))
+    assert code == 0 and "loads here: yes" in out
+
+
+def test_engine_on_a_cpu_machine_points_at_the_onnx(machine, capsys, tmp_path):
+    machine(trt=None, driver=0)
+    code, out, _ = doctor(capsys, "--model", _engine(tmp_path))
+    assert code == 3 and "no TensorRT" in out and "ds2a inspect --model /data/m.int8.onnx" in out
+
+
+def test_onnx_model_runs_on_onnxruntime_and_missing_model_is_a_usage_error(machine, capsys, tmp_path):
+    from test_runtime import tiny_onnx
+
+    machine(trt=None, driver=0)
+    code, out, _ = doctor(capsys, "--model", str(tiny_onnx(tmp_path / "m.onnx")))
+    assert code == 1 and "loads here: yes; ONNX Runtime (CPU) loads it" in out
+    code, _, err = doctor(capsys, "--model", str(tmp_path / "nope.engine"))
+    assert code == 2 and "nope.engine does not exist" in err
+
+
+def test_l4t_release_board_and_jetpack(tmp_path):
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64\n")
+    board = tmp_path / "model"
+    board.write_bytes(b"NVIDIA Jetson Orin Nano Developer Kit\x00")
+    info = probe.platform_info(str(release), str(board))
+    assert info["l4t"] == "35.4.1" and info["jetpack"] == "5.1.x" and info["jetson"]
+    assert info["board"] == "NVIDIA Jetson Orin Nano Developer Kit"
+    assert probe.jetpack_for("36.4.0") == "6.1/6.2" and probe.jetpack_for(None) is None
+    assert probe.platform_info(str(tmp_path / "none"), str(tmp_path / "none"))["jetson"] is False
+
+
+def test_gstreamer_read_from_opencv_build_information():
+    assert gstreamer_in_build("  Video I/O:\n    GStreamer:                   YES (1.20.3)\n") is True
+    assert gstreamer_in_build("  Video I/O:\n    GStreamer:                   NO\n") is False
+    assert gstreamer_in_build("  Video I/O:\n    FFMPEG: YES\n") is None
+
+
+def test_smoke_here_skips_every_part_with_its_reason(machine, capsys):
+    machine(trt=None, driver=0)
+    code, out, _ = doctor(capsys, "--smoke", "--json")
+    parts = json.loads(out)["smoke"]
+    assert code == 1 and {p["name"] for p in parts} == set(smoke.PARTS)
+    assert all(p["status"] == "skipped" and "TensorRT is not importable" in p["detail"] for p in parts)
+
+
+def test_smoke_runs_parts_whose_needs_are_met_and_reports_failures(machine, capsys, monkeypatch):
+    machine(trt="10.3.0", driver=12060, gpus=[ORIN])
+
+    def broken(ws):
+        raise RuntimeError("invalid device context")
+
+    fake = {"ok": (("tensorrt", "gpu"), lambda ws: "fine"), "broken": (("tensorrt", "cuda-python"), broken),
+            "dla": (("tensorrt", "agx-orin"), lambda ws: "never"), "two": (("two-gpus",), lambda ws: "never")}
+    monkeypatch.setattr(smoke, "PARTS", fake)
+    code, out, _ = doctor(capsys, "--smoke")
+    assert code == command.SMOKE_FAILED == 4
+    assert "smoke         ok: passed - fine" in out
+    assert "smoke         broken: failed - RuntimeError: invalid device context" in out
+    assert "dla: skipped - DLA check needs a Jetson AGX Orin" in out
+    assert "two: skipped - needs two GPUs, this machine has 1" in out
+
+
+def test_smoke_model_matches_onnxruntime_convention(tmp_path):
+    """The smoke model is a ds2a ONNX: the runtime opens it and agrees with the reference."""
+    pytest.importorskip("onnx")
+    from ds2a.runtime import open_model
+
+    path = smoke.write_tiny_onnx(str(tmp_path / "t.onnx"))
+    batch = smoke.frames(2)
+    with open_model(path) as model:
+        assert (smoke.class_maps(model, batch) == smoke.reference(path, batch)).all()
+
+
+def test_missing_opencv_is_a_clear_error_naming_the_fix():
+    code = "import sys; sys.modules['cv2'] = None\nfrom ds2a.cli import main\nsys.exit(main(['synth', 'x']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and MISSING in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_opencv_is_an_extra_that_make_demo_and_make_test_install():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    assert "opencv" not in cfg["options"]["install_requires"].lower()
+    assert "opencv-python-headless" in cfg["options.extras_require"]["opencv"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install -q -e '.[opencv]'" in makefile and "'.[opencv,train," in makefile
