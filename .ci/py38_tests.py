@@ -5,7 +5,8 @@ The static check (tests/test_py38.py) runs everywhere; this adds the real interp
 exists: $PY38, `python3.8` on PATH, or pyenv's versions/3.8.*. It keeps a virtual environment in
 .venv38/ with the device-side dependencies (what pip resolves for 3.8), installs ds2a with
 --no-deps, parses every Python file with 3.8, and runs the torch-free test files below.
-Exit status: pytest's, or 0 with a printed reason when no 3.8 interpreter exists.
+Exit status: pytest's, or 0 with a printed reason when no 3.8 interpreter exists or its
+environment cannot be installed (no package index).
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ TORCH_FREE_TESTS = [
     "test_torch_free.py", "test_runtime.py", "test_tensorrt_backend.py", "test_engine_builder.py", "test_trt_compat.py",
     "test_inspect_command.py", "test_inspect_loop.py", "test_inspect_output.py", "test_sources.py", "test_rules.py",
     "test_quantify.py", "test_records.py", "test_bench.py", "test_data.py", "test_synth.py", "test_transforms.py",
-    "test_metrics.py", "test_doctor.py",
+    "test_metrics.py", "test_doctor.py", "test_inspect_failsafe.py", "test_model_checks.py",
+    "test_input_properties.py", "test_cuda_semantics.py", "test_outputs.py",
 ]
 
 
@@ -74,7 +76,12 @@ def main() -> int:
         say("SKIPPED: no Python 3.8 interpreter here ($PY38, python3.8 on PATH, pyenv versions/3.8.*); "
             "the static check in tests/test_py38.py still ran")
         return 0
-    py = ensure_venv(python38)
+    try:
+        py = ensure_venv(python38)
+    except subprocess.CalledProcessError as exc:  # e.g. no package index reachable
+        say(f"SKIPPED: could not set up {VENV.name} ({' '.join(exc.cmd[:4])}... exited {exc.returncode}); "
+            "the static check in tests/test_py38.py still ran")
+        return 0
     files = [str(p) for p in sorted(ROOT.glob("ds2a/**/*.py")) + sorted(ROOT.glob("deploy/*.py"))]
     subprocess.run([str(py), "-c", "import ast, sys\nfor f in sys.argv[1:]:\n    ast.parse(open(f).read(), f)"] + files,
                    check=True)

@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -141,8 +142,13 @@ def _soak(args: argparse.Namespace, work: str, dbdir: str, db: str, tmpfs: bool,
     out_path, err_path = os.path.join(work, "stdout.txt"), os.path.join(work, "stderr.txt")
     events: List[Tuple[float, str]] = []
     samples: List[Tuple[float, float]] = []
+    # pipes, not files: with the RLIMIT_FSIZE fallback a file would be refused to the child as well
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pumps = [threading.Thread(target=shutil.copyfileobj, args=(src, dst), daemon=True)
+                 for src, dst in ((proc.stdout, out), (proc.stderr, err))]
+        for t in pumps:
+            t.start()
         full = DiskFull(dbdir, tmpfs, proc.pid)
         lock: Optional[sqlite3.Connection] = None
         try:
@@ -189,6 +195,8 @@ def _soak(args: argparse.Namespace, work: str, dbdir: str, db: str, tmpfs: bool,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            for t in pumps:
+                t.join(timeout=10)
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     run = con.execute("SELECT status, frames, dropped, stats FROM runs ORDER BY id DESC LIMIT 1").fetchone()
     recorded = con.execute("SELECT COUNT(*) FROM frames").fetchone()[0]

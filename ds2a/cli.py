@@ -34,8 +34,14 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
                 "ds2a inspect --model model.onnx --source demo:// --headless --max-frames 200"),
     "report": ("ds2a.inspect.report_cmd", "summarise an inspection database",
                "ds2a report runs/inspect.sqlite --csv parts.csv"),
+    "web": ("ds2a.web.command", "the operator's web page for an inspection database (read-only)",
+            "ds2a web runs/demo/inspect.sqlite --bind 127.0.0.1:8080"),
     "bench": ("ds2a.bench.command", "latency / accuracy benchmark across backends and precisions",
               "ds2a bench --model model.onnx --duration 10 --markdown bench.md"),
+    "serve": ("ds2a.serve.command", "host a model on Triton Inference Server for many stations (PyTriton)",
+              "ds2a serve model.onnx --max-batch 8   # stations: --model triton://SERVER:8001/ds2a"),
+    "export-triton": ("ds2a.serve.repository_cmd", "write a Triton model repository (config.pbtxt) for a model",
+                      "ds2a export-triton model.onnx --repo triton_repo --name ds2a"),
     "doctor": ("ds2a.doctor.command", "what this machine can run: GPU, TensorRT, CUDA, OpenCV", "ds2a doctor --model model.engine"),
 }
 

@@ -85,3 +85,15 @@ def test_ds2a_checkpoints_and_backbone_weights_never_unpickle_code(tmp_path) -> 
     with pytest.raises(UserError, match="not a readable PyTorch weights file"):
         load_backbone_weights(model, src)
     assert not marker.exists()
+
+
+def test_numpy_meta_loads_safely_in_a_fresh_process(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    src = tmp_path / "np.pth"
+    torch.save({"meta": {"seed": np.int64(3), "hist": np.arange(3.0)}, "state_dict": {"decode_head.x": torch.zeros(1)}},
+               str(src))
+    proc = subprocess.run([sys.executable, "-m", "ds2a", "convert-official", str(src), str(tmp_path / "o.pt"),
+                           "--arch", "r18"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "does not fit ds2a_r18" in proc.stderr, proc.stderr  # read, then checked

@@ -210,3 +210,20 @@ def test_opencv_is_an_extra_that_make_demo_and_make_test_install():
     assert "opencv-python-headless" in cfg["options.extras_require"]["opencv"]
     makefile = (ROOT / "Makefile").read_text()
     assert "pip install -q -e '.[opencv]'" in makefile and "'.[opencv,train," in makefile
+
+
+def test_smoke_cli_runs_can_hide_cuda_python_to_exercise_pycuda():
+    """The pycuda parts run the CLI with cuda-python hidden, as on JetPack 5 where only pycuda exists."""
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed, nothing to hide")
+    seen = {layer: json.loads(smoke.ds2a_cli("doctor", "--json", layer=layer, timeout=120).stdout)["cuda_python"]
+            for layer in ("cuda-python", "pycuda")}
+    assert seen["cuda-python"]["installed"] is True and seen["pycuda"]["installed"] is False
+
+
+def test_doctor_reports_a_missing_opencv_instead_of_failing_on_it():
+    code = "import sys; sys.modules['cv2'] = None\nfrom ds2a.cli import main\nsys.exit(main(['doctor', '--json']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == report["exit_code"] and report["opencv"] == {**report["opencv"], "installed": False,
+                                                                           "fix": MISSING}
+    assert "installed" in report["cuda_python"]

@@ -68,6 +68,24 @@ def test_a_stray_mask_value_is_refused_instead_of_a_201_class_model(tmp_path: Pa
     assert FolderDataset(tmp_path, "all").classes == ["background", "class_1"]
 
 
+@pytest.mark.parametrize("content, match", [
+    (b"\xff\xfebackground\n", "is not UTF-8 text"),
+    (b"background\ncrack\ncrack\n", "lists crack more than once"),
+])
+def test_a_bad_classes_txt_is_one_clear_error(tmp_path: Path, content: bytes, match: str) -> None:
+    mask = np.zeros((8, 8), np.uint8)
+    _folder(tmp_path, [mask] * 5)
+    (tmp_path / "classes.txt").write_bytes(content)
+    with pytest.raises(UserError, match=match):
+        FolderDataset(tmp_path, "all")
+
+
+def test_a_folder_named_like_a_mask_is_not_a_mask(tmp_path: Path) -> None:
+    _folder(tmp_path, [np.zeros((8, 8), np.uint8)] * 5)
+    (tmp_path / "masks" / "zz.png").mkdir()
+    assert len(FolderDataset(tmp_path, "all")) == 5
+
+
 class _Oracle(Segmenter):
     backend = "oracle"
 

@@ -90,3 +90,18 @@ def test_video_sink_keeps_the_first_size_and_image_folder_numbers_files(tmp_path
     for _ in range(3):
         s.write(np.zeros((8, 8, 3), np.uint8))
     assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["000000.jpg", "000001.jpg", "000002.jpg"]
+
+
+def test_run_outputs_are_checked_against_the_inputs_before_the_run(tmp_path):
+    from ds2a.inspect.sinks import check_run_outputs
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"video")
+    # folders, displays and none are not files: nothing to compare; a new video and db are fine
+    check_run_outputs(["display://0", "none", str(tmp_path / "frames"), str(tmp_path / "out.mp4")],
+                      str(tmp_path / "r.sqlite"), [("--source", str(clip)), ("--rules", None)])
+    with pytest.raises(UserError, match="output video --output .* same file as the input --source"):
+        check_run_outputs([f"file://{clip}"], None, [("--source", f"file://{clip}")])
+    with pytest.raises(UserError, match="--db .* same file as the input --model"):
+        check_run_outputs([], str(clip), [("--model", str(clip))])
+    assert clip.read_bytes() == b"video"

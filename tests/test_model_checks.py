@@ -156,3 +156,28 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.mark.parametrize("output, words", [
+    ({"name": "logits", "shape": [1, 8, 8, 4], "dtype": "FLOAT"}, "channels-last"),
+    ({"name": "class_map", "shape": [1, 8, 8], "dtype": "FLOAT"}, "'class_map' is float32; expected uint8"),
+    ({"name": "class_map", "shape": [1, 8, 8, 2], "dtype": "UINT8"}, r"'class_map' has shape \[1, 8, 8, 2\]"),
+])
+def test_an_engine_is_checked_by_the_same_rules_when_it_opens(tmp_path, output, words):
+    import json
+    import warnings
+
+    from trt_stubs.fake_trt import MAGIC
+    from trt_stubs.helpers import NEWEST_10, fake_for
+
+    from ds2a.runtime.tensorrt_backend import TensorRTSegmenter
+
+    fake, cuda = fake_for(NEWEST_10)
+    engine = tmp_path / "odd.engine"
+    io = [{"name": "images", "shape": [1, 8, 8, 3], "dtype": "UINT8", "mode": "INPUT", "profile": []},
+          {**output, "mode": "OUTPUT", "profile": []}]
+    engine.write_bytes(MAGIC + json.dumps({"version": NEWEST_10, "io": io}).encode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no sidecar: generic classes
+        with pytest.raises(UserError, match=words):
+            TensorRTSegmenter(str(engine), trt_module=fake, cuda_api=cuda)

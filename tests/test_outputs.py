@@ -187,7 +187,13 @@ def test_commands_refuse_an_output_that_is_an_input(files, capsys):
              "same file as the input --source", capsys)
     _refused(["inspect", "--model", str(model), "--db", str(d / "x.mp4"), "--output", str(d / "x.mp4"),
               "--headless"], "same file as --db", capsys)
-    assert model.read_bytes() == before and clip.read_bytes() == b"video"
+    ckpt = d / "ckpt.pt"
+    ckpt.write_bytes(b"checkpoint")
+    os.link(ckpt, d / "ckpt.onnx")
+    _refused(["export", str(ckpt), "--out", str(d / "ckpt.onnx")], "same file as the input CHECKPOINT", capsys)
+    _refused(["convert-official", str(ckpt), str(d / "ckpt.onnx"), "--arch", "r18"], "same file as the input INPUT",
+             capsys)
+    assert model.read_bytes() == before and clip.read_bytes() == b"video" and ckpt.read_bytes() == b"checkpoint"
 
 
 def test_unwritable_outputs_are_found_before_the_model_is_opened(files, capsys):

@@ -39,8 +39,6 @@ def python_files() -> List[Path]:
     for name in CHECKED:
         base = ROOT / name
         files += [base] if base.is_file() else sorted(base.rglob("*.py"))
-    files += [p for p in (ROOT / ".ci").iterdir() if p.is_file() and p.read_text(errors="ignore").startswith(
-        "#!/usr/bin/env python")]
     return [p for p in files if "__pycache__" not in p.parts]
 
 
@@ -118,6 +116,9 @@ def check_files(paths: List[Path], target: Tuple[int, int]) -> List[str]:
 def test_supported_range_is_stated_once_and_everything_agrees() -> None:
     low = minimum_python()
     assert low == (3, 8), "JetPack 5.1 ships Python 3.8; deploy/README.md's table depends on it"
+    from ds2a.doctor.probe import MIN_PYTHON
+
+    assert MIN_PYTHON == low, "ds2a doctor's Python check must match setup.cfg"
     ruff = (ROOT / "ruff.toml").read_text()
     assert f'target-version = "py{low[0]}{low[1]}"' in ruff
     readme = (ROOT / "README.md").read_text()

@@ -431,3 +431,72 @@ def test_rows_the_database_never_takes_are_saved_beside_it_and_the_run_fails(tmp
     assert len(dumps) == 1
     rows = [json.loads(line) for line in dumps[0].read_text().splitlines()]
     assert [r["row"][1] for r in rows] == [0, 1, 2] and rows[0]["table"] == "frames"
+
+
+def test_inspect_stops_with_an_alarm_when_the_record_queue_is_full(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    import ds2a.inspect.command as command
+
+    class FullDisk(Records):
+        def __init__(self, path):
+            super().__init__(path, max_pending=5, retry_s=0.0)
+            self.finish_patience_s = 0.2
+
+        def start_run(self, *a, **k):
+            run = super().start_run(*a, **k)
+            pages = self.con.execute("PRAGMA page_count").fetchone()[0]
+            self.con.execute(f"PRAGMA max_page_count={pages}")  # the disk is full from here on
+            return run
+
+    monkeypatch.setattr(command, "Records", FullDisk)
+    model = Path(__file__).resolve().parents[1] / "ds2a" / "assets" / "demo" / "ds2a_tiny_synth.int8.onnx"
+    db = tmp_path / "r.sqlite"
+    rc = main(["inspect", "--model", str(model), "--source", "demo://?frames=200&width=320&height=180",
+               "--headless", "--db", str(db), "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    last = err.strip().splitlines()[-1]
+    assert "ALARM" in last and "no part passes unrecorded" in last and str(db) in last
+    assert "Traceback" not in err
+    dumps = list(tmp_path.glob("r.sqlite.unsaved-run1-*.jsonl"))  # what the full disk refused is kept
+    assert len(dumps) == 1 and len(dumps[0].read_text().splitlines()) >= 6
+
+
+def test_the_run_summary_reports_database_outages_and_unsaved_images(tmp_path):
+    from types import SimpleNamespace
+
+    from ds2a.inspect.command import summary_text
+    from ds2a.inspect.loop import LoopStats
+
+    rec = SimpleNamespace(outages=2, max_delay_s=15.2, max_backlog=450)
+    pub = SimpleNamespace(parts=[], frames_failed=3, images_failed=3, image_error="f.jpg: No space left",
+                          records=rec)
+    text = summary_text(LoopStats(), pub, CLASSES)
+    assert "database outages      2, longest 15.2 s, at most 450 rows" in text
+    assert "failure images lost   3 (not written: f.jpg: No space left)" in text
+    pub.records, pub.images_failed = None, 0
+    assert "outages" not in summary_text(LoopStats(), pub, CLASSES)
+
+
+def test_a_log_on_the_full_disk_does_not_stop_the_records(tmp_path, monkeypatch):
+    import sys
+
+    class FullFile:
+        def write(self, text):
+            raise OSError(27, "File too large")
+
+        def flush(self):
+            raise OSError(27, "File too large")
+
+    path = tmp_path / "r.sqlite"
+    rec = Records(str(path), retry_s=0.0)  # default log: stderr
+    rec.start_run("m", "b", "s", CLASSES, {}, None)
+    other = _locked(path)
+    monkeypatch.setattr(sys, "stderr", FullFile())
+    rec.add_frame(_result(0, "a", []))
+    rec.commit()  # warns (and cannot): must not raise
+    other.execute("ROLLBACK")
+    rec.commit()
+    assert rec.pending == 0 and rec.outages == 1
+    rec.close()

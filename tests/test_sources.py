@@ -230,7 +230,8 @@ def test_folder_and_glob_skip_unreadable_images(tmp_path):
     ("gst://", "give a GStreamer pipeline"),
     ("v4l2://", "name the device"),
     ("", "is empty"),
-    ("clip\x00.mp4", "NUL byte"),
+    ("clip\x00.mp4", "control characters"),
+    ("clip.mp4\nrm -rf /", "control characters"),
     ("http://[::1", "Invalid IPv6 URL"),
 ])
 def test_bad_source_uris_are_clear_errors(uri, words):

@@ -168,6 +168,21 @@ def test_resume_from_a_corrupt_last_pt_is_one_clear_error(synth: Path, tmp_path:
         Trainer(_cfg(synth, out, resume=True))
 
 
+def test_an_all_ignore_eval_split_is_refused_before_training(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    for split in ("train", "test"):
+        for i in range(2):
+            (tmp_path / "d" / "img_dir" / split).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "d" / "ann_dir" / split).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(tmp_path / "d" / "img_dir" / split / f"{i}.png"), np.zeros((64, 64, 3), np.uint8))
+            mask = np.full((64, 64), 255 if split == "test" else 1, np.uint8)
+            cv2.imwrite(str(tmp_path / "d" / "ann_dir" / split / f"{i}.png"), mask)
+    with pytest.raises(UserError, match="evaluation would score nothing"):
+        Trainer(_cfg(tmp_path / "d", tmp_path / "out", eval_every=1))
+
+
 def test_resume_with_a_damaged_training_state_is_one_clear_error(synth: Path, tmp_path: Path) -> None:
     from ds2a.model import build_model, save_checkpoint
 

@@ -223,9 +223,16 @@ def _classes_txt(folder: Path) -> Optional[List[str]]:
     path = folder / "classes.txt"
     if not path.is_file():
         return None
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"'{path}' is not UTF-8 text (byte {exc.start}); save it as UTF-8, one class name per line") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) < 2:
         raise UserError(f"'{path}' lists {len(names)} class(es); write one class name per line, background first")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"'{path}' lists {', '.join(twice)} more than once; every class needs its own name")
     return names
 
 
@@ -289,7 +296,7 @@ class MBSDDataset(SegmentationDataset):
                             f"pick one with --split")
         _require_dir(img_dir, layout)
         _require_dir(ann_dir, layout)
-        masks = {p.stem: p for p in sorted(ann_dir.glob("*.png"))}
+        masks = {p.stem: p for p in sorted(ann_dir.glob("*.png")) if p.is_file()}
         images, masks_p = _pair(_images_in(img_dir), masks, img_dir, ann_dir, on_error)
         classes = list(classes) if classes else (_classes_txt(root) or list(MBSD_CLASSES))
         super().__init__(images, masks_p, classes, root, split, on_error=on_error)
@@ -314,7 +321,7 @@ class Crack500Dataset(SegmentationDataset):
         folder = next((root / d for d in self.SPLIT_DIRS.get(split, ()) if (root / d).is_dir()), None)
         rule = folder is None
         folder = folder or root
-        masks = {p.name[: -len("_mask.png")]: p for p in sorted(folder.glob("*_mask.png"))}
+        masks = {p.name[: -len("_mask.png")]: p for p in sorted(folder.glob("*_mask.png")) if p.is_file()}
         images = {s: p for s, p in _images_in(folder).items() if not s.endswith("_mask")}
         if rule:
             keep = set(split_names(sorted(set(images) | set(masks)), split, test_every))
@@ -371,7 +378,7 @@ class FolderDataset(SegmentationDataset):
             _require_dir(image_dir, layout)
             _require_dir(mask_dir, layout)
         images = _images_in(image_dir)
-        masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))}
+        masks = {p.stem: p for p in sorted(mask_dir.glob("*.png")) if p.is_file()}
         if not found:
             keep = set(split_names(sorted(set(images) | set(masks)), split, test_every))
             images = {s: p for s, p in images.items() if s in keep}
@@ -382,7 +389,7 @@ class FolderDataset(SegmentationDataset):
         else:
             names = _classes_txt(root) or _classes_from_source_md(root)
             if names is None:
-                all_masks = sorted(mask_dir.glob("*.png"))
+                all_masks = sorted(p for p in mask_dir.glob("*.png") if p.is_file())
                 names = _classes_from_masks(all_masks) if all_masks else ["background", "class_1"]
         super().__init__(image_paths, mask_paths, names, root, split, on_error=on_error)
 

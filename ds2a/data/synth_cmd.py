@@ -14,6 +14,9 @@ from ..meta import MBSD_CLASSES, parse_size
 from .synth import write_dataset
 
 
+MAX_SIDE = 8192  # beyond this one image alone needs gigabytes
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output folder (gets img_dir/{train,test} and ann_dir/{train,test})")
     parser.add_argument("--train", type=int_range(0, 10**7), default=400, help="training images (default 400)")
@@ -28,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     h, w = parse_size(args.size)
     if min(h, w) < 32:
         raise UserError(f"--size {args.size} is too small for cells with defects; use at least 32x32")
+    if max(h, w) > MAX_SIDE:
+        raise UserError(f"--size {args.size} is larger than {MAX_SIDE} pixels a side; use e.g. 256x256")
     if args.train < 0 or args.test < 0 or args.train + args.test == 0:
         raise UserError("--train and --test must be >= 0 and not both 0 (example: --train 400 --test 100)")
     if out.exists() and not out.is_dir():

@@ -15,10 +15,8 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def _sidecar_module() -> Any:
-    try:
-        from ..trt import sidecar  # noqa: PLC0415
-    except ImportError:  # older layout
-        from ..engine import sidecar  # type: ignore[no-redef]  # noqa: PLC0415
+    from ..trt import sidecar  # noqa: PLC0415
+
     return sidecar
 
 

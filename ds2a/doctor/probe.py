@@ -6,19 +6,44 @@ Each probe returns a plain dict (JSON-ready) with what it found or why it found 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import platform
 import re
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
-from ..runtime.cuda_buffers import _cuda_text, explain_no_gpu, load_cudart
-
 TEGRA_RELEASE = "/etc/nv_tegra_release"
 BOARD_MODEL = "/proc/device-tree/model"
-MIN_PYTHON = (3, 8)
+MIN_PYTHON = (3, 8)  # setup.cfg's python_requires (tests/test_py38.py keeps them equal)
 # L4T major.minor -> JetPack (NVIDIA's release pages); the L4T line is what the device reports
 JETPACK = {"35": "5.1.x", "36.2": "6.0 DP", "36.3": "6.0", "36.4": "6.1/6.2", "38": "7.x"}
+
+
+def cuda_helpers() -> Any:
+    """ds2a.runtime.cuda_buffers (load_cudart, explain_no_gpu), even where OpenCV is missing.
+
+    Importing ds2a.runtime runs its package, which needs cv2; the doctor must still report the
+    GPU on such a machine (and name the OpenCV fix), so it then loads that one file on its own.
+    """
+    try:
+        from ..runtime import cuda_buffers  # noqa: PLC0415
+
+        return cuda_buffers
+    except ModuleNotFoundError as exc:
+        if exc.name != "cv2":
+            raise
+    name = "ds2a.runtime.cuda_buffers"
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                                                     "runtime", "cuda_buffers.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_cudart() -> Any:
+    return cuda_helpers().load_cudart()
 
 
 def _read(path: str) -> Optional[str]:
@@ -93,12 +118,13 @@ def cuda_python_info(cudart: Any = None) -> Dict[str, Any]:
     drv, run = rt.cudaDriverGetVersion(), rt.cudaRuntimeGetVersion()
     dv = int(drv[1]) if _ok(drv) and drv[1] else 0
     rv = int(run[1]) if _ok(run) and run[1] else 0
-    info.update(driver_cuda=_cuda_text(dv) if dv else None, runtime_cuda=_cuda_text(rv) if rv else None,
+    text = cuda_helpers()._cuda_text
+    info.update(driver_cuda=text(dv) if dv else None, runtime_cuda=text(rv) if rv else None,
                 fits_driver=bool(dv) and dv // 1000 >= rv // 1000, devices=[])
     count = rt.cudaGetDeviceCount()
     if not _ok(count):
         name = getattr(count[0], "name", str(count[0]))
-        info["error"] = explain_no_gpu(name, dv, rv)
+        info["error"] = cuda_helpers().explain_no_gpu(name, dv, rv)
         info["no_driver"] = dv == 0
         return info
     for index in range(int(count[1])):
@@ -112,7 +138,7 @@ def cuda_python_info(cudart: Any = None) -> Dict[str, Any]:
                                 "sm_count": int(getattr(p, "multiProcessorCount", 0) or 0) or None,
                                 "total_memory": int(getattr(p, "totalGlobalMem", 0) or 0) or None})
     if not info["devices"]:
-        info["error"] = explain_no_gpu("cudaErrorNoDevice", dv, rv)
+        info["error"] = cuda_helpers().explain_no_gpu("cudaErrorNoDevice", dv, rv)
     return info
 
 
@@ -129,7 +155,7 @@ def pycuda_info(driver: Any = None) -> Dict[str, Any]:
     try:
         driver.init()
         dv = int(driver.get_driver_version())
-        info["driver_cuda"] = _cuda_text(dv)
+        info["driver_cuda"] = cuda_helpers()._cuda_text(dv)
         info["fits_driver"] = dv // 1000 >= int(built[0])
         info["device_count"] = int(driver.Device.count())
     except Exception as exc:  # pycuda.driver.Error and friends

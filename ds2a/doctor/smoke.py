@@ -94,15 +94,29 @@ def class_maps(model: Any, batch: np.ndarray) -> np.ndarray:
     return np.stack([r.class_map for r in model.infer_batch(batch)])
 
 
-def ds2a_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ds2a"] + list(args), capture_output=True, text=True, timeout=timeout)
+# `python -m ds2a ...` with cuda-python hidden, so the CUDA layer is pycuda (as on JetPack 5)
+PYCUDA_ONLY = """import importlib.abc, sys
+class HideCudaPython(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "cuda":
+            raise ImportError("cuda-python hidden by ds2a doctor --smoke")
+sys.meta_path.insert(0, HideCudaPython())
+from ds2a.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def ds2a_cli(*args: str, layer: str = "cuda-python", timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process: its exit status is what a user's shell sees (an abort is -6)."""
+    cmd = [sys.executable, "-c", PYCUDA_ONLY] if layer == "pycuda" else [sys.executable, "-m", "ds2a"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout)
 
 
 class Workspace:
     """Files the parts share: ONNX models and engines built once, in a temporary folder."""
 
-    def __init__(self, root: str, device: int) -> None:
-        self.root, self.device = root, device
+    def __init__(self, root: str, device: int, report: Optional[Dict[str, Any]] = None) -> None:
+        self.root, self.device, self.report = root, device, report or {}
         self._built: Dict[str, str] = {}
 
     def path(self, name: str) -> str:
@@ -143,13 +157,24 @@ def _same(ws: Workspace, got: np.ndarray, batch: np.ndarray, onnx: Optional[str]
 
 
 # --- the parts ---------------------------------------------------------------------------------
-def part_build_exit(ws: Workspace) -> str:
-    engine = ws.engine()
-    record = json.load(open(engine + ".json"))
-    return f"build-engine exited 0 and wrote {os.path.basename(engine)}.json (TensorRT {record['tensorrt_version']})"
+def _build_exit(ws: Workspace, layer: str) -> str:
+    out = ws.path(f"built_{layer}.engine")
+    proc = ds2a_cli("build-engine", ws.onnx(), "--out", out, "--device", str(ws.device), layer=layer)
+    if proc.returncode != 0 or not os.path.isfile(out + ".json"):
+        raise AssertionError(f"build-engine under {layer} exited {proc.returncode}: {proc.stderr[-800:]}")
+    record = json.load(open(out + ".json"))
+    return f"build-engine exited 0 and wrote the sidecar (TensorRT {record['tensorrt_version']})"
 
 
-def part_failed_open_exit(ws: Workspace) -> str:
+def part_build_exit_cuda_python(ws: Workspace) -> str:
+    return _build_exit(ws, "cuda-python")
+
+
+def part_build_exit_pycuda(ws: Workspace) -> str:
+    return _build_exit(ws, "pycuda")
+
+
+def _failed_open_exit(ws: Workspace, layer: str) -> str:
     """A refused engine must end in exit 2 with the message, not a CUDA abort (SIGABRT, -6)."""
     engine = ws.engine()
     bad = ws.path("mismatch.engine")
@@ -159,10 +184,19 @@ def part_failed_open_exit(ws: Workspace) -> str:
     record["tensorrt_version"] = "8.5.0.1"
     json.dump(record, open(bad + ".json", "w"))
     proc = ds2a_cli("inspect", "--model", bad, "--source", "demo://?frames=2", "--headless", "--max-frames", "2",
-                    "--device", str(ws.device))
+                    "--device", str(ws.device), layer=layer)
     if proc.returncode != 2 or "8.5.0.1" not in proc.stderr:
-        raise AssertionError(f"inspect on a mismatched engine exited {proc.returncode}: {proc.stderr[-600:]}")
+        raise AssertionError(f"inspect on a mismatched engine under {layer} exited {proc.returncode}: "
+                             f"{proc.stderr[-600:]}")
     return "a refused engine exits 2 with the rebuild command"
+
+
+def part_failed_open_exit_cuda_python(ws: Workspace) -> str:
+    return _failed_open_exit(ws, "cuda-python")
+
+
+def part_failed_open_exit_pycuda(ws: Workspace) -> str:
+    return _failed_open_exit(ws, "pycuda")
 
 
 def _loop_thread(ws: Workspace, layer: str) -> str:
@@ -212,7 +246,7 @@ def part_capture_failure(ws: Workspace) -> str:
     def failing_end(stream: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
-            real_end(stream)  # end it for real first, then report failure like a broken capture
+            api.destroy_graph(real_end(stream))  # end it for real, then fail as a broken capture does
             from ..runtime.cuda_buffers import CudaError  # noqa: PLC0415
 
             raise CudaError("CUDA error cudaErrorStreamCaptureInvalidated: injected by ds2a doctor --smoke")
@@ -222,11 +256,15 @@ def part_capture_failure(ws: Workspace) -> str:
     batch = frames(2)
     try:
         maps = [class_maps(model, batch) for _ in range(3)]
+        stream = getattr(model, "_stream", None)
+        status = api.cudart.cudaStreamIsCapturing(stream)[1] if stream is not None else None
     finally:
         model.close()
     if calls["n"] == 0:
         raise AssertionError("the backend never captured a graph, so the fallback was not exercised")
-    return "after a failed capture: " + _same(ws, maps[-1], batch)
+    if status is not None and int(getattr(status, "value", status)) != 0:
+        raise AssertionError(f"the stream is still capturing after the failed capture ({status})")
+    return "stream not capturing, and after a failed capture: " + _same(ws, maps[-1], batch)
 
 
 def part_dynamic_batch(ws: Workspace) -> str:
@@ -247,6 +285,11 @@ def part_dynamic_batch(ws: Workspace) -> str:
 
 
 def part_version_compatible(ws: Workspace) -> str:
+    from ..trt.versions import parse_version  # noqa: PLC0415
+
+    version = str(ws.report.get("tensorrt", {}).get("version", "0"))
+    if parse_version(version) < (8, 6):
+        raise Skip(f"TensorRT {version} cannot build version-compatible engines (8.6+)")
     engine = ws.engine("tiny_vc.engine", "--version-compatible")
     model = _open(ws, engine)
     try:
@@ -257,7 +300,7 @@ def part_version_compatible(ws: Workspace) -> str:
 
 
 def part_device_1(ws: Workspace) -> str:
-    ws1 = Workspace(ws.root, 1)
+    ws1 = Workspace(ws.root, 1, ws.report)
     engine = ws1.engine("tiny_dev1.engine")
     return "--device 1: " + _loop_thread_on(ws1, engine)
 
@@ -286,7 +329,8 @@ def part_timing_caches(ws: Workspace) -> str:
     ws.engine("tiny_tc2.engine", "--timing-cache", fresh)
     if not os.path.isfile(fresh) or os.path.getsize(fresh) == 0:
         raise AssertionError("no timing cache was written for a fresh build")
-    return "a corrupt timing cache still builds an engine with its sidecar; a fresh one is written"
+    return ("a corrupt timing cache still builds an engine with its sidecar; a fresh one is written "
+            "(a foreign cache needs another GPU or TensorRT release: copy one here and build with it)")
 
 
 def part_dla(ws: Workspace) -> str:
@@ -319,8 +363,10 @@ def part_open_close(ws: Workspace, cycles: int = 100) -> str:
 
 # name -> (needs, function)
 PARTS: Dict[str, Tuple[Tuple[str, ...], Callable[[Workspace], str]]] = {
-    "build-engine exit status": (("tensorrt", "gpu", "onnx"), part_build_exit),
-    "failed open exit status": (("tensorrt", "gpu", "onnx"), part_failed_open_exit),
+    "build-engine exit status (cuda-python)": (("tensorrt", "cuda-python", "onnx"), part_build_exit_cuda_python),
+    "build-engine exit status (pycuda)": (("tensorrt", "pycuda", "onnx"), part_build_exit_pycuda),
+    "failed open exit status (cuda-python)": (("tensorrt", "cuda-python", "onnx"), part_failed_open_exit_cuda_python),
+    "failed open exit status (pycuda)": (("tensorrt", "pycuda", "onnx"), part_failed_open_exit_pycuda),
     "loop thread (cuda-python)": (("tensorrt", "cuda-python", "onnx"), part_loop_thread_cuda_python),
     "loop thread (pycuda)": (("tensorrt", "pycuda", "onnx"), part_loop_thread_pycuda),
     "CUDA graphs": (("tensorrt", "cuda-python", "onnx"), part_cuda_graphs),
@@ -328,7 +374,7 @@ PARTS: Dict[str, Tuple[Tuple[str, ...], Callable[[Workspace], str]]] = {
     "dynamic batch, graphs vs plain": (("tensorrt", "cuda-python", "onnx"), part_dynamic_batch),
     "version-compatible load": (("tensorrt", "gpu", "onnx"), part_version_compatible),
     "--device 1": (("tensorrt", "two-gpus", "onnx"), part_device_1),
-    "foreign/corrupt timing cache": (("tensorrt", "gpu", "onnx"), part_timing_caches),
+    "corrupt and fresh timing caches": (("tensorrt", "gpu", "onnx"), part_timing_caches),
     "DLA placement": (("tensorrt", "agx-orin", "onnx"), part_dla),
     "100 open/close cycles": (("tensorrt", "cuda-python", "onnx"), part_open_close),
 }
@@ -340,7 +386,7 @@ def run_smoke(report: Dict[str, Any], device: int = 0, log: Optional[Callable[[s
     """Run each part whose needs are met; [{"name", "status": passed/failed/skipped, "detail", "seconds"}]."""
     results: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ds2a_smoke_") as root:
-        ws = Workspace(root, device)
+        ws = Workspace(root, device, report)
         for name, (needs, fn) in (parts if parts is not None else PARTS).items():
             start = time.perf_counter()
             reason = needs_missing(report, needs)

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..cli_types import int_range
 from ..errors import UserError
 from ..meta import parse_size
+from ..outputs import check_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".onnx":
         raise UserError(f"--out {out} should end in .onnx")
+    check_outputs([("--out", args.out)], [("CHECKPOINT", args.checkpoint), ("--data", args.data)])
     model = load_model(args.checkpoint)
     meta = model.meta
     size = parse_size(args.size) if args.size else tuple(meta.input_size)

@@ -178,6 +178,8 @@ def summary_text(stats: LoopStats, publisher: Publisher, classes: List[str]) -> 
          f"corrupt/skipped {stats.corrupt}, reconnects {stats.reconnects})"),
         *([f"no part in view       {stats.no_part} frames (shown, recorded as NONE, not inspected)"]
           if stats.no_part else []),
+        *([f"model unavailable     {stats.model_away} frames (dropped, recorded as NONE, not inspected)"]
+          if stats.model_away else []),
         f"end-to-end FPS        {stats.e2e_fps:.1f}   (frames out / wall time, capture to output)",
         f"model-only FPS        {stats.model_fps:.1f}   (1000 / mean infer ms inside the loop)",
         f"verdicts ({parts[0].level if parts else 'part'})      {len(parts)}: {len(parts) - failed} PASS, "
@@ -185,6 +187,8 @@ def summary_text(stats: LoopStats, publisher: Publisher, classes: List[str]) -> 
         f"frames FAIL           {publisher.frames_failed}",
         *([f"failure images lost   {publisher.images_failed} (not written: {publisher.image_error})"]
           if publisher.images_failed else []),
+        *([f"database outages      {db.outages}, longest {db.max_delay_s:.1f} s, at most {db.max_backlog} rows "
+           "waited in memory (none lost)"] if (db := publisher.records) is not None and db.outages else []),
         f"stopped because       {stats.stop_reason or 'source ended'}",
     ]
     return "\n".join(lines)
@@ -249,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
             st = loop.stats
             if status != "error" and st.stop_reason in ("SIGINT", "SIGTERM", "aborted"):
                 status = "interrupted"
-            elif status == "finished" and st.frames - st.no_part == 0:
+            elif status == "finished" and st.frames - st.no_part - st.model_away == 0:
                 status = "empty"  # nothing judged: never reported as a good run
             if jsonl is not None and jsonl.stopped:
                 st.events.append(jsonl.stopped)

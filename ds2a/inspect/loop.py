@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..preprocess import resize_frame
+from ..runtime import ModelUnavailable
 from ..timing import Stopwatch
 from .quantify import Defect
 from .sources import Frame, Source
@@ -55,6 +56,7 @@ class LoopStats:
     dropped: int = 0
     corrupt: int = 0
     no_part: int = 0  # frames with no part in view (sources with part boxes): not inspected
+    model_away: int = 0  # frames dropped while a served model was unreachable: not inspected, also in dropped
     reconnects: int = 0
     wall_s: float = 0.0
     stop_reason: str = ""
@@ -76,7 +78,8 @@ class LoopStats:
 
     def to_dict(self) -> Dict[str, Any]:
         return {"frames": self.frames, "captured": self.captured, "dropped": self.dropped,
-                "corrupt": self.corrupt, "no_part": self.no_part, "reconnects": self.reconnects,
+                "corrupt": self.corrupt, "no_part": self.no_part, "model_away": self.model_away,
+                "reconnects": self.reconnects,
                 "wall_s": round(self.wall_s, 3),
                 "e2e_fps": round(self.e2e_fps, 2), "model_fps": round(self.model_fps, 2),
                 "stop_reason": self.stop_reason, "cpu_s": {k: round(v, 4) for k, v in self.cpu_s.items()},
@@ -158,6 +161,7 @@ class InspectionLoop:
         self._in: Any = LatestSlot() if source.live else queue.Queue(maxsize=queue_size)
         self._out: "queue.Queue[Any]" = queue.Queue(maxsize=output_queue_size)
         self._errors: List[BaseException] = []
+        self._model_away = False
         self._t_first: Optional[float] = None
         self._t_last: Optional[float] = None
         self.notes: List[str] = []  # things the operator should know, printed with the summary
@@ -272,7 +276,17 @@ class InspectionLoop:
             return None
         t1 = time.perf_counter()
         c1 = time.thread_time()
-        out = self.model.infer(small)
+        try:
+            out = self.model.infer(small)
+        except ModelUnavailable as exc:  # a served model is away: dropped, recorded as not inspected, never PASS
+            if not self._model_away:
+                self.notes.append(f"{time.strftime('%H:%M:%S')} model unavailable: {exc}")
+            self.stats.model_away += 1
+            self._model_away = True
+            return Result(seq, frame, None, [], False, [f"not inspected: {exc}"], ms, None, inspected=False)
+        if self._model_away:
+            self._model_away = False
+            self.notes.append(f"{time.strftime('%H:%M:%S')} model back after {self.stats.model_away} dropped frame(s)")
         self.stats.cpu_model_s += time.thread_time() - c1
         t2 = time.perf_counter()
         defects, passed, reasons = self.analyse(out.class_map, out.confidence, region)
@@ -316,6 +330,7 @@ class InspectionLoop:
             self._put_end(self._out)
             if isinstance(self._in, LatestSlot):
                 self.stats.dropped = self._in.dropped
+            self.stats.dropped += self.stats.model_away
 
     def _output(self) -> None:
         sw = self.stats.timings

@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import uuid
-from typing import IO, Callable, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, List, Optional, Sequence, Tuple
 
 import cv2
 
@@ -39,6 +39,9 @@ class Publisher:
         if save_fail:
             check_writable_dir(save_fail, "failed frames (--save-fail)")
         self.parts: List[PartVerdict] = []
+        # told each frame and closed part after the records, res None at the end: the live web view, the
+        # line notifiers (ds2a/web/live.py, ds2a/notify/notifier.py); they hand work to their own threads
+        self.observers: List[Any] = []
         self.frames_failed = 0
         self.images_failed = 0  # failure images that could not be written
         self.image_error = ""
@@ -97,8 +100,11 @@ class Publisher:
         self.images_failed += 1
         self.image_error = f"{path}: {getattr(exc, 'strerror', None) or exc}"
         if self.images_failed == 1 or self.images_failed % 100 == 0:
-            print(f"warning: could not save failure image {self.image_error} ({self.images_failed} so far); "
-                  "the verdicts are still recorded", file=self.log or sys.stderr, flush=True)
+            try:
+                print(f"warning: could not save failure image {self.image_error} ({self.images_failed} so far); "
+                      "the verdicts are still recorded", file=self.log or sys.stderr, flush=True)
+            except (OSError, ValueError):  # the log is on the full disk too
+                pass
         if self.records is not None:
             self.records.extra.update(fail_images_unsaved=self.images_failed, fail_images_error=self.image_error)
 
@@ -110,6 +116,8 @@ class Publisher:
                 self.records.add_verdict(pv)
             self.records.commit()  # per frame: a SIGKILL loses only frames in flight
         self.parts += closed
+        for observer in self.observers:
+            observer.publish(res, closed)
         if self.jsonl is not None:
             self._jsonl_frame(res)
             for pv in closed:
@@ -124,6 +132,8 @@ class Publisher:
                 self.records.add_verdict(pv)
             self.records.commit()
         self.parts += closed
+        for observer in self.observers:
+            observer.publish(None, closed)
         if self.jsonl is not None:
             for pv in closed:
                 self._jsonl_part(pv)

@@ -192,7 +192,10 @@ Item = Tuple[str, tuple, list, tuple]  # kind, row, defect rows, timing row
 
 
 def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    try:
+        print(msg, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr on the full disk too: the run's stats still keep the facts
+        pass
 
 
 class Records:
@@ -382,7 +385,7 @@ class Records:
             self.con.commit()
         except sqlite3.OperationalError as exc:
             self.log(f"ERROR: records: cannot mark run {self.run_id} {status} in {self.path}: {exc}")
-        if unwritten:
+        if unwritten and not self._halted:  # after the alarm, the alarm stays the error the user sees
             raise UserError(f"records incomplete: {unwritten}")
 
     def close(self) -> None:

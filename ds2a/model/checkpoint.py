@@ -47,6 +47,16 @@ def save_checkpoint(path: str, model: DS2AFormer, meta: ModelMeta | None = None,
     return file_sha256(path)
 
 
+def load_error(exc: BaseException) -> str:
+    """The informative line of a torch.load failure (its weights-only errors open with generic advice)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text[text.index(marker) + len(marker):]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {(lines[0] if lines else 'empty or truncated file')[:200]}"
+
+
 def read_checkpoint(path: str, map_location: str = "cpu") -> dict[str, Any]:
     """Load and validate the checkpoint dict (no model built)."""
     if not os.path.isfile(path):
@@ -54,7 +64,7 @@ def read_checkpoint(path: str, map_location: str = "cpu") -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our file"
-        raise UserError(f"'{path}' is not a readable ds2a checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
+        raise UserError(f"'{path}' is not a readable ds2a checkpoint ({load_error(exc)}); "
                         "for an official mmsegmentation file run `ds2a convert-official IN.pth OUT.pt --arch r18`") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         hint = ("it looks like an official mmsegmentation checkpoint; convert it with "
@@ -137,7 +147,7 @@ def load_backbone_weights(model: DS2AFormer, path: str) -> list[str]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"'{path}' is not a readable PyTorch weights file ({type(exc).__name__}); "
+        raise UserError(f"'{path}' is not a readable PyTorch weights file ({load_error(exc)}); "
                         "pass a torchvision ResNet .pth file") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UserError
 from ..meta import ModelMeta, file_sha256
-from .checkpoint import save_checkpoint
+from .checkpoint import load_error, save_checkpoint
 from .config import ModelConfig, get_config
 from .ds2a_former import DS2AFormer, default_meta
 
@@ -205,12 +205,17 @@ def _numpy_safe_globals() -> list[Any]:
     They build plain values and never call user code, so the restricted unpickler may use them;
     each is also listed under its numpy 1.x module name so files written with either numpy load.
     """
+    import importlib
+
     import numpy as np
 
-    core = getattr(np, "_core", None) or np.core
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")  # numpy 2
+    except ImportError:
+        multiarray = importlib.import_module("numpy.core.multiarray")
     found: list[Any] = [np.ndarray, np.dtype]
     for name in ("scalar", "_reconstruct"):
-        obj = getattr(core.multiarray, name)
+        obj = getattr(multiarray, name)
         found += [obj, (obj, f"numpy.core.multiarray.{name}"), (obj, f"numpy._core.multiarray.{name}")]
     dtypes = getattr(np, "dtypes", None)
     found += [v for v in vars(dtypes).values() if isinstance(v, type)] if dtypes else []
@@ -231,8 +236,9 @@ def load_official_object(path: str, trust: bool = False) -> Any:
     Anything else (objects whose unpickling can run code) is refused with the globals that blocked
     it, unless `trust=True`, the explicit opt-in to full unpickling for files from a trusted source.
     """
+    allowed = _numpy_safe_globals()
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any refusal or damage is explained below
         safe_error = exc
@@ -243,14 +249,14 @@ def load_official_object(path: str, trust: bool = False) -> Any:
                 f"'{path}' holds pickled objects a safe load refuses ({_list(blocked, 6)}); loading them could run "
                 "code from the file. If the file comes from a source you trust, pass --trust-checkpoint "
                 "(full unpickling), or re-save just its 'state_dict' tensors with torch.save")
-        raise UserError(f"cannot read '{path}' ({type(safe_error).__name__}: {str(safe_error).splitlines()[0][:200]}); "
+        raise UserError(f"cannot read '{path}' ({load_error(safe_error)}); "
                         "is it an mmsegmentation .pth checkpoint?")
     print(f"warning: --trust-checkpoint: fully unpickling '{path}' (it can run code; blocked by the safe load: "
           f"{_list(blocked, 6) or 'unknown'})", file=sys.stderr)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot read '{path}' ({type(exc).__name__}: {str(exc)[:200]}); "
+        raise UserError(f"cannot read '{path}' ({load_error(exc)}); "
                         "is it an mmsegmentation .pth checkpoint?") from None
 
 

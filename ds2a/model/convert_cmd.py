@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli_types import int_range
+from ..outputs import check_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ..meta import parse_size
     from .convert import convert_official_checkpoint
 
+    check_outputs([("OUTPUT", args.output)], [("INPUT", args.input)])
     overrides = {}
     if args.input_size:
         overrides["input_size"] = parse_size(args.input_size)

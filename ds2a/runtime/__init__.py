@@ -17,17 +17,39 @@ BACKENDS: Dict[str, Tuple[str, str]] = {
     "tensorrt": ("ds2a.runtime.tensorrt_backend", "TensorRTSegmenter"),
     "onnxruntime": ("ds2a.runtime.onnxruntime_backend", "OnnxRuntimeSegmenter"),
     "pytorch": ("ds2a.runtime.torch_backend", "TorchSegmenter"),
+    "triton": ("ds2a.runtime.triton_backend", "TritonSegmenter"),  # a URL, not a file
 }
 ALIASES: Dict[str, str] = {"trt": "tensorrt", "ort": "onnxruntime", "onnx": "onnxruntime",
                            "torch": "pytorch", "pt": "pytorch"}
 SUFFIXES: Dict[str, str] = {".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt",
                             ".onnx": "onnxruntime", ".pt": "pytorch", ".pth": "pytorch"}
 
-__all__ = ["open_model", "backend_for", "Segmenter", "InferResult", "BACKENDS", "SUFFIXES"]
+# URL schemes served by a model server: triton:// (gRPC), triton+http:// (ds2a/serve/protocol.py)
+URL_SCHEMES: Dict[str, str] = {"triton://": "triton", "triton+grpc://": "triton", "triton+http://": "triton"}
+
+__all__ = ["open_model", "backend_for", "Segmenter", "InferResult", "BACKENDS", "SUFFIXES", "ModelUnavailable"]
+
+
+class ModelUnavailable(UserError):
+    """A served model is away (server down, network gone): the frame was not inspected.
+
+    The inspection loop records such frames as dropped and not inspected and carries on; the
+    backend reconnects by itself. Elsewhere (eval, bench) it ends the run with this message.
+    """
+
+
+def _url_backend(path: str) -> Optional[str]:
+    low = str(path).lower()
+    return next((name for scheme, name in URL_SCHEMES.items() if low.startswith(scheme)), None)
 
 
 def backend_for(path: str, backend: Optional[str] = None) -> str:
     """The backend name for a file: the one asked for, else the one its suffix implies."""
+    served = _url_backend(path)
+    if served:
+        if backend and ALIASES.get(backend.lower(), backend.lower()) != served:
+            raise UserError(f"{path} is a {served} server URL; drop --backend {backend}")
+        return served
     if backend:
         name = ALIASES.get(backend.lower(), backend.lower())
         if name not in BACKENDS:
@@ -47,7 +69,7 @@ def backend_for(path: str, backend: Optional[str] = None) -> str:
 def open_model(path: str, backend: Optional[str] = None, **options: Any) -> Segmenter:
     """Load a model file into the matching `Segmenter`; options go to the backend's constructor."""
     name = backend_for(path, backend)
-    if not os.path.isfile(path):
+    if name != "triton" and not os.path.isfile(path):
         hint = {"tensorrt": "build one with `ds2a build-engine MODEL.onnx --out MODEL.engine`",
                 "onnxruntime": "export one with `ds2a export CHECKPOINT.pt --out MODEL.onnx`",
                 "pytorch": "train one with `ds2a train` or use ds2a/assets/demo/ds2a_tiny_synth.pt"}[name]
@@ -58,6 +80,7 @@ def open_model(path: str, backend: Optional[str] = None, **options: Any) -> Segm
     except ImportError as exc:
         need = {"tensorrt": "TensorRT Python bindings and cuda-python (pip install 'ds2a-edge[trt]')",
                 "onnxruntime": "onnxruntime (pip install onnxruntime)",
-                "pytorch": "PyTorch (pip install 'ds2a-edge[train]')"}[name]
+                "pytorch": "PyTorch (pip install 'ds2a-edge[train]')",
+                "triton": "tritonclient (pip install 'tritonclient[grpc,http]')"}[name]
         raise UserError(f"the {name} backend for {path} needs {need}: {exc}") from None
     return getattr(module, class_name)(str(path), **options)

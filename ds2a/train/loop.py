@@ -214,6 +214,10 @@ class Trainer:
         except UserError as exc:
             raise UserError(f"{exc} (needed for evaluation every {cfg.eval_every} iterations; "
                             "pass --eval-every 0 to train without evaluation)") from None
+        if self.eval_set is not None and not any((self.eval_set[i].mask != 255).any() for i in range(len(self.eval_set))):
+            raise UserError(f"every mask pixel of the '{cfg.eval_split}' split of '{cfg.data}' is 255 (ignore), so "
+                            "evaluation would score nothing; fix the masks, choose another --eval-split, "
+                            "or pass --eval-every 0")
         classes = list(self.train_set.classes)
         k = cfg.num_classes or len(classes)
         if k != len(classes):

@@ -1,0 +1,233 @@
+"""Host one ds2a model on a real Triton Inference Server through NVIDIA's PyTriton.
+
+PyTriton runs the bundled `tritonserver` binary (HTTP, gRPC, Prometheus metrics, dynamic
+batching) and hands each batch Triton forms to a Python function in this process; that function
+runs our own runtime (`open_model`: ONNX Runtime, TensorRT or PyTorch), one loaded copy per
+Triton model instance. The model's metadata rides along as model-config parameters
+(ds2a/serve/protocol.py), so a station needs no model file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sysconfig
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from ..errors import UserError
+from ..meta import file_sha256
+from ..runtime import Segmenter
+from . import protocol
+
+MISSING = "ds2a serve needs NVIDIA PyTriton: pip install 'ds2a-edge[serve]' (x86_64 or aarch64 Linux, glibc 2.35+)"
+
+
+@dataclass
+class ServeOptions:
+    """What `ds2a serve` was asked for (the CLI options, one field each)."""
+
+    name: str = "ds2a"
+    host: str = "0.0.0.0"
+    http_port: int = protocol.HTTP_PORT
+    grpc_port: int = protocol.GRPC_PORT
+    metrics_port: int = protocol.METRICS_PORT
+    max_batch: int = 8
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+    threads: int = 0  # intra-op threads per instance (ONNX Runtime / PyTorch); 0 = backend default
+    device: Optional[str] = None
+    backend: Optional[str] = None
+    verbose: bool = False
+
+
+def libpython_first() -> None:
+    """Put this interpreter's own libpython first on LD_LIBRARY_PATH for the processes PyTriton spawns.
+
+    Triton's Python-backend stub links libpython dynamically; with a pyenv (or any non-system)
+    interpreter it would otherwise load the system's libpython of another patch release and the
+    model fails to initialise. PyTriton copies os.environ when it starts the server, so setting it
+    here, before the start, is enough.
+    """
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if not libdir or not os.path.isdir(libdir):
+        return
+    parts = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != libdir]
+    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir] + parts)
+
+
+def check_ports(host: str, ports: Dict[str, int]) -> None:
+    """Refuse a port that is out of range, given twice, or already in use, before anything starts."""
+    seen: Dict[int, str] = {}
+    for option, port in ports.items():
+        if not 1 <= port <= 65535:
+            raise UserError(f"{option} {port} is not a TCP port; give 1-65535")
+        if port in seen:
+            raise UserError(f"{option} {port} is also {seen[port]}; give each endpoint its own port")
+        seen[port] = option
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # like Triton: TIME_WAIT is no conflict
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                raise UserError(f"{option} {port}: cannot listen on {host}:{port} ({exc.strerror}); another "
+                                f"server uses it: stop it or pick a free port with {option}") from None
+
+
+def load_instances(path: str, opts: ServeOptions) -> List[Segmenter]:
+    """One loaded, warmed-up and output-checked model per Triton instance (a model that fails is refused)."""
+    from ..runtime import backend_for, open_model
+
+    backend = backend_for(path, opts.backend)
+    if backend == "triton":
+        raise UserError(f"{path} is a Triton URL; `ds2a serve` hosts a model file (.onnx, .engine, .pt)")
+    options: Dict[str, Any] = {}
+    if opts.threads:
+        if backend not in ("onnxruntime", "pytorch"):
+            raise UserError(f"--threads applies to ONNX Runtime and PyTorch models; {path} runs on {backend}")
+        options["intra_op_threads" if backend == "onnxruntime" else "threads"] = opts.threads
+    if opts.device:
+        options["device"] = opts.device
+    models: List[Segmenter] = []
+    try:
+        for _ in range(opts.instances):
+            model = open_model(path, backend=backend, **options)
+            models.append(model)
+            model.warmup(1)
+    except BaseException:
+        for m in models:
+            m.close()
+        raise
+    return models
+
+
+def model_parameters(path: str, model: Segmenter) -> Dict[str, str]:
+    """The model-config parameters a station reads: metadata JSON, source file, its sha256, precision."""
+    from ..bench.command import guess_precision
+
+    return {protocol.META_PARAM: model.meta.to_json(), protocol.SOURCE_PARAM: os.path.basename(path),
+            protocol.SHA_PARAM: file_sha256(path), protocol.PRECISION_PARAM: guess_precision(path, model.meta),
+            "ds2a_backend": model.backend}
+
+
+def infer_function(model: Segmenter) -> Callable[..., Dict[str, np.ndarray]]:
+    """The batch function Triton calls for one instance: uint8 (N,H,W,3) frames -> uint8 (N,H,W) class maps."""
+    from pytriton.decorators import batch
+
+    @batch
+    def infer(**inputs: np.ndarray) -> Dict[str, np.ndarray]:
+        results = model.infer_batch(inputs[protocol.INPUT])
+        return {protocol.CLASS_MAP: np.stack([r.class_map for r in results])}
+
+    return infer
+
+
+class Server:
+    """A running Triton hosting one ds2a model; `start()` returns once it is ready, `stop()` ends it."""
+
+    def __init__(self, path: str, opts: ServeOptions) -> None:
+        try:
+            import pytriton  # noqa: F401
+        except ImportError as exc:
+            raise UserError(f"{MISSING} ({exc})") from None
+        if opts.max_batch < 1:
+            raise UserError(f"--max-batch {opts.max_batch}: give at least 1")
+        if opts.instances < 1:
+            raise UserError(f"--instances {opts.instances}: give at least 1")
+        if opts.max_queue_delay_us < 0:
+            raise UserError(f"--max-queue-delay-us {opts.max_queue_delay_us}: give 0 or more")
+        if not opts.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise UserError(f"--name '{opts.name}': use letters, digits, '.', '_' and '-' only")
+        self.path, self.opts = str(path), opts
+        check_ports(opts.host, {"--http-port": opts.http_port, "--grpc-port": opts.grpc_port,
+                                "--metrics-port": opts.metrics_port})
+        self.models = load_instances(self.path, opts)
+        self.parameters = model_parameters(self.path, self.models[0])
+        self._triton: Any = None
+
+    @property
+    def meta(self) -> Any:
+        return self.models[0].meta
+
+    def start(self) -> None:
+        from pytriton.exceptions import PyTritonError
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+
+        o = self.opts
+        libpython_first()
+        if not o.verbose:
+            logging.getLogger("pytriton").setLevel(logging.ERROR)
+        config = TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host,
+                              grpc_port=o.grpc_port, metrics_address=o.host, metrics_port=o.metrics_port,
+                              allow_cpu_metrics=True, exit_timeout_secs=5, log_verbose=1 if o.verbose else 0)
+        h, w = self.models[0].input_size
+        triton = Triton(config=config)
+        self._triton = triton
+        server = getattr(triton, "_triton_server", None)
+        if server is not None and hasattr(server, "_verbose"):
+            server._verbose = o.verbose  # PyTriton echoes Triton's whole log to stdout by default
+        try:
+            triton.bind(
+                model_name=o.name, infer_func=[infer_function(m) for m in self.models],
+                inputs=[Tensor(name=protocol.INPUT, dtype=np.uint8, shape=(h, w, 3))],
+                outputs=[Tensor(name=protocol.CLASS_MAP, dtype=np.uint8, shape=(h, w))],
+                config=ModelConfig(max_batch_size=o.max_batch,
+                                   batcher=DynamicBatcher(max_queue_delay_microseconds=o.max_queue_delay_us)),
+                strict=True)
+            for model in triton._model_manager.models:  # PyTriton has no public hook for config parameters
+                model._get_triton_model_config().backend_parameters.update(self.parameters)
+            triton.run()
+        except PyTritonError as exc:
+            self.stop()
+            raise UserError(f"Triton did not start for {self.path}: {exc}; rerun with --verbose for the server log") from None
+
+    def alive(self) -> bool:
+        return self._triton is not None and self._triton.is_alive()
+
+    def stop(self) -> None:
+        if self._triton is not None:
+            triton, self._triton = self._triton, None
+            triton.stop()
+        for m in self.models:
+            m.close()
+        self.models = []
+
+    def wait(self, stop: threading.Event, poll_s: float = 1.0) -> bool:
+        """Serve until `stop` is set (True) or the server dies (False)."""
+        while not stop.wait(poll_s):
+            if not self.alive():
+                return False
+        return True
+
+
+def serve_forever(path: str, opts: ServeOptions, log: Callable[[str], None] = print) -> int:
+    """`ds2a serve`: start, say where, serve until Ctrl-C / SIGTERM, stop cleanly (exit 0; 1 if it died)."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = Server(path, opts)
+    try:
+        server.start()
+        h, w = server.models[0].input_size
+        host = "HOST" if opts.host in ("0.0.0.0", "::") else opts.host
+        log(f"serving {path} as '{opts.name}' ({server.meta.arch} {h}x{w} "
+            f"{server.parameters[protocol.PRECISION_PARAM]}, {server.models[0].backend} x{opts.instances}, "
+            f"max batch {opts.max_batch}, queue delay {opts.max_queue_delay_us} us)")
+        log(f"  stations: --model triton://{host}:{opts.grpc_port}/{opts.name}   "
+            f"or triton+http://{host}:{opts.http_port}/{opts.name}")
+        log(f"  health:   http://{host}:{opts.http_port}/v2/health/ready   "
+            f"metrics: http://{host}:{opts.metrics_port}/metrics")
+        log("ready (Ctrl-C or SIGTERM stops it)")
+        ok = server.wait(stop)
+        if not ok:
+            log("error: the Triton server stopped unexpectedly; rerun with --verbose for its log")
+        return 0 if ok else 1
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log("stopped")

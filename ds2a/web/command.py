@@ -1,0 +1,43 @@
+"""`ds2a web`: serve an inspection database as the operator's page, read-only.
+
+examples:
+  ds2a web runs/demo/inspect.sqlite                                   # http://127.0.0.1:8080/
+  ds2a web /var/lib/ds2a/inspect.sqlite --bind 0.0.0.0:8080 --token "$DS2A_WEB_TOKEN"
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (__doc__ or "").split("\n\n")[0]
+    p.epilog = "\n".join((__doc__ or "").split("\n")[2:])
+    p.add_argument("db", help="the SQLite file written by `ds2a inspect --db` (opened read-only)")
+    p.add_argument("--bind", default="127.0.0.1:8080", metavar="HOST:PORT", help="where to listen (default "
+                   "127.0.0.1:8080, this machine only)")
+    p.add_argument("--token", "--web-token", dest="token", default=os.environ.get("DS2A_WEB_TOKEN"),
+                   help="required to listen beyond 127.0.0.1; viewers open /?token=TOKEN once "
+                   "(default: $DS2A_WEB_TOKEN)")
+    p.add_argument("--insecure", "--web-insecure", dest="insecure", action="store_true",
+                   help="listen beyond 127.0.0.1 without a token (closed networks only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import data
+    from .server import Site, _aiohttp, check_exposure, make_app, parse_bind, url_for
+
+    host, port = parse_bind(args.bind)
+    check_exposure(host, port, args.token, args.insecure)
+    data.open_readonly(args.db).close()  # refuse a missing, foreign or damaged file before listening
+    web = _aiohttp()
+    app = make_app(Site(args.db), args.token)
+    print(f"serving {args.db} (read-only) on {url_for(host, port)}" + (" (token required)" if args.token else ""),
+          flush=True)
+    try:
+        web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+    except OSError as exc:
+        raise UserError(f"--bind {args.bind}: cannot listen: {exc.strerror or exc}; pick another HOST:PORT") from None
+    return 0

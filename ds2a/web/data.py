@@ -1,0 +1,116 @@
+"""Read-only queries behind the page; the counts come from `ds2a report`'s own summarise()."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any, Dict, List, Optional
+
+from ..errors import UserError
+from ..inspect.records import connect
+from ..inspect.report_cmd import summarise
+
+STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
+def open_readonly(path: str) -> sqlite3.Connection:
+    """The records opened with mode=ro (never written, not even marked); UserError when unusable."""
+    con = connect(path, create=False, readonly=True)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def runs(con: sqlite3.Connection, limit: int = 200) -> List[Dict[str, Any]]:
+    rows = con.execute("SELECT r.id, r.started_at, r.status, r.source, r.model, "
+                       "(SELECT COUNT(*) FROM verdicts v WHERE v.run_id=r.id) AS parts "
+                       "FROM runs r ORDER BY r.id DESC LIMIT ?", (limit,)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def pick_run(con: sqlite3.Connection, run: Optional[str], path: str) -> Optional[int]:
+    """The run asked for (?run=N), else the latest; None when the database has no runs yet."""
+    if run:
+        try:
+            run_id = int(run)
+        except ValueError:
+            raise UserError(f"run '{run}' is not a run number") from None
+        if con.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone() is None:
+            raise UserError(f"run {run_id} is not in {path}")
+        return run_id
+    row = con.execute("SELECT MAX(id) FROM runs").fetchone()
+    return None if row[0] is None else int(row[0])
+
+
+def summary(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
+    """Exactly `ds2a report`'s numbers."""
+    return summarise(con, run_id)
+
+
+def interval_for(span_s: float, buckets: int = 30) -> int:
+    """A round interval (1 s ... 1 day) that cuts the run into at most about `buckets` bars."""
+    for step in STEPS_S:
+        if span_s / step <= buckets:
+            return step
+    return STEPS_S[-1]
+
+
+def trend(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
+    """Parts, pass rate and defect regions per class per interval, aggregated in SQL."""
+    t0, t1 = con.execute("SELECT MIN(t), MAX(t) FROM frames WHERE run_id=?", (run_id,)).fetchone()
+    if t0 is None:
+        return {"interval_s": 1, "t0": 0.0, "n": 0, "parts": [], "passed": [], "pass_rate": [], "defects": {}}
+    step = interval_for(t1 - t0)
+    n = int((t1 - t0) // step) + 1
+    parts, passed = [0] * n, [0] * n
+    for b, total, ok in con.execute(
+            "SELECT CAST((t_end - ?) / ? AS INTEGER) AS b, COUNT(*), SUM(verdict='PASS') FROM verdicts "
+            "WHERE run_id=? GROUP BY b", (t0, step, run_id)):
+        b = min(max(int(b), 0), n - 1)
+        parts[b] += total
+        passed[b] += ok or 0
+    defects: Dict[str, List[int]] = {}
+    for b, name, count in con.execute(
+            "SELECT CAST((f.t - ?) / ? AS INTEGER) AS b, d.class_name, COUNT(*) FROM defects d "
+            "JOIN frames f ON f.id=d.frame_id WHERE d.run_id=? GROUP BY b, d.class_name", (t0, step, run_id)):
+        defects.setdefault(str(name), [0] * n)[min(max(int(b), 0), n - 1)] += count
+    rate = [None if p == 0 else ok / p for ok, p in zip(passed, parts)]
+    return {"interval_s": step, "t0": t0, "n": n, "parts": parts, "passed": passed, "pass_rate": rate,
+            "defects": dict(sorted(defects.items()))}
+
+
+def failures(con: sqlite3.Connection, run_id: int, limit: int = 24) -> List[Dict[str, Any]]:
+    """The most recent FAIL frames, newest first."""
+    rows = con.execute("SELECT id, seq, t, part_id, reasons, n_defects, image_path, raw_path FROM frames "
+                       "WHERE run_id=? AND verdict='FAIL' ORDER BY id DESC LIMIT ?", (run_id, limit)).fetchall()
+    return [{**dict(r), "reasons": json.loads(r["reasons"] or "[]")} for r in rows]
+
+
+def failure(con: sqlite3.Connection, frame_id: int) -> Optional[Dict[str, Any]]:
+    """One frame and its defect regions, or None."""
+    row = con.execute("SELECT * FROM frames WHERE id=?", (frame_id,)).fetchone()
+    if row is None:
+        return None
+    defects = [dict(d) for d in con.execute(
+        "SELECT class_name, area_px, area_mm2, x, y, w, h, confidence FROM defects WHERE frame_id=? ORDER BY id",
+        (frame_id,))]
+    return {**dict(row), "reasons": json.loads(row["reasons"] or "[]"), "defects": defects}
+
+
+def image_file(con: sqlite3.Connection, frame_id: int, kind: str, db_path: str) -> Optional[str]:
+    """The saved image of a frame; only paths the records hold are ever served. A relative path is taken
+    from the current folder, else from the database's folder or one above it (where `ds2a inspect` ran)."""
+    column = {"annotated": "image_path", "raw": "raw_path"}.get(kind)
+    if column is None:
+        return None
+    row = con.execute(f"SELECT {column} FROM frames WHERE id=?", (frame_id,)).fetchone()
+    if row is None or not row[0]:
+        return None
+    path = str(row[0])
+    bases, here = [""], os.path.dirname(os.path.abspath(db_path))
+    for _ in range(4):
+        bases.append(here)
+        here = os.path.dirname(here)
+    for base in bases if not os.path.isabs(path) else [""]:
+        if os.path.isfile(os.path.join(base, path)):
+            return os.path.join(base, path)
+    return None

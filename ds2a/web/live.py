@@ -1,0 +1,79 @@
+"""The live view: the Publisher's observer keeps a reference to the newest result; the picture is drawn
+and JPEG-encoded only when a viewer asks for it, on the web server's thread, so the loop pays nothing
+for the page (see benchmarks/results/web.md)."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import cv2
+
+
+class LiveView:
+    """`publish(res, closed)` from the output thread; `jpeg()` and `state()` from the web thread."""
+
+    def __init__(self, renderer: Any, max_width: int = 960, quality: int = 80) -> None:
+        self.renderer, self.max_width, self.quality = renderer, int(max_width), int(quality)
+        self._lock = threading.Lock()
+        self._res: Any = None
+        self._jpeg: Tuple[int, Optional[bytes]] = (-1, None)
+        self._render_lock = threading.Lock()  # one drawing at a time, however many viewers
+        self.running = True
+        self.parts = self.failed = self.frames = 0
+        self.last_part: Dict[str, Any] = {}
+        self._fps = 0.0
+        self._t_prev = 0.0
+        self.viewers_last = 0.0  # monotonic time of the last picture served
+
+    def publish(self, res: Any, closed: List[Any]) -> None:
+        with self._lock:
+            if res is not None:
+                now = time.monotonic()
+                if self._t_prev:
+                    inst = 1.0 / max(now - self._t_prev, 1e-6)
+                    self._fps = inst if not self._fps else 0.9 * self._fps + 0.1 * inst
+                self._t_prev = now
+                self._res = res
+                self.frames += 1
+            for pv in closed:
+                self.parts += 1
+                self.failed += 0 if pv.passed else 1
+                self.last_part = {"part_id": pv.part_id, "verdict": pv.verdict, "reasons": list(pv.reasons)}
+
+    def close(self) -> None:
+        self.running = False
+
+    def state(self) -> Dict[str, Any]:
+        with self._lock:
+            res = self._res
+            return {
+                "running": self.running, "seq": -1 if res is None else res.seq, "frames": self.frames,
+                "verdict": None if res is None else res.verdict, "part_id": None if res is None else res.frame.part_id,
+                "reasons": [] if res is None else list(res.reasons), "fps": round(self._fps, 1),
+                "parts": self.parts, "pass": self.parts - self.failed, "fail": self.failed,
+                "last_part": dict(self.last_part),
+            }
+
+    def jpeg(self) -> Optional[bytes]:
+        """The newest annotated frame as JPEG (cached per frame); None before the first frame."""
+        with self._render_lock:
+            with self._lock:
+                res = self._res
+                seq, cached = self._jpeg
+            if res is None:
+                return None
+            self.viewers_last = time.monotonic()
+            if seq == res.seq and cached is not None:
+                return cached
+            image = self.renderer.render(res.frame.image, res.class_map, res.passed, res.reasons, res.defects,
+                                         self._fps or None, res.frame.part_id, res.roi)
+            h, w = image.shape[:2]
+            if w > self.max_width:
+                image = cv2.resize(image, (self.max_width, int(round(h * self.max_width / w))),
+                                   interpolation=cv2.INTER_AREA)
+            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+            data = buf.tobytes() if ok else None
+            with self._lock:
+                self._jpeg = (res.seq, data)
+            return data

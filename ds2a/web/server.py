@@ -1,0 +1,261 @@
+"""The aiohttp application: the page, charts, saved images, JSON for the live view; token check; binding.
+
+The database is opened read-only (sqlite mode=ro) once per server and only read. Listening
+beyond this machine needs a token (or an explicit --web-insecure): stations sit on plant networks.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import os
+import sqlite3
+import threading
+import urllib.parse
+from typing import Any, Dict, Optional, Tuple
+
+from ..errors import UserError
+from . import data, page
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+COOKIE = "ds2a_token"
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+}
+MIN_TOKEN = 12
+
+
+def _aiohttp() -> Any:
+    try:
+        from aiohttp import web
+    except ImportError:
+        raise UserError("the web page needs aiohttp and matplotlib: pip install 'ds2a-edge[web]'") from None
+    return web
+
+
+def parse_bind(text: str, flag: str = "--bind") -> Tuple[str, int]:
+    """'HOST:PORT' (IPv6 as [::1]:8080; port 0 picks a free one) -> (host, port); UserError otherwise."""
+    parts = urllib.parse.urlsplit("//" + str(text).strip())
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None or parts.path or parts.query or parts.username:
+        raise UserError(f"{flag} {text}: give HOST:PORT, for example 127.0.0.1:8080 (or [::1]:8080)")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, port: int, token: Optional[str], insecure: bool, flag: str = "--bind") -> None:
+    """A page reachable from the plant network needs a token, or the user's explicit --web-insecure."""
+    if token is not None and len(token) < MIN_TOKEN:
+        raise UserError(f"--web-token: use at least {MIN_TOKEN} characters (for example the output of "
+                        "`python -c 'import secrets; print(secrets.token_urlsafe(16))'`)")
+    if not is_loopback(host) and not token and not insecure:
+        raise UserError(f"{flag} {host}:{port} listens beyond this machine: give --web-token TOKEN (viewers open "
+                        f"http://{host}:{port}/?token=TOKEN once) or, on a closed network, --web-insecure; or bind "
+                        f"127.0.0.1:{port}")
+
+
+class Site:
+    """The state the handlers share: the read-only connection, the live view, a chart cache."""
+
+    def __init__(self, db: Optional[str], live: Any = None) -> None:
+        self.db, self.live = db, live
+        self._con: Optional[sqlite3.Connection] = None
+        self._charts: Dict[Tuple[Any, ...], bytes] = {}
+        self._lock = threading.Lock()  # handlers run on one loop, charts on executor threads
+
+    def con(self) -> Optional[sqlite3.Connection]:
+        if self.db is None:
+            return None
+        if self._con is None:
+            if not os.path.isfile(self.db):
+                return None
+            self._con = data.open_readonly(self.db)
+        return self._con
+
+    def chart(self, name: str, run_id: int) -> bytes:
+        from . import charts
+
+        with self._lock:
+            con = self.con()
+            assert con is not None
+            mark = con.execute("SELECT (SELECT COUNT(*) FROM verdicts WHERE run_id=?), (SELECT MAX(id) FROM "
+                               "frames WHERE run_id=?)", (run_id, run_id)).fetchone()
+            key = (name, run_id, mark[0], mark[1])
+            if key not in self._charts:
+                trend = data.trend(con, run_id)
+                draw = charts.pass_rate_svg if name == "pass_rate" else charts.defects_svg
+                self._charts = {k: v for k, v in self._charts.items() if k[:2] != key[:2]}
+                self._charts[key] = draw(trend)
+            return self._charts[key]
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def make_app(site: Site, token: Optional[str] = None) -> Any:
+    web = _aiohttp()
+
+    @web.middleware
+    async def guard(request: Any, handler: Any) -> Any:
+        if token:
+            given = request.query.get("token")
+            if given is not None and hmac.compare_digest(given.encode(), token.encode()):
+                query = {k: v for k, v in request.query.items() if k != "token"}
+                target = request.path + ("?" + urllib.parse.urlencode(query) if query else "")
+                resp = web.HTTPFound(target)
+                resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+                raise resp
+            auth = request.headers.get("Authorization", "")
+            supplied = request.cookies.get(COOKIE) or (auth[7:] if auth.startswith("Bearer ") else "")
+            if not hmac.compare_digest(supplied.encode(), token.encode()):
+                return web.Response(status=401, content_type="text/html", headers=HEADERS,
+                                    text=page.message_page("ds2a station: token needed",
+                                                           "Open this page with ?token=YOUR_TOKEN once."))
+        try:
+            resp = await handler(request)
+        except UserError as exc:
+            resp = web.Response(status=404, content_type="text/html", text=page.message_page("not found", str(exc)))
+        except sqlite3.Error as exc:
+            resp = web.Response(status=503, content_type="text/html",
+                                text=page.message_page("database busy", f"{site.db}: {exc}; reload in a moment"))
+        for k, v in HEADERS.items():
+            resp.headers.setdefault(k, v)
+        return resp
+
+    def _run(con: sqlite3.Connection, request: Any) -> Optional[int]:
+        return data.pick_run(con, request.query.get("run"), site.db or "")
+
+    async def index(request: Any) -> Any:
+        con = site.con()
+        if con is None:
+            return web.Response(content_type="text/html", text=page.overview(site.db, [], None, None, [],
+                                                                            site.live is not None))
+        run_id = _run(con, request)
+        s = data.summary(con, run_id) if run_id is not None else None
+        fails = data.failures(con, run_id) if run_id is not None else []
+        return web.Response(content_type="text/html", text=page.overview(site.db, data.runs(con), run_id, s, fails,
+                                                                        site.live is not None))
+
+    async def summary(request: Any) -> Any:
+        con = site.con()
+        run_id = _run(con, request) if con is not None else None
+        if run_id is None:
+            return web.json_response({"run": None})
+        return web.json_response(data.summary(con, run_id))
+
+    async def failure(request: Any) -> Any:
+        con = site.con()
+        f = data.failure(con, int(request.match_info["frame"])) if con is not None else None
+        if f is None:
+            raise UserError(f"frame {request.match_info['frame']} is not in the records")
+        return web.Response(content_type="text/html", text=page.failure_page(f))
+
+    async def image(request: Any) -> Any:
+        con = site.con()
+        path = data.image_file(con, int(request.match_info["frame"]), request.match_info["kind"], site.db or "") \
+            if con is not None else None
+        if path is None:
+            raise UserError("that image is not in the records or its file is gone")
+        return web.FileResponse(path, headers={"Cache-Control": "max-age=3600"})
+
+    async def chart(request: Any) -> Any:
+        con = site.con()
+        run_id = _run(con, request) if con is not None else None
+        if run_id is None or request.match_info["name"] not in ("pass_rate", "defects"):
+            raise UserError("no such chart")
+        svg = await asyncio.get_running_loop().run_in_executor(None, site.chart, request.match_info["name"], run_id)
+        return web.Response(body=svg, content_type="image/svg+xml")
+
+    async def live_state(_request: Any) -> Any:
+        if site.live is None:
+            raise UserError("no live view: this server only shows records (use ds2a inspect --web)")
+        return web.json_response(site.live.state())
+
+    async def live_jpeg(_request: Any) -> Any:
+        if site.live is None:
+            raise UserError("no live view")
+        jpeg = await asyncio.get_running_loop().run_in_executor(None, site.live.jpeg)
+        if jpeg is None:
+            return web.Response(status=503, text="no frame yet")
+        return web.Response(body=jpeg, content_type="image/jpeg")
+
+    async def static(request: Any) -> Any:
+        name = request.match_info["name"]
+        if name not in ("page.js", "page.css"):
+            raise UserError("no such file")
+        return web.FileResponse(os.path.join(STATIC, name), headers={"Cache-Control": "max-age=300"})
+
+    app = web.Application(middlewares=[guard])
+    app.router.add_get("/", index)
+    app.router.add_get("/api/summary", summary)
+    app.router.add_get(r"/failure/{frame:\d+}", failure)
+    app.router.add_get(r"/image/{frame:\d+}/{kind:annotated|raw}", image)
+    app.router.add_get(r"/chart/{name}.svg", chart)
+    app.router.add_get("/api/live", live_state)
+    app.router.add_get("/live.jpg", live_jpeg)
+    app.router.add_get(r"/static/{name}", static)
+    app.on_cleanup.append(lambda _app: _close(site))
+    return app
+
+
+async def _close(site: Site) -> None:
+    site.close()
+
+
+class BackgroundServer:
+    """The app on its own thread and event loop, beside `ds2a inspect`; start() fails (UserError) if the
+    address cannot be bound, before the run begins."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        self.app, self.host, self.port = app, host, port
+        self.loop = asyncio.new_event_loop()
+        self._runner: Any = None
+        self._thread = threading.Thread(target=self.loop.run_forever, name="web", daemon=True)
+
+    async def _start(self) -> int:
+        web = _aiohttp()
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        return int(site._server.sockets[0].getsockname()[1])  # the real port when 0 was asked
+
+    def start(self) -> int:
+        self._thread.start()
+        try:
+            self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(15)
+        except OSError as exc:
+            self.stop()
+            raise UserError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}; pick another "
+                            "HOST:PORT") from None
+        return self.port
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(5)
+            except Exception:  # noqa: BLE001 - shutting down: nothing left to tell the user
+                pass
+            self._runner = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+def url_for(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
