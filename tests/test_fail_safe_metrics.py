@@ -114,6 +114,13 @@ def test_a_reordered_class_list_is_refused(synth: Path) -> None:
         evaluate(_Oracle(ds, swapped), ds)
 
 
+@pytest.mark.parametrize("kw", [dict(batch_size=-3), dict(batch_size=0), dict(limit=-1)])
+def test_a_batch_size_or_limit_that_scores_nothing_is_refused(synth: Path, kw: dict) -> None:
+    ds = open_dataset(synth, "test")
+    with pytest.raises(UserError, match="must be at least 1"):
+        evaluate(_Oracle(ds, ds.classes), ds, **kw)
+
+
 def test_class_ids_outside_the_class_list_are_refused(synth: Path, tmp_path: Path, capsys) -> None:
     ds = open_dataset(synth, "test")
     for name in ds.names:

@@ -86,10 +86,17 @@ def test_video_sink_keeps_the_first_size_and_image_folder_numbers_files(tmp_path
     cap = cv2.VideoCapture(str(tmp_path / "out.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 64
     cap.release()
-    s = ImageFolderSink(str(tmp_path / "imgs"))
+    first = ImageFolderSink(str(tmp_path / "imgs"))
     for _ in range(3):
-        s.write(np.zeros((8, 8, 3), np.uint8))
-    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["000000.jpg", "000001.jpg", "000002.jpg"]
+        first.write(np.zeros((8, 8, 3), np.uint8))
+    names = sorted(p.name for p in (tmp_path / "imgs").iterdir())
+    assert names == [f"{first.run_tag}_{i:06d}.jpg" for i in range(3)]
+    second = ImageFolderSink(str(tmp_path / "imgs"))  # a second run into the same folder
+    second.run_tag = first.run_tag  # even with the same tag (same second, same random) nothing is replaced
+    before = (tmp_path / "imgs" / names[0]).read_bytes()
+    with pytest.raises(UserError, match="cannot write"):
+        second.write(np.full((8, 8, 3), 255, np.uint8))
+    assert (tmp_path / "imgs" / names[0]).read_bytes() == before
 
 
 def test_run_outputs_are_checked_against_the_inputs_before_the_run(tmp_path):

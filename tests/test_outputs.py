@@ -187,13 +187,19 @@ def test_commands_refuse_an_output_that_is_an_input(files, capsys):
              "same file as the input --source", capsys)
     _refused(["inspect", "--model", str(model), "--db", str(d / "x.mp4"), "--output", str(d / "x.mp4"),
               "--headless"], "same file as --db", capsys)
-    ckpt = d / "ckpt.pt"
+    assert model.read_bytes() == before and clip.read_bytes() == b"video"
+
+
+def test_training_side_commands_refuse_an_output_that_is_an_input(tmp_path, capsys):
+    pytest.importorskip("torch")
+    ckpt = tmp_path / "ckpt.pt"
     ckpt.write_bytes(b"checkpoint")
-    os.link(ckpt, d / "ckpt.onnx")
-    _refused(["export", str(ckpt), "--out", str(d / "ckpt.onnx")], "same file as the input CHECKPOINT", capsys)
-    _refused(["convert-official", str(ckpt), str(d / "ckpt.onnx"), "--arch", "r18"], "same file as the input INPUT",
+    os.link(ckpt, tmp_path / "ckpt.onnx")
+    _refused(["export", str(ckpt), "--out", str(tmp_path / "ckpt.onnx")], "same file as the input CHECKPOINT",
              capsys)
-    assert model.read_bytes() == before and clip.read_bytes() == b"video" and ckpt.read_bytes() == b"checkpoint"
+    _refused(["convert-official", str(ckpt), str(tmp_path / "ckpt.onnx"), "--arch", "r18"],
+             "same file as the input INPUT", capsys)
+    assert ckpt.read_bytes() == b"checkpoint"
 
 
 def test_unwritable_outputs_are_found_before_the_model_is_opened(files, capsys):

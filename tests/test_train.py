@@ -183,6 +183,18 @@ def test_an_all_ignore_eval_split_is_refused_before_training(tmp_path: Path) -> 
         Trainer(_cfg(tmp_path / "d", tmp_path / "out", eval_every=1))
 
 
+def test_resume_on_a_dataset_with_reordered_classes_is_refused(synth: Path, tmp_path: Path) -> None:
+    import shutil
+
+    train(_cfg(synth, tmp_path / "run", iters=1))
+    data = tmp_path / "swapped"
+    shutil.copytree(synth, data)
+    names = ["background", "damage", "smudge", "dust"]  # M-BSD's, what the synthetic set uses
+    (data / "classes.txt").write_text("\n".join([names[0], names[2], names[1], names[3]]) + "\n")
+    with pytest.raises(UserError, match="was trained with classes"):
+        Trainer(_cfg(data, tmp_path / "run", resume=True, iters=2))
+
+
 def test_resume_with_a_damaged_training_state_is_one_clear_error(synth: Path, tmp_path: Path) -> None:
     from ds2a.model import build_model, save_checkpoint
 

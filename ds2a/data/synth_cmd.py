@@ -13,7 +13,6 @@ from ..errors import UserError
 from ..meta import MBSD_CLASSES, parse_size
 from .synth import write_dataset
 
-
 MAX_SIDE = 8192  # beyond this one image alone needs gigabytes
 
 

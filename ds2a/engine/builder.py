@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import UserError
 from ..meta import INPUT_NAME, ModelMeta, file_sha256
+from ..outputs import atomic_write
 from ..trt import platform
 from ..trt.features import TrtFeatures, detect_features, import_tensorrt
 from ..trt.sidecar import sidecar_path, write_sidecar
@@ -459,8 +460,8 @@ def _save_timing_cache(config: Any, path: str, log: Log) -> None:
         log(f"warning: TensorRT kept no timing cache; {path} not written")
         return
     try:
-        _write_atomic(path, bytes(cache.serialize()))
-    except OSError as exc:
+        _write_atomic(path, bytes(cache.serialize()), "timing cache")
+    except (OSError, UserError) as exc:
         log(f"warning: timing cache {path} not written ({exc})")
         return
     log(f"timing cache: saved {path} ({os.path.getsize(path)} bytes)")
@@ -579,11 +580,9 @@ def _parse(trt: Any, builder: Any, logger: Any, plan: PrecisionPlan, info: OnnxI
     return network, parser
 
 
-def _write_atomic(path: str, data: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(f"{path}.tmp", "wb") as f:
+def _write_atomic(path: str, data: Any, label: str) -> None:
+    with atomic_write(path, "wb", label=label) as f:
         f.write(data)
-    os.replace(f"{path}.tmp", path)
 
 
 def _device_info(index: int) -> Any:
@@ -601,7 +600,7 @@ def _device_info(index: int) -> Any:
 
 def _write_engine_and_sidecar(out_path: str, serialized: Any, record: Dict[str, Any]) -> str:
     """The engine and its sidecar land together: an engine without a sidecar is never left behind."""
-    _write_atomic(out_path, serialized)
+    _write_atomic(out_path, serialized, "engine")
     try:
         return write_sidecar(out_path, record)
     except BaseException:

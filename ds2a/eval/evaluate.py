@@ -36,9 +36,10 @@ def _check_model_classes(segmenter: Any, classes: Sequence[str]) -> None:
             f"has {len(classes)} ({', '.join(classes)}); evaluate on a dataset with the model's classes "
             "or train a model for this dataset with `ds2a train`")
     norm = [c.strip().lower() for c in classes]
-    if not model_classes or _placeholder_names(norm) or [c.strip().lower() for c in model_classes] == norm:
-        return
-    how = "in another order" if sorted(norm) == sorted(c.strip().lower() for c in model_classes) else "with other names"
+    model_norm = [c.strip().lower() for c in model_classes]
+    if not model_classes or _placeholder_names(norm) or _placeholder_names(model_norm) or model_norm == norm:
+        return  # invented names (class_1, ...) carry no order to compare
+    how = "in another order" if sorted(norm) == sorted(model_norm) else "with other names"
     raise UserError(
         f"the dataset lists its classes {how} than the model: dataset {', '.join(classes)} vs model "
         f"{', '.join(model_classes)}; scores would be reported under the wrong names. Fix the dataset's "
@@ -71,6 +72,8 @@ def evaluate(segmenter: Any, dataset: Any, batch_size: Optional[int] = None,
 
     Returns the metrics dict of `ConfusionMatrix.metrics` plus "num_images".
     """
+    if (batch_size is not None and batch_size < 1) or (limit is not None and limit < 1):
+        raise UserError(f"batch size {batch_size} / limit {limit}: both must be at least 1 when given")
     classes = _classes(dataset, None)
     _check_model_classes(segmenter, classes)
     n = len(dataset) if limit is None else min(limit, len(dataset))

@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..errors import UserError
+from ..web.station import add_arguments as add_station_arguments
+from ..web.station import station as open_station
 from .jsonl_out import JsonlOut
 from .loop import STAGES, InspectionLoop, LoopStats, clip_roi
 from .overlay import MODES, Renderer
@@ -56,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core; 1 can be "
                    "faster on a busy CPU)")
     p.add_argument("--fps", type=float, help="frame rate written into output videos (default: the source's, else 30)")
+    add_station_arguments(p)  # --web, --web-token, --web-insecure, --notify (ds2a/web/station.py)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -199,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     check_run_outputs(args.output, args.db, [("--model", args.model), ("--rules", args.rules),
                                              ("--source", args.source)])
     log = sys.stderr if args.jsonl else sys.stdout
+    station = open_station(args)  # --web/--notify checked before the model opens
     model = _open_model(args)
     classes = list(model.meta.classes)
     rules: Rules = load_rules(args.rules, classes, args.mm_per_pixel)
@@ -214,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
         tracker = PartTracker(rules, source.gives_parts, args.source)
         renderer = Renderer(classes, model.meta.palette, args.mode, args.alpha)
         publisher = Publisher(renderer, sinks, tracker, records, args.save_fail, jsonl)
+        if station is not None:
+            station.start(publisher, lambda: Renderer(classes, model.meta.palette, args.mode, args.alpha), records, log)
         h, w = model.input_size
         print(f"model   {args.model} ({model.backend}, {h}x{w}, classes {', '.join(classes)})", file=log)
         region = (f"window {','.join(map(str, args.roi))}" if args.roi else
@@ -250,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             signals.flushing = True  # a signal now waits for the records
             publisher.finish()
+            if station is not None:
+                station.finish()  # notifier counts go into the run's stats
             st = loop.stats
             if status != "error" and st.stop_reason in ("SIGINT", "SIGTERM", "aborted"):
                 status = "interrupted"
@@ -272,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if loop is None:  # failed before the capture thread took the source over
             source.close()
+        if station is not None:
+            station.close()
         if records is not None:
             records.close()
         for s in sinks:

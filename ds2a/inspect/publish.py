@@ -18,12 +18,12 @@ from typing import IO, Any, Callable, List, Optional, Sequence, Tuple
 
 import cv2
 
-from ..outputs import write_new
+from ..outputs import check_writable_dir, write_new
 from .loop import Result
 from .overlay import Renderer
 from .records import Records
 from .rules import PartTracker, PartVerdict
-from .sinks import Sink, check_writable_dir
+from .sinks import Sink
 
 
 class Publisher:

@@ -7,26 +7,17 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
+import time
+import uuid
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from ..errors import UserError
-from ..outputs import check_outputs
+from ..outputs import check_outputs, check_writable_dir, write_new
 
 VIDEO_EXTS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
-
-
-def check_writable_dir(path: str, what: str) -> None:
-    """Create the folder and prove a file can be written there; UserError otherwise."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".ds2a-write-test-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"cannot write {what} to {path}: {exc.strerror or exc}; choose a writable folder") from None
 
 
 class Sink:
@@ -107,17 +98,24 @@ class VideoSink(Sink):
 
 
 class ImageFolderSink(Sink):
-    """Numbered JPEG files in a folder."""
+    """Numbered JPEG files in a folder, named per run (start time + random tag) and never replacing a file,
+    so a second run into the same folder keeps the first run's frames."""
 
     def __init__(self, path: str, ext: str = ".jpg") -> None:
         self.uri, self.path, self.ext = path, path, ext
         check_writable_dir(path, "output images")
+        self.run_tag = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.count = 0
 
     def write(self, image: np.ndarray) -> bool:
-        name = os.path.join(self.path, f"{self.count:06d}{self.ext}")
-        if not cv2.imwrite(name, image):
-            raise UserError(f"cannot write {name}; check free space and permissions")
+        name = os.path.join(self.path, f"{self.run_tag}_{self.count:06d}{self.ext}")
+        ok, data = cv2.imencode(self.ext, image)
+        try:
+            if not ok:
+                raise OSError("the image could not be encoded")
+            write_new(name, data.tobytes())
+        except OSError as exc:
+            raise UserError(f"cannot write {name}: {exc.strerror or exc}; check free space and permissions") from None
         self.count += 1
         return True
 

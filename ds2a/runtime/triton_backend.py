@@ -12,6 +12,7 @@ backend tries again after a backoff that doubles up to `max_retry_s`, on a fresh
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlsplit
@@ -90,6 +91,8 @@ class TritonSegmenter(Segmenter):
             raise UserError(f"{url} needs tritonclient: pip install 'tritonclient[grpc,http]' ({exc})") from None
         self._mod, self._server_error = client_module, InferenceServerException
         self._client: Any = None
+        self._local = threading.local()
+        self._generation = 0
         self._delay = self.retry_s
         self._away_since: Optional[float] = None
         self._retry_at = 0.0
@@ -103,17 +106,26 @@ class TritonSegmenter(Segmenter):
 
     # --- connection ------------------------------------------------------------------------
     def _connect(self) -> None:
+        """A fresh connection (gRPC: one channel for all threads; HTTP: one gevent client per thread, lazily)."""
         self.close()
+        self._generation += 1
         if self.kind == "grpc":
             self._client = self._mod.InferenceServerClient(url=self.address)
-        else:
-            self._client = self._mod.InferenceServerClient(url=self.address, connection_timeout=self.timeout_s,
+
+    def _current(self) -> Any:
+        if self.kind == "grpc":
+            return self._client
+        local = self._local
+        if getattr(local, "generation", None) != self._generation:  # gevent clients cannot cross threads
+            local.client = self._mod.InferenceServerClient(url=self.address, connection_timeout=self.timeout_s,
                                                            network_timeout=self.timeout_s)
+            local.generation = self._generation
+        return local.client
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self.kind == "grpc":
             kwargs["client_timeout"] = self.timeout_s
-        return getattr(self._client, method)(*args, **kwargs)
+        return getattr(self._current(), method)(*args, **kwargs)
 
     def _first_contact(self) -> Dict[str, Any]:
         """Reach the server and the model; a clear refusal naming the URL when either is missing."""
@@ -259,6 +271,9 @@ class TritonSegmenter(Segmenter):
 
     def close(self) -> None:
         client, self._client = getattr(self, "_client", None), None
+        local = getattr(self, "_local", None)
+        if client is None and local is not None and getattr(local, "client", None) is not None:
+            client, local.client, local.generation = local.client, None, None  # this thread's HTTP client
         if client is not None:
             try:
                 client.close()

@@ -14,6 +14,7 @@ import signal
 import socket
 import sysconfig
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
@@ -168,9 +169,12 @@ class Server:
         h, w = self.models[0].input_size
         triton = Triton(config=config)
         self._triton = triton
-        server = getattr(triton, "_triton_server", None)
-        if server is not None and hasattr(server, "_verbose"):
-            server._verbose = o.verbose  # PyTriton echoes Triton's whole log to stdout by default
+        try:  # PyTriton echoes Triton's whole log to stdout; it has no public switch for that
+            if triton._triton_server is None:
+                triton._initialize_server()
+            triton._triton_server._verbose = o.verbose
+        except AttributeError:
+            pass
         try:
             triton.bind(
                 model_name=o.name, infer_func=[infer_function(m) for m in self.models],
@@ -192,7 +196,9 @@ class Server:
     def stop(self) -> None:
         if self._triton is not None:
             triton, self._triton = self._triton, None
-            triton.stop()
+            with warnings.catch_warnings():  # after a crash PyTriton warns about files the server took along
+                warnings.simplefilter("ignore")
+                triton.stop()
         for m in self.models:
             m.close()
         self.models = []

@@ -305,6 +305,11 @@ class Trainer:
             ckpt = read_checkpoint(str(path))
         except UserError as exc:
             raise UserError(f"--resume: {exc}; delete it to start over, or restore it from a backup") from None
+        saved = list((ckpt.get("meta") or {}).get("classes") or [])
+        if len(saved) == len(self.classes) and saved != list(self.classes):  # counts: checked by the load
+            raise UserError(f"--resume: '{path}' was trained with classes {', '.join(map(str, saved))} but "
+                            f"'{self.cfg.data}' lists {', '.join(self.classes)}; resume on the same dataset "
+                            "(same classes.txt, same order) or start a new run")
         state = (ckpt.get("extra") or {}).get("train_state")
         if not isinstance(state, dict):
             raise UserError(f"--resume: '{path}' has no training state (it is an export-only checkpoint); "
