@@ -244,3 +244,8 @@ def test_bench_refuses_an_unknown_torch_device(monkeypatch) -> None:
         bench_cmd.backend_options("pytorch", args)
     args.device = "CUDA:1"
     assert bench_cmd.backend_options("pytorch", args)["device"] == "cuda:1"
+
+
+def test_synth_refuses_a_size_that_cannot_fit_in_memory(tmp_path: Path, capsys) -> None:
+    assert main(["synth", str(tmp_path / "s"), "--size", "99999x64", "--train", "1", "--test", "0"]) == 2
+    assert "larger than 8192 pixels a side" in capsys.readouterr().err and not (tmp_path / "s").exists()

@@ -127,7 +127,7 @@ def bench_model(path: str, args: argparse.Namespace, log: Callable[..., None] = 
             "label": meta.arch if meta.arch != "unknown" else os.path.splitext(os.path.basename(path))[0],
             "model": path, "backend": model.backend, "precision": guess_precision(path, meta),
             "input_size": list(model.input_size), "batch": args.batch,
-            "size_mb": round(os.path.getsize(path) / 2**20, 2), "threads": args.threads or None,
+            "size_mb": round(os.path.getsize(path) / 2**20, 2) if os.path.isfile(path) else None, "threads": args.threads or None,
             "device": getattr(model, "providers", None) or str(getattr(model, "device", "") or "") or None,
         }
         row["group"] = f"{row['label']}@{'x'.join(map(str, row['input_size']))}"
@@ -288,7 +288,7 @@ def run_end_to_end(args: argparse.Namespace) -> int:
         rows.append({
             "label": model.meta.arch, "model": path, "backend": model.backend,
             "precision": guess_precision(path, model.meta), "input_size": list(model.input_size), "batch": 1,
-            "size_mb": round(os.path.getsize(path) / 2**20, 2), "mode": "end-to-end", "source": args.source,
+            "size_mb": round(os.path.getsize(path) / 2**20, 2) if os.path.isfile(path) else None, "mode": "end-to-end", "source": args.source,
             "frames": stats.frames, "inferred": len(e2e), "captured": stats.captured, "dropped": stats.dropped,
             "e2e_fps": round(stats.e2e_fps, 2), "model_fps": round(stats.model_fps, 2),
             "latency_ms": latency, "samples_ms": [round(v, 4) for v in e2e],

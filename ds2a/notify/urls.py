@@ -94,7 +94,7 @@ def parse_notify_url(url: str, resolve: bool = True) -> NotifyTarget:
             raise UserError(f"--notify {shown}: max_age={query['max_age']} must be seconds, 0.05..86400")
     if scheme == "mqtt":
         t.topic = parts.path.strip("/")
-        if not t.topic or "+" in t.topic or "#" in t.topic or "//" in t.topic:
+        if not t.topic or "+" in t.topic or "#" in shown or "//" in t.topic:
             raise UserError(f"--notify {shown}: give a topic without wildcards, such as mqtt://{host}:1883/line1/station3")
         t.username = urllib.parse.unquote(parts.username) if parts.username else None
         t.password = urllib.parse.unquote(parts.password) if parts.password else None

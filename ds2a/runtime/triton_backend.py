@@ -143,9 +143,11 @@ class TritonSegmenter(Segmenter):
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"{self.url}: cannot ask for model '{self.name}' ({_reason(exc)})") from None
         if not ready:
+            names = self._model_names()  # a `ds2a serve` (PyTriton) server does not list them
+            there = f"models there: {', '.join(names)}" if names else \
+                "check the name given to `ds2a serve --name` (default ds2a) or the repository folder name"
             raise UserError(f"{self.url}: the server has no ready model '{self.name}'"
-                            f"{' version ' + self.version if self.version else ''}; models there: "
-                            f"{', '.join(self._model_names()) or 'none'}")
+                            f"{' version ' + self.version if self.version else ''}; {there}")
         try:
             if self.kind == "grpc":
                 return dict(self._call("get_model_config", self.name, self.version, as_json=True).get("config", {}))
