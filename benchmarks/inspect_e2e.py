@@ -2,7 +2,7 @@
 """How much the inspection loop costs on top of the model: end-to-end FPS vs model-only FPS, and
 CPU time per frame spent outside the model, with a 1280x720 source on ONNX Runtime.
 
-Targets (issue 5): end-to-end FPS >= 90% of model-only throughput; CPU outside the model <= 5 ms
+Targets: end-to-end FPS >= 90% of model-only throughput; CPU outside the model <= 5 ms
 per frame. Prints the numbers and, with --markdown, writes them to a results file.
 
     python benchmarks/inspect_e2e.py --model ds2a/assets/demo/ds2a_tiny_synth.int8.onnx --frames 200 \

@@ -1,6 +1,7 @@
 """Dataset readers: layouts, class handling, the fixed split rule, every bad input, and the torch-free import."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -25,9 +26,9 @@ from ds2a.data import (
 from ds2a.errors import UserError
 from ds2a.meta import MBSD_CLASSES, MBSD_PALETTE
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_defects"
-if not REAL.is_dir():
-    REAL = Path("/work/shared/data/real_defects")
+# Real images (CrackForest, Magnetic-Tile subsets) are never distributed with ds2a (non-commercial terms):
+# DS2A_REAL_DATA names the folder; the tests skip where it is absent.
+REAL = Path(os.environ.get("DS2A_REAL_DATA", "/work/shared/data/real_defects"))
 
 
 def _write(path: Path, array: np.ndarray) -> Path:
@@ -97,7 +98,8 @@ def test_crack500_flat_folder_uses_split_rule(tmp_path: Path) -> None:
         _write(tmp_path / f"c{i}.jpg", np.full((8, 10, 3), 90, np.uint8))
         _write(tmp_path / f"c{i}_mask.png", np.zeros((8, 10), np.uint8))
     train, test = Crack500Dataset(tmp_path, "train"), Crack500Dataset(tmp_path, "test")
-    assert test.names == ["c4", "c9"] and len(train) == 8
+    val = Crack500Dataset(tmp_path, "val")
+    assert test.names == ["c4", "c9"] and val.names == ["c3"] and len(train) == 7
 
 
 def test_folder_dataset_gray_images_become_bgr_and_classes_inferred(tmp_path: Path) -> None:
@@ -129,22 +131,27 @@ def test_split_rule_every_fifth_sorted_name_is_test() -> None:
     shuffled = list(np.random.default_rng(0).permutation(names))
     test = split_names(shuffled, "test")
     train = split_names(shuffled, "train")
+    val = split_names(shuffled, "val")
     assert test == ["n004", "n009", "n014", "n019"]
-    assert sorted(train + test) == names and not set(train) & set(test)
-    assert split_names(names, "val") == test and split_names(names, "all") == names
+    assert val == ["n003", "n013"]  # every other 4th: disjoint from test, so selection never sees test
+    assert sorted(train + val + test) == names
+    assert not set(train) & set(test) and not set(val) & set(test) and not set(train) & set(val)
+    assert split_names(names, "all") == names
     assert split_names(names, "test", test_every=10) == ["n009", "n019"]
     with pytest.raises(UserError, match="unknown split"):
         split_names(names, "validation")
 
 
-# ---------------------------------------------------------------- real data (read from ../shared)
+# ---------------------------------------------------------------- real data (DS2A_REAL_DATA, outside the repository)
 
 
 @pytest.mark.skipif(not (REAL / "crackforest").is_dir(), reason="real CrackForest subset not present")
 def test_crackforest_loads_with_fixed_split() -> None:
     train = open_dataset(REAL / "crackforest", "train")
     test = open_dataset(REAL / "crackforest", "test")
-    assert (len(train), len(test)) == (77, 19) and not set(train.names) & set(test.names)
+    val = open_dataset(REAL / "crackforest", "val")
+    assert (len(train), len(val), len(test)) == (67, 10, 19)
+    assert not set(train.names) & set(test.names) and not set(val.names) & (set(test.names) | set(train.names))
     assert train.classes == ["background", "crack"]
     s = test[0]
     assert s.name == "cfd_005" and s.image.shape == (320, 480, 3) and set(np.unique(s.mask)) == {0, 1}

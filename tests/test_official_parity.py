@@ -2,8 +2,8 @@
 
 tests/fixtures/official/ holds a checkpoint written by the official code (small configuration,
 random weights), the official semantic logits for three input sizes, and the state-dict key lists
-of the official R18/R50 models; README.md there says how they were made. Acceptance (issue 2,
-item 3): our `semantic_logits` after conversion equals the official logits within 1e-4 relative
+of the official R18/R50 models; README.md there says how they were made. Acceptance:
+our `semantic_logits` after conversion equals the official logits within 1e-4 relative
 error (max |ours - official| / max |official|).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "official"
 SIZES = ["64x64", "96x128", "128x96"]
 TOLERANCE = 1e-4
 # Official parameter totals (every parameter, unused ones included) and ours after dropping
-# the unused decoder self_attn / DQGSA transconv / DQGSA norm2 (DESIGN.md section 3).
+# the unused decoder self_attn / DQGSA transconv / DQGSA norm2 (docs/ARCHITECTURE.md, "The model").
 OFFICIAL_TOTAL = {"r18": 48_067_310, "r50": 61_136_110}
 OURS_TOTAL = {"r18": 40_383_470, "r50": 53_452_270}
 UNUSED = re.compile(r"^decode_head\.transformer_decoder\.layers\.\d+\.(self_attn\.|DQGSA\.transconv\.|DQGSA\.norm2\.)")

@@ -1,4 +1,4 @@
-"""The official training and test pipelines (DESIGN.md §3), in numpy/OpenCV with explicit randomness.
+"""The official training and test pipelines (docs/ARCHITECTURE.md, "The model"), in numpy/OpenCV with explicit randomness.
 
 Train (per sample): random resize (short edge picked from 256..1024, or a ratio of the image's
 own size) -> random crop with mmseg's `cat_max_ratio` retry -> flips -> PhotoMetricDistortion

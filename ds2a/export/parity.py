@@ -1,6 +1,6 @@
 """Does the ONNX compute what PyTorch computes? ONNX Runtime CPU against the torch model, loudly.
 
-Tolerances (issue 3): logits within 1e-4 relative, i.e. max|onnx - torch| <= 1e-4 * max(1, max|torch|)
+Tolerances: logits within 1e-4 relative, i.e. max|onnx - torch| <= 1e-4 * max(1, max|torch|)
 (relative to the logit scale, so near-zero logits do not make the test meaningless), and class
 maps equal on at least 99.9% of pixels (argmax ties between near-equal logits may flip).
 """
