@@ -2,20 +2,24 @@
 PYTHON ?= python3
 DEMO_MODEL ?= ds2a/assets/demo/ds2a_tiny_synth.int8.onnx
 
-.PHONY: demo test test-py38 install-runtime install-dev
+.PHONY: demo test test-py38 install-runtime install-dev install-debian
 
 install-runtime:
 	$(PYTHON) -m pip install -q -e '.[opencv]'
 
 install-dev:
 	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e '.[opencv,train,export,calib,bench,trt,dev]'
+	$(PYTHON) -m pip install -q -e '.[opencv,train,export,calib,bench,trt,web,notify,serve,dev]'
+
+# Debian packages the browser and MQTT tests drive (as root; elsewhere they skip with the reason)
+install-debian:
+	sh .ci/debian_packages.sh chromium chromium-driver mosquitto
 
 demo: install-runtime
 	$(PYTHON) -m ds2a inspect --model $(DEMO_MODEL) --source "demo://?frames=300" --headless \
 	    --output runs/demo/inspect.mp4 --db runs/demo/inspect.sqlite --save-fail runs/demo/fail
 
-test: install-dev
+test: install-dev install-debian
 	$(PYTHON) -m pytest -q
 	$(PYTHON) .ci/py38_tests.py
 

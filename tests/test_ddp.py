@@ -42,7 +42,7 @@ def test_two_cpu_ranks_keep_identical_replicas(tmp_path: Path) -> None:
     from ds2a.data import write_dataset
 
     data = tmp_path / "data"
-    write_dataset(data, 4, 2, size_hw=(64, 64), seed=0)
+    write_dataset(data, 4, 2, size_hw=(64, 64), seed=0, n_val=2)
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
     dump = tmp_path / "dump"

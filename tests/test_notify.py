@@ -337,6 +337,12 @@ def test_inspect_with_a_dead_broker_finishes_and_keeps_the_count(tmp_path, capsy
     con.close()
     assert parts > 0 and stats["notify"][0]["undelivered"] == parts and stats["notify"][0]["sent"] == 0
     assert f"{parts} undelivered" in out
+    pytest.importorskip("aiohttp", reason="the web page needs aiohttp: pip install -e '.[web]'")
+    from test_web import Served
+
+    with Served(db) as s:  # the operator sees it too
+        html = s.get("")[1].decode()
+    assert f"<b>{parts}</b> undelivered" in html and "not connected" in html
 
 
 def test_inspect_sends_every_part_to_a_live_broker(broker, tmp_path, capsys):
@@ -356,3 +362,33 @@ def test_inspect_sends_every_part_to_a_live_broker(broker, tmp_path, capsys):
     got = [(json.loads(m.payload)["part_id"], json.loads(m.payload)["verdict"]) for m in sub.messages]
     sub.close()
     assert got == want and len(want) > 0 and stats["notify"][0]["sent"] == len(want)
+
+
+def test_a_missing_client_library_is_named_before_the_model_opens(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pymodbus" else real(name, *a))
+    rc = main(["inspect", "--model", str(tmp_path / "never-opened.onnx"), "--headless",
+               "--notify", "modbus://127.0.0.1?coil=3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pymodbus" in err and "ds2a-edge[notify]" in err and "never-opened" not in err
+
+
+@pytest.mark.parametrize("url,want", [
+    ("mqtt://127.0.0.1/l/s", ["part:cell-0000:FAIL", "part:cell-0001:PASS"]),
+    ("mqtt://127.0.0.1/l/s?frames=1", ["frame:cell-0000:FAIL", "part:cell-0000:FAIL", "part:cell-0001:PASS"]),
+    ("modbus://127.0.0.1?coil=1", ["part:cell-0000:FAIL"]),
+    ("modbus://127.0.0.1?coil=1&frames=1", ["frame:cell-0000:FAIL"])])
+def test_what_each_target_is_sent(url, want):
+    sent: List[str] = []
+    transport = SimpleNamespace(send=lambda m: sent.append(f"{m['type']}:{m['part_id']}:{m['verdict']}"),
+                                close=lambda: None)
+    n = Notifier(parse_notify_url(url), transport, log=open(os.devnull, "w"))
+    fail_frame = SimpleNamespace(inspected=True, passed=False, seq=3, verdict="FAIL", reasons=["damage"], defects=[],
+                                 frame=SimpleNamespace(part_id="cell-0000", t_wall=1.0))
+    n.publish(fail_frame, [])
+    n.publish(SimpleNamespace(inspected=True, passed=True, seq=4, verdict="PASS", reasons=[], defects=[],
+                              frame=SimpleNamespace(part_id="cell-0001", t_wall=2.0)), [part(0, passed=False)])
+    n.publish(None, [part(1, passed=True)])
+    assert n.close()["sent"] == len(want) and sent == want

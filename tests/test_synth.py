@@ -87,3 +87,24 @@ def test_image_i_does_not_depend_on_dataset_size(tmp_path: Path) -> None:
     for name in ("cell_train_00000.jpg", "cell_train_00001.jpg"):
         small = (tmp_path / "small" / "img_dir" / "train" / name).read_bytes()
         assert small == (tmp_path / "big" / "img_dir" / "train" / name).read_bytes()
+
+
+def test_val_split_is_its_own_stream_and_leaves_train_and_test_unchanged(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "plain", 2, 2, (64, 64), seed=5)
+    counts = write_dataset(tmp_path / "withval", 2, 2, (64, 64), seed=5, n_val=2)
+    assert set(counts) == {"train", "val", "test"}
+    for split in ("train", "test"):
+        for p in (tmp_path / "plain" / "img_dir" / split).iterdir():
+            assert p.read_bytes() == (tmp_path / "withval" / "img_dir" / split / p.name).read_bytes()
+    val = [p.read_bytes() for p in sorted((tmp_path / "withval" / "img_dir" / "val").iterdir())]
+    others = {p.read_bytes() for s in ("train", "test") for p in (tmp_path / "withval" / "img_dir" / s).iterdir()}
+    assert len(val) == 2 and not set(val) & others
+    assert not (tmp_path / "plain" / "img_dir" / "val").exists()
+
+
+def test_synth_command_writes_val_and_refuses_all_zero(tmp_path: Path) -> None:
+    from ds2a.cli import main
+
+    assert main(["synth", str(tmp_path / "d"), "--train", "1", "--val", "2", "--test", "1", "--size", "64x64"]) == 0
+    assert len(list((tmp_path / "d" / "img_dir" / "val").iterdir())) == 2
+    assert main(["synth", str(tmp_path / "e"), "--train", "0", "--val", "0", "--test", "0"]) == 2

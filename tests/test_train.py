@@ -24,7 +24,7 @@ TINY = dict(backbone_width=16, hidden_dim=32, encoder_layers=1, encoder_heads=2,
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
-    write_dataset(root, 6, 3, size_hw=(64, 64), seed=0)
+    write_dataset(root, 6, 3, size_hw=(64, 64), seed=0, n_val=2)
     return root
 
 
@@ -180,7 +180,7 @@ def test_an_all_ignore_eval_split_is_refused_before_training(tmp_path: Path) -> 
             mask = np.full((64, 64), 255 if split == "test" else 1, np.uint8)
             cv2.imwrite(str(tmp_path / "d" / "ann_dir" / split / f"{i}.png"), mask)
     with pytest.raises(UserError, match="evaluation would score nothing"):
-        Trainer(_cfg(tmp_path / "d", tmp_path / "out", eval_every=1))
+        Trainer(_cfg(tmp_path / "d", tmp_path / "out", eval_every=1, eval_split="test"))
 
 
 def test_resume_on_a_dataset_with_reordered_classes_is_refused(synth: Path, tmp_path: Path) -> None:
@@ -237,3 +237,76 @@ def test_cli_bad_options_print_the_fix(synth: Path, tmp_path: Path, capsys: pyte
     assert rc == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- selection split, norm, --init
+
+
+def test_best_is_chosen_on_val_and_a_missing_val_split_is_explained(synth: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_cfg(synth, tmp_path / "v", eval_every=1))
+    assert trainer.eval_set.split == "val" and all(n.startswith("cell_val_") for n in trainer.eval_set.names)
+    no_val = tmp_path / "noval"
+    write_dataset(no_val, 2, 1, size_hw=(64, 64), seed=0)
+    with pytest.raises(UserError, match=r"ds2a synth --val"):
+        Trainer(_cfg(no_val, tmp_path / "nv", eval_every=1))
+
+
+def _norm_state(model: torch.nn.Module) -> tuple:
+    bn = model.backbone.bn1
+    return type(bn).__name__, bn.weight.requires_grad
+
+
+@pytest.mark.parametrize("kw, kind, trainable", [
+    (dict(), "BatchNorm2d", True),  # from scratch: trainable BN
+    (dict(backbone_norm="frozen_bn"), "BatchNorm2d", False),
+    (dict(backbone_norm="gn"), "GroupNorm", True),
+])
+def test_backbone_norm_choice_is_applied_and_recorded(synth: Path, tmp_path: Path, kw: dict, kind: str,
+                                                      trainable: bool) -> None:
+    from ds2a import load_model
+
+    out = tmp_path / "n"
+    train(_cfg(synth, out, iters=1, **kw))
+    model = load_model(str(out / "last.pt"))
+    assert _norm_state(model)[0] == kind
+    saved = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["config"]["backbone_norm"]
+    assert saved == {"BatchNorm2d": "frozen_bn" if not trainable else "bn", "GroupNorm": "gn"}[kind]
+    trainer = Trainer(_cfg(synth, tmp_path / "again", **kw))
+    assert _norm_state(trainer.model) == (kind, trainable)
+
+
+def test_imagenet_weights_keep_the_official_frozen_bn(synth: Path, tmp_path: Path) -> None:
+    from ds2a.train.loop import resolve_backbone_norm
+
+    cfg = _cfg(synth, tmp_path / "w", backbone_weights="resnet18.pth")
+    assert resolve_backbone_norm(cfg) == "frozen_bn"
+    assert resolve_backbone_norm(replace(cfg, backbone_weights=None)) == "bn"
+    assert resolve_backbone_norm(replace(cfg, backbone_weights=None), init_norm="gn") == "gn"
+
+
+def test_init_warm_starts_every_weight_and_inherits_the_norm(synth: Path, tmp_path: Path) -> None:
+    train(_cfg(synth, tmp_path / "src", iters=2, backbone_norm="gn", seed=5))
+    src = _weights(tmp_path / "src" / "last.pt")
+    trainer = Trainer(_cfg(synth, tmp_path / "ft", init=str(tmp_path / "src" / "last.pt"), seed=9))
+    assert type(trainer.model.backbone.bn1).__name__ == "GroupNorm"
+    assert _same({k: v for k, v in trainer.model.state_dict().items()}, src)
+    assert trainer.start_iter == 0  # a fresh schedule, not a resume
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: p, "does not exist"),
+    (lambda p: (p.write_bytes(b"junk"), p)[1], "--init"),
+])
+def test_bad_init_checkpoint_is_a_user_error(synth: Path, tmp_path: Path, make, match: str) -> None:
+    path = make(tmp_path / "init.pt")
+    with pytest.raises(UserError, match=match):
+        Trainer(_cfg(synth, tmp_path / "x", init=str(path)))
+
+
+def test_init_from_a_model_with_other_classes_is_refused(synth: Path, tmp_path: Path) -> None:
+    from ds2a.model import build_model, save_checkpoint
+
+    path = tmp_path / "two.pt"
+    save_checkpoint(str(path), build_model("ds2a_tiny", num_classes=2, backbone_norm="bn", **TINY))
+    with pytest.raises(UserError, match=r"--init: .*2 classes"):
+        Trainer(_cfg(synth, tmp_path / "x", init=str(path)))

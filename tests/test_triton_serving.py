@@ -210,7 +210,7 @@ def test_station_survives_a_server_crash_and_resumes(tmp_path):
             probe.infer(frame)  # within the backoff: refused without waiting on the network
         assert time.monotonic() - t0 < 0.1
         assert _wait_rows(db, "reasons LIKE '%not inspected%'", 2, 30), "no frame was recorded as not inspected"
-        assert first.stop() == 1  # `ds2a serve` noticed the crash, cleaned up, exit 1
+        assert first.wait_exit() == 1, first.log()  # `ds2a serve` noticed the crash, cleaned up, exit 1
         inspected_before = _count(db, "verdict IN ('PASS', 'FAIL')")
         second = ServeProcess(tmp_path / "serve2.log", ports=ports).start()
         assert _wait_rows(db, "verdict IN ('PASS', 'FAIL')", inspected_before + 3, 60), "no frames after restart"
@@ -259,3 +259,95 @@ def _wait_rows(db: Path, where: str, n: int, timeout_s: float) -> bool:
         time.sleep(0.5)
     return False
 
+
+
+def test_the_python_backend_stub_loads_this_interpreters_libpython(server):
+    """The trap `ds2a serve` fixes: the stub must map the running interpreter's libpython, not the system's
+    (the fixture starts the server with LD_LIBRARY_PATH unset)."""
+    import sysconfig
+
+    triton = server.tritonserver_pid()
+    stubs = subprocess.run(["pgrep", "-P", str(triton), "-f", "triton_python_backend_stub"], capture_output=True,
+                           text=True).stdout.split()
+    assert stubs, "no Python-backend stub under tritonserver"
+    maps = Path(f"/proc/{stubs[0]}/maps").read_text()
+    libs = {line.split()[-1] for line in maps.splitlines() if "libpython" in line}
+    libdir = os.path.realpath(sysconfig.get_config_var("LIBDIR"))
+    assert libs and all(os.path.realpath(p).startswith(libdir + os.sep) for p in libs), libs
+
+
+STATION_SCRIPT = """
+import importlib.abc, json, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "onnxruntime", "pytriton"):
+            raise ImportError(f"{name} is blocked on this station")
+
+sys.meta_path.insert(0, Block())
+import numpy as np
+from ds2a.runtime import open_model
+with open_model(sys.argv[1]) as m:
+    cm = m.infer(np.full((256, 256, 3), 40, np.uint8)).class_map
+print(json.dumps({"sum": int(cm.sum()), "mods": sorted(k for k in sys.modules if k.split(".")[0] in
+                  ("torch", "onnxruntime", "pytriton"))}))
+"""
+
+
+def test_a_station_needs_neither_torch_nor_onnxruntime(server, local):
+    import json
+
+    for url in (server.grpc_url, server.http_url):
+        out = subprocess.run([sys.executable, "-c", STATION_SCRIPT, url], capture_output=True, text=True, cwd=ROOT,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        assert got["mods"] == []
+        assert got["sum"] == int(local.infer(np.full((256, 256, 3), 40, np.uint8)).class_map.sum())
+
+
+def test_eval_through_the_url_scores_like_the_local_model(server, tmp_path, capsys):
+    import json
+
+    data = tmp_path / "synth"
+    assert main(["synth", str(data), "--train", "1", "--test", "3", "--size", "256x256", "--seed", "1"]) == 0
+    scores = {}
+    for key, model in (("served", server.grpc_url), ("local", str(DEMO_MODEL))):
+        assert main(["eval", "--model", model, "--data", str(data), "--json", str(tmp_path / f"{key}.json")]) == 0
+        scores[key] = json.loads((tmp_path / f"{key}.json").read_text())
+    assert scores["served"]["backend"] == "triton"
+    assert scores["served"]["mIoU"] == scores["local"]["mIoU"]
+
+
+def test_health_metrics_and_statistics_are_open_model_control_is_not(server, local):
+    import json
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{server.http}"
+    assert urllib.request.urlopen(f"{base}/v2/health/ready", timeout=10).status == 200
+    with open_model(server.http_url) as m:
+        m.infer(np.zeros((256, 256, 3), np.uint8))
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=10).read().decode()
+    assert 'nv_inference_exec_count{model="ds2a",version="1"}' in metrics
+    stats = json.loads(urllib.request.urlopen(f"{base}/v2/models/ds2a/stats", timeout=10).read())
+    assert stats["model_stats"][0]["batch_stats"][0]["batch_size"] >= 1
+    with pytest.raises(urllib.error.HTTPError):  # loading/unloading models stays behind PyTriton's token
+        urllib.request.urlopen(urllib.request.Request(f"{base}/v2/repository/models/ds2a/unload", data=b"{}",
+                                                      method="POST"), timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["grpc", "http"])
+def test_a_request_past_its_timeout_is_not_inspected_not_fatal(server, kind):
+    url = server.grpc_url if kind == "grpc" else server.http_url
+    with open_model(url, retry_s=0.05) as m:
+        frame = np.zeros((256, 256, 3), np.uint8)
+        m.infer(frame)
+        m.timeout_s = 0.001  # no answer can come that fast
+        m._connect()
+        with pytest.raises(ModelUnavailable, match="unavailable"):
+            m.infer(frame)
+        m.timeout_s = 30.0
+        time.sleep(0.1)
+        m.infer(frame)  # back after the backoff
+        assert m.reconnects == 1

@@ -10,6 +10,7 @@ import re
 import sqlite3
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -173,7 +174,8 @@ def test_every_database_string_is_escaped(tmp_path):
     for html in pages:
         assert "<script>document" not in html and "<img src=x" not in html
         assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in html
-        assert set(re.findall(r"<script[^>]*>", html)) <= {"<script src='static/page.js' defer>"}
+        assert set(re.findall(r"<script[^>]*>", html)) <= {"<script src='static/page.js' defer>",
+                                                            "<script src='../static/page.js' defer>"}
     assert "<script>" not in svg and "&lt;script&gt;" in svg  # class names in the chart's legend, too
 
 
@@ -186,6 +188,9 @@ def test_failure_page_lists_the_regions_and_serves_only_recorded_images(tmp_path
     with Served(db) as s:
         html = s.get(f"failure/{fid}")[1].decode()
         assert html.count("<tr><td>") == regions >= 1
+        for link in re.findall(r"(?:src|href)='([^']+)'", html):  # every relative link of the page resolves
+            target = urllib.parse.urljoin(f"{s.url}failure/{fid}", link)
+            assert s.get(target[len(s.url):])[0] == 200, link
         status, body, headers = s.get(f"image/{fid}/raw")
         assert status == 200 and body == Path(raw).read_bytes() and headers["Content-Type"] == "image/jpeg"
         assert s.get(f"image/{fid}/annotated")[0] == 200
@@ -195,6 +200,13 @@ def test_failure_page_lists_the_regions_and_serves_only_recorded_images(tmp_path
         assert s.get("static/page.js")[0] == 200 and s.get("static/..%2Fserver.py")[0] == 404
         os.remove(raw)
         assert s.get(f"image/{fid}/raw")[0] == 404  # file gone: said, not a traceback
+        secret = tmp_path / "secret.txt"
+        secret.write_text("not for the plant network")
+        con = sqlite3.connect(str(db))
+        con.execute("UPDATE frames SET raw_path=? WHERE id=?", (str(secret), fid))
+        con.commit()
+        con.close()
+        assert s.get(f"image/{fid}/raw")[0] == 404  # a database row never turns the page into a file server
 
 
 def test_database_is_opened_read_only_and_never_changed(tmp_path):
@@ -285,3 +297,87 @@ def test_overview_html_escapes_run_picker(tmp_path):
     runs: List[dict] = [{"id": 1, "started_at": None, "status": HOSTILE, "parts": 0}]
     html = page.overview("db<b>", runs, 1, None, [], False)
     assert "<b>" not in html.replace("<body", "") and "db&lt;b&gt;" in html and "&lt;script&gt;" in html
+
+
+def test_live_view_draws_only_when_asked_and_once_per_frame(tmp_path):
+    from ds2a.web.live import LiveView
+
+    class CountingRenderer:
+        calls = 0
+
+        def render(self, image, *args):
+            CountingRenderer.calls += 1
+            return image
+
+    live = LiveView(CountingRenderer(), max_width=32)
+    assert live.jpeg() is None and live.state()["seq"] == -1
+    for seq in range(10):
+        frame = Frame(np.full((48, 64, 3), seq * 20, np.uint8), seq, time.time(), time.perf_counter(), "cell-1")
+        live.publish(Result(seq, frame, None, [], seq % 2 == 0, []), [])
+        time.sleep(0.01)
+    assert CountingRenderer.calls == 0  # nobody watching: nothing drawn or encoded
+    jpg = live.jpeg()
+    assert live.jpeg() is jpg and CountingRenderer.calls == 1  # cached per frame
+    assert cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (24, 32)  # scaled to max_width
+    live.publish(None, [PartVerdict("cell-1", "part", False, ["damage"], 0, 9, 10, 0.0, 1.0)])
+    st = live.state()
+    assert (st["seq"], st["verdict"], st["parts"], st["fail"], st["last_part"]["verdict"]) == (9, "FAIL", 1, 1, "FAIL")
+    assert 20 < st["fps"] < 120  # about one frame per 10 ms, not a burst's instantaneous rate
+
+
+def test_charts_of_a_running_run_are_redrawn_at_most_every_min_age(tmp_path, monkeypatch):
+    import ds2a.web.charts as charts
+    import ds2a.web.server as server
+
+    db = make_db(tmp_path / "i.sqlite", parts=4)
+    drawn: List[int] = []
+    real = charts.defects_svg
+    monkeypatch.setattr(charts, "defects_svg", lambda trend: drawn.append(1) or real(trend))
+    site = Site(str(db))
+    first = site.chart("defects", 1)
+    assert site.chart("defects", 1) is first and len(drawn) == 1  # unchanged data: cached
+    make_db(db, parts=3, seed=9)  # run 2 appears; run 1's own rows do not change
+    con = sqlite3.connect(str(db))  # a frame added to run 1, as during a live run
+    con.execute("INSERT INTO frames (run_id, seq, t, verdict, n_defects) VALUES (1, 999, ?, 'PASS', 0)", (time.time(),))
+    con.commit()
+    con.close()
+    assert site.chart("defects", 1) is first and len(drawn) == 1  # changed, but drawn less than 30 s ago
+    monkeypatch.setattr(server, "CHART_MIN_AGE_S", 0.0)
+    assert site.chart("defects", 1) is not first and len(drawn) == 2
+    site.close()
+
+
+def test_ds2a_web_serves_until_interrupted(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    db = make_db(tmp_path / "i.sqlite", parts=5)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ds2a", "web", str(db), "--bind", f"127.0.0.1:{port}"],
+                            cwd=str(Path(__file__).resolve().parents[1]), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        body = None
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/summary", timeout=2) as resp:
+                    body = json.loads(resp.read())
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert body is not None and (body["parts"], body["fail"]) == (sql_counts(db, 1)["parts"], sql_counts(db, 1)["fail"])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=10)[0]
+    assert proc.returncode == 0 and f"127.0.0.1:{port}" in out
+
+
+def test_a_busy_port_is_refused_when_inspect_starts_its_server(tmp_path):
+    with Served(None) as s:
+        other = BackgroundServer(make_app(Site(None)), "127.0.0.1", s.port)
+        with pytest.raises(UserError, match="cannot listen on 127.0.0.1"):
+            other.start()

@@ -92,6 +92,7 @@ def test_page_counts_match_sql_and_a_failure_opens(browser, tmp_path):
         rows = browser.find_elements(By.CSS_SELECTOR, "#regions tbody tr")
         assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows] == [c for (c,) in regions]
         assert wait_for(lambda: loaded(browser, browser.find_element(By.ID, "annotated")))
+        assert browser.execute_script("return getComputedStyle(document.body).backgroundColor") == "rgb(246, 248, 250)"
         browser.find_element(By.ID, "raw-link").click()
         assert wait_for(lambda: browser.current_url.endswith(f"/image/{frame_id}/raw"))
         assert browser.execute_script("return document.images[0].naturalWidth") == 64
@@ -139,9 +140,12 @@ def test_live_view_moves_while_inspecting(browser, tmp_path):
         src0 = img.get_attribute("src")
         shot0 = img.screenshot_as_png
         assert wait_for(lambda: img.get_attribute("src") != src0 and img.screenshot_as_png != shot0, 10)
-        verdict = browser.find_element(By.ID, "live-verdict").text
-        assert verdict in ("PASS", "FAIL", "NONE")
+        assert browser.find_element(By.ID, "live-frame-verdict").text in ("PASS", "FAIL", "NONE")
         assert wait_for(lambda: int(browser.find_element(By.ID, "live-parts").text) > 0, 10)
+        con = sqlite3.connect(str(db))  # the banner names a part the records hold, with its verdict
+        banner = browser.find_element(By.ID, "live-verdict").text.split()
+        assert tuple(banner[::-1]) in set(con.execute("SELECT part_id, verdict FROM verdicts").fetchall())
+        con.close()
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -73,6 +73,14 @@ class ServeProcess:
                              text=True).stdout.split()
         return int(out[0])
 
+    def wait_exit(self, timeout_s: float = 30.0) -> Optional[int]:
+        """The exit code once `ds2a serve` ends by itself (None if it is still running after timeout_s)."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self, timeout_s: float = 30.0) -> Optional[int]:
         if self.proc is None:
             return None

@@ -35,7 +35,7 @@ EXAMPLES = """examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
     parser.add_argument("--model", action="append", required=True, metavar="M",
-                        help="model file (.pt, .onnx, .engine); repeat to compare several")
+                        help="model file (.pt, .onnx, .engine) or triton://HOST:8001/NAME; repeat to compare several")
     parser.add_argument("--backend", help="tensorrt | onnxruntime | pytorch (default: from the file suffix)")
     parser.add_argument("--device", default=None,
                         help="onnxruntime: cpu (default) | cuda | tensorrt | auto; pytorch: auto | cpu | cuda")
@@ -288,7 +288,8 @@ def run_end_to_end(args: argparse.Namespace) -> int:
         rows.append({
             "label": model.meta.arch, "model": path, "backend": model.backend,
             "precision": guess_precision(path, model.meta), "input_size": list(model.input_size), "batch": 1,
-            "size_mb": round(os.path.getsize(path) / 2**20, 2) if os.path.isfile(path) else None, "mode": "end-to-end", "source": args.source,
+            "size_mb": round(os.path.getsize(path) / 2**20, 2) if os.path.isfile(path) else None,
+            "mode": "end-to-end", "source": args.source,
             "frames": stats.frames, "inferred": len(e2e), "captured": stats.captured, "dropped": stats.dropped,
             "e2e_fps": round(stats.e2e_fps, 2), "model_fps": round(stats.model_fps, 2),
             "latency_ms": latency, "samples_ms": [round(v, 4) for v in e2e],

@@ -7,7 +7,8 @@ construction and unreadable/mismatched samples are skipped when loaded; each one
 about once and listed in `dataset.skipped` (see `dataset.summary()`).
 
 Folder datasets without split folders get a fixed split from `split_names`: sorted names,
-every `test_every`-th (default 5th: index 4, 9, 14, ...) goes to test, the rest to train.
+every `test_every`-th (default 5th: index 4, 9, 14, ...) goes to test, every other `test_every`-th
+of the rest (index 3, 13, 23, ...) to val (for choosing checkpoints), the remainder to train.
 """
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def split_names(names: Sequence[str], split: str, test_every: int = 5) -> List[s
     """The documented fixed split for folders without split folders.
 
     Names are sorted; the one at 0-based index i is test when `i % test_every == test_every - 1`
-    (every 5th by default), train otherwise. "val" is the same as "test"; "all" keeps all.
+    (every 5th by default), val when `i % (2 * test_every) == test_every - 2` (every 10th by
+    default, never a test name), train otherwise. "all" keeps all. Val is for choosing the
+    checkpoint, so test is scored once, by a model that never saw it.
     """
     if split not in RULE_SPLITS:
         raise UserError(f"unknown split '{split}'; use one of {', '.join(RULE_SPLITS)}")
@@ -50,8 +53,13 @@ def split_names(names: Sequence[str], split: str, test_every: int = 5) -> List[s
     ordered = sorted(names)
     if split == "all":
         return ordered
-    want_test = split in ("test", "val")
-    return [n for i, n in enumerate(ordered) if (i % test_every == test_every - 1) == want_test]
+
+    def which(i: int) -> str:
+        if i % test_every == test_every - 1:
+            return "test"
+        return "val" if i % (2 * test_every) == test_every - 2 else "train"
+
+    return [n for i, n in enumerate(ordered) if which(i) == split]
 
 
 def _few(items: Sequence[str], k: int = 5) -> str:

@@ -287,15 +287,18 @@ def render_cell(rng: np.random.Generator, size_hw: Tuple[int, int] = (256, 256)
 
 
 def write_dataset(out: Union[str, Path], n_train: int, n_test: int, size_hw: Tuple[int, int] = (256, 256),
-                  seed: int = 0) -> Dict[str, np.ndarray]:
+                  seed: int = 0, n_val: int = 0) -> Dict[str, np.ndarray]:
     """Write an M-BSD layout dataset (jpg q95 + png masks); returns per-split class pixel counts.
 
     Each image has its own generator seeded from (seed, split, index): the same seed gives the
-    same bytes, and image i does not depend on how many others were asked for.
+    same bytes, and image i does not depend on how many others were asked for. The val split
+    (for choosing checkpoints; written only when `n_val` > 0) has its own stream, so adding it
+    leaves train and test byte-identical.
     """
     out = Path(out)
     counts: Dict[str, np.ndarray] = {}
-    for split_id, (split, n) in enumerate((("train", n_train), ("test", n_test))):
+    splits = [(0, "train", n_train), (1, "test", n_test)] + ([(2, "val", n_val)] if n_val > 0 else [])
+    for split_id, split, n in splits:
         img_dir, ann_dir = out / "img_dir" / split, out / "ann_dir" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         ann_dir.mkdir(parents=True, exist_ok=True)

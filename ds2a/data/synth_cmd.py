@@ -17,8 +17,10 @@ MAX_SIDE = 8192  # beyond this one image alone needs gigabytes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", help="output folder (gets img_dir/{train,test} and ann_dir/{train,test})")
+    parser.add_argument("out", help="output folder (gets img_dir/{train,val,test} and ann_dir/{train,val,test})")
     parser.add_argument("--train", type=int_range(0, 10**7), default=400, help="training images (default 400)")
+    parser.add_argument("--val", type=int_range(0, 10**7), default=50,
+                        help="validation images for choosing checkpoints (default 50; 0 = none)")
     parser.add_argument("--test", type=int_range(0, 10**7), default=100, help="test images (default 100)")
     parser.add_argument("--size", default="256x256", help="image size HxW (default 256x256)")
     parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="same seed, same bytes (default 0)")
@@ -32,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--size {args.size} is too small for cells with defects; use at least 32x32")
     if max(h, w) > MAX_SIDE:
         raise UserError(f"--size {args.size} is larger than {MAX_SIDE} pixels a side; use e.g. 256x256")
-    if args.train < 0 or args.test < 0 or args.train + args.test == 0:
-        raise UserError("--train and --test must be >= 0 and not both 0 (example: --train 400 --test 100)")
+    if min(args.train, args.val, args.test) < 0 or args.train + args.val + args.test == 0:
+        raise UserError("--train, --val and --test must be >= 0 and not all 0 "
+                        "(example: --train 400 --val 50 --test 100)")
     if out.exists() and not out.is_dir():
         raise UserError(f"'{out}' is a file; give a folder for the dataset")
     if out.is_dir() and any(out.iterdir()):
@@ -42,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
         for sub in ("img_dir", "ann_dir"):
             shutil.rmtree(out / sub, ignore_errors=True)
     t0 = time.perf_counter()
-    counts = write_dataset(out, args.train, args.test, (h, w), args.seed)
+    counts = write_dataset(out, args.train, args.test, (h, w), args.seed, n_val=args.val)
     (out / "classes.txt").write_text("\n".join(MBSD_CLASSES) + "\n", encoding="utf-8")
     elapsed = time.perf_counter() - t0
-    print(f"wrote {args.train} train + {args.test} test images ({h}x{w}, seed {args.seed}) "
+    print(f"wrote {args.train} train + {args.val} val + {args.test} test images ({h}x{w}, seed {args.seed}) "
           f"to {out} in {elapsed:.1f} s")
     print(f"{'class':<12}" + "".join(f"{s:>10}" for s in counts))
     fractions = {s: class_fractions(c) for s, c in counts.items()}

@@ -7,7 +7,7 @@ Each prediction is made at the model size and mapped back to the mask's size wit
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 from ..errors import UserError
 from ..metrics import ConfusionMatrix
@@ -66,11 +66,16 @@ def _require_labels(result: Dict[str, Any], dataset: Any) -> Dict[str, Any]:
     return result
 
 
+OnPrediction = Callable[[str, Any, Any], None]  # (sample name, class map at label size, label mask)
+
+
 def evaluate(segmenter: Any, dataset: Any, batch_size: Optional[int] = None,
-             limit: Optional[int] = None, progress: bool = False) -> Dict[str, Any]:
+             limit: Optional[int] = None, progress: bool = False,
+             on_prediction: Optional[OnPrediction] = None) -> Dict[str, Any]:
     """Predict every sample of `dataset` with `segmenter.infer_batch` and score it.
 
-    Returns the metrics dict of `ConfusionMatrix.metrics` plus "num_images".
+    Returns the metrics dict of `ConfusionMatrix.metrics` plus "num_images". `on_prediction`
+    sees every prediction at the label size (part verdicts use it; one pass over the model).
     """
     if (batch_size is not None and batch_size < 1) or (limit is not None and limit < 1):
         raise UserError(f"batch size {batch_size} / limit {limit}: both must be at least 1 when given")
@@ -87,7 +92,10 @@ def evaluate(segmenter: Any, dataset: Any, batch_size: Optional[int] = None,
         results = segmenter.infer_batch([s.image for s in samples])
         for sample, res in zip(samples, results):
             _check_predicted_ids(res.class_map, len(classes), f"the model's class map for '{sample.name}'")
-            conf.update(class_map_to_frame(res.class_map, sample.mask.shape[:2]), sample.mask)
+            pred = class_map_to_frame(res.class_map, sample.mask.shape[:2])
+            conf.update(pred, sample.mask)
+            if on_prediction is not None:
+                on_prediction(sample.name, pred, sample.mask)
         if progress:
             print(f"\reval {min(n, start + bs)}/{n}", end="", flush=True)
     if progress:
@@ -97,7 +105,8 @@ def evaluate(segmenter: Any, dataset: Any, batch_size: Optional[int] = None,
     return out
 
 
-def evaluate_predictions(pred_dir: str, dataset: Any) -> Dict[str, Any]:
+def evaluate_predictions(pred_dir: str, dataset: Any,
+                         on_prediction: Optional[OnPrediction] = None) -> Dict[str, Any]:
     """Score png class maps named like the dataset's samples (`<name>.png`) in `pred_dir`."""
     from ..data.imageio import read_mask
 
@@ -124,6 +133,8 @@ def evaluate_predictions(pred_dir: str, dataset: Any) -> Dict[str, Any]:
                             "write predictions at the label size")
         _check_predicted_ids(pred, len(classes), f"prediction '{path}'")
         conf.update(pred, sample.mask)
+        if on_prediction is not None:
+            on_prediction(sample.name, pred, sample.mask)
     out = _require_labels(conf.metrics(classes), dataset)
     out["num_images"] = len(paths)
     return out

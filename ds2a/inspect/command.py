@@ -35,7 +35,8 @@ from .sources import open_source
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (__doc__ or "").split("\n\n")[0]
     p.epilog = "\n".join((__doc__ or "").split("\n")[2:])
-    p.add_argument("--model", required=True, help="model file: .onnx (ONNX Runtime), .engine (TensorRT), .pt")
+    p.add_argument("--model", required=True, help="model file: .onnx (ONNX Runtime), .engine (TensorRT), .pt; or a served model: "
+                   "triton://HOST:8001/NAME (gRPC), triton+http://HOST:8000/NAME (`ds2a serve`)")
     p.add_argument("--source", default="demo://", help="csi://0, v4l2:///dev/video0, 0, rtsp://..., http://... "
                    "(MJPEG), file://clip.mp4, a path/folder/glob, or demo:// (default) / demo://?frames=300&fps=30")
     p.add_argument("--output", action="append", default=[], metavar="URI",
@@ -168,8 +169,10 @@ class _Signals:
         self.previous = {}
 
 
-def summary_text(stats: LoopStats, publisher: Publisher, classes: List[str]) -> str:
-    """The end-of-run table: per-stage ms, FPS (labelled), drops, parts and defects."""
+def summary_text(stats: LoopStats, publisher: Publisher, classes: List[str],
+                 truth: Optional[Dict[str, Any]] = None) -> str:
+    """The end-of-run table: per-stage ms, FPS (labelled), drops, parts and defects; escapes and
+    overkill when the source knows its parts' ground truth (`truth`, from `TruthTally.summary`)."""
     head = ("per-stage time (ms; capture includes waiting for a live camera, queue = capture to model, "
             "latency = capture to output done):")
     lines = ["", head, stats.timings.table(STAGES)]
@@ -188,6 +191,7 @@ def summary_text(stats: LoopStats, publisher: Publisher, classes: List[str]) -> 
         f"verdicts ({parts[0].level if parts else 'part'})      {len(parts)}: {len(parts) - failed} PASS, "
         f"{failed} FAIL" + (f"  (pass rate {100.0 * (len(parts) - failed) / len(parts):.1f}%)" if parts else ""),
         f"frames FAIL           {publisher.frames_failed}",
+        *([f"ground truth          {_truth_line(truth)}"] if truth else []),
         *([f"failure images lost   {publisher.images_failed} (not written: {publisher.image_error})"]
           if publisher.images_failed else []),
         *([f"database outages      {db.outages}, longest {db.max_delay_s:.1f} s, at most {db.max_backlog} rows "
@@ -195,6 +199,12 @@ def summary_text(stats: LoopStats, publisher: Publisher, classes: List[str]) -> 
         f"stopped because       {stats.stop_reason or 'source ended'}",
     ]
     return "\n".join(lines)
+
+
+def _truth_line(truth: Dict[str, Any]) -> str:
+    from ..eval.parts import truth_line
+
+    return truth_line(truth)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -218,6 +228,12 @@ def run(args: argparse.Namespace) -> int:
         tracker = PartTracker(rules, source.gives_parts, args.source)
         renderer = Renderer(classes, model.meta.palette, args.mode, args.alpha)
         publisher = Publisher(renderer, sinks, tracker, records, args.save_fail, jsonl)
+        truth = None
+        if getattr(source, "gives_truth", False):  # demo://: escapes and overkill against its own labels
+            from ..eval.parts import TruthTally
+
+            truth = TruthTally(rules, classes, source.truth, records, log)
+            publisher.observers.append(truth)
         if station is not None:
             station.start(publisher, lambda: Renderer(classes, model.meta.palette, args.mode, args.alpha), records, log)
         h, w = model.input_size
@@ -271,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
                                             "notes": loop.notes + ([jsonl.stopped] if jsonl and jsonl.stopped else [])})
         for event in stats.events:
             print(f"event   {event}", file=log)
-        print(summary_text(stats, publisher, classes), file=log)
+        print(summary_text(stats, publisher, classes, truth.summary() if truth is not None else None), file=log)
         if status == "empty":
             raise UserError(f"nothing was inspected: {args.source} gave {stats.captured} frame(s), "
                             f"{stats.corrupt} unreadable or corrupt, {stats.no_part} without a part in view "

@@ -3,7 +3,8 @@
 Cells (rendered with defects by `ds2a.data.synth.render_cell`) slide left to right over a
 belt in a 1280x720 frame. Each cell is a part with an id (`cell-000017`); a frame carries
 that id and the cell's box (the region to inspect) while the whole cell is in view, like a
-photo-eye trigger and part locator on a real line.
+photo-eye trigger and part locator on a real line. The generator's masks are the ground truth
+of every part (`truth`), so a run on demo:// reports escapes and overkill.
 
 URI options: `frames=N` (end after N >= 1 frames; default endless), `fps=F` (0..1000: pace like
 a camera: it is then live, keeps the newest frame only; default unpaced, every frame processed),
@@ -26,6 +27,7 @@ class DemoSource(Source):
 
     gives_parts = True
     gives_roi = True
+    gives_truth = True  # `truth(part_id)`: escapes and overkill can be counted live
 
     def __init__(self, uri: str = "demo://", frames: Optional[int] = None, fps: float = 0.0, seed: int = 0,
                  width: int = 1280, height: int = 720, speed: int = 96) -> None:
@@ -45,6 +47,7 @@ class DemoSource(Source):
         self.y0 = (height - self.cell_hw[0]) // 2
         self._belt = self._make_belt()
         self._cells: Dict[int, np.ndarray] = {}
+        self._truth: Dict[int, np.ndarray] = {}  # label masks of recent cells (see `truth`)
         self._index = 0
         self._next_t: Optional[float] = None
 
@@ -75,9 +78,28 @@ class DemoSource(Source):
 
             rng = np.random.default_rng([self.seed, cell_id])
             ch, cw = self.cell_hw
-            image, _mask = render_cell(rng, (ch // 2, cw // 2))  # half size: 4x cheaper, the model sees less
+            image, mask = render_cell(rng, (ch // 2, cw // 2))  # half size: 4x cheaper, the model sees less
             self._cells[cell_id] = cv2.resize(image[..., :3], (cw, ch), interpolation=cv2.INTER_LINEAR)
+            self._truth[cell_id] = mask
+            for old in [c for c in self._truth if c < cell_id - 64]:  # the output thread may lag a little
+                self._truth.pop(old, None)
         return self._cells[cell_id]
+
+    def truth(self, part_id: str) -> Optional[Tuple[np.ndarray, Tuple[int, int]]]:
+        """Ground truth of part `cell-N`: (label mask, the size in frame pixels it covers), else None.
+
+        The mask is the generator's own (pixel-exact); it is re-rendered when no longer cached.
+        """
+        if not part_id.startswith("cell-") or not part_id[5:].isdigit():
+            return None
+        cid = int(part_id[5:])
+        mask = self._truth.get(cid)
+        if mask is None:
+            from ..data.synth import render_cell
+
+            ch, cw = self.cell_hw
+            mask = render_cell(np.random.default_rng([self.seed, cid]), (ch // 2, cw // 2))[1]
+        return mask, self.cell_hw
 
     def _render(self, i: int) -> Tuple[np.ndarray, Optional[str], Optional[Tuple[int, int, int, int]]]:
         travel = i * self.speed

@@ -65,6 +65,10 @@ def summarise(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
             key = f"{r.split(':')[0]}: {r.split('>')[-1].split()[0]}" if ">" in r else r  # class: rule
             reasons[key] = reasons.get(key, 0) + 1
     level = con.execute("SELECT level FROM verdicts WHERE run_id=? LIMIT 1", (run_id,)).fetchone()
+    try:  # escapes/overkill, kept in the run's stats when the source knew its parts' ground truth
+        truth = (json.loads(run["stats"] or "{}") or {}).get("truth")
+    except (ValueError, TypeError, AttributeError):
+        truth = None
     return {
         "run": run_id, "status": run["status"], "model": run["model"], "source": run["source"],
         "started": run["started_at"], "ended": run["ended_at"],
@@ -75,6 +79,7 @@ def summarise(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
         "dropped": run["dropped"], "corrupt": run["corrupt"], "reconnects": run["reconnects"],
         "e2e_fps": run["e2e_fps"], "model_fps": run["model_fps"],
         "defects": defects, "latency_ms": latency, "fail_reasons": reasons,
+        "truth": truth if isinstance(truth, dict) else None,
     }
 
 
@@ -94,6 +99,13 @@ def format_report(s: Dict[str, Any]) -> str:
     ]
     if s["e2e_fps"] is not None:
         lines.append(f"FPS           {s['e2e_fps']:.1f} end-to-end, {s['model_fps']:.1f} model-only")
+    if s.get("truth"):
+        from ..eval.parts import truth_line
+
+        try:
+            lines.append(f"ground truth  {truth_line(s['truth'])}")
+        except (KeyError, TypeError, ValueError):
+            lines.append("ground truth  (unreadable in this run's stats)")
     lines.append("defects per class:")
     lines.append(f"  {'class':<14}{'regions':>8}{'frames':>8}{'area px':>12}{'area mm2':>11}")
     for name, d in s["defects"].items():

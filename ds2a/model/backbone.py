@@ -2,9 +2,15 @@
 
 The key layout (conv1, bn1, layer1..4, downsample.0/.1) is torchvision's and mmseg's
 (`style='pytorch'`: the stride sits on the 3x3 conv), so ImageNet `.pth` files and the
-official checkpoints load without renaming. As in the official configs
-(`norm_cfg=dict(type='SyncBN', requires_grad=False)`), BN scale/shift never train while
-the running statistics still update in train mode.
+official checkpoints load without renaming. The normalisation is a choice (`NORMS`):
+
+- "frozen_bn", the official setting for ImageNet weights (`norm_cfg=dict(type='SyncBN',
+  requires_grad=False)`): BN scale/shift never train, running statistics still update;
+- "bn": trainable BatchNorm, for training from scratch (frozen scale/shift there leave the
+  random init's features unnormalised and cost accuracy);
+- "gn": GroupNorm (32 groups or fewer), batch-size independent, no running statistics.
+
+"bn" and "frozen_bn" share the state-dict layout, so either loads the other's weights.
 """
 from __future__ import annotations
 
@@ -13,24 +19,30 @@ from torch import Tensor, nn
 
 # blocks per stage
 _LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
+NORMS = ("frozen_bn", "bn", "gn")
 
 
-def _bn(channels: int) -> nn.BatchNorm2d:
+def _bn(channels: int, norm: str = "frozen_bn") -> nn.Module:
+    if norm == "gn":
+        groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
     bn = nn.BatchNorm2d(channels)
-    bn.weight.requires_grad_(False)
-    bn.bias.requires_grad_(False)
+    if norm == "frozen_bn":
+        bn.weight.requires_grad_(False)
+        bn.bias.requires_grad_(False)
     return bn
 
 
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_ch: int, ch: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(self, in_ch: int, ch: int, stride: int = 1, downsample: nn.Module | None = None,
+                 norm: str = "frozen_bn") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, ch, 3, stride, 1, bias=False)
-        self.bn1 = _bn(ch)
+        self.bn1 = _bn(ch, norm)
         self.conv2 = nn.Conv2d(ch, ch, 3, 1, 1, bias=False)
-        self.bn2 = _bn(ch)
+        self.bn2 = _bn(ch, norm)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -44,14 +56,15 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_ch: int, ch: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(self, in_ch: int, ch: int, stride: int = 1, downsample: nn.Module | None = None,
+                 norm: str = "frozen_bn") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, ch, 1, bias=False)
-        self.bn1 = _bn(ch)
+        self.bn1 = _bn(ch, norm)
         self.conv2 = nn.Conv2d(ch, ch, 3, stride, 1, bias=False)
-        self.bn2 = _bn(ch)
+        self.bn2 = _bn(ch, norm)
         self.conv3 = nn.Conv2d(ch, ch * 4, 1, bias=False)
-        self.bn3 = _bn(ch * 4)
+        self.bn3 = _bn(ch * 4, norm)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -66,14 +79,17 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """Feature pyramid at strides 4, 8, 16, 32 (outputs of layer1..layer4)."""
 
-    def __init__(self, depth: int = 18, width: int = 64) -> None:
+    def __init__(self, depth: int = 18, width: int = 64, norm: str = "frozen_bn") -> None:
         super().__init__()
         if depth not in _LAYERS:
             raise ValueError(f"ResNet depth {depth} not supported; use 18, 34 or 50")
+        if norm not in NORMS:
+            raise ValueError(f"backbone norm '{norm}' not supported; use one of {', '.join(NORMS)}")
+        self.norm = norm
         block: type[BasicBlock | Bottleneck] = Bottleneck if depth >= 50 else BasicBlock
         self.depth, self.width = depth, width
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-        self.bn1 = _bn(width)
+        self.bn1 = _bn(width, norm)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.out_channels: list[int] = []
@@ -86,8 +102,8 @@ class ResNet(nn.Module):
                 down = None
                 if b == 0 and (stride != 1 or in_ch != ch * block.expansion):
                     down = nn.Sequential(nn.Conv2d(in_ch, ch * block.expansion, 1, stride, bias=False),
-                                         _bn(ch * block.expansion))
-                layers.append(block(in_ch, ch, stride if b == 0 else 1, down))
+                                         _bn(ch * block.expansion, norm))
+                layers.append(block(in_ch, ch, stride if b == 0 else 1, down, norm))
                 in_ch = ch * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
             self.out_channels.append(in_ch)
@@ -97,7 +113,7 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 

@@ -15,6 +15,7 @@ class ModelConfig:
     name: str
     backbone_depth: int = 18  # 18 / 34 / 50
     backbone_width: int = 64  # stem width; 64 = standard (torchvision) ResNet
+    backbone_norm: str = "frozen_bn"  # frozen_bn (official, ImageNet weights) | bn | gn (from scratch)
     num_classes: int = 4
     hidden_dim: int = 256  # pixel-decoder, DSSCA and transformer-decoder width
     encoder_layers: int = 6
@@ -38,6 +39,8 @@ class ModelConfig:
         problems = []
         if self.backbone_depth not in (18, 34, 50):
             problems.append(f"backbone_depth={self.backbone_depth} (use 18, 34 or 50)")
+        if self.backbone_norm not in ("frozen_bn", "bn", "gn"):
+            problems.append(f"backbone_norm={self.backbone_norm!r} (use frozen_bn, bn or gn)")
         side = math.isqrt(self.num_queries) if self.num_queries > 0 else 0
         if side * side != self.num_queries or side == 0:
             problems.append(f"num_queries={self.num_queries} is not a perfect square (DQGSA grid); use 25, 36, 64, 100...")

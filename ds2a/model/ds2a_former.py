@@ -37,7 +37,7 @@ class DS2AFormer(nn.Module):
         self.config = config
         self.meta = meta if meta is not None else default_meta(config)
         c = config.hidden_dim
-        self.backbone = ResNet(config.backbone_depth, config.backbone_width)
+        self.backbone = ResNet(config.backbone_depth, config.backbone_width, config.backbone_norm)
         self.pixel_decoder = PixelDecoder(
             self.backbone.out_channels, c, config.encoder_layers, config.encoder_heads,
             config.encoder_points, config.encoder_ffn, config.norm_groups)

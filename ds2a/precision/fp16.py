@@ -56,9 +56,14 @@ def convert_fp16(info: OnnxModelInfo, calib: CalibrationSet, out: Path, exclude_
 
 
 def _autocast(src: str, out: str, op_types: List[str], node_patterns: List[str], data_dir: str, opset: int) -> None:
+    import modelopt.onnx.autocast.convert as autocast_convert
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
+    from .ranges import autocast_reference_runner
+
     logging.getLogger("modelopt").setLevel(logging.WARNING)
+    # AutoCast's own reference run keeps every tensor of every batch (tens of GB at 512x512)
+    autocast_convert.ReferenceRunner = autocast_reference_runner()
     model = convert_to_mixed_precision(src, low_precision_type="fp16", op_types_to_exclude=op_types,
                                        nodes_to_exclude=node_patterns, keep_io_types=True,
                                        calibration_data=data_dir, providers=["cpu"], opset=opset)

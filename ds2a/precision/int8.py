@@ -30,6 +30,7 @@ from .calib_data import CalibrationSet, FrameReader
 from .isolated import run_isolated
 from .model_info import OnnxModelInfo
 from .opset import downgrade_to_17
+from .ort_placement import separate_qdq_pairs
 
 METHODS = ("entropy", "minmax", "percentile")
 # ORT target quantizes only the compute-heavy ops (what its CPU kernels run as integers); softmax,
@@ -81,6 +82,9 @@ def quantize_onnxruntime(info: OnnxModelInfo, calib: CalibrationSet, out: Path, 
             )
         finally:
             root.setLevel(level)
+        model = onnx.load(str(out))
+        separate_qdq_pairs(model, ops)  # else ORT leaves convs with shared inputs in float
+        onnx.save(model, str(out))
         if cache_path is not None and cached is None:
             save_ranges(cache_path, cache_key, {"ort_tensors_data": json.loads(ort_cache.read_text())})
     return cached is not None

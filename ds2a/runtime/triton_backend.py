@@ -12,6 +12,7 @@ backend tries again after a backoff that doubles up to `max_retry_s`, on a fresh
 """
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -58,6 +59,13 @@ def _dims(values: Sequence[Any]) -> List[int]:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:300]
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A request that ran past the timeout: the server is overloaded or the network slow, not the input wrong."""
+    status = getattr(exc, "status", None)
+    text = f"{status() if callable(status) else ''} {exc}".lower()
+    return isinstance(exc, (TimeoutError, socket.timeout)) or "deadline_exceeded" in text or "timed out" in text
 
 
 class TritonSegmenter(Segmenter):
@@ -220,7 +228,7 @@ class TritonSegmenter(Segmenter):
         now = time.monotonic()
         if self._away_since is not None and now < self._retry_at:
             self.away_frames += len(batch)
-            raise ModelUnavailable(f"the model server {self.url} is unreachable (for {now - self._away_since:.1f} s); "
+            raise ModelUnavailable(f"the model server {self.url} is unavailable (for {now - self._away_since:.1f} s); "
                                    f"retrying in {self._retry_at - now:.1f} s")
         step = self._max_batch or None
         chunks = fit_batch(batch, self._fixed_batch) if self._fixed_batch else \
@@ -253,7 +261,7 @@ class TritonSegmenter(Segmenter):
 
     def _gone(self, exc: BaseException, frames: int) -> None:
         """A failed request: the model is away (back off, ModelUnavailable) or it refused the input (UserError)."""
-        if self._away_since is None and self._model_ready():
+        if self._away_since is None and not _timed_out(exc) and self._model_ready():
             raise UserError(f"{self.url}: the server refused the request ({_reason(exc)})") from None
         now = time.monotonic()
         if self._away_since is None:
@@ -262,7 +270,7 @@ class TritonSegmenter(Segmenter):
             self._delay = min(self.max_retry_s, self._delay * 2)
         self._retry_at = now + self._delay
         self.away_frames += frames
-        raise ModelUnavailable(f"the model server {self.url} is unreachable ({_reason(exc)}); "
+        raise ModelUnavailable(f"the model server {self.url} is unavailable ({_reason(exc)}); "
                                f"retrying in {self._delay:.1f} s") from None
 
     def _model_ready(self) -> bool:

@@ -167,7 +167,14 @@ class Server:
                               grpc_port=o.grpc_port, metrics_address=o.host, metrics_port=o.metrics_port,
                               allow_cpu_metrics=True, exit_timeout_secs=5, log_verbose=1 if o.verbose else 0)
         h, w = self.models[0].input_size
-        triton = Triton(config=config)
+        try:  # statistics (per-batch-size counts) are read-only: open them to operators; the rest stays protected
+            from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, TritonSecurityConfig
+
+            security = TritonSecurityConfig(restricted_endpoints=[
+                e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
+            triton = Triton(config=config, security_config=security)
+        except (ImportError, TypeError):  # an older PyTriton without the security config
+            triton = Triton(config=config)
         self._triton = triton
         try:  # PyTriton echoes Triton's whole log to stdout; it has no public switch for that
             if triton._triton_server is None:
@@ -183,8 +190,13 @@ class Server:
                 config=ModelConfig(max_batch_size=o.max_batch,
                                    batcher=DynamicBatcher(max_queue_delay_microseconds=o.max_queue_delay_us)),
                 strict=True)
-            for model in triton._model_manager.models:  # PyTriton has no public hook for config parameters
-                model._get_triton_model_config().backend_parameters.update(self.parameters)
+            try:  # PyTriton has no public hook for model-config parameters (setup.cfg pins its releases)
+                for model in triton._model_manager.models:
+                    model._get_triton_model_config().backend_parameters.update(self.parameters)
+            except AttributeError as exc:
+                self.stop()
+                raise UserError(f"this PyTriton cannot carry the model's metadata ({exc}); install the release "
+                                "setup.cfg's [serve] extra names: pip install -e '.[serve]'") from None
             triton.run()
         except PyTritonError as exc:
             self.stop()
@@ -214,8 +226,8 @@ class Server:
 def serve_forever(path: str, opts: ServeOptions, log: Callable[[str], None] = print) -> int:
     """`ds2a serve`: start, say where, serve until Ctrl-C / SIGTERM, stop cleanly (exit 0; 1 if it died)."""
     stop = threading.Event()
+    server = Server(path, opts)  # refusals (ports, options, a model that does not load) come before any start
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    server = Server(path, opts)
     try:
         server.start()
         h, w = server.models[0].input_size

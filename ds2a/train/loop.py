@@ -58,7 +58,9 @@ class TrainConfig:
     num_points: int = 12544
     ratio_range: Optional[Tuple[float, float]] = None  # None = official short edge 256..1024
     vflip: float = 0.0
-    eval_split: str = "test"
+    eval_split: str = "val"  # checkpoint selection; the test split is scored once, after training
+    backbone_norm: str = "auto"  # auto | frozen_bn | bn | gn (see resolve_backbone_norm)
+    init: Optional[str] = None  # warm-start the whole model from this checkpoint
     eval_limit: Optional[int] = None
     device: Optional[str] = None
     model_overrides: Dict[str, Any] = field(default_factory=dict)
@@ -120,6 +122,29 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def resolve_backbone_norm(cfg: TrainConfig, init_norm: Optional[str] = None) -> str:
+    """"auto": the official frozen BN with ImageNet weights, the init checkpoint's norm with
+    --init, trainable BN from scratch (frozen BN at small batches from a random init is a
+    train/test mismatch that costs accuracy)."""
+    if cfg.backbone_norm != "auto":
+        return cfg.backbone_norm
+    if init_norm:
+        return init_norm
+    return "frozen_bn" if cfg.backbone_weights else "bn"
+
+
+def _init_checkpoint(path: str) -> Dict[str, Any]:
+    """Read the --init checkpoint early (its config decides the norm); UserError names the file."""
+    from ..model.checkpoint import read_checkpoint
+
+    if not os.path.isfile(path):
+        raise UserError(f"--init '{path}' does not exist; give a ds2a checkpoint (.pt) to start from")
+    try:
+        return read_checkpoint(path)
+    except UserError as exc:
+        raise UserError(f"--init: {exc}") from None
 
 
 # ---------------------------------------------------------------- logging
@@ -212,8 +237,9 @@ class Trainer:
         try:
             self.eval_set = open_dataset(cfg.data, split=cfg.eval_split) if cfg.eval_every > 0 else None
         except UserError as exc:
-            raise UserError(f"{exc} (needed for evaluation every {cfg.eval_every} iterations; "
-                            "pass --eval-every 0 to train without evaluation)") from None
+            raise UserError(f"{exc} (split '{cfg.eval_split}' chooses best.pt every {cfg.eval_every} iterations; "
+                            "add that split (`ds2a synth --val N` writes one), pick another --eval-split, "
+                            "or pass --eval-every 0 to train without evaluation)") from None
         if self.eval_set is not None and not any((self.eval_set[i].mask != 255).any() for i in range(len(self.eval_set))):
             raise UserError(f"every mask pixel of the '{cfg.eval_split}' split of '{cfg.data}' is 255 (ignore), so "
                             "evaluation would score nothing; fix the masks, choose another --eval-split, "
@@ -224,9 +250,14 @@ class Trainer:
             raise UserError(f"--num-classes {k} but '{cfg.data}' has {len(classes)} classes "
                             f"({', '.join(classes)}); drop --num-classes or fix the dataset's classes")
         self.classes = classes
-        self.model = build_model(cfg.model, num_classes=k, input_size=self.input_size, **cfg.model_overrides)
+        init_ckpt = _init_checkpoint(cfg.init) if cfg.init else None
+        init_norm = ((init_ckpt or {}).get("config") or {}).get("backbone_norm", "frozen_bn") if init_ckpt else None
+        overrides = {"backbone_norm": resolve_backbone_norm(cfg, init_norm), **cfg.model_overrides}
+        self.model = build_model(cfg.model, num_classes=k, input_size=self.input_size, **overrides)
         if cfg.backbone_weights:
             load_backbone_weights(self.model, cfg.backbone_weights)
+        if cfg.init and not cfg.resume:
+            self._warm_start(cfg.init)
         self.meta = ModelMeta(arch=self.model.meta.arch if hasattr(self.model, "meta") else cfg.model,
                               classes=classes, palette=list(self.train_set.palette), input_size=self.input_size,
                               extra={"trained_on": str(cfg.data)})
@@ -247,6 +278,15 @@ class Trainer:
                             "or choose another --out")
         self.ddp_model = self._wrap_ddp() if self.dist.world_size > 1 else self.model
         self.log = MetricsLog(self.out, classes)
+
+    def _warm_start(self, path: str) -> None:
+        """--init: every weight from a checkpoint of the same model and class count (fine-tuning)."""
+        from ..model import load_weights
+
+        try:
+            load_weights(self.model, path)
+        except UserError as exc:
+            raise UserError(f"--init: {exc}") from None
 
     # -- DDP
     def _unused_parameters(self) -> List[str]:

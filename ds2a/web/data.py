@@ -10,6 +10,7 @@ from ..errors import UserError
 from ..inspect.records import connect
 from ..inspect.report_cmd import summarise
 
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
@@ -44,6 +45,17 @@ def pick_run(con: sqlite3.Connection, run: Optional[str], path: str) -> Optional
 def summary(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
     """Exactly `ds2a report`'s numbers."""
     return summarise(con, run_id)
+
+
+def notify_stats(con: sqlite3.Connection, run_id: int) -> List[Dict[str, Any]]:
+    """What `--notify` delivered and what it did not, from the run's stats (kept when the run ended)."""
+    row = con.execute("SELECT stats FROM runs WHERE id=?", (run_id,)).fetchone()
+    try:
+        stats = json.loads(row[0]) if row and row[0] else {}
+    except ValueError:
+        return []
+    found = stats.get("notify") if isinstance(stats, dict) else None
+    return [n for n in found if isinstance(n, dict)] if isinstance(found, list) else []
 
 
 def interval_for(span_s: float, buckets: int = 30) -> int:
@@ -106,6 +118,8 @@ def image_file(con: sqlite3.Connection, frame_id: int, kind: str, db_path: str) 
     if row is None or not row[0]:
         return None
     path = str(row[0])
+    if os.path.splitext(path)[1].lower() not in IMAGE_EXTS:  # whatever a database says, only pictures leave
+        return None
     bases, here = [""], os.path.dirname(os.path.abspath(db_path))
     for _ in range(4):
         bases.append(here)

@@ -3,6 +3,7 @@ and JPEG-encoded only when a viewer asks for it, on the web server's thread, so 
 for the page (see benchmarks/results/web.md)."""
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -22,18 +23,13 @@ class LiveView:
         self.running = True
         self.parts = self.failed = self.frames = 0
         self.last_part: Dict[str, Any] = {}
-        self._fps = 0.0
-        self._t_prev = 0.0
+        self._times: "collections.deque[float]" = collections.deque(maxlen=30)  # frame rate over the last frames
         self.viewers_last = 0.0  # monotonic time of the last picture served
 
     def publish(self, res: Any, closed: List[Any]) -> None:
         with self._lock:
             if res is not None:
-                now = time.monotonic()
-                if self._t_prev:
-                    inst = 1.0 / max(now - self._t_prev, 1e-6)
-                    self._fps = inst if not self._fps else 0.9 * self._fps + 0.1 * inst
-                self._t_prev = now
+                self._times.append(time.monotonic())
                 self._res = res
                 self.frames += 1
             for pv in closed:
@@ -50,10 +46,14 @@ class LiveView:
             return {
                 "running": self.running, "seq": -1 if res is None else res.seq, "frames": self.frames,
                 "verdict": None if res is None else res.verdict, "part_id": None if res is None else res.frame.part_id,
-                "reasons": [] if res is None else list(res.reasons), "fps": round(self._fps, 1),
+                "reasons": [] if res is None else list(res.reasons), "fps": round(self._rate(), 1),
                 "parts": self.parts, "pass": self.parts - self.failed, "fail": self.failed,
                 "last_part": dict(self.last_part),
             }
+
+    def _rate(self) -> float:
+        t = self._times
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
 
     def jpeg(self) -> Optional[bytes]:
         """The newest annotated frame as JPEG (cached per frame); None before the first frame."""
@@ -67,7 +67,7 @@ class LiveView:
             if seq == res.seq and cached is not None:
                 return cached
             image = self.renderer.render(res.frame.image, res.class_map, res.passed, res.reasons, res.defects,
-                                         self._fps or None, res.frame.part_id, res.roi)
+                                         self._rate() or None, res.frame.part_id, res.roi)
             h, w = image.shape[:2]
             if w > self.max_width:
                 image = cv2.resize(image, (self.max_width, int(round(h * self.max_width / w))),

@@ -18,11 +18,12 @@ def _when(t: Optional[float]) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
 
 
-def _doc(title: str, body: str, live: bool = False) -> str:
+def _doc(title: str, body: str, live: bool = False, root: str = "") -> str:
+    """root: the way back to the site's top from this page ('' or '../'); links stay relative for proxies."""
     return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
             "<meta name=viewport content='width=device-width, initial-scale=1'>"
-            f"<title>{e(title)}</title><link rel=stylesheet href='static/page.css'>"
-            f"<script src='static/page.js' defer></script></head><body data-live='{1 if live else 0}'>"
+            f"<title>{e(title)}</title><link rel=stylesheet href='{root}static/page.css'>"
+            f"<script src='{root}static/page.js' defer></script></head><body data-live='{1 if live else 0}'>"
             f"{body}</body></html>")
 
 
@@ -88,14 +89,23 @@ def _gallery(fails: List[Dict[str, Any]]) -> str:
 
 def _live() -> str:
     return ("<section id=live><h2>Live</h2><div class=livebox><img id=live-img src='live.jpg' alt='live view'>"
-            "<div><div id=live-verdict class=verdict>waiting for the first frame</div>"
-            "<p>frame <b id=live-seq>-</b> · part <b id=live-part>-</b> · <b id=live-fps>-</b> FPS</p>"
+            "<div><div id=live-verdict class=verdict>waiting for the first part</div>"
+            "<p>frame <b id=live-seq>-</b> (<b id=live-frame-verdict>-</b>) · part in view <b id=live-part>-</b> · "
+            "<b id=live-fps>-</b> FPS</p>"
             "<p>this run: <b id=live-parts>0</b> parts, <b id=live-fail>0</b> FAIL</p>"
-            "<p id=live-last></p></div></div></section>")
+            "<p id=live-last class=meta></p></div></div></section>")
+
+
+def _notify(notify: List[Dict[str, Any]]) -> str:
+    items = "".join(f"<li{' class=bad' if n.get('undelivered') else ''}>{e(n.get('target'))}: {e(n.get('sent'))} sent, "
+                    f"<b>{e(n.get('undelivered'))}</b> undelivered"
+                    + (f" ({e(n.get('last_error'))})" if n.get("undelivered") and n.get("last_error") else "") + "</li>"
+                    for n in notify)
+    return f"<ul id=notify>{items}</ul>" if items else ""
 
 
 def overview(db: Optional[str], runs: List[Dict[str, Any]], run_id: Optional[int], s: Optional[Dict[str, Any]],
-             fails: List[Dict[str, Any]], live: bool) -> str:
+             fails: List[Dict[str, Any]], live: bool, notify: Optional[List[Dict[str, Any]]] = None) -> str:
     head = (f"<header><h1>ds2a station</h1><span class=db>{e(db or 'no --db: records not kept')}</span>"
             f"{_run_picker(runs, run_id) if runs else ''}</header>")
     body = head + (_live() if live else "")
@@ -106,7 +116,7 @@ def overview(db: Optional[str], runs: List[Dict[str, Any]], run_id: Optional[int
     rate = "n/a" if s["pass_rate"] is None else f"{100.0 * s['pass_rate']:.1f}%"
     body += (f"<section id=run data-run='{e(run_id)}'><h2>Run {e(run_id)} <small>{e(s['status'])}, started "
              f"{e(_when(s['started']))}</small></h2><p class=meta>model {e(s['model'])} · source {e(s['source'])}</p>"
-             f"</section>{_counts(s)}"
+             f"{_notify(notify or [])}</section>{_counts(s)}"
              f"<section id=trend><h2>Trend</h2><img id=chart-pass src='chart/pass_rate.svg?{e(q)}' alt='pass rate "
              f"{e(rate)}'><img id=chart-defects src='chart/defects.svg?{e(q)}' alt='defects per class'></section>"
              + _defects(s) + _latency(s) + _gallery(fails))
@@ -128,7 +138,7 @@ def failure_page(f: Dict[str, Any]) -> str:
             f"<ul id=why>{''.join(f'<li>{e(r)}</li>' for r in f['reasons'])}</ul>{pic}"
             "<h2>Defect regions</h2><table id=regions><thead><tr><th>class</th><th>area px</th><th>area mm²</th>"
             f"<th>box x,y w×h</th><th>confidence</th></tr></thead><tbody>{rows}</tbody></table></section>")
-    return _doc(f"ds2a · failure frame {f['seq']}", body)
+    return _doc(f"ds2a · failure frame {f['seq']}", body, root="../")
 
 
 def message_page(title: str, text: str) -> str:

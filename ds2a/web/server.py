@@ -11,6 +11,7 @@ import ipaddress
 import os
 import sqlite3
 import threading
+import time
 import urllib.parse
 from typing import Any, Dict, Optional, Tuple
 
@@ -25,6 +26,8 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
 }
 MIN_TOKEN = 12
+CHART_MIN_AGE_S = 30.0
+SUMMARY_TTL_S = 5.0
 
 
 def _aiohttp() -> Any:
@@ -74,6 +77,8 @@ class Site:
         self.db, self.live = db, live
         self._con: Optional[sqlite3.Connection] = None
         self._charts: Dict[Tuple[Any, ...], bytes] = {}
+        self._drawn: Dict[Tuple[Any, ...], float] = {}
+        self._summaries: Dict[int, Tuple[float, Dict[str, Any]]] = {}
         self._lock = threading.Lock()  # handlers run on one loop, charts on executor threads
 
     def con(self) -> Optional[sqlite3.Connection]:
@@ -85,6 +90,16 @@ class Site:
             self._con = data.open_readonly(self.db)
         return self._con
 
+    def summary(self, run_id: int) -> Dict[str, Any]:
+        """`ds2a report`'s numbers, reused for SUMMARY_TTL_S however many viewers poll (it reads every timing row)."""
+        now = time.monotonic()
+        hit = self._summaries.get(run_id)
+        if hit is None or now - hit[0] >= SUMMARY_TTL_S:
+            con = self.con()
+            assert con is not None
+            hit = self._summaries[run_id] = (now, data.summary(con, run_id))
+        return hit[1]
+
     def chart(self, name: str, run_id: int) -> bytes:
         from . import charts
 
@@ -94,12 +109,17 @@ class Site:
             mark = con.execute("SELECT (SELECT COUNT(*) FROM verdicts WHERE run_id=?), (SELECT MAX(id) FROM "
                                "frames WHERE run_id=?)", (run_id, run_id)).fetchone()
             key = (name, run_id, mark[0], mark[1])
-            if key not in self._charts:
-                trend = data.trend(con, run_id)
-                draw = charts.pass_rate_svg if name == "pass_rate" else charts.defects_svg
-                self._charts = {k: v for k, v in self._charts.items() if k[:2] != key[:2]}
-                self._charts[key] = draw(trend)
-            return self._charts[key]
+            old = next((k for k in self._charts if k[:2] == key[:2]), None)
+            # a run in progress changes every frame: redraw at most every CHART_MIN_AGE_S (matplotlib costs CPU)
+            if old is not None and (old[2:4] == key[2:4] or time.monotonic() - self._drawn[old] < CHART_MIN_AGE_S):
+                return self._charts[old]
+            trend = data.trend(con, run_id)
+            draw = charts.pass_rate_svg if name == "pass_rate" else charts.defects_svg
+            svg = draw(trend)
+            if old is not None:
+                del self._charts[old], self._drawn[old]
+            self._charts[key], self._drawn[key] = svg, time.monotonic()
+            return svg
 
     def close(self) -> None:
         if self._con is not None:
@@ -148,15 +168,16 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
         run_id = _run(con, request)
         s = data.summary(con, run_id) if run_id is not None else None
         fails = data.failures(con, run_id) if run_id is not None else []
+        notify = data.notify_stats(con, run_id) if run_id is not None else []
         return web.Response(content_type="text/html", text=page.overview(site.db, data.runs(con), run_id, s, fails,
-                                                                        site.live is not None))
+                                                                        site.live is not None, notify))
 
     async def summary(request: Any) -> Any:
         con = site.con()
         run_id = _run(con, request) if con is not None else None
         if run_id is None:
             return web.json_response({"run": None})
-        return web.json_response(data.summary(con, run_id))
+        return web.json_response(site.summary(run_id))
 
     async def failure(request: Any) -> Any:
         con = site.con()

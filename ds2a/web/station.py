@@ -3,6 +3,7 @@ stopped after the run (notifier counts go into the run's stats before it is mark
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from typing import IO, Any, Callable, List, Optional
 
@@ -35,8 +36,14 @@ class Station:
             check_exposure(*self.bind, self.token, args.web_insecure, "--web")
         elif args.web_insecure:
             raise UserError("--web-insecure only applies with --web HOST:PORT")
+        needs = {"aiohttp": "web", "matplotlib": "web"} if args.web else {}
         for url in self.urls:
-            parse_notify_url(url)  # a bad URL is refused before the model and camera open
+            scheme = parse_notify_url(url).scheme  # a bad URL is refused before the model and camera open
+            needs.update({"paho": "notify"} if scheme == "mqtt" else {"pymodbus": "notify"})
+        for module, extra in needs.items():
+            if importlib.util.find_spec(module) is None:
+                raise UserError(f"{'--web' if extra == 'web' else '--notify'} needs the Python package {module}: "
+                                f"pip install 'ds2a-edge[{extra}]'")
         self.live: Any = None
         self.server: Any = None
         self.notifiers: List[Any] = []

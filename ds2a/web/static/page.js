@@ -18,17 +18,20 @@
       const r = await fetch("api/live", {cache: "no-store"});
       const s = await r.json();
       seq = s.seq;
+      // the banner is the latest part's verdict (what the line acts on); the picture carries its frame's
       const v = $("live-verdict");
-      v.textContent = s.running ? (s.verdict || "waiting") : "run ended";
-      v.className = "verdict " + (s.verdict || "");
+      const lp = s.last_part && s.last_part.part_id ? s.last_part : null;
+      v.textContent = !s.running ? "run ended" : lp ? lp.verdict + " " + lp.part_id : "waiting for the first part";
+      v.className = "verdict " + (lp ? lp.verdict : "");
+      set("live-frame-verdict", s.verdict || "-");
       set("live-seq", String(s.seq)); set("live-part", s.part_id || "-"); set("live-fps", String(s.fps));
       set("live-parts", String(s.parts)); set("live-fail", String(s.fail));
       if (s.last_part && s.last_part.part_id) {
-        set("live-last", "last part " + s.last_part.part_id + ": " + s.last_part.verdict +
-          (s.last_part.reasons.length ? " (" + s.last_part.reasons.join("; ") + ")" : ""));
+        set("live-last", s.last_part.reasons.join("; "));
       }
     } catch (err) { set("live-verdict", "no connection to the station"); }
   }
+  let chartsAt = Date.now();
   async function counts() {
     const run = document.getElementById("run") ? runBox.value : "";
     try {
@@ -40,12 +43,15 @@
         if (k === "pass_rate") el.textContent = s.pass_rate === null ? "n/a" : (100 * s.pass_rate).toFixed(1) + "%";
         else if (k in s && s[k] !== null) el.textContent = String(s[k]);
       }
-      for (const id of ["chart-pass", "chart-defects"]) {
-        const c = $(id); if (c) c.src = c.src.split("&t=")[0] + "&t=" + Date.now();
+      if (Date.now() - chartsAt >= 30000) {  // the server redraws charts at most every 30 s
+        chartsAt = Date.now();
+        for (const id of ["chart-pass", "chart-defects"]) {
+          const c = $(id); if (c) c.src = c.src.split("&t=")[0] + "&t=" + Date.now();
+        }
       }
     } catch (err) { /* the next poll tries again */ }
   }
   setInterval(poll, 500); poll();
-  setInterval(counts, 5000);
+  setInterval(counts, 10000);
   void seq;
 })();

@@ -1,0 +1,305 @@
+"""Part-level verdicts on a labelled split: how many bad parts slip through, how many good ones are scrapped.
+
+The inspection rules (`ds2a.inspect.rules`) judge the prediction and the ground-truth mask of every
+image alike; the verdicts are grouped into parts exactly as `ds2a inspect` groups them (one image =
+one part, its name the part id; `part: {by: frames, frames: N}` groups N consecutive images).
+A part is *defective* when its ground truth fails the rules, an *escape* when it is defective but
+its prediction passes, *overkill* when it is good but its prediction fails. Torch-free.
+
+Regions are measured once per image at the smallest area any rule (or sweep value) can ask for,
+so a sweep over a rule field re-judges stored regions instead of re-running the model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import UserError
+from ..inspect.quantify import Defect, quantify
+from ..inspect.rules import CLASS_KEYS, ClassRule, PartTracker, Rules, judge
+
+IGNORE_INDEX = 255
+SWEEP_TOP = ("min_area_px", "mm_per_pixel")
+INT_KEYS = ("max_count",)
+
+
+@dataclass
+class ImageRegions:
+    """The measured regions of one image: of the prediction and of the ground truth."""
+
+    name: str
+    pred: List[Defect]
+    truth: List[Defect]
+
+
+@dataclass
+class PartCollector:
+    """Feed it (name, predicted class map, label mask) per image, in dataset order."""
+
+    rules: Rules
+    classes: Sequence[str]
+    floor: float = 0.0  # smallest region kept (px); sweeps lower it
+    images: List[ImageRegions] = field(default_factory=list)
+
+    def add(self, name: str, pred: np.ndarray, mask: np.ndarray) -> None:
+        if pred.shape[:2] != mask.shape[:2]:
+            raise UserError(f"prediction for '{name}' is {pred.shape[:2]} but its mask is {mask.shape[:2]}; "
+                            "predictions must be at the label size")
+        truth = np.where(mask == IGNORE_INDEX, 0, mask).astype(np.uint8)  # unlabelled pixels are no defect
+        size = mask.shape[:2]
+        mmpp = self.rules.mm_per_pixel
+        self.images.append(ImageRegions(
+            name, quantify(pred.astype(np.uint8), self.classes, size, mmpp, self.floor),
+            quantify(truth, self.classes, size, mmpp, self.floor)))
+
+    def verdicts(self, rules: Optional[Rules] = None) -> Dict[str, Any]:
+        return part_verdicts(self.images, rules or self.rules, self.classes)
+
+
+def min_floor(rules: Rules, extra: Sequence[float] = ()) -> float:
+    """The smallest region any class rule (or sweep value) can count."""
+    values = [rules.min_area_px] + [r.min_area_px for r in rules.classes.values() if r.min_area_px is not None]
+    return float(min(list(values) + [float(v) for v in extra]))
+
+
+def failing_classes(rules: Rules, defects: Sequence[Defect], classes: Sequence[str]) -> List[str]:
+    """Classes whose own rule fails (rules are per class, so this splits the verdict exactly)."""
+    return [c for c in classes if not judge(rules, [d for d in defects if d.class_name == c])[0]]
+
+
+def part_verdicts(images: Sequence[ImageRegions], rules: Rules, classes: Sequence[str]) -> Dict[str, Any]:
+    """Parts total/defective/escapes/overkill, both rates, the classes behind them and the part ids."""
+    trackers = (PartTracker(rules, True, "the dataset"), PartTracker(rules, True, "the dataset"))
+    frame_classes: Dict[str, Tuple[set, set]] = {}
+    closed: Tuple[list, list] = ([], [])
+    for seq, img in enumerate(images):
+        for k, defects in enumerate((img.pred, img.truth)):
+            passed, reasons = judge(rules, defects)
+            closed[k].extend(trackers[k].feed(seq, img.name, passed, reasons, float(seq)))
+        frame_classes[img.name] = (set(failing_classes(rules, img.pred, classes)),
+                                   set(failing_classes(rules, img.truth, classes)))
+    for k in (0, 1):
+        closed[k].extend(trackers[k].flush())
+    by_class = {c: {"escapes": 0, "overkill": 0} for c in classes[1:]}
+    escapes: List[str] = []
+    overkill: List[str] = []
+    defective = 0
+    for pv, tv in zip(*closed):
+        names = [img.name for img in images[pv.first_seq: pv.last_seq + 1]]
+        pred_cls = set().union(*(frame_classes[n][0] for n in names))
+        true_cls = set().union(*(frame_classes[n][1] for n in names))
+        if not tv.passed:
+            defective += 1
+            if pv.passed:
+                escapes.append(pv.part_id)
+                for c in true_cls:
+                    by_class.setdefault(c, {"escapes": 0, "overkill": 0})["escapes"] += 1
+        elif not pv.passed:
+            overkill.append(pv.part_id)
+            for c in pred_cls:
+                by_class.setdefault(c, {"escapes": 0, "overkill": 0})["overkill"] += 1
+    total = len(closed[1])
+    good = total - defective
+    return {
+        "total": total, "defective": defective, "good": good,
+        "escapes": len(escapes), "overkill": len(overkill),
+        "escape_rate": len(escapes) / defective if defective else float("nan"),
+        "overkill_rate": len(overkill) / good if good else float("nan"),
+        "by_class": by_class, "escaped_parts": escapes, "overkill_parts": overkill,
+        "rules": rules.origin, "level": rules.level,
+    }
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def parse_sweep(spec: str, classes: Sequence[str]) -> Tuple[str, List[float]]:
+    """'FIELD=V1,V2,...' -> (field, values). FIELD is a top-level number (min_area_px, mm_per_pixel),
+    a class field for every defect class (max_count, max_area_px, ...), or CLASS.FIELD for one class."""
+    if "=" not in spec:
+        raise UserError(f"--sweep '{spec}' is not FIELD=V1,V2,... (example: --sweep min_area_px=16,32,64,128)")
+    name, _, raw = spec.partition("=")
+    name = name.strip()
+    target = name.split(".", 1)[-1]
+    if "." in name and name.split(".", 1)[0] not in classes[1:]:
+        raise UserError(f"--sweep: '{name.split('.', 1)[0]}' is not a defect class; use one of "
+                        f"{', '.join(classes[1:])} (or no class prefix for all classes)")
+    valid = list(CLASS_KEYS) + ([] if "." in name else list(SWEEP_TOP))
+    if target not in valid:
+        raise UserError(f"--sweep: '{name}' is not a numeric rule field; use one of {', '.join(valid)} "
+                        "(CLASS.FIELD for one class)")
+    try:
+        values = [float(v) for v in raw.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--sweep '{spec}': values must be numbers separated by commas") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise UserError(f"--sweep '{spec}': give one or more finite values >= 0")
+    if target in INT_KEYS and any(v != int(v) for v in values):
+        raise UserError(f"--sweep '{spec}': {target} takes whole numbers")
+    if target == "mm_per_pixel" and any(v <= 0 for v in values):
+        raise UserError(f"--sweep '{spec}': mm_per_pixel must be above 0")
+    return name, values
+
+
+def with_value(rules: Rules, name: str, value: float, classes: Sequence[str]) -> Rules:
+    """A copy of `rules` with one field set (for every defect class unless CLASS.FIELD)."""
+    out = copy.deepcopy(rules)
+    out.origin = f"{rules.origin} with {name}={value:g}"
+    if name in SWEEP_TOP:
+        setattr(out, name, value)
+        return out
+    cls, _, key = name.rpartition(".")
+    number: Any = int(value) if key in INT_KEYS else value
+    for c in ([cls] if cls else list(classes[1:])):
+        rule = out.classes.setdefault(c, ClassRule())
+        setattr(rule, key, number)
+    return out
+
+
+def sweep(collector: PartCollector, name: str, values: Sequence[float]) -> List[Dict[str, Any]]:
+    """One row per value: the part counts and rates under the rules with that value."""
+    rows = []
+    for v in values:
+        res = collector.verdicts(with_value(collector.rules, name, v, collector.classes))
+        rows.append({name: v, **{k: res[k] for k in ("total", "defective", "escapes", "overkill",
+                                                     "escape_rate", "overkill_rate")}})
+    return rows
+
+
+def format_parts(parts: Dict[str, Any]) -> str:
+    """The lines a QA engineer reads: counts, rates and the classes behind them."""
+    def pct(x: float) -> str:
+        return "n/a" if isinstance(x, float) and math.isnan(x) else f"{100 * x:.1f} %"
+
+    lines = [f"parts: {parts['total']} ({parts['defective']} defective by ground truth, {parts['good']} good); "
+             f"rules: {parts['rules']}",
+             f"escapes: {parts['escapes']} of {parts['defective']} defective parts passed ({pct(parts['escape_rate'])})",
+             f"overkill: {parts['overkill']} of {parts['good']} good parts failed ({pct(parts['overkill_rate'])})"]
+    causes = [f"{c} {v['escapes']}/{v['overkill']}" for c, v in parts["by_class"].items() if v["escapes"] or v["overkill"]]
+    if causes:
+        lines.append("by class (escapes/overkill): " + ", ".join(causes))
+    return "\n".join(lines)
+
+
+def format_sweep(rows: Sequence[Dict[str, Any]], name: str) -> str:
+    """Markdown table of a sweep."""
+    def pct(x: float) -> str:
+        return "n/a" if isinstance(x, float) and math.isnan(x) else f"{100 * x:.1f}"
+
+    out = [f"| {name} | escapes | escape % | overkill | overkill % |", "|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r[name]:g} | {r['escapes']}/{r['defective']} | {pct(r['escape_rate'])} | "
+                   f"{r['overkill']}/{r['total'] - r['defective']} | {pct(r['overkill_rate'])} |")
+    return "\n".join(out)
+
+
+def plot_sweep(rows: Sequence[Dict[str, Any]], name: str, path: str) -> None:
+    """Escape and overkill rate against the swept value (matplotlib, an optional dependency)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("the sweep plot needs matplotlib (pip install matplotlib); "
+                        "the table is written without it when you drop the .png output") from None
+    xs = [r[name] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot(xs, [100 * r["escape_rate"] for r in rows], "o-", label="escape rate (defective parts passed)")
+    ax.plot(xs, [100 * r["overkill_rate"] for r in rows], "s-", label="overkill rate (good parts failed)")
+    ax.set_xlabel(name)
+    ax.set_ylabel("%")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- live ground truth (demo://)
+
+
+TruthFn = Callable[[str], Optional[Tuple[np.ndarray, Tuple[int, int]]]]
+
+
+class TruthTally:
+    """Escapes and overkill while `ds2a inspect` runs on a source that knows its parts' ground truth.
+
+    A Publisher observer: for each closed part it judges the part's label mask with the same rules
+    (measured at the size the model's region had) and compares with the model's verdict. Escapes and
+    overkill are printed as they happen; the running totals go into the records (the run's stats),
+    so `ds2a report` shows them too.
+    """
+
+    def __init__(self, rules: Rules, classes: Sequence[str], truth: TruthFn, records: Any = None,
+                 log: Any = None) -> None:
+        self.rules, self.classes, self.truth = rules, list(classes), truth
+        self.records, self.log = records, log
+        self.floor = min_floor(rules)
+        self.total = self.defective = 0
+        self.escaped: List[str] = []
+        self.overkilled: List[str] = []
+        self.by_class = {c: {"escapes": 0, "overkill": 0} for c in self.classes[1:]}
+
+    def publish(self, res: Any, closed: List[Any]) -> None:
+        for pv in closed:
+            self.add(pv)
+        if res is None:  # the end of the run: the final totals go into the run's stats
+            self.finish()
+
+    def add(self, pv: Any) -> None:
+        got = self.truth(pv.part_id) if pv.part_id else None
+        if got is None:
+            return
+        mask, size = got
+        defects = quantify(np.where(mask == IGNORE_INDEX, 0, mask).astype(np.uint8), self.classes, size,
+                           self.rules.mm_per_pixel, self.floor)
+        good = judge(self.rules, defects)[0]
+        self.total += 1
+        self.defective += not good
+        if self.records is not None:
+            self.records.extra["truth"] = self.summary()
+        if good == pv.passed:
+            return
+        if good:  # the model failed a good part
+            self.overkilled.append(pv.part_id)
+            causes = sorted({r.split(":")[0] for r in pv.reasons})
+            kind = "overkill"
+        else:
+            self.escaped.append(pv.part_id)
+            causes = failing_classes(self.rules, defects, self.classes)
+            kind = "escapes"
+        for c in causes:
+            self.by_class.setdefault(c, {"escapes": 0, "overkill": 0})[kind] += 1
+        if self.log is not None:
+            what = "ESCAPE: defective part passed" if kind == "escapes" else "OVERKILL: good part failed"
+            print(f"truth   {what}: {pv.part_id} ({', '.join(causes) or '?'})", file=self.log, flush=True)
+        if self.records is not None:
+            self.records.extra["truth"] = self.summary()
+
+    def summary(self) -> Dict[str, Any]:
+        good = self.total - self.defective
+        return {"total": self.total, "defective": self.defective, "good": good,
+                "escapes": len(self.escaped), "overkill": len(self.overkilled),
+                "escape_rate": len(self.escaped) / self.defective if self.defective else None,
+                "overkill_rate": len(self.overkilled) / good if good else None,
+                "by_class": self.by_class, "escaped_parts": self.escaped[-100:],
+                "overkill_parts": self.overkilled[-100:], "rules": self.rules.origin}
+
+    def finish(self) -> None:
+        if self.records is not None:
+            self.records.extra["truth"] = self.summary()
+
+
+def truth_line(t: Dict[str, Any]) -> str:
+    """One line for summaries and reports: escapes and overkill against the source's ground truth."""
+    def pct(x: Optional[float]) -> str:
+        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+    return (f"{t['total']} parts judged against ground truth ({t['defective']} defective): "
+            f"escapes {t['escapes']} ({pct(t['escape_rate'])} of defective), "
+            f"overkill {t['overkill']} ({pct(t['overkill_rate'])} of good)")
