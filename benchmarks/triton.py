@@ -37,8 +37,9 @@ from ds2a.preprocess import resize_frame  # noqa: E402
 from ds2a.runtime import open_model  # noqa: E402
 
 DEMO_MODEL = os.path.join(ROOT, "ds2a", "assets", "demo", "ds2a_tiny_synth.int8.onnx")
-CONFIGS = {"1 instance x 1 thread": ["--instances", "1", "--threads", "1"],
-           "2 instances x 1 thread": ["--instances", "2", "--threads", "1"]}
+CONFIGS = {"1": ("1 instance x 1 thread", ["--instances", "1", "--threads", "1"]),
+           "2": ("2 instances x 1 thread", ["--instances", "2", "--threads", "1"]),
+           "2b4": ("2 instances x 1 thread, --max-batch 4", ["--instances", "2", "--threads", "1", "--max-batch", "4"])}
 
 
 def frames(n: int = 16) -> List[np.ndarray]:
@@ -119,9 +120,9 @@ def serve(name: str, extra: Sequence[str], log_dir: str):
 
 def main(argv: Sequence[str] = ()) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=4.0, help="seconds per phase (default 4)")
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per phase (default 3)")
     ap.add_argument("--stations", default="1,2,4")
-    ap.add_argument("--configs", default="1,2", help="server configurations by instance count (1, 2)")
+    ap.add_argument("--configs", default="1,2,2b4", help=f"server configurations: {', '.join(CONFIGS)}")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "triton.md"))
     args = ap.parse_args(list(argv) or None)
     counts = [int(c) for c in args.stations.split(",")]
@@ -138,9 +139,9 @@ def main(argv: Sequence[str] = ()) -> int:
     print(rows[-1], flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        for n in args.configs.split(","):
-            name = [k for k in CONFIGS if k.startswith(n + " ")][0]
-            srv = serve(n, CONFIGS[name], tmp)
+        for key in args.configs.split(","):
+            name, extra = CONFIGS[key]
+            srv = serve(key, extra, tmp)
             try:
                 for count in counts:
                     r = run_stations(lambda: open_model(srv.grpc_url), count, images, args.duration,
@@ -158,6 +159,10 @@ def main(argv: Sequence[str] = ()) -> int:
                     print(rows[-1], flush=True)
             finally:
                 srv.stop()
+    local = open_model(DEMO_MODEL, intra_op_threads=1)  # again: how much the machine's load drifted meanwhile
+    r = run_stations(lambda: local, 1, images, args.duration)
+    r.pop("counters")
+    rows.append({"setup": "in-process ONNX Runtime, 1 thread (again, at the end)", **r, "batches": "-"})
     load_after = os.getloadavg()
     write(args.out, rows, load_before, load_after, args.duration, local_median)
     print(f"wrote {args.out}")

@@ -39,7 +39,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "bench": ("ds2a.bench.command", "latency / accuracy benchmark across backends and precisions",
               "ds2a bench --model model.onnx --duration 10 --markdown bench.md"),
     "serve": ("ds2a.serve.command", "host a model on Triton Inference Server for many stations (PyTriton)",
-              "ds2a serve model.onnx --max-batch 8   # stations: --model triton://SERVER:8001/ds2a"),
+              "ds2a serve model.onnx --instances 2   # stations: --model triton://SERVER:8001/ds2a"),
     "export-triton": ("ds2a.serve.repository_cmd", "write a Triton model repository (config.pbtxt) for a model",
                       "ds2a export-triton model.onnx --repo triton_repo --name ds2a"),
     "doctor": ("ds2a.doctor.command", "what this machine can run: GPU, TensorRT, CUDA, OpenCV", "ds2a doctor --model model.engine"),

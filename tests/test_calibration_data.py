@@ -97,3 +97,49 @@ def test_reader_batches_uint8_or_normalised_float(synth):
     x = rf.get_next()["images"]
     assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32
     assert np.allclose(x[0, 0], calib.frames[0][..., 2])  # channel 0 is R (BGR -> RGB)
+
+
+def test_reader_serves_a_range_of_batches_for_stepwise_collection(synth):
+    calib = select_calibration_set(str(synth), (32, 32), 6, seed=0)
+    reader = FrameReader(calib, "images", 2, False, (0, 0, 0), (1, 1, 1))
+    reader.set_range(1, 3)
+    got = list(iter(reader.get_next, None))
+    assert len(got) == 2 and np.array_equal(got[0]["images"], calib.frames[2:4])
+    reader.set_range(0, 1)
+    assert np.array_equal(reader.get_next()["images"], calib.frames[0:2]) and reader.get_next() is None
+
+
+def test_calibration_steps_fit_the_memory_budget():
+    from ds2a.precision.int8 import calibration_stride
+
+    assert calibration_stride(64, 63 * 2**20) == 32  # the demo model: two steps of 32 images under 2 GiB
+    assert calibration_stride(64, 10 * 2**20) == 64  # small tensors: one step, as before
+    assert calibration_stride(64, 5 * 2**30) == 1  # one image over budget: one at a time, never all 64
+    assert calibration_stride(61, 100 * 2**20) == 1  # prime count: steps must divide it
+    assert calibration_stride(60, 100 * 2**20) == 20
+
+
+def test_ort_calibration_never_holds_all_images_when_they_exceed_the_budget(synth, tmp_path, monkeypatch):
+    """ORT's calibrator keeps every batch's tensors until collect_data returns: it must get bounded steps."""
+    import onnx
+    from onnxruntime.quantization import calibrate as ort_calibrate
+    from test_precision import toy_model
+
+    import ds2a.precision.int8 as int8
+
+    onnx.save(toy_model(), str(tmp_path / "toy.onnx"))
+    per_batch = int8.calibrated_bytes_per_batch(toy_model(), ["Conv"])
+    assert per_batch > 32 * 32 * 16 * 4  # at least the 16-channel conv output of one 32x32 frame
+    monkeypatch.setattr(int8, "CALIB_BUDGET_BYTES", 2 * per_batch)
+    steps = []
+    real = ort_calibrate.HistogramCalibrater.collect_data
+
+    def counting(self, reader):
+        n = len(reader) if reader._range[1] is None else reader._range[1] - reader._range[0]
+        steps.append(n)
+        return real(self, reader)
+
+    monkeypatch.setattr(ort_calibrate.HistogramCalibrater, "collect_data", counting)
+    assert main(["calibrate", str(tmp_path / "toy.onnx"), "--data", str(synth), "--num-images", "6", "--precision",
+                 "int8", "--target", "onnxruntime", "--no-cache", "--out", str(tmp_path / "t.onnx")]) == 0
+    assert steps == [2, 2, 2]

@@ -74,8 +74,9 @@ def test_sweep_of_min_area_trades_overkill_for_escapes() -> None:
     rules = default_rules(CLASSES)
     col = _collect(rules, floor=min_floor(rules, values))
     rows = sweep(col, "min_area_px", values)
+    assert [r["defective"] for r in rows] == [2, 2, 2, 2]  # the truth keeps the given rules (64 px)
     assert [r["overkill"] for r in rows] == [1, 1, 0, 0]  # the 100 px false dust stops counting
-    assert [r["defective"] for r in rows] == [2, 2, 2, 0]  # 144 px damage is noise at 200
+    assert [r["escapes"] for r in rows] == [1, 1, 2, 2]  # so does the 100 px predicted damage
     assert col.rules.min_area_px == 64  # the sweep works on copies
     per_class = sweep(col, "dust.max_count", [0, 1])
     assert [r["overkill"] for r in per_class] == [1, 0]

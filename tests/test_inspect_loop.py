@@ -225,3 +225,22 @@ def test_a_roi_reaching_past_the_frame_is_clipped_with_a_note():
     assert len(notes) == 1 and notes[0].endswith("20,10,12,14")
     inside = _loop(CounterSource(2, live=False), ThresholdSegmenter((16, 16)), Collect(), roi=(2, 2, 8, 8)).run()
     assert not [e for e in inside.events if "--roi" in e]  # a window inside the frame needs no note
+
+
+@pytest.mark.parametrize("live, thread", [(False, "ds2a-capture"), (True, "ds2a-infer")])
+def test_file_frames_are_resized_on_the_capture_thread_while_the_model_runs(monkeypatch, live, thread):
+    """File sources: resizing overlaps inference (pipelined); live ones resize only the newest frame."""
+    import ds2a.inspect.loop as loop_mod
+
+    where: List[str] = []
+    real = loop_mod.resize_frame
+
+    def spy(image, size):
+        where.append(threading.current_thread().name)
+        return real(image, size)
+
+    monkeypatch.setattr(loop_mod, "resize_frame", spy)
+    out = Collect()
+    stats = _loop(CounterSource(5, live=live, period_s=0.01 if live else 0.0), ThresholdSegmenter((16, 16)), out).run()
+    assert stats.frames == len(where) >= 3 and set(where) == {thread}
+    assert all(r.ms["preprocess"] >= 0 and r.ms["queue"] >= 0 for r in out.results)

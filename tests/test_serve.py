@@ -72,3 +72,22 @@ def test_libpython_dir_goes_first_once(monkeypatch):
     monkeypatch.delenv("LD_LIBRARY_PATH")
     server.libpython_first()
     assert os.environ["LD_LIBRARY_PATH"] == libdir
+
+
+def test_max_batch_defaults_to_the_models_own_batch(tmp_path):
+    """A fixed-batch model gets Triton batches of its size (so every instance takes requests); a dynamic one 8."""
+    from test_triton_repository import tiny_onnx
+
+    opts = server.ServeOptions(host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0)
+    for model, expected in ((DEMO_MODEL, 1), (tiny_onnx(tmp_path / "dyn.onnx"), server.DYNAMIC_MAX_BATCH)):
+        http, grpc, metrics = free_ports(3)
+        opts.http_port, opts.grpc_port, opts.metrics_port = http, grpc, metrics
+        s = server.Server(str(model), opts)
+        try:
+            assert s.max_batch == expected
+        finally:
+            s.stop()
+    opts.max_batch = 3
+    s = server.Server(str(DEMO_MODEL), opts)
+    assert s.max_batch == 3
+    s.stop()

@@ -310,3 +310,14 @@ def test_init_from_a_model_with_other_classes_is_refused(synth: Path, tmp_path: 
     save_checkpoint(str(path), build_model("ds2a_tiny", num_classes=2, backbone_norm="bn", **TINY))
     with pytest.raises(UserError, match=r"--init: .*2 classes"):
         Trainer(_cfg(synth, tmp_path / "x", init=str(path)))
+
+
+def test_cli_passes_norm_and_init(synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ["train", "--model", "ds2a_tiny", "--data", str(synth), "--out", str(tmp_path / "o"), "--iters", "1",
+            "--eval-every", "0", "--quiet"]
+    assert main(base + ["--init", str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "--init" in err and "nope.pt' does not exist" in err
+    with pytest.raises(SystemExit) as exc:
+        main(base + ["--backbone-norm", "nope"])
+    assert exc.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err

@@ -37,7 +37,7 @@ DEMO = "demo://?frames={n}&width=320&height=180&speed=48"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = ServeProcess(tmp_path_factory.mktemp("serve") / "serve.log").start()
+    proc = ServeProcess(tmp_path_factory.mktemp("serve") / "serve.log", extra=["--max-batch", "4"]).start()
     yield proc
     assert proc.stop() == 0, proc.log()  # SIGTERM: a clean stop
 
@@ -95,8 +95,9 @@ def test_three_stations_at_once_match_in_process(server, local):
 
 
 def test_a_batch_is_split_to_the_servers_max_batch(server, local):
-    frames = np.stack([local.prepare(f) for f in demo_frames(10)])  # more than --max-batch 8
+    frames = np.stack([local.prepare(f) for f in demo_frames(10)])  # more than --max-batch 4
     with open_model(server.grpc_url) as m:
+        assert m._max_batch == 4 and m.batch_size is None
         got = m.infer_batch(frames)
     assert len(got) == 10
     for r, f in zip(got, frames):
@@ -202,7 +203,11 @@ def test_station_survives_a_server_crash_and_resumes(tmp_path):
     try:
         probe.infer(frame)
         assert _wait_rows(db, "verdict IN ('PASS', 'FAIL')", 3, 60), "the station never inspected a frame"
-        os.kill(first.tritonserver_pid(), signal.SIGKILL)
+        triton = first.tritonserver_pid()
+        stubs = [int(p) for p in subprocess.run(["pgrep", "-P", str(triton)], capture_output=True,
+                                                text=True).stdout.split()]
+        serve_pid = first.proc.pid
+        os.kill(triton, signal.SIGKILL)
         with pytest.raises(ModelUnavailable):
             probe.infer(frame)
         t0 = time.monotonic()
@@ -211,6 +216,8 @@ def test_station_survives_a_server_crash_and_resumes(tmp_path):
         assert time.monotonic() - t0 < 0.1
         assert _wait_rows(db, "reasons LIKE '%not inspected%'", 2, 30), "no frame was recorded as not inspected"
         assert first.wait_exit() == 1, first.log()  # `ds2a serve` noticed the crash, cleaned up, exit 1
+        assert stubs and not [p for p in stubs if _running(p)], "orphaned backend stubs left running"
+        assert not list(Path("/dev/shm").glob(f"pytrtion{serve_pid}-*")), "shared memory left behind"
         inspected_before = _count(db, "verdict IN ('PASS', 'FAIL')")
         second = ServeProcess(tmp_path / "serve2.log", ports=ports).start()
         assert _wait_rows(db, "verdict IN ('PASS', 'FAIL')", inspected_before + 3, 60), "no frames after restart"
@@ -238,6 +245,15 @@ def test_station_survives_a_server_crash_and_resumes(tmp_path):
     assert away and all(v == "NONE" for s, v, r in rows if s in set(away))
     assert any(v in ("PASS", "FAIL") for s, v, _ in rows if s > max(away))  # resumed after the restart
     assert "model unavailable" in out and "model back after" in out
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whoever is pid 1 here, maybe late)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _count(db: Path, where: str) -> int:

@@ -10,7 +10,8 @@ examples:
 
 With --rules, the inspection rules judge every image's prediction and its ground truth (one image
 = one part) and the report adds part counts: escapes (defective parts that passed) and overkill
-(good parts that failed); --sweep re-judges them over the values of one rule field.
+(good parts that failed); --sweep re-judges the predictions over the values of one rule field
+(the ground truth keeps the rules as given), for choosing a threshold from data.
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def _run_sweep(collector: Any, spec: tuple, prefix: str) -> list:
     name, values = spec
     rows = sweep(collector, name, values)
     table = format_sweep(rows, name)
-    print(f"\nsweep of {name} ({collector.rules.origin}):\n{table}")
+    print(f"\nsweep of {name} for the predictions (ground truth judged with {collector.rules.origin}):\n{table}")
     if prefix:
         with atomic_write(f"{prefix}.md", label="--sweep-out") as fh:
             fh.write(table + "\n")

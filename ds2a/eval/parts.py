@@ -7,7 +7,8 @@ A part is *defective* when its ground truth fails the rules, an *escape* when it
 its prediction passes, *overkill* when it is good but its prediction fails. Torch-free.
 
 Regions are measured once per image at the smallest area any rule (or sweep value) can ask for,
-so a sweep over a rule field re-judges stored regions instead of re-running the model.
+so a sweep over a rule field re-judges stored regions instead of re-running the model. A sweep
+changes the rules the predictions are judged with; the ground truth keeps the rules as given.
 """
 from __future__ import annotations
 
@@ -56,8 +57,10 @@ class PartCollector:
             name, quantify(pred.astype(np.uint8), self.classes, size, mmpp, self.floor),
             quantify(truth, self.classes, size, mmpp, self.floor)))
 
-    def verdicts(self, rules: Optional[Rules] = None) -> Dict[str, Any]:
-        return part_verdicts(self.images, rules or self.rules, self.classes)
+    def verdicts(self, pred_rules: Optional[Rules] = None) -> Dict[str, Any]:
+        """Counts with the collector's rules; `pred_rules` judges the predictions instead (a sweep),
+        while the ground truth keeps the rules as given: they define which parts are defective."""
+        return part_verdicts(self.images, pred_rules or self.rules, self.classes, truth_rules=self.rules)
 
 
 def min_floor(rules: Rules, extra: Sequence[float] = ()) -> float:
@@ -71,17 +74,22 @@ def failing_classes(rules: Rules, defects: Sequence[Defect], classes: Sequence[s
     return [c for c in classes if not judge(rules, [d for d in defects if d.class_name == c])[0]]
 
 
-def part_verdicts(images: Sequence[ImageRegions], rules: Rules, classes: Sequence[str]) -> Dict[str, Any]:
-    """Parts total/defective/escapes/overkill, both rates, the classes behind them and the part ids."""
-    trackers = (PartTracker(rules, True, "the dataset"), PartTracker(rules, True, "the dataset"))
+def part_verdicts(images: Sequence[ImageRegions], rules: Rules, classes: Sequence[str],
+                  truth_rules: Optional[Rules] = None) -> Dict[str, Any]:
+    """Parts total/defective/escapes/overkill, both rates, the classes behind them and the part ids.
+
+    `rules` judge the predictions, `truth_rules` (default: the same) the ground truth."""
+    truth_rules = truth_rules or rules
+    both = (rules, truth_rules)
+    trackers = (PartTracker(truth_rules, True, "the dataset"), PartTracker(truth_rules, True, "the dataset"))
     frame_classes: Dict[str, Tuple[set, set]] = {}
     closed: Tuple[list, list] = ([], [])
     for seq, img in enumerate(images):
         for k, defects in enumerate((img.pred, img.truth)):
-            passed, reasons = judge(rules, defects)
+            passed, reasons = judge(both[k], defects)
             closed[k].extend(trackers[k].feed(seq, img.name, passed, reasons, float(seq)))
         frame_classes[img.name] = (set(failing_classes(rules, img.pred, classes)),
-                                   set(failing_classes(rules, img.truth, classes)))
+                                   set(failing_classes(truth_rules, img.truth, classes)))
     for k in (0, 1):
         closed[k].extend(trackers[k].flush())
     by_class = {c: {"escapes": 0, "overkill": 0} for c in classes[1:]}
@@ -110,7 +118,7 @@ def part_verdicts(images: Sequence[ImageRegions], rules: Rules, classes: Sequenc
         "escape_rate": len(escapes) / defective if defective else float("nan"),
         "overkill_rate": len(overkill) / good if good else float("nan"),
         "by_class": by_class, "escaped_parts": escapes, "overkill_parts": overkill,
-        "rules": rules.origin, "level": rules.level,
+        "rules": rules.origin, "level": truth_rules.level,
     }
 
 
@@ -161,7 +169,10 @@ def with_value(rules: Rules, name: str, value: float, classes: Sequence[str]) ->
 
 
 def sweep(collector: PartCollector, name: str, values: Sequence[float]) -> List[Dict[str, Any]]:
-    """One row per value: the part counts and rates under the rules with that value."""
+    """One row per value: part counts and rates when the predictions are judged with that value.
+
+    The ground truth keeps the rules as given (they are the specification of a defective part),
+    so the rows trade escapes against overkill for one fixed set of defective parts."""
     rows = []
     for v in values:
         res = collector.verdicts(with_value(collector.rules, name, v, collector.classes))

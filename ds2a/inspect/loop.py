@@ -120,6 +120,16 @@ class LatestSlot:
 
 
 Region = Tuple[int, int, int, int]  # x, y, w, h in frame pixels
+
+
+@dataclass
+class _Prepared:
+    """A frame cropped and resized for the model (small None: no part in view, not inspected)."""
+
+    small: Optional[np.ndarray]
+    region: Region
+    roi: Optional[Region]
+    preprocess_ms: float
 Analyse = Callable[[np.ndarray, Optional[np.ndarray], Region], Tuple[List[Defect], bool, List[str]]]
 
 
@@ -198,6 +208,7 @@ class InspectionLoop:
 
     def _capture(self) -> None:
         sw = self.stats.timings
+        size = tuple(self.model.input_size)
         try:
             while not self._stop.is_set():
                 t0 = time.perf_counter()
@@ -209,10 +220,11 @@ class InspectionLoop:
                 self.stats.captured += 1
                 if isinstance(self._in, LatestSlot):
                     self._in.put(frame)
-                else:
+                else:  # every frame of a file is inspected: resize it here, while the model runs
+                    item = (frame, self._prepare(frame, size))
                     while not self._stop.is_set():
                         try:
-                            self._in.put(frame, timeout=0.1)
+                            self._in.put(item, timeout=0.1)
                             break
                         except queue.Full:
                             continue
@@ -250,18 +262,19 @@ class InspectionLoop:
                 if self._capture_done.is_set() and self._in.empty():
                     return _END
 
-    def _inspect(self, frame: Frame, seq: int, size: Tuple[int, int]) -> Optional[Result]:
-        """One frame through preprocess, model and analysis; None for a corrupt frame."""
-        sw = self.stats.timings
-        t_start = time.perf_counter()
-        ms = {"queue": (t_start - frame.t_perf) * 1e3}
+    def _prepare(self, frame: Frame, size: Tuple[int, int]) -> Optional[_Prepared]:
+        """Crop to the region and resize to the model size; None for a corrupt frame.
+
+        Runs on the capture thread for file sources (pipelined with the model), on the model
+        thread for live ones (only the newest frame is worth resizing).
+        """
+        t0 = time.perf_counter()
         image = frame.image
         if image is None or not getattr(image, "size", 0):
             self.stats.corrupt += 1
             return None
         if self.roi is None and self.source.gives_roi and frame.roi is None:  # no part in view
-            self.stats.no_part += 1
-            return Result(seq, frame, None, [], True, [], ms, None, inspected=False)
+            return _Prepared(None, (0, 0, 0, 0), None, 0.0)
         roi = clip_roi(self.roi or frame.roi, image.shape[:2])  # UserError: --roi is outside the frame
         if self.roi is not None and image.shape[:2] not in self._clipped:
             self._note_clip(image.shape[:2], roi)
@@ -274,6 +287,16 @@ class InspectionLoop:
         except (ValueError, TypeError, IndexError, cv2.error):  # odd shape or type
             self.stats.corrupt += 1
             return None
+        return _Prepared(small, region, roi, (time.perf_counter() - t0) * 1e3)
+
+    def _inspect(self, frame: Frame, prep: _Prepared, seq: int, queue_ms: float) -> Result:
+        """One prepared frame through the model and the analysis."""
+        sw = self.stats.timings
+        ms = {"queue": max(0.0, queue_ms)}
+        if prep.small is None:
+            self.stats.no_part += 1
+            return Result(seq, frame, None, [], True, [], ms, None, inspected=False)
+        small, region, roi = prep.small, prep.region, prep.roi
         t1 = time.perf_counter()
         c1 = time.thread_time()
         try:
@@ -291,7 +314,7 @@ class InspectionLoop:
         t2 = time.perf_counter()
         defects, passed, reasons = self.analyse(out.class_map, out.confidence, region)
         t3 = time.perf_counter()
-        ms.update(preprocess=(t1 - t_start) * 1e3, infer=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
+        ms.update(preprocess=prep.preprocess_ms, infer=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
         for k in ("queue", "preprocess", "infer", "postprocess"):
             sw.add(k, ms[k])
         return Result(seq, frame, out.class_map, defects, passed, reasons, ms, roi)
@@ -310,12 +333,18 @@ class InspectionLoop:
         seq = 0
         try:
             while not self._abort.is_set():
-                frame = self._take()
-                if frame is _END:
+                item = self._take()
+                if item is _END:
                     break
-                res = self._inspect(frame, seq, size)
-                if res is None:
+                t_take = time.perf_counter()
+                if isinstance(item, tuple):  # prepared on the capture thread
+                    frame, prep = item
+                    ahead = prep.preprocess_ms if prep is not None else 0.0
+                else:
+                    frame, prep, ahead = item, self._prepare(item, size), 0.0
+                if prep is None:
                     continue
+                res = self._inspect(frame, prep, seq, (t_take - frame.t_perf) * 1e3 - ahead)
                 seq += 1
                 while not self._abort.is_set():  # blocks only on a slow output; abort frees it
                     try:

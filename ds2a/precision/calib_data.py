@@ -198,12 +198,15 @@ class FrameReader(CalibrationDataReader):
         self.calib, self.input_name, self.batch = calib, input_name, max(1, batch)
         self.float_input, self.mean, self.std = float_input, mean, std
         self.limit = limit
+        self._range: Tuple[int, Optional[int]] = (0, None)  # batch indices [start, end) served
         self._it: Iterator[Dict[str, np.ndarray]] = self._batches()
 
     def _batches(self) -> Iterator[Dict[str, np.ndarray]]:
         frames = self.calib.frames[: self.limit] if self.limit else self.calib.frames
         usable = len(frames) - len(frames) % self.batch
-        for i in range(0, usable, self.batch):
+        start, end = self._range
+        stop = usable if end is None else min(usable, end * self.batch)
+        for i in range(start * self.batch, stop, self.batch):
             chunk = frames[i : i + self.batch]
             x = normalize(chunk, self.mean, self.std) if self.float_input else np.ascontiguousarray(chunk)
             yield {self.input_name: x}
@@ -212,6 +215,11 @@ class FrameReader(CalibrationDataReader):
         return next(self._it, None)
 
     def rewind(self) -> None:
+        self._it = self._batches()
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Serve only batches [start_index, end_index): ORT's strided calibration collects them step by step."""
+        self._range = (start_index, end_index)
         self._it = self._batches()
 
     def __len__(self) -> int:

@@ -41,6 +41,35 @@ ORT_OP_TYPES = ["Conv", "MatMul", "Gemm"]
 DEFAULT_EXCLUDE_OPS = ["Softmax", "LayerNormalization", "GridSample", "ReduceMean", "Resize"]
 
 
+# ORT's histogram calibrators keep every calibrated tensor of every batch until the end (the demo
+# model: 63 MB per 256x256 image; ds2a_r18 at 512x512: 1.1 GB per image). Batches are therefore
+# collected in steps whose tensors fit this budget (histograms merge between steps).
+CALIB_BUDGET_BYTES = 2 * 2**30
+
+
+def calibrated_bytes_per_batch(model: onnx.ModelProto, op_types: Sequence[str]) -> int:
+    """Bytes of the float inputs/outputs of `op_types` nodes for one batch: what ORT's calibrator keeps."""
+    from onnx import shape_inference
+
+    from .ranges import tensor_bytes
+
+    try:
+        graph = shape_inference.infer_shapes(model).graph
+    except (ValueError, onnx.shape_inference.InferenceError):  # e.g. a model past protobuf's 2 GB
+        return CALIB_BUDGET_BYTES  # unknown: one batch per step, the safe choice
+    infos = {v.name: v for v in list(graph.value_info) + list(graph.output) + list(graph.input)}
+    names = {t for n in graph.node if n.op_type in op_types for t in list(n.input) + list(n.output) if t in infos}
+    return sum(tensor_bytes(infos[t])[0] for t in names if infos[t].type.tensor_type.elem_type == onnx.TensorProto.FLOAT)
+
+
+def calibration_stride(batches: int, per_batch: int, budget: Optional[int] = None) -> int:
+    """Batches per collection step: all when they fit `budget`, else the largest divisor of `batches` that does."""
+    fit = max(1, (CALIB_BUDGET_BYTES if budget is None else budget) // max(per_batch, 1))
+    if fit >= batches:
+        return batches
+    return max(d for d in range(1, fit + 1) if batches % d == 0)
+
+
 def _ort_method(method: str):
     from onnxruntime.quantization import CalibrationMethod
 
@@ -70,6 +99,8 @@ def quantize_onnxruntime(info: OnnxModelInfo, calib: CalibrationSet, out: Path, 
         if cached is not None:
             ort_cache.write_text(json.dumps(cached["ort_tensors_data"]))
         reader = FrameReader(calib, info.input_name, info.batch, info.float_input, info.meta.mean, info.meta.std)
+        if cached is None:
+            extra["CalibStridedMinMax"] = calibration_stride(len(reader), calibrated_bytes_per_batch(info.model, ops))
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # ORT's "consider pre-processing" advice does not apply to our exports

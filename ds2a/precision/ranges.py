@@ -10,6 +10,7 @@ one chunk (plus ONNX Runtime's working set), whatever the model size or the numb
 """
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
 
@@ -23,7 +24,7 @@ _NUMERIC = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.D
             onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64}
 
 
-def _tensor_bytes(vi: onnx.ValueInfoProto) -> Tuple[int, bool]:
+def tensor_bytes(vi: onnx.ValueInfoProto) -> Tuple[int, bool]:
     """(bytes, known): byte size of a statically shaped tensor; (0, False) when any dimension is symbolic."""
     tt = vi.type.tensor_type
     if not tt.HasField("shape"):
@@ -42,7 +43,7 @@ def plan_chunks(model: onnx.ModelProto, budget_bytes: int) -> List[Tuple[int, Li
     budget by much; a single tensor larger than the budget gets a chunk of its own.
     """
     infos = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
-    sizes = [_tensor_bytes(vi) for vi in infos.values()]
+    sizes = [tensor_bytes(vi) for vi in infos.values()]
     largest = max([b for b, known in sizes if known] or [budget_bytes])
     where: Dict[str, int] = {}
     chunks: List[List[onnx.ValueInfoProto]] = [[]]
@@ -52,7 +53,7 @@ def plan_chunks(model: onnx.ModelProto, budget_bytes: int) -> List[Tuple[int, Li
             vi = infos.get(name)
             if not name or vi is None or vi.type.tensor_type.elem_type not in _NUMERIC:
                 continue
-            size, known = _tensor_bytes(vi)
+            size, known = tensor_bytes(vi)
             size = size if known else largest
             if chunks[-1] and used + size > budget_bytes:
                 chunks.append([])
@@ -105,10 +106,14 @@ def collect_ranges(model: onnx.ModelProto, batches: Callable[[], Iterable[Dict[s
         else:
             result[name] = (absmax, lo, hi, tuple(np.shape(arr)))
 
+    t0 = time.perf_counter()
+    n_batches = 0
     for batch in batches():
+        n_batches += 1
         for name, arr in batch.items():
             merge(name, arr)
-    for end, outputs in plan_chunks(model, budget_bytes):
+    chunks = plan_chunks(model, budget_bytes)
+    for end, outputs in chunks:
         sess = ort.InferenceSession(_prefix_model(model, end, outputs), so, providers=list(providers))
         names = [o.name for o in outputs]
         for batch in batches():
@@ -117,6 +122,8 @@ def collect_ranges(model: onnx.ModelProto, batches: Callable[[], Iterable[Dict[s
                 merge(name, arr)
             del values
         del sess
+    print(f"fp16 reference ranges: {len(result)} tensors, {n_batches} batch(es), {len(chunks)} chunk(s) of "
+          f"<= {budget_bytes / 2**20:.0f} MiB, {time.perf_counter() - t0:.0f} s", flush=True)
     return result
 
 

@@ -1,7 +1,7 @@
 """`ds2a serve MODEL`: host a model on Triton Inference Server for many stations (HTTP, gRPC, metrics).
 
   ds2a serve ds2a/assets/demo/ds2a_tiny_synth.int8.onnx
-  ds2a serve model.engine --name line3 --max-batch 8 --max-queue-delay-us 2000 --instances 2
+  ds2a serve model.engine --name line3 --max-batch 8 --max-queue-delay-us 2000 --instances 2   # batch-profile engine
   ds2a inspect --model triton://SERVER:8001/ds2a --source csi://0 --headless    # on each station
 """
 from __future__ import annotations
@@ -23,8 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-port", type=int, default=protocol.GRPC_PORT, help="gRPC port (default 8001)")
     p.add_argument("--metrics-port", type=int, default=protocol.METRICS_PORT,
                    help="Prometheus metrics port (default 8002; /metrics)")
-    p.add_argument("--max-batch", type=int_range(1), default=8,
-                   help="largest batch Triton forms from the stations' frames (default 8)")
+    p.add_argument("--max-batch", type=int_range(1), default=None,
+                   help="largest batch Triton forms from the stations' frames (default: the model's fixed batch, "
+                        "8 for a dynamic-batch model)")
     p.add_argument("--max-queue-delay-us", type=int_range(0), default=2000,
                    help="how long Triton may hold a frame to batch it with others (default 2000 us)")
     p.add_argument("--instances", type=int_range(1), default=1,

@@ -8,8 +8,10 @@ Triton model instance. The model's metadata rides along as model-config paramete
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
 import signal
 import socket
 import sysconfig
@@ -25,6 +27,7 @@ from ..meta import file_sha256
 from ..runtime import Segmenter
 from . import protocol
 
+DYNAMIC_MAX_BATCH = 8
 MISSING = "ds2a serve needs NVIDIA PyTriton: pip install 'ds2a-edge[serve]' (x86_64 or aarch64 Linux, glibc 2.35+)"
 
 
@@ -37,7 +40,7 @@ class ServeOptions:
     http_port: int = protocol.HTTP_PORT
     grpc_port: int = protocol.GRPC_PORT
     metrics_port: int = protocol.METRICS_PORT
-    max_batch: int = 8
+    max_batch: Optional[int] = None  # None: the model's fixed batch, or 8 when its batch is dynamic
     max_queue_delay_us: int = 2000
     instances: int = 1
     threads: int = 0  # intra-op threads per instance (ONNX Runtime / PyTorch); 0 = backend default
@@ -77,6 +80,25 @@ def check_ports(host: str, ports: Dict[str, int]) -> None:
             except OSError as exc:
                 raise UserError(f"{option} {port}: cannot listen on {host}:{port} ({exc.strerror}); another "
                                 f"server uses it: stop it or pick a free port with {option}") from None
+
+
+def reap_leftovers(workspace: str) -> None:
+    """What a crashed tritonserver leaves: its Python-backend stubs (orphaned, they keep running), our
+    shared-memory segments and PyTriton's workspace (~20 MB). A clean stop leaves nothing to find."""
+    if workspace and os.path.isdir("/proc"):
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if workspace.encode() in fh.read() and int(pid) != os.getpid():
+                        os.kill(int(pid), signal.SIGKILL)  # a process started from this server's own workspace
+            except (OSError, ValueError):
+                continue
+        shutil.rmtree(workspace, ignore_errors=True)
+    for segment in glob.glob(f"/dev/shm/pytrtion{os.getpid()}-*"):  # PyTriton names them after our pid
+        try:
+            os.unlink(segment)
+        except OSError:
+            pass
 
 
 def load_instances(path: str, opts: ServeOptions) -> List[Segmenter]:
@@ -135,7 +157,7 @@ class Server:
             import pytriton  # noqa: F401
         except ImportError as exc:
             raise UserError(f"{MISSING} ({exc})") from None
-        if opts.max_batch < 1:
+        if opts.max_batch is not None and opts.max_batch < 1:
             raise UserError(f"--max-batch {opts.max_batch}: give at least 1")
         if opts.instances < 1:
             raise UserError(f"--instances {opts.instances}: give at least 1")
@@ -147,6 +169,9 @@ class Server:
         check_ports(opts.host, {"--http-port": opts.http_port, "--grpc-port": opts.grpc_port,
                                 "--metrics-port": opts.metrics_port})
         self.models = load_instances(self.path, opts)
+        # a fixed-batch model gains nothing from Triton's batches (they run frame by frame on one instance,
+        # leaving the others idle: benchmarks/results/triton.md); then each request goes to a free instance
+        self.max_batch = opts.max_batch or self.models[0].batch_size or DYNAMIC_MAX_BATCH
         self.parameters = model_parameters(self.path, self.models[0])
         self._triton: Any = None
 
@@ -187,7 +212,7 @@ class Server:
                 model_name=o.name, infer_func=[infer_function(m) for m in self.models],
                 inputs=[Tensor(name=protocol.INPUT, dtype=np.uint8, shape=(h, w, 3))],
                 outputs=[Tensor(name=protocol.CLASS_MAP, dtype=np.uint8, shape=(h, w))],
-                config=ModelConfig(max_batch_size=o.max_batch,
+                config=ModelConfig(max_batch_size=self.max_batch,
                                    batcher=DynamicBatcher(max_queue_delay_microseconds=o.max_queue_delay_us)),
                 strict=True)
             try:  # PyTriton has no public hook for model-config parameters (setup.cfg pins its releases)
@@ -208,9 +233,11 @@ class Server:
     def stop(self) -> None:
         if self._triton is not None:
             triton, self._triton = self._triton, None
+            workspace = str(getattr(getattr(triton, "_workspace", None), "path", "") or "")
             with warnings.catch_warnings():  # after a crash PyTriton warns about files the server took along
                 warnings.simplefilter("ignore")
                 triton.stop()
+            reap_leftovers(workspace)
         for m in self.models:
             m.close()
         self.models = []
@@ -234,7 +261,7 @@ def serve_forever(path: str, opts: ServeOptions, log: Callable[[str], None] = pr
         host = "HOST" if opts.host in ("0.0.0.0", "::") else opts.host
         log(f"serving {path} as '{opts.name}' ({server.meta.arch} {h}x{w} "
             f"{server.parameters[protocol.PRECISION_PARAM]}, {server.models[0].backend} x{opts.instances}, "
-            f"max batch {opts.max_batch}, queue delay {opts.max_queue_delay_us} us)")
+            f"max batch {server.max_batch}, queue delay {opts.max_queue_delay_us} us)")
         log(f"  stations: --model triton://{host}:{opts.grpc_port}/{opts.name}   "
             f"or triton+http://{host}:{opts.http_port}/{opts.name}")
         log(f"  health:   http://{host}:{opts.http_port}/v2/health/ready   "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ..cli_types import finite_float, int_range, torch_device
 from ..errors import UserError
@@ -93,5 +94,6 @@ def run(args: argparse.Namespace) -> int:
         backbone_norm=args.backbone_norm, init=args.init,
     )
     summary = train(cfg)
-    print(json.dumps(summary))
+    if int(os.environ.get("RANK", "0")) == 0:  # other DDP ranks neither evaluate nor know the best
+        print(json.dumps(summary))
     return 0

@@ -1,4 +1,4 @@
-"""A small PNG of a run's training curve (loss and test mIoU against iterations) for model cards."""
+"""A small PNG of a run's training curve (loss and selection-split mIoU against iterations) for model cards."""
 from __future__ import annotations
 
 import csv
@@ -31,7 +31,7 @@ def plot_run(run_dir: str, out_png: str, title: Optional[str] = None) -> str:
     ax2 = ax.twinx()
     if evals:
         ax2.plot([int(r["iter"]) for r in evals], [float(r["mIoU"]) for r in evals], "o-", color="tab:blue",
-                 label="test mIoU")
+                 label="eval-split mIoU (selects best.pt)")
         for key in [k for k in evals[0] if k.startswith("IoU.") and k != "IoU.background"]:
             vals = [float(r[key]) if r[key] not in ("", "None") else float("nan") for r in evals]
             ax2.plot([int(r["iter"]) for r in evals], vals, "--", lw=0.8, label=key)
