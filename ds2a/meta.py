@@ -109,3 +109,15 @@ def file_sha256(path: "str | os.PathLike[str]") -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def guess_precision(path: str, meta: Any) -> str:
+    """Precision from the model's metadata, else from the file name (m.int8.onnx), else fp32."""
+    extra = getattr(meta, "extra", {}) or {}
+    if extra.get("precision"):
+        return str(extra["precision"])
+    name = os.path.basename(path).lower()
+    for token in ("int8", "fp16", "bf16", "fp8", "fp32"):
+        if token in name:
+            return token
+    return "fp32"

@@ -91,3 +91,16 @@ def test_max_batch_defaults_to_the_models_own_batch(tmp_path):
     s = server.Server(str(DEMO_MODEL), opts)
     assert s.max_batch == 3
     s.stop()
+
+
+def test_numpy_2_is_refused_before_the_server_starts(monkeypatch):
+    """PyTriton's stub returns empty outputs under NumPy 2; serving them would be silent garbage."""
+    from importlib.metadata import requires
+
+    if not any("numpy" in r and "<2" in r for r in requires("nvidia-pytriton") or []):
+        pytest.skip("this PyTriton does not pin NumPy 1")
+    monkeypatch.setattr(server.np, "__version__", "2.1.0")
+    with pytest.raises(server.UserError, match="PyTriton needs NumPy 1"):
+        server.check_numpy()
+    monkeypatch.setattr(server.np, "__version__", "1.26.4")
+    server.check_numpy()

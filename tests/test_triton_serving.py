@@ -19,11 +19,10 @@ from typing import Dict, List
 
 import numpy as np
 import pytest
+from triton_server import DEMO_MODEL, ROOT, ServeProcess, free_ports, serve_skip_reason  # noqa: E402
 
-pytest.importorskip("pytriton", reason="ds2a serve needs nvidia-pytriton (pip install -e '.[serve]')")
-pytest.importorskip("tritonclient.grpc", reason="triton:// needs tritonclient (pip install -e '.[serve]')")
-
-from triton_server import DEMO_MODEL, ROOT, ServeProcess, free_ports  # noqa: E402
+if serve_skip_reason():
+    pytest.skip(serve_skip_reason(), allow_module_level=True)
 
 from ds2a.cli import main  # noqa: E402
 from ds2a.errors import UserError  # noqa: E402

@@ -14,6 +14,23 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "ds2a" / "assets" / "demo" / "ds2a_tiny_synth.int8.onnx"
 
 
+def serve_skip_reason() -> Optional[str]:
+    """Why `ds2a serve` cannot run in this environment (None: it can)."""
+    try:
+        import pytriton  # noqa: F401
+        import tritonclient.grpc  # noqa: F401
+    except ImportError as exc:
+        return f"ds2a serve needs nvidia-pytriton and tritonclient (pip install -e '.[serve]'): {exc}"
+    from ds2a.errors import UserError
+    from ds2a.serve.server import check_numpy
+
+    try:
+        check_numpy()
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
 def free_ports(n: int) -> List[int]:
     """n distinct free TCP ports on 127.0.0.1 (held together while chosen, so they differ)."""
     socks = []

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..cli_types import finite_float, int_range
 from ..errors import UserError
-from ..meta import parse_size
+from ..meta import guess_precision, parse_size
 from ..outputs import check_outputs
 from .latency import measure
 from .machine import machine_info
@@ -97,18 +97,6 @@ def _torch_device(text: str) -> str:
         return torch_device(text)
     except argparse.ArgumentTypeError as exc:
         raise UserError(f"--device {exc} (or auto) for a PyTorch checkpoint") from None
-
-
-def guess_precision(path: str, meta: Any) -> str:
-    """Precision from the model's metadata, else from the file name (m.int8.onnx), else fp32."""
-    extra = getattr(meta, "extra", {}) or {}
-    if extra.get("precision"):
-        return str(extra["precision"])
-    name = os.path.basename(path).lower()
-    for token in ("int8", "fp16", "bf16", "fp8", "fp32"):
-        if token in name:
-            return token
-    return "fp32"
 
 
 def bench_model(path: str, args: argparse.Namespace, log: Callable[..., None] = print,

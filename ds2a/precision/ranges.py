@@ -1,8 +1,8 @@
 """Activation ranges of every tensor in bounded memory: what FP16 conversion needs to keep overflow in fp32.
 
-ModelOpt AutoCast's own reference run marks every tensor as a graph output and keeps all of them
-for every calibration batch (ds2a_r18 at 512x512: 5.6 GB of tensors per image, so 8 images need
-~45 GB). Only max |x|, min, max and the shape of each tensor are used afterwards. Here the tensors
+ModelOpt AutoCast's own reference run marks every tensor as a graph output and gets all of them
+back for every calibration batch (ds2a_r18 at 512x512: 5.3 GiB of tensors per image); only
+max |x|, min, max and the shape of each tensor are used afterwards. Here the tensors
 are split, in topological order, into chunks of at most `budget_bytes`; each chunk gets its own
 session over the graph prefix that produces it, every batch is run and reduced to those four
 numbers, and the outputs are dropped before the next batch. Peak memory is then the weights plus

@@ -24,7 +24,7 @@ ALIASES: Dict[str, str] = {"trt": "tensorrt", "ort": "onnxruntime", "onnx": "onn
 SUFFIXES: Dict[str, str] = {".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt",
                             ".onnx": "onnxruntime", ".pt": "pytorch", ".pth": "pytorch"}
 
-# URL schemes served by a model server: triton:// (gRPC), triton+http:// (ds2a/serve/protocol.py)
+# URL schemes served by a model server: triton:// (gRPC), triton+http:// (ds2a/runtime/triton_protocol.py)
 URL_SCHEMES: Dict[str, str] = {"triton://": "triton", "triton+grpc://": "triton", "triton+http://": "triton"}
 
 __all__ = ["open_model", "backend_for", "Segmenter", "InferResult", "BACKENDS", "SUFFIXES", "ModelUnavailable"]

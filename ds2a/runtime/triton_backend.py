@@ -3,7 +3,7 @@
 `open_model("triton://HOST:8001/NAME")` (gRPC) or `"triton+http://HOST:8000/NAME"` gives a
 `Segmenter` like any local file, built on `tritonclient` only: no torch, no ONNX Runtime, no
 model file on the station (classes, palette and size come from the model-config parameters that
-`ds2a serve` and `ds2a export-triton` write; ds2a/serve/protocol.py). Query options:
+`ds2a serve` and `ds2a export-triton` write; ds2a/runtime/triton_protocol.py). Query options:
 `?timeout=S` (per request, default 10) and `&version=N`.
 
 A server that goes away mid-run does not end the run: calls raise `ModelUnavailable` at once
@@ -22,8 +22,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..meta import ModelMeta
-from ..serve import protocol
 from . import ModelUnavailable
+from . import triton_protocol as protocol
 from .base import Frames, InferResult, Segmenter, check_output_spec, fit_batch, make_results
 
 TRITON_TYPES = {"TYPE_UINT8": "uint8", "TYPE_FP32": "float32", "TYPE_FP16": "float16", "TYPE_INT64": "int64",
@@ -257,7 +257,18 @@ class TritonSegmenter(Segmenter):
             self._away_since, self._delay = None, self.retry_s
             self.reconnects += 1
         self.last_timings = {"request_ms": (time.perf_counter() - t0) * 1e3}
-        return {n: result.as_numpy(n) for n in names}
+        try:
+            outs = {n: result.as_numpy(n) for n in names}
+        except ValueError as exc:  # e.g. an empty output where the shape says 256x256
+            outs = {}
+            reason = _reason(exc)
+        else:
+            missing = [n for n in names if outs[n] is None or outs[n].shape[:1] != chunk.shape[:1]]
+            reason = f"{', '.join(missing)} missing or of another batch" if missing else ""
+        if reason:
+            raise UserError(f"{self.url}: the server's reply is unusable ({reason}); check the server's log "
+                            "(a `ds2a serve` with the wrong NumPy refuses to start; restart it)")
+        return outs
 
     def _gone(self, exc: BaseException, frames: int) -> None:
         """A failed request: the model is away (back off, ModelUnavailable) or it refused the input (UserError)."""

@@ -11,7 +11,7 @@ import os
 import sys
 
 from ..cli_types import int_range
-from . import protocol
+from ..runtime import triton_protocol as protocol
 from .server import ServeOptions, serve_forever
 
 

@@ -4,7 +4,7 @@ ONNX goes to the `onnxruntime_onnx` platform, a TensorRT engine to `tensorrt_pla
 metadata come from the `model.engine.json` sidecar `ds2a build-engine` writes, so no TensorRT is
 needed here). A dynamic batch dimension becomes `max_batch_size` with dynamic batching; a fixed
 batch stays in the dims (`max_batch_size: 0`). The ds2a metadata rides along as parameters
-(ds2a/serve/protocol.py), which is what `triton://` stations read.
+(ds2a/runtime/triton_protocol.py), which is what `triton://` stations read.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import UserError
-from ..meta import ONNX_META_KEY, ModelMeta, file_sha256
-from . import protocol
+from ..meta import ONNX_META_KEY, ModelMeta, file_sha256, guess_precision
+from ..runtime import triton_protocol as protocol
 
 ORT_TYPES = {"tensor(uint8)": "TYPE_UINT8", "tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16",
              "tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(bool)": "TYPE_BOOL"}
@@ -136,7 +136,6 @@ def config_text(name: str, io: ModelIO, max_batch: int, max_queue_delay_us: int,
 def export_repository(model_path: str, repo: str, name: str = "ds2a", version: int = 1, max_batch: int = 8,
                       max_queue_delay_us: int = 2000, instances: int = 1, kind: str = "auto") -> str:
     """Write REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.{onnx,plan}; returns the config path."""
-    from ..bench.command import guess_precision
 
     if not os.path.isfile(model_path):
         raise UserError(f"model file {model_path} does not exist; check the path")

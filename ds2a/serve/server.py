@@ -4,7 +4,7 @@ PyTriton runs the bundled `tritonserver` binary (HTTP, gRPC, Prometheus metrics,
 batching) and hands each batch Triton forms to a Python function in this process; that function
 runs our own runtime (`open_model`: ONNX Runtime, TensorRT or PyTorch), one loaded copy per
 Triton model instance. The model's metadata rides along as model-config parameters
-(ds2a/serve/protocol.py), so a station needs no model file.
+(ds2a/runtime/triton_protocol.py), so a station needs no model file.
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from ..errors import UserError
-from ..meta import file_sha256
+from ..meta import file_sha256, guess_precision
 from ..runtime import Segmenter
-from . import protocol
+from ..runtime import triton_protocol as protocol
 
 DYNAMIC_MAX_BATCH = 8
 MISSING = "ds2a serve needs NVIDIA PyTriton: pip install 'ds2a-edge[serve]' (x86_64 or aarch64 Linux, glibc 2.35+)"
@@ -130,7 +130,6 @@ def load_instances(path: str, opts: ServeOptions) -> List[Segmenter]:
 
 def model_parameters(path: str, model: Segmenter) -> Dict[str, str]:
     """The model-config parameters a station reads: metadata JSON, source file, its sha256, precision."""
-    from ..bench.command import guess_precision
 
     return {protocol.META_PARAM: model.meta.to_json(), protocol.SOURCE_PARAM: os.path.basename(path),
             protocol.SHA_PARAM: file_sha256(path), protocol.PRECISION_PARAM: guess_precision(path, model.meta),
@@ -147,6 +146,22 @@ def infer_function(model: Segmenter) -> Callable[..., Dict[str, np.ndarray]]:
         return {protocol.CLASS_MAP: np.stack([r.class_map for r in results])}
 
     return infer
+
+
+def check_numpy() -> None:
+    """PyTriton's Python-backend stub is built against NumPy 1: under NumPy 2 every output it returns is empty.
+
+    PyTriton says so in its requirements (numpy<2); refuse to serve empty class maps."""
+    try:
+        from importlib.metadata import requires
+
+        wants_numpy1 = any(r.replace(" ", "").startswith("numpy") and "<2" in r for r in requires("nvidia-pytriton") or [])
+    except Exception:  # noqa: BLE001 - no metadata: nothing to check against
+        return
+    if wants_numpy1 and int(np.__version__.split(".")[0]) >= 2:
+        raise UserError(f"PyTriton needs NumPy 1 (its Python-backend stub returns empty outputs under NumPy "
+                        f"{np.__version__}); install the serve extra, which resolves it: pip install -e '.[serve]' "
+                        "(or pip install 'numpy<2')")
 
 
 class Server:
@@ -185,6 +200,7 @@ class Server:
         from pytriton.triton import Triton, TritonConfig
 
         o = self.opts
+        check_numpy()
         libpython_first()
         if not o.verbose:
             logging.getLogger("pytriton").setLevel(logging.ERROR)

@@ -1,7 +1,8 @@
 """What a ds2a model looks like on Triton: tensor names, types and the metadata parameters.
 
 Shared by the server (`ds2a serve`, `ds2a export-triton`) and the station backend
-(ds2a/runtime/triton_backend.py), so both sides agree without either importing the other.
+(ds2a/runtime/triton_backend.py); it lives in the runtime, below the server, so both import it
+and the runtime never imports the server.
 Pure Python: no PyTriton, no tritonclient, no torch.
 """
 from __future__ import annotations
