@@ -94,9 +94,13 @@ def metrics_from_areas(
     dice = _div(2 * intersect, pred_area + label_area)
     precision = _div(intersect, pred_area)
     recall = acc
-    # mmseg's f_score divides without a guard, so precision = recall = 0 gives NaN (not 0)
-    # and that class drops out of mFscore; kept as is so numbers match mmseg's.
-    fscore = _div((1 + beta**2) * precision * recall, beta**2 * precision + recall)
+    # mmseg's f_score gives NaN when precision = recall = 0, so a class the model never finds drops
+    # out of mFscore and the mean looks better than the model is. Here such a class scores 0; only a
+    # class absent from both labels and predictions is NaN (skipped), as for the other metrics.
+    p, r = np.nan_to_num(precision), np.nan_to_num(recall)
+    present = (label_area + pred_area) > 0
+    fscore = np.where(present, _div((1 + beta**2) * p * r, beta**2 * p + r), np.nan)
+    fscore = np.where(present & (p + r == 0), 0.0, fscore)
     k = len(intersect)
     names: List[str] = list(class_names) if class_names is not None else [str(i) for i in range(k)]
     if len(names) != k:

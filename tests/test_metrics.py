@@ -114,3 +114,18 @@ def test_table_lists_every_class_in_percent() -> None:
     cm.update(np.array([[0, 1]]), np.array([[0, 0]]))
     text = format_table(cm.metrics(["background", "crack"]))
     assert "background" in text and "crack" in text and "mIoU 25.00" in text
+
+
+def test_a_class_the_model_never_finds_scores_fscore_zero_not_skipped():
+    """A class with labelled pixels and no correct prediction must pull mFscore down, not drop out of it."""
+    from ds2a.metrics import metrics_from_areas
+
+    intersect = np.array([90.0, 0.0])
+    pred_area = np.array([100.0, 0.0])  # class 1 never predicted
+    label_area = np.array([90.0, 10.0])
+    r = metrics_from_areas(intersect, pred_area, label_area, ["bg", "crack"])
+    assert r["per_class"]["crack"]["Fscore"] == 0.0
+    bg = 2 * 0.9 * 1.0 / 1.9
+    assert r["mFscore"] == pytest.approx(bg / 2)
+    absent = metrics_from_areas(np.array([5.0, 0.0]), np.array([5.0, 0.0]), np.array([5.0, 0.0]))
+    assert absent["per_class"]["1"]["Fscore"] is None and absent["mFscore"] == pytest.approx(1.0)

@@ -291,12 +291,17 @@ def part_version_compatible(ws: Workspace) -> str:
     if parse_version(version) < (8, 6):
         raise Skip(f"TensorRT {version} cannot build version-compatible engines (8.6+)")
     engine = ws.engine("tiny_vc.engine", "--version-compatible")
+    detail = _runs_like_onnxruntime(ws, engine)
+    return f"a version-compatible engine loads and runs ({detail}); loads in other releases need those releases"
+
+
+def _runs_like_onnxruntime(ws: Workspace, engine: str) -> str:
+    """Open `engine`, run two frames and compare its class maps with ONNX Runtime's."""
     model = _open(ws, engine)
     try:
-        detail = _same(ws, class_maps(model, frames(2)), frames(2))
+        return _same(ws, class_maps(model, frames(2)), frames(2))
     finally:
         model.close()
-    return f"a version-compatible engine loads and runs ({detail}); loads in other releases need those releases"
 
 
 def part_device_1(ws: Workspace) -> str:
@@ -336,11 +341,7 @@ def part_timing_caches(ws: Workspace) -> str:
 def part_dla(ws: Workspace) -> str:
     engine = ws.engine("tiny_dla.engine", "--dla-core", "0", "--gpu-fallback", "--fp16")
     record = json.load(open(engine + ".json"))
-    model = _open(ws, engine)
-    try:
-        detail = _same(ws, class_maps(model, frames(2)), frames(2))
-    finally:
-        model.close()
+    detail = _runs_like_onnxruntime(ws, engine)
     return f"DLA core {record.get('dla_core', 0)} engine loads and runs: {detail}"
 
 
