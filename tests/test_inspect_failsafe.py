@@ -3,6 +3,7 @@ or to a closed JSON reader: bad options and rules are refused at start, an empty
 SIGTERM at any moment leaves a finished run, and `--jsonl | head -1` stops only the JSON."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -159,8 +160,8 @@ class _Loop:
     def stop(self, reason: str = "stopped") -> None:
         self.calls.append(f"stop {reason}")
 
-    def abort(self) -> None:
-        self.calls.append("abort")
+    def abort(self, reason: str = "aborted") -> None:
+        self.calls.append(f"abort {reason}")
 
 
 def test_signal_handler_covers_start_up_the_run_and_the_flush(capsys):
@@ -171,11 +172,11 @@ def test_signal_handler_covers_start_up_the_run_and_the_flush(capsys):
         signals.attach(loop)  # type: ignore[arg-type]
         assert loop.calls == ["stop SIGTERM"]  # the loop stops as soon as it exists
         os.kill(os.getpid(), signal.SIGTERM)
-        assert loop.calls == ["stop SIGTERM", "abort"]
+        assert loop.calls == ["stop SIGTERM", "abort SIGTERM"]
         signals.flushing = True
         os.kill(os.getpid(), signal.SIGTERM)  # during the flush: waits for it
         os.kill(os.getpid(), signal.SIGINT)
-        assert loop.calls == ["stop SIGTERM", "abort"]
+        assert loop.calls == ["stop SIGTERM", "abort SIGTERM"]
         assert capsys.readouterr().out.count("exiting as soon as they are flushed") == 2
     finally:
         signals.restore()
@@ -298,3 +299,28 @@ def test_a_closed_jsonl_reader_stops_only_the_json_output(tmp_path, model):
     notes = json.loads(_db(db, "SELECT stats FROM runs")[0][0])["notes"]
     assert any("JSON output stopped" in x for x in notes)
 
+
+
+def test_a_second_signal_inside_the_first_handler_keeps_the_first_as_the_reason():
+    """Python may run a second handler between the bytecodes of the first (two SIGTERMs at once under load):
+    the run must still say it stopped because of SIGTERM, not 'aborted'."""
+    from ds2a.inspect.command import _Signals
+
+    class Loop:
+        def __init__(self) -> None:
+            self.stats = type("S", (), {"stop_reason": ""})()
+            self.aborted = False
+
+        def stop(self, reason: str) -> None:
+            signals._handle(signal.SIGTERM, None)  # the second signal arrives inside the first handler
+            self.stats.stop_reason = self.stats.stop_reason or reason
+
+        def abort(self, reason: str = "aborted") -> None:
+            self.aborted = True
+            self.stats.stop_reason = self.stats.stop_reason or reason
+
+    signals = _Signals(io.StringIO())
+    loop = Loop()
+    signals.attach(loop)
+    signals._handle(signal.SIGTERM, None)
+    assert loop.aborted and loop.stats.stop_reason == "SIGTERM"

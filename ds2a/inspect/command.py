@@ -133,6 +133,7 @@ class _Signals:
         self.log, self.count, self.previous = log, 0, {}  # type: Any, int, Dict[int, Any]
         self.loop: Optional[InspectionLoop] = None
         self.pending: Optional[str] = None
+        self.first = ""  # the run stopped because of the first signal, even when a second one aborts
         self.flushing = False
 
     def install(self) -> "_Signals":
@@ -149,6 +150,7 @@ class _Signals:
     def _handle(self, signum: int, _frame: Any) -> None:
         self.count += 1
         name = signal.Signals(signum).name
+        self.first = self.first or name  # set before anything else: a second signal may interrupt this handler
         if self.flushing:
             print(f"\n{name}: writing the records; exiting as soon as they are flushed", file=self.log)
         elif self.loop is None:
@@ -161,7 +163,7 @@ class _Signals:
             self.loop.stop(f"{name}")
         else:
             print(f"\n{name}: dropping queued frames; what was recorded stays recorded", file=self.log)
-            self.loop.abort()
+            self.loop.abort(self.first)
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():

@@ -187,10 +187,10 @@ class InspectionLoop:
             if isinstance(self._in, LatestSlot):
                 self._in.close()  # wake the model thread even if the camera never sends again
 
-    def abort(self) -> None:
+    def abort(self, reason: str = "aborted") -> None:
         """Stop now: drop queued frames (what was already output stays recorded)."""
         self._abort.set()
-        self.stop("aborted")
+        self.stop(reason)
 
     # -- threads -------------------------------------------------------------------------
     def _guard(self, name: str, body: Callable[[], None]) -> Callable[[], None]:

@@ -5,7 +5,9 @@
   ModelOpt raises the opset to 19 (its minimum for Q/DQ); ds2a.precision.opset brings it back to
   17 where that is exact, so TensorRT 8.5/8.6 parse the result too.
 - target "onnxruntime": ONNX Runtime quantize_static, QDQ format, symmetric int8 activations and
-  per-channel int8 weights (what ORT's CPU kernels run as integer convolutions / matmuls).
+  per-channel int8 weights (what ORT's CPU kernels run as integer convolutions / matmuls); every
+  quantized consumer then gets its own Q->DQ pair (ds2a/precision/ort_placement.py) so ORT really
+  fuses them, and calibration batches are collected in memory-bounded steps (CALIB_BUDGET_BYTES).
 
 TensorRT only takes symmetric (zero-point 0) signed INT8, so both targets produce that.
 """
