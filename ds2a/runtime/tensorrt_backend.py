@@ -10,7 +10,6 @@ on another (the inspection loop does).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import warnings
@@ -96,8 +95,7 @@ class TensorRTSegmenter(Segmenter):
 
     def _on_device(self) -> Any:
         """A `with` block with this GPU current on the calling thread (CUDA state is per thread)."""
-        activate = getattr(self.cuda, "activate", None)
-        return activate() if activate is not None else contextlib.nullcontext()
+        return self.cuda.activate()
 
     def _open(self, record: Optional[Dict[str, Any]], cuda_graph: bool, kw: Dict[str, Any]) -> None:
         self.device = self.cuda.device_info()

@@ -8,9 +8,10 @@ So a test run on the 11.x surface fails the moment code touches BuilderFlag.FP16
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -519,6 +520,11 @@ class FakeCuda:
 
     name = "fake-cuda"
     supports_graphs = True
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """One GPU, no per-thread state in this fake (tests/cuda_fakes.py models that)."""
+        yield
 
     def __init__(self, gpu_name: str = "NVIDIA Orin", cc: Tuple[int, int] = (8, 7)) -> None:
         from ds2a.runtime.cuda_buffers import DeviceInfo
