@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ds2a.inspect.report_cmd import summarise  # noqa: E402
+from ds2a.cli.report import summarise  # noqa: E402
 
 
 def browser() -> Any:

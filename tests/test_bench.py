@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_runtime import CLASSES, reference_logits, tiny_onnx
 
-import ds2a.bench.command as bench_cmd
+import ds2a.cli.bench as bench_cmd
 import ds2a.runtime
 from ds2a.bench import latency_stats, measure
 from ds2a.bench.machine import machine_info
@@ -286,7 +286,7 @@ def test_matrix_cli_failure_becomes_a_reason(tmp_path: Path) -> None:
 def test_backend_options_map_flags_and_refuse_foreign_ones() -> None:
     import argparse
 
-    from ds2a.bench.command import backend_options
+    from ds2a.cli.bench import backend_options
 
     ns = argparse.Namespace(cuda_graph=True, threads=0, device=None, size=None)
     assert backend_options("tensorrt", ns) == {"cuda_graph": True}

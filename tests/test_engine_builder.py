@@ -326,7 +326,7 @@ def test_deploy_script_is_the_same_command():
 
 def test_engine_and_runtime_modules_import_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import ds2a.engine, ds2a.engine.command, ds2a.runtime.tensorrt_backend, ds2a.runtime.cuda_buffers\n"
+            "import ds2a.engine, ds2a.cli.build_engine, ds2a.runtime.tensorrt_backend, ds2a.runtime.cuda_buffers\n"
             "import ds2a.trt, ds2a.trt.compat, ds2a.trt.sidecar, ds2a.trt.platform\n"
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,

@@ -125,7 +125,7 @@ def test_evaluate_needs_a_non_empty_split(synth: Path) -> None:
 
 
 def test_eval_and_metrics_import_without_torch() -> None:
-    code = "import sys, ds2a.eval, ds2a.eval.command, ds2a.metrics; print('torch' in sys.modules)"
+    code = "import sys, ds2a.eval, ds2a.cli.eval, ds2a.metrics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -304,7 +304,7 @@ def test_a_closed_jsonl_reader_stops_only_the_json_output(tmp_path, model):
 def test_a_second_signal_inside_the_first_handler_keeps_the_first_as_the_reason():
     """Python may run a second handler between the bytecodes of the first (two SIGTERMs at once under load):
     the run must still say it stopped because of SIGTERM, not 'aborted'."""
-    from ds2a.inspect.command import _Signals
+    from ds2a.cli.inspect import _Signals
 
     class Loop:
         def __init__(self) -> None:

@@ -16,7 +16,7 @@ from ds2a.errors import UserError
 from ds2a.inspect.loop import Result
 from ds2a.inspect.quantify import Defect
 from ds2a.inspect.records import SCHEMA_VERSION, Records, connect
-from ds2a.inspect.report_cmd import summarise
+from ds2a.cli.report import summarise
 from ds2a.inspect.rules import PartVerdict
 from ds2a.inspect.sources import Frame
 
@@ -436,7 +436,7 @@ def test_rows_the_database_never_takes_are_saved_beside_it_and_the_run_fails(tmp
 def test_inspect_stops_with_an_alarm_when_the_record_queue_is_full(tmp_path, monkeypatch, capsys):
     from pathlib import Path
 
-    import ds2a.inspect.command as command
+    import ds2a.cli.inspect as command
 
     class FullDisk(Records):
         def __init__(self, path):
@@ -466,7 +466,7 @@ def test_inspect_stops_with_an_alarm_when_the_record_queue_is_full(tmp_path, mon
 def test_the_run_summary_reports_database_outages_and_unsaved_images(tmp_path):
     from types import SimpleNamespace
 
-    from ds2a.inspect.command import summary_text
+    from ds2a.cli.inspect import summary_text
     from ds2a.inspect.loop import LoopStats
 
     rec = SimpleNamespace(outages=2, max_delay_s=15.2, max_backlog=450)

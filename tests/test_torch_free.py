@@ -18,8 +18,8 @@ from test_runtime import reference_logits, tiny_onnx
 REQUIRED = ["ds2a.runtime", "ds2a.bench"]
 OPTIONAL = ["ds2a", "ds2a.meta", "ds2a.preprocess", "ds2a.timing", "ds2a.metrics", "ds2a.data",
             "ds2a.engine", "ds2a.inspect", "ds2a.precision", "ds2a.runtime.onnxruntime_backend",
-            "ds2a.bench.command", "ds2a.bench.latency", "ds2a.bench.machine", "ds2a.bench.report",
-            "ds2a.bench.stats", "ds2a.bench.matrix", "ds2a.opencv", "ds2a.doctor.command", "ds2a.doctor.smoke",
+            "ds2a.cli.bench", "ds2a.bench.latency", "ds2a.bench.machine", "ds2a.bench.report",
+            "ds2a.bench.stats", "ds2a.bench.matrix", "ds2a.opencv", "ds2a.cli.doctor", "ds2a.doctor.smoke",
             "ds2a.trt", "ds2a.notify", "ds2a.web", "ds2a.web.station", "ds2a.runtime.triton_backend"]
 
 SCRIPT = textwrap.dedent(

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .command import bench_model, make_report
+from ..cli.bench import bench_model, make_report
 from .report import add_speedups, write_all
 
 # (backend, precision label, calibrate arguments or None for the plain export)

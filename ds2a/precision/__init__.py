@@ -1,6 +1,6 @@
 """FP32 ONNX -> INT8 (symmetric Q/DQ, calibrated on the CPU) or FP16 (mixed) ONNX. Torch-free.
 
-Entry points: `ds2a calibrate` (ds2a.precision.command), `select_calibration_set` (which images),
+Entry points: `ds2a calibrate` (ds2a.cli.calibrate), `select_calibration_set` (which images),
 `calibrate_int8` (TensorRT placement via NVIDIA ModelOpt, or ONNX Runtime quantize_static) and
 `convert_fp16` (ModelOpt AutoCast). ModelOpt is imported only inside a worker process.
 """

@@ -5,7 +5,7 @@ import argparse
 import os
 
 from ..outputs import check_outputs
-from .builder import HW_COMPAT, BuildOptions, build_engine, parse_batch
+from ..engine.builder import HW_COMPAT, BuildOptions, build_engine, parse_batch
 
 EXAMPLES = """examples:
   ds2a build-engine model.int8.onnx --out model.engine                 # INT8 (Q/DQ from ds2a calibrate)

@@ -15,8 +15,8 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from ..opencv import opencv_info
-from . import probe
-from .model_check import check_model
+from ..doctor import probe
+from ..doctor.model_check import check_model
 
 OK, NO_GPU, USAGE, MODEL_WONT_LOAD, SMOKE_FAILED = 0, 1, 2, 3, 4
 
@@ -134,7 +134,7 @@ def render(report: Dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     report = collect(args.model)
     if args.smoke:
-        from .smoke import run_smoke  # noqa: PLC0415
+        from ..doctor.smoke import run_smoke  # noqa: PLC0415
 
         report["smoke"] = run_smoke(report, device=args.device, log=None if args.json else _progress)
         if any(part["status"] == "failed" for part in report["smoke"]):

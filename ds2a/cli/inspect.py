@@ -22,14 +22,14 @@ import numpy as np
 from ..errors import UserError
 from ..web.station import add_arguments as add_station_arguments
 from ..web.station import station as open_station
-from .jsonl_out import JsonlOut
-from .loop import STAGES, InspectionLoop, LoopStats, clip_roi
-from .overlay import MODES, Renderer
-from .publish import Publisher
-from .records import Records
-from .rules import PartTracker, Rules, analyser, check_scale, load_rules
-from .sinks import Sink, check_run_outputs, open_sink
-from .sources import open_source
+from ..inspect.jsonl_out import JsonlOut
+from ..inspect.loop import STAGES, InspectionLoop, LoopStats, clip_roi
+from ..inspect.overlay import MODES, Renderer
+from ..inspect.publish import Publisher
+from ..inspect.records import Records
+from ..inspect.rules import PartTracker, Rules, analyser, check_scale, load_rules
+from ..inspect.sinks import Sink, check_run_outputs, open_sink
+from ..inspect.sources import open_source
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

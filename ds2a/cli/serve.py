@@ -10,9 +10,9 @@ import argparse
 import os
 import sys
 
-from ..cli_types import int_range
+from ..cli.types import int_range
 from ..runtime import triton_protocol as protocol
-from .server import ServeOptions, serve_forever
+from ..serve.server import ServeOptions, serve_forever
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 from ..errors import UserError
 from ..outputs import atomic_write, check_outputs
 from ..timing import summarize
-from .records import connect
+from ..inspect.records import connect
 
 LATENCY_COLUMNS = ("queue_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "output_ms", "latency_ms")
 

@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import data
-    from .server import Site, _aiohttp, check_exposure, make_app, parse_bind, url_for
+    from ..web import data
+    from ..web.server import Site, _aiohttp, check_exposure, make_app, parse_bind, url_for
 
     host, port = parse_bind(args.bind)
     check_exposure(host, port, args.token, args.insecure)

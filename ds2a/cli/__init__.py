@@ -12,37 +12,37 @@ import sqlite3
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from .errors import UserError
+from ..errors import UserError
 
 # verb -> (module, one-line help, example command lines)
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
-    "synth": ("ds2a.data.synth_cmd", "write a synthetic battery-defect dataset (M-BSD layout)",
+    "synth": ("ds2a.cli.synth", "write a synthetic battery-defect dataset (M-BSD layout)",
               "ds2a synth data/synth --train 400 --test 100 --size 256x256 --seed 0"),
-    "train": ("ds2a.train.command", "train DS2A-Former (single process or torchrun DDP)",
+    "train": ("ds2a.cli.train", "train DS2A-Former (single process or torchrun DDP)",
               "ds2a train --model ds2a_tiny --data data/synth --out runs/tiny"),
-    "eval": ("ds2a.eval.command", "score a model (.pt/.onnx/.engine) or png predictions on a split",
+    "eval": ("ds2a.cli.eval", "score a model (.pt/.onnx/.engine) or png predictions on a split",
              "ds2a eval --model ds2a/assets/demo/ds2a_tiny_synth.int8.onnx --data data/synth"),
-    "convert-official": ("ds2a.model.convert_cmd", "convert an official mmsegmentation checkpoint",
+    "convert-official": ("ds2a.cli.convert_official", "convert an official mmsegmentation checkpoint",
                          "ds2a convert-official ds2aformer_r18.pth r18.pt --arch r18"),
-    "export": ("ds2a.export.command", "export a checkpoint to ONNX (uint8 frames in, class map out)",
+    "export": ("ds2a.cli.export", "export a checkpoint to ONNX (uint8 frames in, class map out)",
                "ds2a export runs/tiny/best.pt --out model.onnx"),
-    "calibrate": ("ds2a.precision.command", "make an INT8 (Q/DQ) or FP16 ONNX, calibrated on CPU",
+    "calibrate": ("ds2a.cli.calibrate", "make an INT8 (Q/DQ) or FP16 ONNX, calibrated on CPU",
                   "ds2a calibrate model.onnx --data data/synth --precision int8 --out model.int8.onnx"),
-    "build-engine": ("ds2a.engine.command", "build a TensorRT engine from an ONNX (on the device)",
+    "build-engine": ("ds2a.cli.build_engine", "build a TensorRT engine from an ONNX (on the device)",
                      "ds2a build-engine model.int8.onnx --out model.engine"),
-    "inspect": ("ds2a.inspect.command", "realtime inspection: source -> model -> verdicts + records",
+    "inspect": ("ds2a.cli.inspect", "realtime inspection: source -> model -> verdicts + records",
                 "ds2a inspect --model model.onnx --source demo:// --headless --max-frames 200"),
-    "report": ("ds2a.inspect.report_cmd", "summarise an inspection database",
+    "report": ("ds2a.cli.report", "summarise an inspection database",
                "ds2a report runs/inspect.sqlite --csv parts.csv"),
-    "web": ("ds2a.web.command", "the operator's web page for an inspection database (read-only)",
+    "web": ("ds2a.cli.web", "the operator's web page for an inspection database (read-only)",
             "ds2a web runs/demo/inspect.sqlite --bind 127.0.0.1:8080"),
-    "bench": ("ds2a.bench.command", "latency / accuracy benchmark across backends and precisions",
+    "bench": ("ds2a.cli.bench", "latency / accuracy benchmark across backends and precisions",
               "ds2a bench --model model.onnx --duration 10 --markdown bench.md"),
-    "serve": ("ds2a.serve.command", "host a model on Triton Inference Server for many stations (PyTriton)",
+    "serve": ("ds2a.cli.serve", "host a model on Triton Inference Server for many stations (PyTriton)",
               "ds2a serve model.onnx --instances 2   # stations: --model triton://SERVER:8001/ds2a"),
-    "export-triton": ("ds2a.serve.repository_cmd", "write a Triton model repository (config.pbtxt) for a model",
+    "export-triton": ("ds2a.cli.export_triton", "write a Triton model repository (config.pbtxt) for a model",
                       "ds2a export-triton model.onnx --repo triton_repo --name ds2a"),
-    "doctor": ("ds2a.doctor.command", "what this machine can run: GPU, TensorRT, CUDA, OpenCV", "ds2a doctor --model model.engine"),
+    "doctor": ("ds2a.cli.doctor", "what this machine can run: GPU, TensorRT, CUDA, OpenCV", "ds2a doctor --model model.engine"),
 }
 
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return f"ds2a {__version__}"
 
@@ -72,7 +72,7 @@ def _command_parser(verb: str) -> Tuple[argparse.ArgumentParser, object]:
     except ModuleNotFoundError as exc:
         if exc.name != "cv2":
             raise
-        from .opencv import MISSING
+        from ..opencv import MISSING
 
         print(f"ds2a {verb}: error: {MISSING}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -20,7 +20,7 @@ import json
 import math
 from typing import Any, Dict
 
-from ..cli_types import int_range
+from ..cli.types import int_range
 from ..errors import UserError
 from ..metrics import format_table
 from ..outputs import atomic_write, check_outputs
@@ -58,7 +58,7 @@ def _clean(obj: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import open_dataset
-    from .evaluate import evaluate, evaluate_predictions
+    from ..eval.evaluate import evaluate, evaluate_predictions
 
     if (args.sweep or args.sweep_out) and not args.rules:
         raise UserError("--sweep and --sweep-out need --rules (a rules YAML, or 'default')")
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result['num_images']} images of {args.data} ({args.split}), {result['source']}")
     print(format_table(result))
     if collector is not None:
-        from .parts import format_parts
+        from ..eval.parts import format_parts
 
         result["parts"] = collector.verdicts()
         print(format_parts(result["parts"]))
@@ -103,7 +103,7 @@ def _parts_setup(args: argparse.Namespace, classes: list) -> tuple:
     if not args.rules:
         return None, None
     from ..inspect.rules import load_rules
-    from .parts import PartCollector, min_floor, parse_sweep
+    from ..eval.parts import PartCollector, min_floor, parse_sweep
 
     rules = load_rules(None if args.rules == "default" else args.rules, classes, args.mm_per_pixel)
     spec = parse_sweep(args.sweep, classes) if args.sweep else None
@@ -116,7 +116,7 @@ def _run_sweep(collector: Any, spec: tuple, prefix: str) -> list:
     import io
 
     from ..outputs import atomic_path
-    from .parts import format_sweep, plot_sweep, sweep
+    from ..eval.parts import format_sweep, plot_sweep, sweep
 
     name, values = spec
     rows = sweep(collector, name, values)

@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 
-from ..cli_types import finite_float, int_range, torch_device
+from ..cli.types import finite_float, int_range, torch_device
 from ..errors import UserError
 from ..meta import parse_size
 
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .loop import TrainConfig, train
+    from ..train.loop import TrainConfig, train
 
     crop = parse_size(args.crop)
     if args.iters < 1 or args.batch_size < 1:

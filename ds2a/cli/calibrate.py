@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli_types import int_range
+from ..cli.types import int_range
 from ..errors import UserError
 from ..outputs import atomic_path, check_outputs
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     final = Path(args.out)
     cache = None if args.no_cache else str(args.cache or final.with_suffix(".calib.json"))
     check_outputs([("--out", args.out), ("--cache", cache)], [("MODEL", args.model), ("--data", args.data)])
-    from .isolated import signals_unwind
+    from ..precision.isolated import signals_unwind
 
     # SIGTERM unwinds (stopping any ModelOpt worker) so temp files and the partial --out are removed
     with signals_unwind(), atomic_path(args.out, label="--out") as tmp:  # --out appears only once complete
@@ -61,8 +61,8 @@ def _calibrate(args: argparse.Namespace, final: Path, out: Path) -> int:
     """The conversion, written to `out` (a temp file next to `final`)."""
     from ..export.metadata import read_meta, write_meta
     from ..meta import file_sha256
-    from .calib_data import select_calibration_set
-    from .model_info import final_compute_nodes, inspect_model, precision_of, resolve_exclusions
+    from ..precision.calib_data import select_calibration_set
+    from ..precision.model_info import final_compute_nodes, inspect_model, precision_of, resolve_exclusions
 
     info = inspect_model(args.model)
     exclude_ops, exclude_nodes = resolve_exclusions(info, args.exclude.split(","))
@@ -75,7 +75,7 @@ def _calibrate(args: argparse.Namespace, final: Path, out: Path) -> int:
     t0 = time.perf_counter()
     reused = False
     if args.precision == "int8":
-        from .int8 import DEFAULT_EXCLUDE_OPS, calibrate_int8
+        from ..precision.int8 import DEFAULT_EXCLUDE_OPS, calibrate_int8
 
         if not args.exclude:  # defaults measured in benchmarks/results/precision_exclusions.md
             present = set(info.op_types())
@@ -85,7 +85,7 @@ def _calibrate(args: argparse.Namespace, final: Path, out: Path) -> int:
         reused = calibrate_int8(info, calib, out, args.target, args.method, exclude_ops, exclude_nodes,
                                 cache, args.recalibrate, file_sha256(args.model))
     else:
-        from .fp16 import convert_fp16
+        from ..precision.fp16 import convert_fp16
 
         convert_fp16(info, calib, out, exclude_ops, exclude_nodes)
     import onnx

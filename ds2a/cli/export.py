@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_types import int_range
+from ..cli.types import int_range
 from ..errors import UserError
 from ..meta import parse_size
 from ..outputs import check_outputs
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from ..model import load_model
     from ..trt.compat import SUPPORTED, blockers, check_versions, format_report
     from ..trt.versions import target_version
-    from .onnx_export import ExportOptions, build_onnx, check_opset, check_size, keep_outputs, save
-    from .parity import check_parity
+    from ..export.onnx_export import ExportOptions, build_onnx, check_opset, check_size, keep_outputs, save
+    from ..export.parity import check_parity
 
     check_opset(args.opset)  # before loading anything: an unknown opset fails deep in the exporter
     if args.batch < 1:

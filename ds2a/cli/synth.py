@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli_types import int_range
+from ..cli.types import int_range
 from ..errors import UserError
 from ..meta import MBSD_CLASSES, parse_size
-from .synth import write_dataset
+from ..data.synth import write_dataset
 
 MAX_SIDE = 8192  # beyond this one image alone needs gigabytes
 

@@ -13,14 +13,14 @@ import shlex
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
-from ..cli_types import finite_float, int_range
+from ..cli.types import finite_float, int_range
 from ..errors import UserError
 from ..meta import guess_precision, parse_size
 from ..outputs import check_outputs
-from .latency import measure
-from .machine import machine_info
-from .report import add_speedups, write_all
-from .stats import latency_stats
+from ..bench.latency import measure
+from ..bench.machine import machine_info
+from ..bench.report import add_speedups, write_all
+from ..bench.stats import latency_stats
 
 GATE_STATS = ("median", "mean", "p90", "p95", "p99", "max")
 EXAMPLES = """examples:
@@ -91,7 +91,7 @@ def backend_options(backend: str, args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _torch_device(text: str) -> str:
-    from ..cli_types import torch_device
+    from ..cli.types import torch_device
 
     try:
         return torch_device(text)

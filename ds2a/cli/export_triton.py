@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_types import int_range
-from .repository import KINDS, export_repository
+from ..cli.types import int_range
+from ..serve.repository import KINDS, export_repository
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

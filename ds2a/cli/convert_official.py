@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_types import int_range
+from ..cli.types import int_range
 from ..outputs import check_outputs
 
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..meta import parse_size
-    from .convert import convert_official_checkpoint
+    from ..model.convert import convert_official_checkpoint
 
     check_outputs([("OUTPUT", args.output)], [("INPUT", args.input)])
     overrides = {}
