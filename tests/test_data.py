@@ -284,7 +284,8 @@ def test_data_package_imports_without_torch() -> None:
         sys.meta_path.insert(0, Block())
         import numpy as np
         import ds2a.data
-        from ds2a.data import synth_cmd, transforms
+        from ds2a.cli import synth  # noqa: F401
+        from ds2a.data import transforms  # noqa: F401
         img, mask = ds2a.data.render_cell(np.random.default_rng(0), (64, 64))
         print("ok", img.shape, "torch" in sys.modules)
     """)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ds2a.runtime
-from ds2a.bench import command as bench_cmd
+from ds2a.cli import bench as bench_cmd
 from ds2a.cli import main
 from ds2a.data import Crack500Dataset, FolderDataset, open_dataset, write_dataset
 from ds2a.errors import UserError

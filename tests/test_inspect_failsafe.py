@@ -20,7 +20,7 @@ import pytest
 from test_inspect_command import threshold_onnx
 
 from ds2a.cli import main
-from ds2a.inspect import command
+from ds2a.cli import inspect as command
 from ds2a.meta import ModelMeta
 from ds2a.runtime.base import InferResult, Segmenter
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import UserError
 from ..inspect.records import connect
-from ..inspect.report_cmd import summarise
+from ..cli.report import summarise
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
