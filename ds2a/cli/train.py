@@ -8,8 +8,9 @@ examples:
 
 On a small CPU machine use one single-thread process per core (global batch = 2 x --batch-size):
   OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m ds2a train ... --threads 1 --batch-size 2
-On the project's shared 2-core machine this gave 2.1 samples/s against 0.36 for one process with
---threads 2 (ds2a/assets/demo/MODEL_CARD.md). Best.pt is chosen on the val split; score the test
+On the project's 2-core machine this gave 2.1 samples/s against 0.36 for one process with
+--threads 2 while other jobs ran, and the same speed (5.0-5.8 samples/s) when idle
+(ds2a/assets/demo/MODEL_CARD.md). Best.pt is chosen on the val split; score the test
 split once at the end with `ds2a eval`.
 """
 from __future__ import annotations
