@@ -13,19 +13,22 @@ import contextlib
 import os
 import stat
 import uuid
-from typing import IO, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .errors import UserError
 
 Named = Tuple[str, Optional[str]]  # (option as the user typed it, e.g. "--csv", path or None)
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _resolve(label: str, path: str) -> str:
+def _resolve(label: str, path: PathLike) -> str:
     """Absolute path with the folder's symlinks resolved (and the file's own, when it is a link)."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
     if not isinstance(path, str) or not path.strip():
         raise UserError(f"{label}: empty path; give a file name")
     if "\x00" in path:
@@ -97,7 +100,7 @@ def _is_special(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str, label: str = "output") -> Iterator[str]:
+def atomic_path(path: PathLike, label: str = "output") -> Iterator[str]:
     """Yield a temp path (same folder, same extension) to write; it replaces `path` only on success.
 
     For libraries that write by file name (onnx.save, savefig, cv2.imwrite). A symlink target
@@ -128,7 +131,7 @@ def atomic_path(path: str, label: str = "output") -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w", label: str = "output", **open_kw) -> Iterator[IO]:
+def atomic_write(path: PathLike, mode: str = "w", label: str = "output", **open_kw) -> Iterator[IO]:
     """`open(path, mode)` that leaves `path` untouched unless the whole body succeeds."""
     if "w" not in mode:
         raise ValueError("atomic_write is for writing ('w' or 'wb')")

@@ -1,4 +1,4 @@
-"""`ds2a eval` and `evaluate()`: scoring png predictions and models, with clear errors for bad input."""
+"""`ds2a eval` and `evaluate_segmenter()`: scoring png predictions and models, with clear errors for bad input."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import pytest
 from ds2a.cli import main
 from ds2a.data import open_dataset, write_dataset
 from ds2a.errors import UserError
-from ds2a.eval import evaluate, evaluate_predictions
+from ds2a.eval import evaluate_predictions, evaluate_segmenter
 from ds2a.meta import ModelMeta
 from ds2a.metrics import ConfusionMatrix
 from ds2a.runtime.base import InferResult, Segmenter
@@ -49,11 +49,11 @@ class OracleSegmenter(Segmenter):
 def test_evaluate_maps_predictions_back_to_label_size(synth: Path) -> None:
     ds = open_dataset(synth, split="test")
     seg = OracleSegmenter(ds, size=(64, 96))
-    r = evaluate(seg, ds, batch_size=3)
+    r = evaluate_segmenter(seg, ds, batch_size=3)
     assert r["num_images"] == 4 and seg.calls == 2
     assert r["aAcc"] == 1.0 and r["mIoU"] == 1.0
     # at a coarser model size the nearest-neighbour round trip loses thin defects: same as a direct count
-    coarse = evaluate(OracleSegmenter(ds, size=(32, 32)), ds)
+    coarse = evaluate_segmenter(OracleSegmenter(ds, size=(32, 32)), ds)
     cm = ConfusionMatrix(4)
     for s in ds:
         small = cv2.resize(s.mask, (32, 32), interpolation=cv2.INTER_NEAREST)
@@ -64,7 +64,7 @@ def test_evaluate_maps_predictions_back_to_label_size(synth: Path) -> None:
 def test_evaluate_refuses_a_model_with_another_class_count(synth: Path) -> None:
     ds = open_dataset(synth, split="test")
     with pytest.raises(UserError, match="2 classes"):
-        evaluate(OracleSegmenter(ds, classes=["background", "crack"]), ds)
+        evaluate_segmenter(OracleSegmenter(ds, classes=["background", "crack"]), ds)
 
 
 def _write_preds(ds, folder: Path, shift: int = 0) -> None:
@@ -121,7 +121,7 @@ def test_evaluate_needs_a_non_empty_split(synth: Path) -> None:
             return 0
 
     with pytest.raises(UserError, match="empty"):
-        evaluate(OracleSegmenter(open_dataset(synth, split="test")), Empty())  # type: ignore[arg-type]
+        evaluate_segmenter(OracleSegmenter(open_dataset(synth, split="test")), Empty())  # type: ignore[arg-type]
 
 
 def test_eval_and_metrics_import_without_torch() -> None:

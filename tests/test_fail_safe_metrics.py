@@ -14,7 +14,7 @@ from ds2a.cli import bench as bench_cmd
 from ds2a.cli import main
 from ds2a.data import Crack500Dataset, FolderDataset, open_dataset, write_dataset
 from ds2a.errors import UserError
-from ds2a.eval import evaluate
+from ds2a.eval import evaluate_segmenter
 from ds2a.meta import ModelMeta
 from ds2a.runtime.base import InferResult, Segmenter
 
@@ -108,17 +108,17 @@ def synth(tmp_path_factory) -> Path:
 
 def test_a_reordered_class_list_is_refused(synth: Path) -> None:
     ds = open_dataset(synth, "test")
-    assert evaluate(_Oracle(ds, ds.classes), ds)["mIoU"] == 1.0
+    assert evaluate_segmenter(_Oracle(ds, ds.classes), ds)["mIoU"] == 1.0
     swapped = [ds.classes[0], ds.classes[2], ds.classes[1], ds.classes[3]]
     with pytest.raises(UserError, match="in another order"):
-        evaluate(_Oracle(ds, swapped), ds)
+        evaluate_segmenter(_Oracle(ds, swapped), ds)
 
 
 @pytest.mark.parametrize("kw", [dict(batch_size=-3), dict(batch_size=0), dict(limit=-1)])
 def test_a_batch_size_or_limit_that_scores_nothing_is_refused(synth: Path, kw: dict) -> None:
     ds = open_dataset(synth, "test")
     with pytest.raises(UserError, match="must be at least 1"):
-        evaluate(_Oracle(ds, ds.classes), ds, **kw)
+        evaluate_segmenter(_Oracle(ds, ds.classes), ds, **kw)
 
 
 def test_class_ids_outside_the_class_list_are_refused(synth: Path, tmp_path: Path, capsys) -> None:
@@ -128,7 +128,7 @@ def test_class_ids_outside_the_class_list_are_refused(synth: Path, tmp_path: Pat
     assert main(["eval", "--pred-dir", str(tmp_path / "preds"), "--data", str(synth)]) == 2
     assert "class ids [7] outside 0..3" in capsys.readouterr().err
     with pytest.raises(UserError, match="outside 0..3"):
-        evaluate(_Oracle(ds, ds.classes, offset=4), ds)
+        evaluate_segmenter(_Oracle(ds, ds.classes, offset=4), ds)
 
 
 def test_an_all_ignore_split_scores_nothing_and_exits_non_zero(tmp_path: Path, capsys) -> None:

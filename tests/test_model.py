@@ -143,6 +143,45 @@ def test_attention_mask_blocks_negative_logits_and_releases_empty_rows() -> None
     assert blocked[0, 1].tolist() == [False, False, False, False]
 
 
+def _layer_by_layer(model: DS2AFormer, x: torch.Tensor) -> list:
+    """The masked-attention loop written out from the modules (what DS2AFormer.forward did before
+    the decoder ran its own layers): the reference for the decoder's forward."""
+    b, c = x.shape[0], model.config.hidden_dim
+    mask_features, mem = model.pixel_decoder(model.backbone(x))
+    mem[1] = model.dssca1(mem[0], mem[1])
+    mem[2] = model.dssca2(mem[1], mem[2])
+    mask_features = model.dssca3(mem[2], mask_features)
+    memories, memory_pos, sizes = [], [], []
+    for i, m in enumerate(mem):
+        h, w = int(m.shape[-2]), int(m.shape[-1])
+        memories.append(m.flatten(2).transpose(1, 2) + model.level_embed.weight[i].view(1, 1, -1))
+        memory_pos.append(sine_position_encoding(h, w, c // 2, m).flatten(2).transpose(1, 2).expand(b, -1, -1))
+        sizes.append((h, w))
+    q = model.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
+    q_pos = model.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
+    post_norm = model.transformer_decoder.post_norm
+    preds = [model.head(post_norm(q), mask_features)]
+    for i, layer in enumerate(model.transformer_decoder.layers):
+        mask = attention_mask(preds[-1][1], sizes[i % 3])
+        q = layer(q, q_pos, memories[i % 3], memory_pos[i % 3], mask)
+        preds.append(model.head(post_norm(q), mask_features))
+    return preds
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_decoder_forward_equals_the_layer_by_layer_loop_bit_for_bit(train: bool) -> None:
+    torch.manual_seed(0)
+    model = build_model("ds2a_tiny", backbone_width=16, hidden_dim=32, encoder_layers=1, encoder_heads=2,
+                        encoder_ffn=64, decoder_layers=4, decoder_heads=2, decoder_ffn=64, num_queries=4,
+                        norm_groups=8).train(train)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        got, want = model(x), _layer_by_layer(model, x)
+    assert len(got) == len(want) == 5
+    for (cls, masks), (ref_cls, ref_masks) in zip(got, want):
+        assert torch.equal(cls, ref_cls) and torch.equal(masks, ref_masks)
+
+
 def test_dqgsa_lays_queries_out_row_major() -> None:
     model = build_model("ds2a_tiny", decoder_layers=1)
     dq = model.transformer_decoder.layers[0].dqgsa

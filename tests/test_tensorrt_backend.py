@@ -223,10 +223,13 @@ def test_engine_without_sidecar_runs_with_generic_classes(built):
     seg.close()
 
 
-def test_unknown_options_warn_and_cpu_device_is_refused(built):
+def test_unknown_options_are_refused_and_cpu_device_is_refused(built):
     fake, cuda, engine = built
-    with pytest.warns(UserWarning, match="ignores option.*intra_op_threads"):
-        TensorRTSegmenter(engine, trt_module=fake, cuda_api=cuda, intra_op_threads=2).close()
+    with pytest.raises(UserError, match=r"option 'intra_op_threads' only applies to ONNX Runtime models; "
+                                        r".*m\.engine runs on TensorRT"):
+        open_model(engine, trt_module=fake, cuda_api=cuda, intra_op_threads=2)
+    with pytest.raises(TypeError):  # keyword-only, nothing swallowed
+        TensorRTSegmenter(engine, 0, trt_module=fake, cuda_api=cuda)  # type: ignore[misc]
     with pytest.raises(UserError, match="runs on a CUDA GPU"):
         TensorRTSegmenter(engine, device="cpu", trt_module=fake)
 

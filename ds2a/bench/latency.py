@@ -22,7 +22,7 @@ MIN_ITERATIONS = 10
 
 
 @dataclass
-class BenchResult:
+class Measurement:
     """Raw samples and summaries of one timed run."""
 
     samples_ms: List[float]
@@ -55,7 +55,7 @@ def bench_frames(model: Segmenter, batch: int, seed: int = 0) -> np.ndarray:
 
 def measure(model: Segmenter, batch: int = 1, warmup_s: float = 0.5, iterations: Optional[int] = None,
             duration_s: Optional[float] = None, frames: Optional[np.ndarray] = None,
-            clock: Callable[[], float] = time.perf_counter, min_iterations: int = MIN_ITERATIONS) -> BenchResult:
+            clock: Callable[[], float] = time.perf_counter, min_iterations: int = MIN_ITERATIONS) -> Measurement:
     """Warm up for `warmup_s` (not counted), then time `iterations` calls, or calls for `duration_s`
     (at least `min_iterations`; default DEFAULT_DURATION_S). `clock` is injectable for tests."""
     if iterations is not None and iterations < 1:
@@ -95,4 +95,4 @@ def measure(model: Segmenter, batch: int = 1, warmup_s: float = 0.5, iterations:
         elif b - start >= target_s and len(samples) >= min_iterations:
             break
     wall = clock() - start
-    return BenchResult(samples, batch, wall, warm_n, warm_s, dict(stages))
+    return Measurement(samples, batch, wall, warm_n, warm_s, dict(stages))

@@ -6,10 +6,13 @@ stages_ms, accuracy (miou / parity) and speedup, or `skipped` with the reason.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..outputs import atomic_path, atomic_write
+from .machine import machine_info
 
 ACCURACY_KEYS = ("miou", "parity")
 
@@ -25,6 +28,28 @@ def add_speedups(rows: Sequence[Dict[str, Any]]) -> None:
         med = (r.get("latency_ms") or {}).get("median")
         b = base.get(r.get("group"))
         r["speedup"] = round(b / med, 3) if (b and med) else None
+
+
+def make_report(rows: List[Dict[str, Any]], command: str, title: str = "ds2a bench",
+                notes: Optional[List[str]] = None) -> Dict[str, Any]:
+    """The report dict of `rows`, with the machine they ran on and the command that reproduces them."""
+    providers = sorted({p for r in rows for p in (r.get("device") or []) if isinstance(r.get("device"), list)})
+    return {"title": title, "command": command,
+            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine_info(providers or None), "notes": list(notes or []), "rows": rows}
+
+
+def summary_lines(rows: List[Dict[str, Any]]) -> List[str]:
+    """The fixed-width table `ds2a bench` prints."""
+    out = [f"{'model':<28}{'backend':<13}{'prec':<6}{'median':>9}{'p99':>9}{'FPS':>9}{'mIoU':>8}{'speedup':>9}"]
+    for r in rows:
+        s = r.get("latency_ms") or {}
+        miou = f"{100 * r['miou']:.2f}" if r.get("miou") is not None else "-"
+        spd = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
+        out.append(f"{os.path.basename(r['model'])[:27]:<28}{r['backend']:<13}{r['precision']:<6}"
+                   f"{s.get('median', 0):>9.2f}{s.get('p99', 0):>9.2f}{s.get('throughput_fps', 0):>9.1f}"
+                   f"{miou:>8}{spd:>9}")
+    return out
 
 
 def write_json(report: Dict[str, Any], path: str) -> None:

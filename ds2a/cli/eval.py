@@ -16,9 +16,6 @@ With --rules, the inspection rules judge every image's prediction and its ground
 from __future__ import annotations
 
 import argparse
-import json
-import math
-from typing import Any, Dict
 
 from ..cli.types import int_range
 from ..errors import UserError
@@ -45,20 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(plot; needs matplotlib); default: print the table only")
 
 
-def _clean(obj: Any) -> Any:
-    """NaN -> None so the JSON is standard."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..data import open_dataset
-    from ..eval.evaluate import evaluate, evaluate_predictions
+    from ..eval import EvalOptions, evaluate, evaluate_folder
 
     if (args.sweep or args.sweep_out) and not args.rules:
         raise UserError("--sweep and --sweep-out need --rules (a rules YAML, or 'default')")
@@ -67,71 +52,24 @@ def run(args: argparse.Namespace) -> int:
     sweep_files = [f"{args.sweep_out}.{ext}" for ext in ("md", "csv", "png")] if args.sweep_out else []
     check_outputs([("--json", args.json_out)] + [("--sweep-out", f) for f in sweep_files],
                   [("--model", args.model), ("--data", args.data), ("--rules", args.rules)])
-    dataset = open_dataset(args.data, split=args.split)
-    collector, sweep_spec = _parts_setup(args, list(dataset.classes))
-    hook = collector.add if collector is not None else None
-    if args.pred_dir:
-        result: Dict[str, Any] = evaluate_predictions(args.pred_dir, dataset, on_prediction=hook)
-        result["source"] = str(args.pred_dir)
-    else:
-        from ..runtime import open_model
-
-        if args.limit is not None and args.limit < 1:
-            raise UserError("--limit must be at least 1")
-        with open_model(args.model, backend=args.backend) as seg:
-            result = evaluate(seg, dataset, batch_size=args.batch_size, limit=args.limit, on_prediction=hook)
-            result["source"] = str(args.model)
-            result["backend"] = seg.backend
-    result["data"], result["split"] = str(args.data), args.split
-    print(f"{result['num_images']} images of {args.data} ({args.split}), {result['source']}")
-    print(format_table(result))
-    if collector is not None:
+    opts = EvalOptions(split=args.split, backend=args.backend, batch_size=args.batch_size, limit=args.limit,
+                       rules=args.rules, mm_per_pixel=args.mm_per_pixel, sweep=args.sweep)
+    result = evaluate_folder(args.pred_dir, args.data, opts) if args.pred_dir else evaluate(args.model, args.data, opts)
+    print(f"{result.metrics['num_images']} images of {args.data} ({args.split}), {result.metrics['source']}")
+    print(format_table(result.metrics))
+    if result.parts is not None:
         from ..eval.parts import format_parts
 
-        result["parts"] = collector.verdicts()
-        print(format_parts(result["parts"]))
-        if sweep_spec is not None:
-            result["sweep"] = _run_sweep(collector, sweep_spec, args.sweep_out)
+        print(format_parts(result.parts))
+    if result.sweep is not None:
+        from ..eval.parts import format_sweep, write_sweep
+
+        print(f"\nsweep of {result.sweep_field} for the predictions (ground truth judged with "
+              f"{result.rules_origin}):\n{format_sweep(result.sweep, result.sweep_field)}")
+        if args.sweep_out:
+            write_sweep(result.sweep, result.sweep_field, args.sweep_out)
+            print(f"wrote {args.sweep_out}.md, {args.sweep_out}.csv, {args.sweep_out}.png")
     if args.json_out:
         with atomic_write(args.json_out, label="--json") as fh:
-            fh.write(json.dumps(_clean(result), indent=2))
+            fh.write(result.to_json())
     return 0
-
-
-def _parts_setup(args: argparse.Namespace, classes: list) -> tuple:
-    """The part collector (None without --rules) and the parsed --sweep."""
-    if not args.rules:
-        return None, None
-    from ..inspect.rules import load_rules
-    from ..eval.parts import PartCollector, min_floor, parse_sweep
-
-    rules = load_rules(None if args.rules == "default" else args.rules, classes, args.mm_per_pixel)
-    spec = parse_sweep(args.sweep, classes) if args.sweep else None
-    extra = spec[1] if spec and spec[0].split(".")[-1] == "min_area_px" else ()
-    return PartCollector(rules, classes, floor=min_floor(rules, extra)), spec
-
-
-def _run_sweep(collector: Any, spec: tuple, prefix: str) -> list:
-    import csv
-    import io
-
-    from ..outputs import atomic_path
-    from ..eval.parts import format_sweep, plot_sweep, sweep
-
-    name, values = spec
-    rows = sweep(collector, name, values)
-    table = format_sweep(rows, name)
-    print(f"\nsweep of {name} for the predictions (ground truth judged with {collector.rules.origin}):\n{table}")
-    if prefix:
-        with atomic_write(f"{prefix}.md", label="--sweep-out") as fh:
-            fh.write(table + "\n")
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        with atomic_write(f"{prefix}.csv", label="--sweep-out") as fh:
-            fh.write(buf.getvalue())
-        with atomic_path(f"{prefix}.png", label="--sweep-out") as tmp:
-            plot_sweep(rows, name, tmp)
-        print(f"wrote {prefix}.md, {prefix}.csv, {prefix}.png")
-    return rows

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..cli.types import int_range
-from ..errors import UserError
 from ..meta import parse_size
-from ..outputs import check_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,49 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model import load_model
-    from ..trt.compat import SUPPORTED, blockers, check_versions, format_report
-    from ..trt.versions import target_version
-    from ..export.onnx_export import ExportOptions, build_onnx, check_opset, check_size, keep_outputs, save
-    from ..export.parity import check_parity
+    from ..export import ExportOptions, export_onnx
 
-    check_opset(args.opset)  # before loading anything: an unknown opset fails deep in the exporter
-    if args.batch < 1:
-        raise UserError(f"--batch {args.batch} must be at least 1 (or use --dynamic-batch)")
-    check = [] if not args.check_trt else (list(SUPPORTED) if "all" in args.check_trt else args.check_trt)
-    for v in check + ([args.trt] if args.trt else []):
-        target_version(v)
-    out = Path(args.out)
-    if out.suffix.lower() != ".onnx":
-        raise UserError(f"--out {out} should end in .onnx")
-    check_outputs([("--out", args.out)], [("CHECKPOINT", args.checkpoint), ("--data", args.data)])
-    model = load_model(args.checkpoint)
-    meta = model.meta
-    size = parse_size(args.size) if args.size else tuple(meta.input_size)
-    check_size(size, tuple(meta.input_size), args.force_size)
-    opts = ExportOptions(size=size, batch=None if args.dynamic_batch else args.batch, outputs=args.outputs,
+    opts = ExportOptions(size=parse_size(args.size) if args.size else None, force_size=args.force_size,
+                         batch=None if args.dynamic_batch else args.batch, outputs=args.outputs,
                          uint8_input=args.input == "uint8", trt=args.trt, opset=args.opset)
-    onnx_model = build_onnx(model, meta, opts)
-    real = None
-    if args.data:
-        from ..precision.calib_data import select_calibration_set
-
-        n = max(2, opts.batch or 2)
-        real = select_calibration_set(args.data, size, num_images=n, num_classes=meta.num_classes, min_images=1).frames
-    for r in check_parity(onnx_model, model, size, meta.mean, meta.std, opts.batch, real_frames=real):
-        print(r.line())
-    keep_outputs(onnx_model, args.outputs)
-    save(onnx_model, out)
-    batch = "dynamic" if opts.batch is None else opts.batch
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): input images {args.input} batch {batch} "
-          f"{size[0]}x{size[1]}, outputs {args.outputs}, opset {args.opset}")
-    status = 0
-    if check:
-        results = check_versions(onnx_model, check)
-        print(format_report(results))
-        blocked = [v for v, f in results.items() if blockers(f)]
-        if blocked:
-            print(f"ds2a export: {out} cannot be parsed by TensorRT {', '.join(blocked)} as it is (see fixes above)",
-                  file=sys.stderr)
-            status = 1
-    return status
+    result = export_onnx(args.checkpoint, args.out, opts, data=args.data, check_trt=args.check_trt or ())
+    for line in result.lines():
+        print(line)
+    if result.blocked:
+        print(f"ds2a export: {result.blocked_message()}", file=sys.stderr)
+        return 1
+    return 0

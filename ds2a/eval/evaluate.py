@@ -1,5 +1,6 @@
-"""Scoring: run any Segmenter (PyTorch, ONNX Runtime, TensorRT) over a dataset split and
-compute mmseg-style metrics. Torch-free so calibration and benchmarks can call it anywhere.
+"""Scoring: run any open Segmenter (PyTorch, ONNX Runtime, TensorRT) over a dataset split and
+compute mmseg-style metrics. Torch-free so calibration and benchmarks can call it anywhere;
+`ds2a.eval.runner.evaluate` adds opening the model and part verdicts on top.
 
 Each prediction is made at the model size and mapped back to the mask's size with
 `class_map_to_frame` (nearest), so scores are always counted on the original label pixels.
@@ -69,9 +70,9 @@ def _require_labels(result: Dict[str, Any], dataset: Any) -> Dict[str, Any]:
 OnPrediction = Callable[[str, Any, Any], None]  # (sample name, class map at label size, label mask)
 
 
-def evaluate(segmenter: Any, dataset: Any, batch_size: Optional[int] = None,
-             limit: Optional[int] = None, progress: bool = False,
-             on_prediction: Optional[OnPrediction] = None) -> Dict[str, Any]:
+def evaluate_segmenter(segmenter: Any, dataset: Any, batch_size: Optional[int] = None,
+                       limit: Optional[int] = None, progress: bool = False,
+                       on_prediction: Optional[OnPrediction] = None) -> Dict[str, Any]:
     """Predict every sample of `dataset` with `segmenter.infer_batch` and score it.
 
     Returns the metrics dict of `ConfusionMatrix.metrics` plus "num_images". `on_prediction`

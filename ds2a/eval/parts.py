@@ -231,6 +231,26 @@ def plot_sweep(rows: Sequence[Dict[str, Any]], name: str, path: str) -> None:
     plt.close(fig)
 
 
+def write_sweep(rows: Sequence[Dict[str, Any]], name: str, prefix: str, label: str = "--sweep-out") -> List[str]:
+    """Write PREFIX.md (the table), PREFIX.csv and PREFIX.png (the plot) atomically; returns the paths."""
+    import csv
+    import io
+
+    from ..outputs import atomic_path, atomic_write
+
+    with atomic_write(f"{prefix}.md", label=label) as fh:
+        fh.write(format_sweep(rows, name) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(f"{prefix}.csv", label=label) as fh:
+        fh.write(buf.getvalue())
+    with atomic_path(f"{prefix}.png", label=label) as tmp:
+        plot_sweep(rows, name, tmp)
+    return [f"{prefix}.{ext}" for ext in ("md", "csv", "png")]
+
+
 # ---------------------------------------------------------------- live ground truth (demo://)
 
 

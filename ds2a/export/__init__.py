@@ -1,8 +1,11 @@
 """Checkpoint -> ONNX (uint8 frames in, class map out), its metadata, parity check and TensorRT check.
 
-Importing this package does not import torch; only `export_onnx` (ds2a.export.onnx_export) needs it.
+`export_onnx(checkpoint, out, ExportOptions(...))` is the whole stage (ds2a/export/pipeline.py).
+Importing this package does not import torch; only running `export_onnx` needs it.
 """
 from ..meta import file_sha256
 from .metadata import load_onnx, read_meta, write_meta
+from .onnx_export import ExportOptions
+from .pipeline import ExportResult, export_onnx
 
-__all__ = ["file_sha256", "load_onnx", "read_meta", "write_meta"]
+__all__ = ["ExportOptions", "ExportResult", "export_onnx", "file_sha256", "load_onnx", "read_meta", "write_meta"]

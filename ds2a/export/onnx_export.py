@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UserError
 from ..meta import INPUT_NAME, OUTPUT_CLASS_MAP, OUTPUT_LOGITS, ModelMeta
+from ..outputs import atomic_path
 from .metadata import write_meta
 
 OPSET = 17  # native LayerNormalization; the newest opset TensorRT 8.5/8.6 parse
@@ -27,7 +28,10 @@ OUTPUT_CHOICES = ("classmap", "logits", "both")
 
 @dataclass
 class ExportOptions:
-    size: Tuple[int, int]
+    """Everything `ds2a export` can be asked for (CLI flags map 1:1)."""
+
+    size: Optional[Tuple[int, int]] = None  # (H, W); None = the size the checkpoint was trained at
+    force_size: bool = False  # allow a size other than the trained one (accuracy there is untested)
     batch: Optional[int] = 1  # None = dynamic batch
     outputs: str = "classmap"
     uint8_input: bool = True
@@ -158,6 +162,8 @@ def build_onnx(model, meta: ModelMeta, opts: ExportOptions) -> onnx.ModelProto:
     if opts.outputs not in OUTPUT_CHOICES:
         raise UserError(f"--outputs {opts.outputs} is unknown; choose one of {', '.join(OUTPUT_CHOICES)}")
     check_opset(opts.opset)
+    if opts.size is None:
+        opts = replace(opts, size=tuple(meta.input_size))
     onnx_model = slim(torch_export(model, meta, opts))
     if opts.trt is not None:
         from ..trt.versions import target_version
@@ -181,5 +187,6 @@ def output_types_ok(model: onnx.ModelProto) -> bool:
 
 
 def save(model: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
+    """Write atomically: a failed or interrupted save never leaves half an ONNX at `path`."""
+    with atomic_path(path, label="--out") as tmp:
+        onnx.save(model, tmp)

@@ -106,9 +106,20 @@ def _reject_unknown(mapping: Dict[Any, Any], valid: Sequence[str], where: str, p
                         f"valid keys: {', '.join(valid)}")
 
 
-def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
-                mm_per_pixel: Optional[float] = None) -> Rules:
-    """Validate a loaded YAML document against the model's classes; UserError names the fix."""
+def _no_classes(path: str, classes: Sequence[str]) -> UserError:
+    return UserError(f"rules file {path}: 'classes' must map at least one defect class to its limits, "
+                     f"for example `classes: {{{classes[-1] if len(classes) > 1 else 'damage'}: "
+                     "{max_count: 0}}`; a rules file without a limit would pass every part")
+
+
+def _not_a_class(path: str, name: Any, valid: Sequence[str]) -> UserError:
+    return UserError(f"rules file {path}: class '{_show(name)}' is not a defect class of this model; "
+                     f"valid: {', '.join(valid)}")
+
+
+def _parse(data: Any, path: str, mm_per_pixel: Optional[float], classes: Optional[Sequence[str]]) -> Rules:
+    """Validate a loaded YAML document; with `classes` None the class names (and whether there are
+    any) are left to bind_rules, which needs the model."""
     if data is None:
         raise UserError(f"rules file {path} is empty; a rules file must state at least one limit, "
                         "for example `classes: {damage: {max_count: 0}}` (see deploy/rules.example.yaml)")
@@ -139,14 +150,13 @@ def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
         rules.mm_per_pixel = check_scale(mm_per_pixel)
     cls_data = data.get("classes")
     if not isinstance(cls_data, dict) or not cls_data:
-        raise UserError(f"rules file {path}: 'classes' must map at least one defect class to its limits, "
-                        f"for example `classes: {{{classes[-1] if len(classes) > 1 else 'damage'}: "
-                        "{max_count: 0}}`; a rules file without a limit would pass every part")
-    valid = [str(c) for c in classes[1:]]
+        if classes is None:
+            return rules  # no class limits: bind_rules refuses it, naming one of the model's classes
+        raise _no_classes(path, classes)
+    valid = None if classes is None else [str(c) for c in classes[1:]]
     for name, limits in cls_data.items():
-        if str(name) not in valid:
-            raise UserError(f"rules file {path}: class '{_show(name)}' is not a defect class of this model; "
-                            f"valid: {', '.join(valid)}")
+        if valid is not None and str(name) not in valid:
+            raise _not_a_class(path, name, valid)
         if not isinstance(limits, dict):
             raise UserError(f"rules file {path}: classes.{_show(name)} must be a mapping such as {{max_count: 0}}")
         _reject_unknown(limits, CLASS_KEYS, f"classes.{_show(name)} has ", path)
@@ -166,15 +176,17 @@ def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
     return rules
 
 
-def load_rules(path: Optional[str], classes: Sequence[str], mm_per_pixel: Optional[float] = None) -> Rules:
-    """Read and validate a rules file, or the default rules when path is None."""
-    if path is None:
-        rules = default_rules(classes)
-        rules.mm_per_pixel = None if mm_per_pixel is None else check_scale(mm_per_pixel)
-        return rules
+def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
+                mm_per_pixel: Optional[float] = None) -> Rules:
+    """Validate a loaded YAML document against the model's classes; UserError names the fix."""
+    return _parse(data, path, mm_per_pixel, classes)
+
+
+def _read_yaml(path: str) -> Any:
+    """The YAML document in `path`; every way of failing to read it is a one-line UserError."""
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            return yaml.safe_load(fh)
     except FileNotFoundError:
         raise UserError(f"rules file {path} does not exist; start from deploy/rules.example.yaml") from None
     except IsADirectoryError:
@@ -188,7 +200,40 @@ def load_rules(path: Optional[str], classes: Sequence[str], mm_per_pixel: Option
         raise UserError(f"rules file {path} is not valid YAML: {exc}".splitlines()[0]) from None
     except RecursionError:
         raise UserError(f"rules file {path} is nested too deeply to be a rules file") from None
-    return parse_rules(data, classes, path, mm_per_pixel)
+
+
+def read_rules(path: Optional[str], mm_per_pixel: Optional[float] = None) -> Optional[Rules]:
+    """A rules file checked as far as it can be before the model is open (so that the model can be
+    asked for confidence when the rules use min_confidence); None without a file (the default rules).
+    bind_rules finishes the check against the model's classes."""
+    if path is None:
+        if mm_per_pixel is not None:
+            check_scale(mm_per_pixel)
+        return None
+    return _parse(_read_yaml(path), path, mm_per_pixel, None)
+
+
+def bind_rules(rules: Optional[Rules], classes: Sequence[str], mm_per_pixel: Optional[float] = None) -> Rules:
+    """`rules` (from read_rules) checked against the model's classes; None gives the default rules
+    (with `mm_per_pixel`, which a rules file already carries)."""
+    if rules is None:
+        rules = default_rules(classes)
+        rules.mm_per_pixel = None if mm_per_pixel is None else check_scale(mm_per_pixel)
+        return rules
+    if not rules.classes:
+        raise _no_classes(rules.origin, classes)
+    valid = [str(c) for c in classes[1:]]
+    for name in rules.classes:
+        if name not in valid:
+            raise _not_a_class(rules.origin, name, valid)
+    return rules
+
+
+def load_rules(path: Optional[str], classes: Sequence[str], mm_per_pixel: Optional[float] = None) -> Rules:
+    """Read and validate a rules file, or the default rules when path is None."""
+    if path is None:
+        return bind_rules(None, classes, mm_per_pixel)
+    return parse_rules(_read_yaml(path), classes, path, mm_per_pixel)
 
 
 def judge(rules: Rules, defects: Sequence[Defect]) -> Tuple[bool, List[str]]:

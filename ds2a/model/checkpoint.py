@@ -13,6 +13,7 @@ import torch
 
 from ..errors import UserError
 from ..meta import ModelMeta, file_sha256
+from ..outputs import atomic_path
 from .backbone import load_torchvision_state
 from .config import MODEL_CONFIGS, ModelConfig
 from .ds2a_former import DS2AFormer
@@ -39,11 +40,8 @@ def save_checkpoint(path: str, model: DS2AFormer, meta: ModelMeta | None = None,
     meta_dict["checkpoint_sha256"] = None  # a file cannot hold its own hash; load_model fills it in
     ckpt = {"format": FORMAT, "version": VERSION, "arch": model.config.name, "config": model.config.to_dict(),
             "meta": meta_dict, "state_dict": state, "extra": dict(extra or {})}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    with atomic_path(path, label="checkpoint") as tmp:  # never leave a half-written checkpoint behind
+        torch.save(ckpt, tmp)
     return file_sha256(path)
 
 

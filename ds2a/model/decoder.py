@@ -9,12 +9,18 @@ mask logit is positive (sigmoid >= 0.5); a query whose mask is empty looks every
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dqgsa import DQGSA
 from .ffn import FFN
+from .positional_encoding import sine_position_encoding
+
+Prediction = Tuple[Tensor, Tensor]  # (class logits (B, Q, K+1), mask logits (B, Q, H/4, W/4))
+Head = Callable[[Tensor, Tensor], Prediction]  # (post-normed queries, mask features) -> prediction
 
 
 class CrossAttention(nn.Module):
@@ -67,15 +73,42 @@ class DecoderLayer(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
-    """The decoder layers plus `post_norm`, the LayerNorm applied before every prediction head."""
+    """The decoder layers plus `post_norm`, the LayerNorm applied before every prediction head.
+
+    `forward` runs Mask2Former's masked-attention loop. The query embeddings, the level embedding
+    and the prediction head are DS2AFormer's (their state_dict keys follow the official
+    checkpoints' layout, ds2a/model/convert.py), so the caller passes them in.
+    """
 
     def __init__(self, num_layers: int, dim: int, heads: int, ffn: int, query_side: int) -> None:
         super().__init__()
+        self.dim = dim
         self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn, query_side) for _ in range(num_layers))
         self.post_norm = nn.LayerNorm(dim)
         for p in self.parameters():  # official init_weights: xavier_normal on every matrix/kernel
             if p.dim() > 1:
                 nn.init.xavier_normal_(p)
+
+    def forward(self, memories: Sequence[Tensor], mask_features: Tensor, query: Tensor, query_pos: Tensor,
+                level_embed: Tensor, head: Head) -> list[Prediction]:
+        """memories: (B, C, h, w) maps, low -> high resolution; query / query_pos (B, Q, C);
+        level_embed (levels, C). Returns the prediction before the first layer and after each layer
+        (deep supervision); layer i attends to memory i % levels, masked by the previous prediction.
+        """
+        b = query.shape[0]
+        tokens, pos, sizes = [], [], []
+        for i, m in enumerate(memories):
+            h, w = int(m.shape[-2]), int(m.shape[-1])
+            tokens.append(m.flatten(2).transpose(1, 2) + level_embed[i].view(1, 1, -1))
+            pos.append(sine_position_encoding(h, w, self.dim // 2, m).flatten(2).transpose(1, 2).expand(b, -1, -1))
+            sizes.append((h, w))
+        preds = [head(self.post_norm(query), mask_features)]
+        for i, layer in enumerate(self.layers):
+            lvl = i % len(memories)
+            mask = attention_mask(preds[-1][1], sizes[lvl])
+            query = layer(query, query_pos, tokens[lvl], pos[lvl], mask)
+            preds.append(head(self.post_norm(query), mask_features))
+        return preds
 
 
 def attention_mask(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:

@@ -5,7 +5,7 @@ semantic inference on top of the last one.
 """
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,13 +15,10 @@ from ..errors import UserError
 from ..meta import MBSD_CLASSES, ModelMeta
 from .backbone import ResNet
 from .config import ModelConfig, get_config
-from .decoder import TransformerDecoder, attention_mask
+from .decoder import Prediction, TransformerDecoder
 from .dssca import DSSCA
 from .head import PredictionHead
 from .pixel_decoder import PixelDecoder
-from .positional_encoding import sine_position_encoding
-
-Prediction = Tuple[Tensor, Tensor]  # (class logits (B, Q, K+1), mask logits (B, Q, H/4, W/4))
 
 
 def default_meta(config: ModelConfig) -> ModelMeta:
@@ -65,24 +62,9 @@ class DS2AFormer(nn.Module):
         mem[1] = self.dssca1(mem[0], mem[1])
         mem[2] = self.dssca2(mem[1], mem[2])
         mask_features = self.dssca3(mem[2], mask_features)
-        c = self.config.hidden_dim
-        memories, memory_pos, sizes = [], [], []
-        for i, m in enumerate(mem):
-            h, w = int(m.shape[-2]), int(m.shape[-1])
-            memories.append(m.flatten(2).transpose(1, 2) + self.level_embed.weight[i].view(1, 1, -1))
-            memory_pos.append(sine_position_encoding(h, w, c // 2, m).flatten(2).transpose(1, 2).expand(b, -1, -1))
-            sizes.append((h, w))
         q = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
         q_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
-        post_norm = self.transformer_decoder.post_norm
-        preds = [self.head(post_norm(q), mask_features)]
-        layers = self.transformer_decoder.layers
-        for i, layer in enumerate(layers):
-            lvl = i % 3
-            mask = attention_mask(preds[-1][1], sizes[lvl])
-            q = layer(q, q_pos, memories[lvl], memory_pos[lvl], mask)
-            preds.append(self.head(post_norm(q), mask_features))
-        return preds
+        return self.transformer_decoder(mem, mask_features, q, q_pos, self.level_embed.weight, self.head)
 
     @staticmethod
     def semantic_from_prediction(pred: Prediction, size: tuple[int, int]) -> Tensor:

@@ -7,12 +7,11 @@ a mistake). The ranges are onnxruntime's TensorsData, stored inside our own JSON
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..errors import UserError
+from ..outputs import atomic_write
 
 FORMAT = "ds2a-calibration-cache"
 
@@ -47,11 +46,8 @@ def load_ranges(path: Path, key: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
 def save_ranges(path: Path, key: Dict[str, Any], ranges: Dict[str, Any]) -> None:
     """Atomic write (a crash never leaves half a cache that the next run would trust)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calib_", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
+    with atomic_write(path, label="calibration cache") as fh:
         json.dump({"format": FORMAT, "version": 1, "key": key, "ranges": ranges}, fh, default=_jsonable)
-    os.replace(tmp, path)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..errors import UserError
 from .base import InferResult, Segmenter
+from .options import check_options
 
 # backend name -> (module, class)
 BACKENDS: Dict[str, Tuple[str, str]] = {
@@ -67,8 +68,13 @@ def backend_for(path: str, backend: Optional[str] = None) -> str:
 
 
 def open_model(path: str, backend: Optional[str] = None, **options: Any) -> Segmenter:
-    """Load a model file into the matching `Segmenter`; options go to the backend's constructor."""
+    """Load a model file into the matching `Segmenter`; options go to the backend's constructor.
+
+    The options each backend takes are in ds2a/runtime/options.py (OPTIONS); one it lacks is
+    refused there before anything loads, None means the backend's default.
+    """
     name = backend_for(path, backend)
+    options = check_options(name, options, str(path))
     if name != "triton" and not os.path.isfile(path):
         hint = {"tensorrt": "build one with `ds2a build-engine MODEL.onnx --out MODEL.engine`",
                 "onnxruntime": "export one with `ds2a export CHECKPOINT.pt --out MODEL.onnx`",

@@ -65,7 +65,7 @@ class OnnxRuntimeSegmenter(Segmenter):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str, device: Union[str, Sequence[str]] = "cpu", intra_op_threads: int = 0,
+    def __init__(self, path: str, *, device: Union[str, Sequence[str]] = "cpu", intra_op_threads: int = 0,
                  inter_op_threads: int = 0, return_logits: bool = False, optimization: str = "all",
                  spin: bool = False) -> None:
         self.path = str(path)

@@ -28,7 +28,6 @@ from .cuda_buffers import CudaError, HostDeviceBuffer, open_cuda
 
 NP_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
             "BOOL": np.bool_, "UINT8": np.uint8}
-KNOWN_OPTIONS = ("return_logits", "allow_other_gpu", "trt_module", "cuda_api")
 
 
 def _device_index(device: Union[int, str]) -> int:
@@ -65,12 +64,10 @@ class TensorRTSegmenter(Segmenter):
 
     backend = "tensorrt"
 
-    def __init__(self, path: str, device: Union[int, str] = 0, cuda_graph: bool = False, **kw: Any) -> None:
+    def __init__(self, path: str, *, device: Union[int, str] = 0, cuda_graph: bool = False,
+                 return_logits: bool = False, allow_other_gpu: bool = False, trt_module: Any = None,
+                 cuda_api: Any = None) -> None:
         self.path = str(path)
-        unknown = sorted(set(kw) - set(KNOWN_OPTIONS))
-        if unknown:
-            warnings.warn(f"TensorRT backend ignores option(s) {', '.join(unknown)} "
-                          f"(it takes device, cuda_graph, {', '.join(KNOWN_OPTIONS[:2])})", UserWarning, stacklevel=2)
         self._buffers: Dict[str, HostDeviceBuffer] = {}
         self._graph: Any = None  # (graph, executable) for the context's current input shape
         self._batch = 0  # batch the context's input shape is set to (dynamic engines)
@@ -79,16 +76,14 @@ class TensorRTSegmenter(Segmenter):
         self._events: List[Any] = []
         self._check_file()
         record = read_sidecar(self.path)
-        trt = kw.get("trt_module")
-        if trt is None:
-            trt = import_tensorrt()
+        trt = trt_module if trt_module is not None else import_tensorrt()
         self.trt = trt
         self.tensorrt_version = str(trt.__version__)
         require_supported(self.tensorrt_version)  # refuses releases without name-based I/O
-        self.cuda = kw.get("cuda_api") or open_cuda(_device_index(device))
+        self.cuda = cuda_api or open_cuda(_device_index(device))
         try:
             with self._on_device():
-                self._open(record, cuda_graph, kw)
+                self._open(record, cuda_graph, return_logits, allow_other_gpu)
         except BaseException:
             self.close()
             raise
@@ -97,11 +92,12 @@ class TensorRTSegmenter(Segmenter):
         """A `with` block with this GPU current on the calling thread (CUDA state is per thread)."""
         return self.cuda.activate()
 
-    def _open(self, record: Optional[Dict[str, Any]], cuda_graph: bool, kw: Dict[str, Any]) -> None:
+    def _open(self, record: Optional[Dict[str, Any]], cuda_graph: bool, return_logits: bool,
+              allow_other_gpu: bool) -> None:
         self.device = self.cuda.device_info()
         if record is not None:
             verify_sidecar(record, self.path, self.tensorrt_version, self.device.name,
-                           self.device.compute_capability, allow_other_gpu=bool(kw.get("allow_other_gpu")),
+                           self.device.compute_capability, allow_other_gpu=bool(allow_other_gpu),
                            device=self.device)
         else:
             warnings.warn(f"{self.path} has no sidecar {self.path}.json: TensorRT version/GPU are not checked and "
@@ -113,7 +109,7 @@ class TensorRTSegmenter(Segmenter):
         super().__init__(self._meta(record))
         check_output_spec(self.path, self.meta, self._hw, *[(self._types[n], self._shapes[n]) if n else None
                                                             for n in (self._class_map, self._logits)])
-        self.return_logits = bool(kw.get("return_logits")) and self._logits is not None
+        self.return_logits = bool(return_logits) and self._logits is not None
         self.cuda_graph = bool(cuda_graph) and getattr(self.cuda, "supports_graphs", False)
         if cuda_graph and not self.cuda_graph:
             warnings.warn(f"CUDA graphs need cuda-python; {self.cuda.name} runs without them",

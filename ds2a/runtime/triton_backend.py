@@ -73,11 +73,8 @@ class TritonSegmenter(Segmenter):
 
     backend = "triton"
 
-    def __init__(self, url: str, timeout_s: Optional[float] = None, return_logits: bool = False,
-                 retry_s: float = 0.5, max_retry_s: float = 5.0, device: Optional[str] = None) -> None:
-        if device:
-            raise UserError(f"--device {device} does not apply to {url}: the server chooses its device "
-                            "(`ds2a serve --device`)")
+    def __init__(self, url: str, *, timeout_s: Optional[float] = None, return_logits: bool = False,
+                 retry_s: float = 0.5, max_retry_s: float = 5.0) -> None:
         self.path = self.url = url
         self.kind, host, port, self.name, opts = parse_url(url)
         self.address = f"{host}:{port}"

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import UserError
 from ..meta import ONNX_META_KEY, ModelMeta, file_sha256, guess_precision
+from ..outputs import atomic_path, atomic_write
 from ..runtime import triton_protocol as protocol
 
 ORT_TYPES = {"tensor(uint8)": "TYPE_UINT8", "tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16",
@@ -160,12 +161,11 @@ def export_repository(model_path: str, repo: str, name: str = "ds2a", version: i
     model_dir = os.path.join(repo, name)
     version_dir = os.path.join(model_dir, str(version))
     os.makedirs(version_dir, exist_ok=True)
-    shutil.copyfile(model_path, os.path.join(version_dir, io.filename))
+    with atomic_path(os.path.join(version_dir, io.filename), label="model copy") as tmp:
+        shutil.copyfile(model_path, tmp)
     config = os.path.join(model_dir, "config.pbtxt")
     text = config_text(name, io, max_batch, max_queue_delay_us, instances, kind)
-    tmp = config + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(config, label="config.pbtxt") as f:
         f.write(text)
-    os.replace(tmp, config)
     return config
 

@@ -371,12 +371,12 @@ class Trainer:
 
     # -- evaluation
     def evaluate(self) -> Dict[str, Any]:
-        from ..eval import evaluate
+        from ..eval import evaluate_segmenter
 
         self.model.eval()
         try:
             seg = ModuleSegmenter(self.model, self.meta, self.device, self.amp)
-            return evaluate(seg, self.eval_set, batch_size=max(1, self.cfg.batch_size), limit=self.cfg.eval_limit)
+            return evaluate_segmenter(seg, self.eval_set, batch_size=max(1, self.cfg.batch_size), limit=self.cfg.eval_limit)
         finally:
             self.model.train()
 

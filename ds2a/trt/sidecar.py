@@ -36,11 +36,11 @@ def write_sidecar(engine_path: str, record: Dict[str, Any]) -> str:
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, **record,
             "engine_sha256": file_sha256(engine_path)}
     path = sidecar_path(engine_path)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    from ..outputs import atomic_write  # the one atomic writer (ds2a/outputs.py)
+
+    with atomic_write(path, label="engine sidecar") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
     return path
 
 
