@@ -5,8 +5,12 @@
         --markdown benchmarks/results/latency.md
 """
 import sys
+from pathlib import Path
 
-from ds2a.cli import main
+_HERE = Path(__file__).resolve().parent  # this checkout's ds2a first; no script here may shadow a module
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from ds2a.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

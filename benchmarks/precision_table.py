@@ -21,11 +21,14 @@ from typing import Dict, List
 import numpy as np
 import onnxruntime as ort
 
-from ds2a.cli import main as ds2a_main
-from ds2a.data import open_dataset
-from ds2a.metrics import ConfusionMatrix
-from ds2a.preprocess import class_map_to_frame, resize_frame
-from ds2a.timing import summarize
+_HERE = Path(__file__).resolve().parent  # this checkout's ds2a first; no script here may shadow a module
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from ds2a.cli import main as ds2a_main  # noqa: E402
+from ds2a.data import open_dataset  # noqa: E402
+from ds2a.metrics import ConfusionMatrix  # noqa: E402
+from ds2a.preprocess import class_map_to_frame, resize_frame  # noqa: E402
+from ds2a.timing import summarize  # noqa: E402
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:

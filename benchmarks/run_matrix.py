@@ -16,10 +16,15 @@ import os
 import shlex
 import sys
 import tempfile
+from pathlib import Path
 
-from ds2a.bench.matrix import run_matrix, write_report
-from ds2a.errors import UserError
-from ds2a.meta import parse_size
+_HERE = Path(__file__).resolve().parent  # this checkout's ds2a first; no script here may shadow a module
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from ds2a.bench import BenchOptions  # noqa: E402
+from ds2a.bench.matrix import MatrixOptions, run_matrix, write_report  # noqa: E402
+from ds2a.errors import UserError  # noqa: E402
+from ds2a.meta import parse_size  # noqa: E402
 
 DEMO = os.path.join("ds2a", "assets", "demo", "ds2a_tiny_synth.pt")
 
@@ -47,13 +52,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tensorrt", action="store_true", help="also build and time TensorRT engines")
     p.add_argument("--gpu-torch", action="store_true", help="run the PyTorch rows on CUDA when available")
     p.add_argument("--note", dest="notes", action="append", help="free text stored with the results")
-    args = p.parse_args(argv)
-    args.sizes = [parse_size(s) for s in args.sizes]
-    args.command = "python benchmarks/run_matrix.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    args.bench = argparse.Namespace(batch=1, warmup_s=args.warmup_s, iterations=None, duration=args.duration,
-                                    min_iterations=args.min_iterations, threads=args.threads, device=None,
-                                    cuda_graph=False, split="test", limit=args.limit, size=None)
-    return args
+    return p.parse_args(argv)
+
+
+def matrix_options(args: argparse.Namespace, argv=None) -> MatrixOptions:
+    """The flags as library options."""
+    bench = BenchOptions(warmup_s=args.warmup_s, duration=args.duration, min_iterations=args.min_iterations,
+                         threads=args.threads, limit=args.limit)
+    return MatrixOptions(
+        models=args.models, sizes=[parse_size(s) for s in args.sizes], work=args.work, demo=args.demo,
+        data=args.data, calib_data=args.calib_data, calib_images=args.calib_images,
+        parity_frames=args.parity_frames, rebuild=args.rebuild, tensorrt=args.tensorrt, gpu_torch=args.gpu_torch,
+        notes=list(args.notes or []), bench=bench,
+        command="python benchmarks/run_matrix.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
 
 
 def main(argv=None) -> int:
@@ -64,7 +75,7 @@ def main(argv=None) -> int:
         with open(args.out + ".json") as f:
             previous = json.load(f)
     try:
-        report = run_matrix(args, log, previous)
+        report = run_matrix(matrix_options(args, argv), log, previous)
     except UserError as exc:
         print(f"run_matrix: error: {exc}", file=sys.stderr)
         return 2

@@ -28,9 +28,10 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+_HERE = Path(__file__).resolve().parent  # this checkout's ds2a first; no script here may shadow a module
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+ROOT = str(_HERE.parent)
+sys.path.insert(1, os.path.join(ROOT, "tests"))  # tests/triton_server.py starts and stops the server
 
 from ds2a.inspect.demo_source import DemoSource  # noqa: E402
 from ds2a.preprocess import resize_frame  # noqa: E402

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+_HERE = Path(__file__).resolve().parent  # this checkout's ds2a first; no script here may shadow a module
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+ROOT = _HERE.parent
 
-from ds2a.cli.report import summarise  # noqa: E402
+from ds2a.inspect.report import summarise  # noqa: E402
 
 
 def browser() -> Any:

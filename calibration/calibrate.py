@@ -11,7 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ds2a.cli import main as ds2a
+_HERE = Path(__file__).resolve().parent  # this checkout's ds2a first; no script here may shadow a module
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from ds2a.cli import main as ds2a  # noqa: E402
 
 
 def main() -> int:

@@ -3,12 +3,11 @@
 
     python deploy/build_engine.py model.int8.onnx --out model.engine --timing-cache trt.cache
 """
-import os
 import sys
+from pathlib import Path
 
-# This folder is sys.path[0] when run as a script; drop it so deploy/*.py never shadow stdlib modules.
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+_HERE = Path(__file__).resolve().parent  # this checkout's ds2a first; no script here may shadow a module
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from ds2a.cli import main  # noqa: E402
 

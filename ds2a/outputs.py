@@ -6,6 +6,8 @@ typo that points an output at an input (or a hard link or symlink of it) or at a
 cannot write fails at once with a one-line error. Files are then written through
 `atomic_write` / `atomic_path`: a temp file in the same folder, renamed over the target only
 when complete, so a crash or a full disk never leaves half a file in place of a good one.
+This is the only atomic writer: checkpoints, calibration caches, engines and their sidecars,
+Triton repositories and every command's output files go through it.
 """
 from __future__ import annotations
 
@@ -103,7 +105,7 @@ def _is_special(path: str) -> bool:
 def atomic_path(path: PathLike, label: str = "output") -> Iterator[str]:
     """Yield a temp path (same folder, same extension) to write; it replaces `path` only on success.
 
-    For libraries that write by file name (onnx.save, savefig, cv2.imwrite). A symlink target
+    For libraries that write by file name (torch.save, onnx.save, savefig, cv2.imwrite). A symlink target
     is followed (the file it points at is replaced); /dev/null and pipes are written in place.
     """
     real = _resolve(label, path)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
 import pytest
-from test_runtime import CLASSES, reference_logits, tiny_onnx
+from fakes.onnx_models import CLASSES, reference_logits, tiny_onnx
 
-import ds2a.cli.bench as bench_cmd
+import ds2a.bench.runner as bench_runner
 import ds2a.runtime
 from ds2a.bench import latency_stats, measure
 from ds2a.bench.machine import machine_info
@@ -142,7 +143,7 @@ def fake_open(monkeypatch, tmp_path: Path):
         return opened[-1]
 
     monkeypatch.setattr(ds2a.runtime, "open_model", open_model)
-    monkeypatch.setattr(bench_cmd, "measure", functools.partial(measure, clock=clock))
+    monkeypatch.setattr(bench_runner, "measure", functools.partial(measure, clock=clock))
     for name in ("a.onnx", "b.onnx"):
         (tmp_path / name).write_bytes(b"0" * 1024)
     return opened
@@ -275,25 +276,54 @@ def test_matrix_merge_replaces_only_remeasured_groups() -> None:
     assert [(r["group"], r["latency_ms"]["median"]) for r in merged] == [("a", 1.0), ("b", 3.0)]
 
 
-def test_matrix_cli_failure_becomes_a_reason(tmp_path: Path) -> None:
-    from ds2a.bench.matrix import run_cli
+def test_matrix_step_failure_becomes_a_reason_and_is_not_repeated(tmp_path: Path) -> None:
+    from ds2a.bench.matrix import cached_step, run_step
 
-    reason = run_cli(["bench", "--model", str(tmp_path / "missing.onnx")], lambda *a: None)
-    assert reason and reason.startswith("`ds2a bench` failed:") and "missing.onnx does not exist" in reason
-    assert run_cli(["bench", "--help"], lambda *a: None) is None
+    def broken() -> None:
+        raise UserError("calibration set is empty\nadd images to --data")
+
+    assert run_step("export", lambda: None, lambda *a: None) is None
+    assert run_step("export", broken, lambda *a: None) == "`ds2a export` failed: add images to --data"
+    out = str(tmp_path / "m.int8.onnx")
+    calls = []
+    reason = cached_step(out, "calibrate", lambda: calls.append(broken()), False, lambda *a: None)
+    assert reason == "`ds2a calibrate` failed: add images to --data"
+    again = cached_step(out, "calibrate", lambda: calls.append(1), False, lambda *a: None)
+    assert again == reason + " (earlier run; --rebuild retries)" and calls == []
+    assert cached_step(out, "calibrate", lambda: calls.append(1), True, lambda *a: None) is None
+    assert calls == [1] and not Path(out + ".failed").exists()
 
 
-def test_backend_options_map_flags_and_refuse_foreign_ones() -> None:
-    import argparse
+def _die() -> None:
+    os._exit(9)  # a process killed during the step (out of memory)
 
-    from ds2a.cli.bench import backend_options
 
-    ns = argparse.Namespace(cuda_graph=True, threads=0, device=None, size=None)
-    assert backend_options("tensorrt", ns) == {"cuda_graph": True}
-    ns = argparse.Namespace(cuda_graph=False, threads=2, device="cpu", size="512x512")
-    assert backend_options("pytorch", ns) == {"threads": 2, "device": "cpu", "input_size": (512, 512)}
+def test_matrix_remembers_a_step_that_killed_the_process(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from ds2a.bench.matrix import cached_step
+
+    out = str(tmp_path / "m.fp16.onnx")
+    child = multiprocessing.get_context("fork").Process(target=cached_step,
+                                                        args=(out, "calibrate", _die, False, print))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 9
+    reason = cached_step(out, "calibrate", lambda: None, False, lambda *a: None)
+    assert reason and "did not finish: the process died" in reason
+    with pytest.raises(KeyboardInterrupt):  # stopped by the user: not remembered as a failure
+        cached_step(out, "calibrate", lambda: (_ for _ in ()).throw(KeyboardInterrupt()), True, lambda *a: None)
+    assert not Path(out + ".failed").exists()
+
+
+def test_bench_options_map_onto_each_backends_keywords() -> None:
+    from ds2a.bench import BenchOptions
+
+    assert BenchOptions(cuda_graph=True).model_options("tensorrt", "m.engine") == {"cuda_graph": True}
+    opts = BenchOptions(threads=2, device="cpu", size=(512, 512))
+    assert opts.model_options("pytorch", "m.pt") == {"threads": 2, "device": "cpu", "input_size": (512, 512)}
+    assert BenchOptions().model_options("onnxruntime", "m.onnx") == {}  # threads 0 = the backend's default
     with pytest.raises(UserError, match="--threads only applies"):
-        backend_options("tensorrt", ns)
-    ns.size = "512"
+        opts.model_options("tensorrt", "m.engine")
     with pytest.raises(UserError, match="--size only applies to PyTorch"):
-        backend_options("onnxruntime", ns)
+        BenchOptions(size=(512, 512)).model_options("onnxruntime", "m.onnx")

@@ -122,8 +122,8 @@ def test_calibration_steps_fit_the_memory_budget():
 def test_ort_calibration_never_holds_all_images_when_they_exceed_the_budget(synth, tmp_path, monkeypatch):
     """ORT's calibrator keeps every batch's tensors until collect_data returns: it must get bounded steps."""
     import onnx
+    from fakes.onnx_models import toy_model
     from onnxruntime.quantization import calibrate as ort_calibrate
-    from test_precision import toy_model
 
     import ds2a.precision.int8 as int8
 

@@ -57,10 +57,10 @@ def test_truth_tally_counts_escapes_and_overkill_and_keeps_them_in_the_records()
 
 
 def test_summary_and_report_show_the_truth(tmp_path) -> None:
-    from ds2a.cli.inspect import summary_text
     from ds2a.inspect.loop import LoopStats
     from ds2a.inspect.records import Records, connect
-    from ds2a.cli.report import format_report, summarise
+    from ds2a.inspect.report import format_report, summarise
+    from ds2a.inspect.summary import summary_text
 
     truth = {"total": 10, "defective": 8, "good": 2, "escapes": 1, "overkill": 0, "escape_rate": 0.125,
              "overkill_rate": 0.0, "by_class": {}, "escaped_parts": ["cell-000004"], "overkill_parts": [],

@@ -135,7 +135,7 @@ def test_engine_on_a_cpu_machine_points_at_the_onnx(machine, capsys, tmp_path):
 
 
 def test_onnx_model_runs_on_onnxruntime_and_missing_model_is_a_usage_error(machine, capsys, tmp_path):
-    from test_runtime import tiny_onnx
+    from fakes.onnx_models import tiny_onnx
 
     machine(trt=None, driver=0)
     code, out, _ = doctor(capsys, "--model", str(tiny_onnx(tmp_path / "m.onnx")))

@@ -31,7 +31,7 @@ from ds2a.meta import file_sha256
 from ds2a.runtime.tensorrt_backend import TensorRTSegmenter
 from ds2a.trt import platform as trt_platform
 from ds2a.trt.features import import_tensorrt
-from ds2a.trt.sidecar import read_sidecar, rebuild_command, verify_sidecar
+from ds2a.trt.sidecar import EngineRecord, read_sidecar, rebuild_command, verify_sidecar
 from ds2a.trt.versions import require_supported, same_release
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,6 +256,34 @@ def test_sidecar_records_what_the_engine_is_tied_to(tmp_path):
     assert [o["name"] for o in rec["outputs"]] == ["class_map", "logits"]
     assert rec["build_options"]["workspace_gib"] == 2 and rec["build_seconds"] >= 0
     assert rebuild_command(rec, engine).endswith(f"--out {engine} --workspace 2")
+    assert rec.precision == "fp16" and rec.build_args == ["--workspace", "2"]  # typed, too
+    on_disk = json.loads(Path(engine + ".json").read_text())
+    assert set(on_disk) == {  # the file format: the keys every sidecar has carried
+        "format", "format_version", "tensorrt_version", "gpu_name", "compute_capability", "sm_count", "total_memory",
+        "board", "precision", "strongly_typed", "builder_flags", "inputs", "outputs", "batch_profile", "meta",
+        "onnx_path", "onnx_sha256", "build_options", "build_args", "version_compatible", "hardware_compat",
+        "dla_core", "build_seconds", "calibration_cache_sha256", "built_at", "engine_sha256"}
+    assert EngineRecord.from_json(rec.to_json()) == rec and json.loads(rec.to_json()) == on_disk
+
+
+def test_an_older_sidecar_reads_and_keeps_keys_this_version_does_not_know(tmp_path):
+    engine = tmp_path / "old.engine"
+    engine.write_bytes(b"plan")
+    old = {"format": "ds2a-engine", "format_version": 1, "tensorrt_version": "8.5.2.2", "gpu_name": "Orin",
+           "compute_capability": [8, 7], "precision": "int8", "inputs": [], "outputs": [], "future_key": {"a": 1}}
+    Path(f"{engine}.json").write_text(json.dumps(old))
+    rec = read_sidecar(str(engine))
+    assert rec.compute_capability == [8, 7] and rec.hardware_compat == "none" and rec.build_args == []
+    assert rec.extra == {"future_key": {"a": 1}} and rec["future_key"] == {"a": 1} and rec.get("board") is None
+    assert rebuild_command(rec, str(engine)) == f"ds2a build-engine MODEL.onnx --out {engine}"
+    for broken, words in (({**old, "format": "other"}, "is not a ds2a engine sidecar"),
+                          ({k: v for k, v in old.items() if k != "gpu_name"}, "lacks gpu_name")):
+        Path(f"{engine}.json").write_text(json.dumps(broken))
+        with pytest.raises(UserError, match=words):
+            read_sidecar(str(engine))
+    Path(f"{engine}.json").write_text("{not json")
+    with pytest.raises(UserError, match="is unreadable"):
+        read_sidecar(str(engine))
 
 
 def test_parser_errors_are_reported_per_node(tmp_path):

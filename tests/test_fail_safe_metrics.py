@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+import ds2a.bench.runner as bench_runner
 import ds2a.runtime
-from ds2a.cli import bench as bench_cmd
+from ds2a.bench import BenchOptions, check_gates
 from ds2a.cli import main
 from ds2a.data import Crack500Dataset, FolderDataset, open_dataset, write_dataset
 from ds2a.errors import UserError
@@ -143,13 +144,13 @@ def test_an_all_ignore_split_scores_nothing_and_exits_non_zero(tmp_path: Path, c
 # ---------------------------------------------------------------- gates
 
 def test_a_gate_that_cannot_be_evaluated_fails() -> None:
-    args = types.SimpleNamespace(min_miou=0.5, max_latency_ms=10.0, gate_stat="median")
+    args = BenchOptions(min_miou=0.5, max_latency_ms=10.0, gate_stat="median")
     row = {"model": "m", "backend": "b", "precision": "fp32", "miou": float("nan"),
            "latency_ms": {"count": 0, "median": float("nan")}}
-    failed = bench_cmd.check_gates([row], args)
+    failed = check_gates([row], args)
     assert len(failed) == 2 and "could not be measured" in failed[0] and "no median latency" in failed[1]
     ok = {**row, "miou": 0.6, "latency_ms": {"count": 3, "median": 5.0}}
-    assert bench_cmd.check_gates([ok], args) == []
+    assert check_gates([ok], args) == []
 
 
 def test_end_to_end_bench_refuses_an_accuracy_gate(tmp_path: Path, capsys) -> None:
@@ -194,7 +195,7 @@ def _fake_e2e(monkeypatch, frames):
     monkeypatch.setattr(loop_mod, "InspectionLoop", FakeLoop)
     monkeypatch.setattr(sources, "open_source", lambda uri: types.SimpleNamespace(close=lambda: None))
     monkeypatch.setattr(ds2a.runtime, "open_model", lambda path, backend=None, **kw: _FakeModel())
-    monkeypatch.setattr(bench_cmd, "measure", lambda *a, **k: None)
+    monkeypatch.setattr(bench_runner, "measure", lambda *a, **k: None)
 
 
 def test_end_to_end_latency_counts_only_inferred_frames(monkeypatch, tmp_path: Path) -> None:
@@ -239,11 +240,9 @@ def test_numeric_and_device_options_are_checked_at_parse_time(argv, capsys) -> N
 
 
 def test_bench_refuses_an_unknown_torch_device(monkeypatch) -> None:
-    args = types.SimpleNamespace(cuda_graph=False, threads=0, device="foo", size=None)
     with pytest.raises(UserError, match="--device 'foo' is not a device"):
-        bench_cmd.backend_options("pytorch", args)
-    args.device = "CUDA:1"
-    assert bench_cmd.backend_options("pytorch", args)["device"] == "cuda:1"
+        BenchOptions(device="foo").model_options("pytorch", "m.pt")
+    assert BenchOptions(device="CUDA:1").model_options("pytorch", "m.pt")["device"] == "cuda:1"
 
 
 def test_synth_refuses_a_size_that_cannot_fit_in_memory(tmp_path: Path, capsys) -> None:

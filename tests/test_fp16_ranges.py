@@ -2,8 +2,8 @@
 import numpy as np
 import onnx
 import onnxruntime as ort
+from fakes.onnx_models import toy_model
 from onnx import shape_inference
-from test_precision import toy_model
 
 from ds2a.precision.ranges import collect_ranges, plan_chunks, tensor_bytes
 

@@ -14,34 +14,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from fakes.onnx_models import threshold_onnx
+from fakes.records import query_db as _db
 
 from ds2a.cli import main
-from ds2a.meta import ModelMeta
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = "demo://?frames={n}&width=320&height=180&speed=24"
-
-
-def threshold_onnx(path: Path, size=(32, 32), threshold: float = 60.0) -> Path:
-    """Our ONNX convention with a known answer: pixels darker than `threshold` are class 1 (damage)."""
-    h, w = size
-    nodes = [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceMean", ["f", "axes"], ["g"], keepdims=0),
-             helper.make_node("Less", ["g", "thr"], ["b"]),
-             helper.make_node("Cast", ["b"], ["class_map"], to=TensorProto.UINT8)]
-    graph = helper.make_graph(
-        nodes, "threshold", [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, h, w, 3])],
-        [helper.make_tensor_value_info("class_map", TensorProto.UINT8, [1, h, w])],
-        [numpy_helper.from_array(np.array([3], np.int64), "axes"),
-         numpy_helper.from_array(np.array(threshold, np.float32), "thr")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    helper.set_model_props(model, {"ds2a": ModelMeta(arch="threshold", input_size=(h, w)).to_json()})
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +39,6 @@ def _counter_video(path: Path, n: int = 10) -> Path:
         w.write(img)
     w.release()
     return path
-
-
-def _db(path: Path, sql: str):
-    con = sqlite3.connect(path)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_demo_run_writes_video_records_failures_and_a_summary(tmp_path, model, capsys):

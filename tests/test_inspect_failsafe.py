@@ -17,10 +17,11 @@ from typing import List
 import cv2
 import numpy as np
 import pytest
-from test_inspect_command import threshold_onnx
+from fakes.onnx_models import threshold_onnx
+from fakes.records import query_db as _db
 
 from ds2a.cli import main
-from ds2a.cli import inspect as command
+from ds2a.inspect.signals import StopSignals
 from ds2a.meta import ModelMeta
 from ds2a.runtime.base import InferResult, Segmenter
 
@@ -31,14 +32,6 @@ DEMO = "demo://?frames={n}&width=320&height=180&speed=24"
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return threshold_onnx(tmp_path_factory.mktemp("m") / "thr.onnx")
-
-
-def _db(path: Path, sql: str):
-    con = sqlite3.connect(path)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def _inspect(model: Path, *extra: str) -> List[str]:
@@ -165,7 +158,7 @@ class _Loop:
 
 
 def test_signal_handler_covers_start_up_the_run_and_the_flush(capsys):
-    signals = command._Signals(sys.stdout).install()
+    signals = StopSignals(sys.stdout).install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)  # during warm-up: remembered, not fatal
         loop = _Loop()
@@ -181,7 +174,7 @@ def test_signal_handler_covers_start_up_the_run_and_the_flush(capsys):
     finally:
         signals.restore()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
-    second = command._Signals(sys.stdout).install()
+    second = StopSignals(sys.stdout).install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         with pytest.raises(KeyboardInterrupt):  # twice before anything is recorded: abort start-up
@@ -304,8 +297,6 @@ def test_a_closed_jsonl_reader_stops_only_the_json_output(tmp_path, model):
 def test_a_second_signal_inside_the_first_handler_keeps_the_first_as_the_reason():
     """Python may run a second handler between the bytecodes of the first (two SIGTERMs at once under load):
     the run must still say it stopped because of SIGTERM, not 'aborted'."""
-    from ds2a.cli.inspect import _Signals
-
     class Loop:
         def __init__(self) -> None:
             self.stats = type("S", (), {"stop_reason": ""})()
@@ -319,7 +310,7 @@ def test_a_second_signal_inside_the_first_handler_keeps_the_first_as_the_reason(
             self.aborted = True
             self.stats.stop_reason = self.stats.stop_reason or reason
 
-    signals = _Signals(io.StringIO())
+    signals = StopSignals(io.StringIO())
     loop = Loop()
     signals.attach(loop)
     signals._handle(signal.SIGTERM, None)

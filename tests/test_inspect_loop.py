@@ -8,9 +8,9 @@ from typing import List, Optional
 
 import numpy as np
 import pytest
+from fakes.segmenter import ThresholdSegmenter
 
 from ds2a.errors import UserError
-from ds2a.inspect.fake_model import ThresholdSegmenter
 from ds2a.inspect.loop import InspectionLoop, LatestSlot, Result
 from ds2a.inspect.rules import analyser, default_rules
 from ds2a.inspect.sources import Frame, Source

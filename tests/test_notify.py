@@ -321,7 +321,7 @@ def test_modbus_plc_down_is_counted_not_waited_for():
 
 def test_inspect_with_a_dead_broker_finishes_and_keeps_the_count(tmp_path, capsys):
     pytest.importorskip("paho.mqtt", reason="paho-mqtt missing: pip install -e '.[notify]'")
-    from test_inspect_command import threshold_onnx
+    from fakes.onnx_models import threshold_onnx
 
     model = threshold_onnx(tmp_path / "thr.onnx")
     db = tmp_path / "i.sqlite"
@@ -346,7 +346,7 @@ def test_inspect_with_a_dead_broker_finishes_and_keeps_the_count(tmp_path, capsy
 
 
 def test_inspect_sends_every_part_to_a_live_broker(broker, tmp_path, capsys):
-    from test_inspect_command import threshold_onnx
+    from fakes.onnx_models import threshold_onnx
 
     sub = Subscriber(broker, "l/s/part")
     model = threshold_onnx(tmp_path / "thr.onnx")

@@ -5,51 +5,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from fakes.onnx_models import TOY_SIZE, toy_model
 from onnx import TensorProto, helper, numpy_helper
 
 from ds2a.cli import main
-from ds2a.export.metadata import read_meta, write_meta
-from ds2a.meta import ModelMeta
+from ds2a.export.metadata import read_meta
 from ds2a.precision.int8 import zero_points_symmetric
 from ds2a.precision.model_info import precision_of
 from ds2a.trt.compat import blockers, check_model
 
-H = W = 32
-
-
-def toy_model(with_meta=True):
-    """uint8 NHWC BGR -> normalise -> Conv/Relu/Conv -> Softmax -> ArgMax -> float -> uint8, like our export."""
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array((1 / np.array([58.4, 57.1, 57.4], np.float32)).reshape(1, 3, 1, 1), "scale"),
-        numpy_helper.from_array((-np.array([123.7, 116.3, 103.5], np.float32) / 57.6).reshape(1, 3, 1, 1), "shift"),
-        numpy_helper.from_array(rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32), "w1"),
-        numpy_helper.from_array(rng.normal(0, 0.1, 16).astype(np.float32), "b1"),
-        numpy_helper.from_array(rng.normal(0, 0.3, (4, 16, 3, 3)).astype(np.float32), "w2"),
-        numpy_helper.from_array(np.zeros(4, np.float32), "b2"),
-    ]
-    nodes = [
-        helper.make_node("Cast", ["images"], ["xf"], to=TensorProto.FLOAT, name="cast_in"),
-        helper.make_node("Transpose", ["xf"], ["xt"], perm=[0, 3, 1, 2], name="to_nchw"),
-        helper.make_node("Mul", ["xt", "scale"], ["xs"], name="norm_mul"),
-        helper.make_node("Add", ["xs", "shift"], ["xn"], name="norm_add"),
-        helper.make_node("Conv", ["xn", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="classifier"),
-        helper.make_node("Softmax", ["c2"], ["logits"], axis=1, name="softmax"),
-        helper.make_node("ArgMax", ["logits"], ["am"], axis=1, keepdims=0, name="argmax"),
-        helper.make_node("Cast", ["am"], ["amf"], to=TensorProto.FLOAT, name="cast_f"),
-        helper.make_node("Cast", ["amf"], ["class_map"], to=TensorProto.UINT8, name="cast_u8"),
-    ]
-    graph = helper.make_graph(
-        nodes, "toy", [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, H, W, 3])],
-        [helper.make_tensor_value_info("class_map", TensorProto.UINT8, [1, H, W]),
-         helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, H, W])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    if with_meta:
-        write_meta(model, ModelMeta(arch="toy", input_size=(H, W)))
-    return model
+H = W = TOY_SIZE
 
 
 @pytest.fixture(scope="module")

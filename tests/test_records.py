@@ -16,7 +16,7 @@ from ds2a.errors import UserError
 from ds2a.inspect.loop import Result
 from ds2a.inspect.quantify import Defect
 from ds2a.inspect.records import SCHEMA_VERSION, Records, connect
-from ds2a.cli.report import summarise
+from ds2a.inspect.report import summarise
 from ds2a.inspect.rules import PartVerdict
 from ds2a.inspect.sources import Frame
 
@@ -327,8 +327,9 @@ def _publisher(tmp_path, records, save_fail=None):
 def test_the_realtime_loop_keeps_inspecting_while_the_database_is_locked(tmp_path):
     import threading
 
+    from fakes.segmenter import ThresholdSegmenter
+
     from ds2a.inspect.demo_source import DemoSource
-    from ds2a.inspect.fake_model import ThresholdSegmenter
     from ds2a.inspect.loop import InspectionLoop
     from ds2a.inspect.rules import analyser, load_rules
 
@@ -436,7 +437,7 @@ def test_rows_the_database_never_takes_are_saved_beside_it_and_the_run_fails(tmp
 def test_inspect_stops_with_an_alarm_when_the_record_queue_is_full(tmp_path, monkeypatch, capsys):
     from pathlib import Path
 
-    import ds2a.cli.inspect as command
+    import ds2a.inspect.run as inspection
 
     class FullDisk(Records):
         def __init__(self, path):
@@ -449,7 +450,7 @@ def test_inspect_stops_with_an_alarm_when_the_record_queue_is_full(tmp_path, mon
             self.con.execute(f"PRAGMA max_page_count={pages}")  # the disk is full from here on
             return run
 
-    monkeypatch.setattr(command, "Records", FullDisk)
+    monkeypatch.setattr(inspection, "Records", FullDisk)
     model = Path(__file__).resolve().parents[1] / "ds2a" / "assets" / "demo" / "ds2a_tiny_synth.int8.onnx"
     db = tmp_path / "r.sqlite"
     rc = main(["inspect", "--model", str(model), "--source", "demo://?frames=200&width=320&height=180",
@@ -466,8 +467,8 @@ def test_inspect_stops_with_an_alarm_when_the_record_queue_is_full(tmp_path, mon
 def test_the_run_summary_reports_database_outages_and_unsaved_images(tmp_path):
     from types import SimpleNamespace
 
-    from ds2a.cli.inspect import summary_text
     from ds2a.inspect.loop import LoopStats
+    from ds2a.inspect.summary import summary_text
 
     rec = SimpleNamespace(outages=2, max_delay_s=15.2, max_backlog=450)
     pub = SimpleNamespace(parts=[], frames_failed=3, images_failed=3, image_error="f.jpg: No space left",

@@ -1,74 +1,24 @@
 """Runtime: open_model dispatch, the ONNX Runtime backend on tiny hand-built ONNX graphs, bad inputs.
 
 The graphs follow our ONNX convention (uint8 NHWC "images" in, "class_map" + "logits" out,
-ModelMeta JSON in metadata_props) but are a single 1x1 convolution, so the expected
-output can be computed with numpy and no torch is needed.
+ModelMeta JSON in metadata_props) but are a single 1x1 convolution (tests/fakes/onnx_models.py), so
+the expected output can be computed with numpy and no torch is needed.
 """
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from fakes.onnx_models import CLASSES, conv_weights, reference_logits, tiny_onnx
+from onnx import TensorProto, helper
 
 from ds2a.errors import UserError
 from ds2a.meta import ModelMeta
-from ds2a.preprocess import normalize
 from ds2a.runtime import BACKENDS, backend_for, open_model
 from ds2a.runtime.base import InferResult, Segmenter, fit_batch
-
-CLASSES = ["background", "damage", "smudge"]
-
-
-def conv_weights(k: int, seed: int = 0) -> tuple:
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(k, 3)).astype(np.float32), rng.normal(size=k).astype(np.float32)
-
-
-def tiny_onnx(path: Union[str, Path], size=(32, 48), batch: Union[int, str] = 1, classes=CLASSES,
-              float_input: bool = False, with_logits: bool = True, with_class_map: bool = True,
-              meta: Optional[ModelMeta] = None, add_meta: bool = True, seed: int = 0) -> Path:
-    """Write a 1x1-conv segmenter following our ONNX convention; returns the path."""
-    h, w = size
-    k = len(classes)
-    wt, bias = conv_weights(k, seed)
-    nodes, inits = [], [numpy_helper.from_array(wt.reshape(k, 3, 1, 1), "W"), numpy_helper.from_array(bias, "B")]
-    if float_input:
-        inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, h, w])
-        x = "images"
-    else:
-        inp = helper.make_tensor_value_info("images", TensorProto.UINT8, [batch, h, w, 3])
-        nodes += [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
-                  helper.make_node("Transpose", ["f"], ["x"], perm=[0, 3, 1, 2])]
-        x = "x"
-    nodes += [helper.make_node("Conv", [x, "W", "B"], ["logits"]),
-              helper.make_node("ArgMax", ["logits"], ["am"], axis=1, keepdims=0),
-              helper.make_node("Cast", ["am"], ["class_map"], to=TensorProto.UINT8)]
-    outputs = []
-    if with_class_map:
-        outputs.append(helper.make_tensor_value_info("class_map", TensorProto.UINT8, [batch, h, w]))
-    if with_logits:
-        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, k, h, w]))
-    graph = helper.make_graph(nodes, "tiny", [inp], outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    if add_meta:
-        meta = meta or ModelMeta(arch="tiny_test", classes=list(classes), input_size=(h, w))
-        helper.set_model_props(model, {"ds2a": meta.to_json()})
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return Path(path)
-
-
-def reference_logits(frames_bgr: np.ndarray, classes=CLASSES, float_input=False, seed=0) -> np.ndarray:
-    """What the tiny graph computes, in numpy: (N,K,H,W)."""
-    wt, bias = conv_weights(len(classes), seed)
-    x = normalize(frames_bgr) if float_input else frames_bgr.astype(np.float32).transpose(0, 3, 1, 2)
-    return np.einsum("kc,nchw->nkhw", wt, x) + bias[None, :, None, None]
 
 
 @pytest.fixture
@@ -111,17 +61,6 @@ def test_uint8_model_matches_numpy_reference(tmp_path: Path, frames: np.ndarray)
     np.testing.assert_allclose(res.logits, ref, rtol=1e-4, atol=1e-3)
     assert (res.class_map == ref.argmax(0)).mean() > 0.999
     np.testing.assert_allclose(res.confidence, ref.max(0), rtol=1e-4, atol=1e-3)
-
-
-def test_repeated_calls_do_not_share_result_memory(tmp_path: Path, frames: np.ndarray) -> None:
-    """The input buffer is reused; results must still be independent arrays."""
-    with open_model(str(tiny_onnx(tmp_path / "m.onnx"))) as seg:
-        first = seg.infer(frames[0])
-        kept = first.class_map.copy()
-        second = seg.infer(frames[1])
-    np.testing.assert_array_equal(first.class_map, kept)
-    assert not np.array_equal(first.class_map, second.class_map)
-    assert first.logits is None  # logits only when asked for
 
 
 def test_float_nchw_variant_is_normalised_with_meta(tmp_path: Path, frames: np.ndarray) -> None:
@@ -172,16 +111,6 @@ def test_other_sizes_and_channel_counts_are_converted(tmp_path: Path) -> None:
     assert r.shape == (32, 48) and (r == expected).all()
 
 
-def test_wrong_frame_dimensionality_is_a_clear_error(tmp_path: Path) -> None:
-    with open_model(str(tiny_onnx(tmp_path / "m.onnx"))) as seg:
-        with pytest.raises(UserError, match=r"shape \(2, 32, 48, 3\).*infer_batch"):
-            seg.infer(np.zeros((2, 32, 48, 3), np.uint8))
-        with pytest.raises(UserError, match=r"shape \(32, 48, 5\)"):
-            seg.infer(np.zeros((32, 48, 5), np.uint8))
-        with pytest.raises(UserError, match=r"\(N,H,W,C\)"):
-            seg.infer_batch(np.zeros((32, 48, 3), np.uint8))
-
-
 def test_truncated_and_corrupt_onnx_are_user_errors(tmp_path: Path) -> None:
     good = tiny_onnx(tmp_path / "m.onnx").read_bytes()
     (tmp_path / "cut.onnx").write_bytes(good[: len(good) // 2])
@@ -198,7 +127,7 @@ def test_onnx_off_convention_says_what_was_expected(tmp_path: Path) -> None:
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, str(tmp_path / "mlp.onnx"))
-    with pytest.raises(UserError, match=r"mlp\.onnx has inputs \[x tensor\(float\).*expected one input 'images' uint8"):
+    with pytest.raises(UserError, match=r"mlp\.onnx has inputs \[x float32 \[1, 8\]\]; expected one input 'images' uint8.*ds2a export"):
         open_model(str(tmp_path / "mlp.onnx"))
     # right input, but neither class_map nor logits
     inp = helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 8, 8, 3])
@@ -306,6 +235,16 @@ def test_torch_backend_matches_its_model(tmp_path: Path, frames: np.ndarray, mon
         assert seg.input_size == (64, 96) and seg.infer(frames[0]).class_map.shape == (64, 96)
     with pytest.raises(UserError, match="multiples of 32"):
         open_model(str(ckpt), device="cpu", input_size=(50, 50))
+    # the same model in memory (training's evaluation): same preprocessing, same answers, module kept
+    from ds2a.runtime.torch_backend import TorchSegmenter
+
+    module = OneByOne()
+    with TorchSegmenter.from_module(module, module.meta, "cpu", return_logits=True) as mem:
+        assert mem.backend == "pytorch" and mem.batch_size is None
+        for r, m in zip(res, mem.infer_batch(frames)):
+            np.testing.assert_array_equal(r.class_map, m.class_map)
+            np.testing.assert_allclose(r.logits, m.logits, rtol=1e-5, atol=1e-5)
+    assert module.conv.weight is not None  # close() dropped its reference only
 
 
 @pytest.mark.slow

@@ -118,7 +118,8 @@ def test_mjpeg_http_stream_is_live_and_reconnects_when_the_server_comes_back():
 
 
 def test_inspection_loop_carries_on_through_a_camera_outage():
-    from ds2a.inspect.fake_model import ThresholdSegmenter
+    from fakes.segmenter import ThresholdSegmenter
+
     from ds2a.inspect.loop import InspectionLoop
 
     server = MJPEGServer().start()

@@ -32,12 +32,9 @@ def frames(n: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture
-def built(tmp_path):
-    """(fake, cuda, engine path) for a fixed-batch FP16 engine built with the newest 10.x."""
-    fake, cuda = fake_for(NEWEST_10)
-    engine = str(tmp_path / "m.engine")
-    build(fake, cuda, make_onnx(tmp_path / "m.onnx", "fp16"), engine, workspace_gib=1)
-    return fake, cuda, engine
+def built(trt_engine):
+    """(fake, cuda, engine path) for a fixed-batch FP16 engine built with the newest 10.x (tests/conftest.py)."""
+    return trt_engine
 
 
 def test_infer_returns_the_engines_class_map_and_logits(built):
@@ -208,7 +205,7 @@ def test_engine_without_our_outputs_is_refused(tmp_path):
     engine.write_bytes(MAGIC + json.dumps({"version": NEWEST_10, "io": io}).encode())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(UserError, match=r"outputs \['boxes'\]; expected 'class_map'"):
+        with pytest.raises(UserError, match=r"has outputs \[boxes float32 \[1, 100, 4\]\]; expected .*'class_map'.*ds2a export"):
             TensorRTSegmenter(str(engine), trt_module=fake, cuda_api=cuda)
 
 

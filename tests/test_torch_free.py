@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_runtime import reference_logits, tiny_onnx
+from fakes.onnx_models import reference_logits, tiny_onnx
 
 # packages that must never need torch; the first two must exist, the rest are checked when present
 REQUIRED = ["ds2a.runtime", "ds2a.bench"]

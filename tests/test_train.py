@@ -14,7 +14,7 @@ pytest.importorskip("scipy")
 from ds2a.cli import main  # noqa: E402
 from ds2a.data import write_dataset  # noqa: E402
 from ds2a.errors import UserError  # noqa: E402
-from ds2a.train.loop import TrainConfig, Trainer, train  # noqa: E402
+from ds2a.train import TrainConfig, Trainer, train  # noqa: E402
 
 # A very small DS2A-Former so a CPU step takes well under a second.
 TINY = dict(backbone_width=16, hidden_dim=32, encoder_layers=1, encoder_heads=2, encoder_ffn=64,
@@ -127,6 +127,23 @@ def test_bad_options_are_user_errors(synth: Path, tmp_path: Path, kw: dict, matc
         pytest.skip("fp16 is allowed with a GPU")
     with pytest.raises(UserError, match=match):
         Trainer(_cfg(synth, tmp_path / "bad", **kw))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(crop=(64, 60)), "--crop 64x60: both sides must be multiples of 32"),
+    (dict(input_size=(96, 100)), "--input-size 96x100: both sides must be multiples of 32"),
+    (dict(batch_size=0), "--iters and --batch-size must be at least 1"),
+    (dict(lr=float("inf")), "--lr inf must be a finite number"),
+])
+def test_a_config_is_checked_when_made_before_anything_is_read_or_written(tmp_path: Path, kw: dict,
+                                                                           match: str) -> None:
+    with pytest.raises(UserError, match=match):
+        TrainConfig(model="ds2a_tiny", data=str(tmp_path / "no_data"), out=str(tmp_path / "o"), **kw)
+    assert not (tmp_path / "o").exists()
+    cfg = TrainConfig(model="ds2a_tiny", data=str(tmp_path / "no_data"), out=str(tmp_path / "o"))
+    cfg.iters = 0  # assigned after construction: the trainer checks again before it starts
+    with pytest.raises(UserError, match="at least 1"):
+        Trainer(cfg)
 
 
 def test_existing_run_needs_resume_and_empty_eval_split_is_explained(synth: Path, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """A real Triton server (`ds2a serve`, PyTriton) on loopback and `triton://` stations against it.
 
-One server is shared by the module (starting one takes 5-20 s here); the crash test starts its
-own. Stations get exactly the class maps and verdicts of an in-process ONNX Runtime run, the
+One server is shared by the session (tests/conftest.py triton_server; starting one takes 5-20 s
+here); the crash test starts its own. Stations get exactly the class maps and verdicts of an in-process ONNX Runtime run, the
 metadata comes from the server, bad URLs and names are refused, and a station outlives a server
 crash: frames while it is away are recorded as not inspected, inspection resumes after.
 """
@@ -34,11 +34,10 @@ from ds2a.runtime.triton_backend import TritonSegmenter  # noqa: E402
 DEMO = "demo://?frames={n}&width=320&height=180&speed=48"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc = ServeProcess(tmp_path_factory.mktemp("serve") / "serve.log", extra=["--max-batch", "4"]).start()
-    yield proc
-    assert proc.stop() == 0, proc.log()  # SIGTERM: a clean stop
+@pytest.fixture
+def server(triton_server):
+    """The session's `ds2a serve` of DEMO_MODEL with --max-batch 4 (tests/conftest.py)."""
+    return triton_server
 
 
 @pytest.fixture(scope="module")

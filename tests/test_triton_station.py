@@ -45,9 +45,9 @@ def test_open_model_routes_urls_and_checks_options():
 
 def test_the_loop_records_frames_while_the_model_is_away_as_not_inspected():
     """A served model that is away (ModelUnavailable) drops frames as NONE, never PASS, and the run goes on."""
+    from fakes.segmenter import ThresholdSegmenter
     from test_inspect_loop import CLASSES, Collect, CounterSource, _loop
 
-    from ds2a.inspect.fake_model import ThresholdSegmenter
     from ds2a.runtime import ModelUnavailable
 
     class Flaky(ThresholdSegmenter):

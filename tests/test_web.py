@@ -27,7 +27,7 @@ from ds2a.errors import UserError  # noqa: E402
 from ds2a.inspect.loop import Result  # noqa: E402
 from ds2a.inspect.quantify import Defect  # noqa: E402
 from ds2a.inspect.records import Records  # noqa: E402
-from ds2a.cli.report import summarise  # noqa: E402
+from ds2a.inspect.report import summarise  # noqa: E402
 from ds2a.inspect.rules import PartVerdict  # noqa: E402
 from ds2a.inspect.sources import Frame  # noqa: E402
 from ds2a.web import data, page  # noqa: E402

@@ -115,7 +115,7 @@ def test_hostile_strings_are_shown_as_text_never_run(browser, tmp_path):
 
 
 def test_live_view_moves_while_inspecting(browser, tmp_path):
-    from test_inspect_command import threshold_onnx
+    from fakes.onnx_models import threshold_onnx
 
     model = threshold_onnx(tmp_path / "thr.onnx")
     db = tmp_path / "live.sqlite"

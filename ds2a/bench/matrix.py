@@ -1,54 +1,98 @@
 """The benchmark matrix behind benchmarks/results/: every backend and precision of a model at a size.
 
 For each (model, size) group: a checkpoint (the demo model when given, else random weights
-for latency and parity only), `ds2a export` to ONNX, `ds2a calibrate` to FP16 and to INT8
-in both Q/DQ placements, TensorRT engines where TensorRT and a GPU exist; then every file
-is timed with the same `measure()` and scored (mIoU on the synthetic test split for the
-trained demo model, class-map parity with PyTorch otherwise). A step that cannot run
-becomes a row saying why.
+for latency and parity only), `export_onnx` to ONNX, calibration to FP16 and to INT8
+in both Q/DQ placements, TensorRT engines (`build_engine`) where TensorRT and a GPU exist; then
+every file is timed with the same `bench_model()` and scored (mIoU on the synthetic test split for
+the trained demo model, class-map parity with PyTorch otherwise). A step that cannot run
+becomes a row saying why. The steps are library calls in this process (`run_step`); a step
+that kills the process (out of memory) leaves a `.failed` marker, so a re-run skips it.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import functools
 import os
-import subprocess
-import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..cli.bench import bench_model, make_report
-from .report import add_speedups, write_all
+from .report import add_speedups, make_report, write_all
+from .runner import BenchOptions, bench_model
 
-# (backend, precision label, calibrate arguments or None for the plain export)
-ORT_VARIANTS: List[Tuple[str, Optional[List[str]]]] = [
+# (precision label, (calibration precision, INT8 placement) or None for the plain export)
+ORT_VARIANTS: List[Tuple[str, Optional[Tuple[str, str]]]] = [
     ("fp32", None),
-    ("fp16", ["--precision", "fp16"]),
-    ("int8-ort", ["--precision", "int8", "--target", "onnxruntime"]),
-    ("int8-trt", ["--precision", "int8", "--target", "tensorrt"]),
+    ("fp16", ("fp16", "tensorrt")),
+    ("int8-ort", ("int8", "onnxruntime")),
+    ("int8-trt", ("int8", "tensorrt")),
 ]
 TRT_VARIANTS = [("fp32", "fp32"), ("fp16", "fp16"), ("int8", "int8-trt")]  # engine precision <- ONNX used
 
 Log = Callable[..., None]
 
 
-def run_cli(argv: List[str], log: Log, timeout: float = 3600) -> Optional[str]:
-    """Run `python -m ds2a ARGV`; None when it worked, else the reason (its last error line)."""
-    log("  $ ds2a " + " ".join(argv))
+@dataclass
+class MatrixOptions:
+    """What benchmarks/run_matrix.py asks for (its flags map 1:1)."""
+
+    models: List[str] = field(default_factory=lambda: ["ds2a_tiny", "ds2a_r18"])
+    sizes: List[Tuple[int, int]] = field(default_factory=lambda: [(256, 256), (512, 512)])
+    work: str = "ds2a_bench_work"  # exported / calibrated files, cached between runs
+    demo: Optional[str] = None  # trained checkpoint, used for its arch (mIoU rows)
+    data: Optional[str] = None  # synthetic dataset: mIoU of the demo model and parity frames
+    calib_data: Optional[str] = None  # calibration images (default: data)
+    calib_images: int = 16
+    parity_frames: int = 2
+    rebuild: bool = False  # export and calibrate again even when files exist
+    tensorrt: bool = False  # also build and time TensorRT engines
+    gpu_torch: bool = False  # run the PyTorch rows on CUDA when available
+    notes: List[str] = field(default_factory=list)
+    command: str = ""  # the command line, stored in the report
+    bench: BenchOptions = field(default_factory=BenchOptions)  # timing of every row (limit: mIoU images)
+
+
+def run_step(name: str, call: Callable[[], Any], log: Log) -> Optional[str]:
+    """Run one pipeline step (what `ds2a NAME` does) in this process; None when it worked, else why not.
+
+    Any exception becomes the reason, so one broken step skips its rows instead of ending the matrix.
+    """
+    log(f"  ds2a {name} ...")
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "ds2a", *argv], capture_output=True, text=True,
-                              timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return f"`ds2a {argv[0]}` took longer than {timeout:.0f} s"
-    log(f"    ({time.perf_counter() - t0:.0f} s, exit {proc.returncode})")
-    if proc.returncode == 0:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the reason goes into the report row
+        log(f"    ({time.perf_counter() - t0:.0f} s, failed)")
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        return f"`ds2a {name}` failed: " + (lines[-1][:240] if lines else type(exc).__name__)
+    log(f"    ({time.perf_counter() - t0:.0f} s)")
+    return None
+
+
+def cached_step(out: str, name: str, call: Callable[[], Any], rebuild: bool, log: Log) -> Optional[str]:
+    """`run_step` for a step whose output is cached in `out`: a failure (or a process that died
+    during the step, e.g. out of memory) is remembered in OUT.failed and not repeated without rebuild."""
+    marker = out + ".failed"
+    if not rebuild and os.path.isfile(out):
         return None
-    if proc.returncode < 0:
-        return f"`ds2a {argv[0]}` was killed by signal {-proc.returncode} (out of memory on this machine?)"
-    lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-    return f"`ds2a {argv[0]}` failed: " + (lines[-1][:240] if lines else f"exit {proc.returncode}")
+    if not rebuild and os.path.isfile(marker):  # do not repeat a failure (OOM) on re-runs
+        with open(marker) as f:
+            return f.read().strip() + " (earlier run; --rebuild retries)"
+    with open(marker, "w") as f:  # stays if the process dies during the step
+        f.write(f"`ds2a {name}` did not finish: the process died (out of memory on this machine?)")
+    try:
+        err = run_step(name, call, log)
+    except BaseException:  # Ctrl-C / SIGTERM: stopped, not failed; the next run tries again
+        os.remove(marker)
+        raise
+    if err:
+        with open(marker, "w") as f:
+            f.write(err)
+    else:
+        os.remove(marker)
+    return err
 
 
 def tensorrt_missing() -> Optional[str]:
@@ -81,42 +125,40 @@ def make_checkpoint(name: str, size: Tuple[int, int], demo: Optional[str], work:
     return path, False
 
 
+def export_step(ckpt: str, out: str, size: Tuple[int, int], trained_size: bool) -> None:
+    """The FP32 ONNX, with logits too (for the parity check)."""
+    from ..export import ExportOptions, export_onnx
+
+    options = ExportOptions(outputs="both")
+    if not trained_size:
+        options = ExportOptions(outputs="both", size=size, force_size=True)
+    export_onnx(ckpt, out, options)
+
+
 def make_onnx_files(ckpt: str, tag: str, size: Tuple[int, int], trained_size: bool, data: Optional[str],
-                    args: argparse.Namespace, log: Log) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
+                    opts: MatrixOptions, log: Log) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
     """precision label -> (onnx path, None) or (None, reason it could not be made)."""
+    from ..precision import CalibrationOptions, calibrate
+
     files: Dict[str, Tuple[Optional[str], Optional[str]]] = {}
-    fp32 = os.path.join(args.work, f"{tag}.onnx")
-    if not os.path.isfile(fp32) or args.rebuild:
-        cmd = ["export", ckpt, "--out", fp32, "--outputs", "both"]  # logits for the parity check
-        if not trained_size:
-            cmd += ["--size", f"{size[0]}x{size[1]}", "--force-size"]
-        err = run_cli(cmd, log)
+    fp32 = os.path.join(opts.work, f"{tag}.onnx")
+    if not os.path.isfile(fp32) or opts.rebuild:
+        err = run_step("export", lambda: export_step(ckpt, fp32, size, trained_size), log)
         if err:
             return {label: (None, err) for label, _ in ORT_VARIANTS}
     files["fp32"] = (fp32, None)
     for label, calib in ORT_VARIANTS[1:]:
-        out = os.path.join(args.work, f"{tag}.{label}.onnx")
-        failed_marker = out + ".failed"
-        if not args.rebuild and os.path.isfile(out):
-            files[label] = (out, None)
-            continue
-        if not args.rebuild and os.path.isfile(failed_marker):  # do not repeat a failure (OOM) on re-runs
-            with open(failed_marker) as f:
-                files[label] = (None, f.read().strip() + " (earlier run; --rebuild retries)")
-            continue
+        out = os.path.join(opts.work, f"{tag}.{label}.onnx")
         if calib is None:
             continue
-        if not data and label != "fp16":
+        cached = not opts.rebuild and (os.path.isfile(out) or os.path.isfile(out + ".failed"))
+        if not data and label != "fp16" and not cached:
             files[label] = (None, "no calibration data (--data)")
             continue
-        cmd = ["calibrate", fp32, *calib, "--out", out, "--data", data or "", "--num-images", str(args.calib_images)]
-        if args.rebuild and label != "fp16":
-            cmd.append("--recalibrate")
-        err = run_cli(cmd, log)
+        options = CalibrationOptions(data=data or "", precision=calib[0], target=calib[1],
+                                     num_images=opts.calib_images, recalibrate=opts.rebuild and label != "fp16")
+        err = cached_step(out, "calibrate", functools.partial(calibrate, fp32, out, options), opts.rebuild, log)
         files[label] = (None, err) if err else (out, None)
-        if err:
-            with open(failed_marker, "w") as f:
-                f.write(err)
     return files
 
 
@@ -133,7 +175,7 @@ def reference_frames(data: Optional[str], size: Tuple[int, int], count: int) -> 
 
 
 def predict_with_logits(model: Any, row: Dict[str, Any], frames: np.ndarray, size: Tuple[int, int],
-                        args: argparse.Namespace) -> List[Any]:
+                        opts: MatrixOptions) -> List[Any]:
     """The model's results on `frames`, with logits when the backend can return them.
 
     The timed model is opened without logits (the hot path fetches only the class map), so
@@ -143,29 +185,35 @@ def predict_with_logits(model: Any, row: Dict[str, Any], frames: np.ndarray, siz
         return model.infer_batch(frames)
     from ..runtime import open_model
 
-    opts: Dict[str, Any] = {"return_logits": True}
+    options: Dict[str, Any] = {"return_logits": True}
     if row["backend"] == "pytorch":
-        opts.update(device="auto" if args.gpu_torch else "cpu", input_size=size)
-    with open_model(row["model"], backend=row["backend"], **opts) as m:
+        options.update(device="auto" if opts.gpu_torch else "cpu", input_size=size)
+    with open_model(row["model"], backend=row["backend"], **options) as m:
         return m.infer_batch(frames)
 
 
-def run_group(name: str, size: Tuple[int, int], args: argparse.Namespace, log: Log) -> List[Dict[str, Any]]:
+def build_engine_step(onnx_path: str, engine: str, fp16: bool) -> None:
+    from ..engine import BuildOptions, build_engine
+
+    build_engine(onnx_path, engine, BuildOptions(fp16=fp16))
+
+
+def run_group(name: str, size: Tuple[int, int], opts: MatrixOptions, log: Log) -> List[Dict[str, Any]]:
     """All rows of one (model, size): PyTorch, ORT FP32/FP16/INT8 x2, TensorRT where possible."""
     tag = f"{name}_{size[0]}x{size[1]}"
     log(f"== {tag}")
-    ckpt, trained = make_checkpoint(name, size, args.demo, args.work, log)
+    ckpt, trained = make_checkpoint(name, size, opts.demo, opts.work, log)
     from ..model import load_model
 
     trained_size = tuple(load_model(ckpt).meta.input_size) == tuple(size)
     label = f"{name} (demo)" if trained else f"{name} (random)"
     base = {"label": label, "input_size": list(size), "group": tag, "backend": None}
-    frames = reference_frames(args.data, size, args.parity_frames)
+    frames = reference_frames(opts.data, size, opts.parity_frames)
     reference: Dict[str, np.ndarray] = {}
 
     def parity(model: Any, row: Dict[str, Any]) -> None:
         """Class-map agreement (and logits error when available) with the group's first row (PyTorch)."""
-        results = predict_with_logits(model, row, frames, size, args)
+        results = predict_with_logits(model, row, frames, size, opts)
         maps = np.stack([r.class_map for r in results])
         logits = np.stack([r.logits for r in results]) if all(r.logits is not None for r in results) else None
         if "maps" not in reference:
@@ -178,12 +226,13 @@ def run_group(name: str, size: Tuple[int, int], args: argparse.Namespace, log: L
             row["logits_rel_err"] = float(np.abs(logits - ref).max() / max(float(np.abs(ref).max()), 1e-12))
 
     def bench(path: str, backend: str, precision: str, **extra: Any) -> Dict[str, Any]:
-        ns = argparse.Namespace(**{**vars(args.bench), "backend": backend,
-                                   "data": args.data if trained else None})
+        row_opts = dataclasses.replace(opts.bench, backend=backend, data=opts.data if trained else None)
         if backend == "pytorch":
-            ns.device, ns.size = ("auto" if args.gpu_torch else "cpu"), f"{size[0]}x{size[1]}"
+            row_opts = dataclasses.replace(row_opts, device="auto" if opts.gpu_torch else "cpu", size=size)
+        elif backend == "tensorrt":
+            row_opts = dataclasses.replace(row_opts, threads=0)  # CPU threads mean nothing to an engine
         try:
-            row = bench_model(path, ns, log, after=parity)
+            row = bench_model(path, row_opts, log, after=parity)
         except Exception as exc:  # one broken row must not lose the matrix
             return {**base, "backend": backend, "precision": precision, "skipped": f"{type(exc).__name__}: {exc}"[:240]}
         row.update({**base, "backend": backend, "precision": precision, **extra})
@@ -192,20 +241,20 @@ def run_group(name: str, size: Tuple[int, int], args: argparse.Namespace, log: L
     rows = [bench(ckpt, "pytorch", "fp32", **({} if trained_size else {"note": f"run at {size[0]}x{size[1]}"}))]
     if not trained_size:
         rows[0]["size_mb"] = round(os.path.getsize(ckpt) / 2**20, 2)
-    files = make_onnx_files(ckpt, tag, size, trained_size, args.data if args.calib_data is None else args.calib_data,
-                            args, log)
+    files = make_onnx_files(ckpt, tag, size, trained_size, opts.data if opts.calib_data is None else opts.calib_data,
+                            opts, log)
     for precision, (path, reason) in files.items():
         rows.append(bench(path, "onnxruntime", precision) if path
                     else {**base, "backend": "onnxruntime", "precision": precision, "skipped": reason})
-    trt_reason = tensorrt_missing() or (None if args.tensorrt else "TensorRT rows not requested (--tensorrt)")
+    trt_reason = tensorrt_missing() or (None if opts.tensorrt else "TensorRT rows not requested (--tensorrt)")
     for precision, source in TRT_VARIANTS:
         onnx_path, reason = files.get(source, (None, "no ONNX"))
         if trt_reason or not onnx_path:
             rows.append({**base, "backend": "tensorrt", "precision": precision, "skipped": trt_reason or reason})
             continue
-        engine = os.path.join(args.work, f"{tag}.{precision}.engine")
-        err = None if os.path.isfile(engine) and not args.rebuild else run_cli(
-            ["build-engine", onnx_path, "--out", engine] + (["--fp16"] if precision == "fp16" else []), log)
+        engine = os.path.join(opts.work, f"{tag}.{precision}.engine")
+        err = None if os.path.isfile(engine) and not opts.rebuild else run_step(
+            "build-engine", functools.partial(build_engine_step, onnx_path, engine, precision == "fp16"), log)
         rows.append({**base, "backend": "tensorrt", "precision": precision, "skipped": err} if err
                     else bench(engine, "tensorrt", precision))
     return rows
@@ -246,18 +295,18 @@ def merge_rows(old: List[Dict[str, Any]], new: List[Dict[str, Any]]) -> List[Dic
     return [r for r in old if r.get("group") not in fresh] + new
 
 
-def run_matrix(args: argparse.Namespace, log: Log, previous: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def run_matrix(opts: MatrixOptions, log: Log, previous: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Measure every requested (model, size) group; returns the report (merged into `previous`)."""
-    os.makedirs(args.work, exist_ok=True)
+    os.makedirs(opts.work, exist_ok=True)
     rows: List[Dict[str, Any]] = []
-    for name in args.models:
-        for size in args.sizes:
-            rows += run_group(name, size, args, log)
+    for name in opts.models:
+        for size in opts.sizes:
+            rows += run_group(name, size, opts, log)
     if previous:
         rows = merge_rows(previous.get("rows", []), rows)
     add_speedups(rows)
-    notes = list(args.notes or [])
-    report = make_report(rows, command=args.command, title="DS2A-Former benchmark matrix", notes=notes)
+    notes = list(opts.notes or [])
+    report = make_report(rows, command=opts.command, title="DS2A-Former benchmark matrix", notes=notes)
     load = (report["machine"]["cpu"] or {}).get("load_avg_1_5_15")
     report["notes"] += target_notes(rows)
     if load:

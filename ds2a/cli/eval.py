@@ -21,6 +21,7 @@ from ..cli.types import int_range
 from ..errors import UserError
 from ..metrics import format_table
 from ..outputs import atomic_write, check_outputs
+from ..runtime.options import add_backend_arguments, options_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--pred-dir", help="folder of <image name>.png class maps to score instead of a model")
     parser.add_argument("--data", required=True, help="dataset folder (M-BSD layout, Crack-500 or images/+masks/)")
     parser.add_argument("--split", default="test", help="split to score (default test)")
-    parser.add_argument("--backend", help="force a backend: pytorch, onnxruntime, tensorrt")
+    add_backend_arguments(parser, backend_help="force a backend: pytorch, onnxruntime, tensorrt")
     parser.add_argument("--batch-size", type=int_range(1, 4096), help="frames per inference call (default: the model's)")
     parser.add_argument("--limit", type=int_range(1), help="score only the first N images")
     parser.add_argument("--json", dest="json_out", help="also write the metrics here as JSON")
@@ -54,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
                   [("--model", args.model), ("--data", args.data), ("--rules", args.rules)])
     opts = EvalOptions(split=args.split, backend=args.backend, batch_size=args.batch_size, limit=args.limit,
                        rules=args.rules, mm_per_pixel=args.mm_per_pixel, sweep=args.sweep)
+    if args.pred_dir and (args.device or args.threads is not None):
+        raise UserError("--device / --threads choose how a --model runs; drop them with --pred-dir")
+    if args.model:
+        from ..runtime import backend_for
+
+        opts.backend_options = options_from_args(args, backend_for(args.model, args.backend), args.model)
     result = evaluate_folder(args.pred_dir, args.data, opts) if args.pred_dir else evaluate(args.model, args.data, opts)
     print(f"{result.metrics['num_images']} images of {args.data} ({args.split}), {result.metrics['source']}")
     print(format_table(result.metrics))

@@ -7,18 +7,11 @@ examples:
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sqlite3
-import time
-from typing import Any, Dict, List, Optional
 
-from ..errors import UserError
-from ..outputs import atomic_write, check_outputs
-from ..timing import summarize
 from ..inspect.records import connect
-
-LATENCY_COLUMNS = ("queue_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "output_ms", "latency_ms")
+from ..inspect.report import format_report, run_row, summarise, write_csv
+from ..outputs import check_outputs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,135 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", metavar="OUT", help="write one row per part verdict to this CSV file")
 
 
-def _run_row(con: sqlite3.Connection, run_id: Optional[int], path: str) -> sqlite3.Row:
-    if run_id is None:
-        row = con.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        if row is None:
-            raise UserError(f"inspection database {path} has no runs yet; run `ds2a inspect ... --db {path}`")
-        return row
-    row = con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
-    if row is None:
-        ids = [r[0] for r in con.execute("SELECT id FROM runs ORDER BY id")]
-        raise UserError(f"run {run_id} is not in {path}; runs there: {', '.join(map(str, ids)) or 'none'}")
-    return row
-
-
-def summarise(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
-    """Everything the report prints, as a dict (tests and other tools use it too)."""
-    run = con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
-    verdicts = con.execute("SELECT verdict, COUNT(*) FROM verdicts WHERE run_id=? GROUP BY verdict",
-                           (run_id,)).fetchall()
-    counts = {v: n for v, n in verdicts}
-    parts = sum(counts.values())
-    frames = con.execute("SELECT COUNT(*), SUM(verdict='FAIL'), MIN(t), MAX(t), SUM(verdict='NONE') FROM frames "
-                         "WHERE run_id=?", (run_id,)).fetchone()
-    defects = {name: {"regions": n, "frames": nf, "area_px": round(a or 0.0, 1),
-                      "area_mm2": None if m is None else round(m, 3)}
-               for name, n, nf, a, m in con.execute(
-                   "SELECT class_name, COUNT(*), COUNT(DISTINCT frame_id), SUM(area_px), SUM(area_mm2) "
-                   "FROM defects WHERE run_id=? GROUP BY class_name ORDER BY class_name", (run_id,))}
-    cols = ", ".join(LATENCY_COLUMNS)
-    rows = con.execute(f"SELECT {cols} FROM timings WHERE run_id=?", (run_id,)).fetchall()
-    latency = {c: summarize(r[i] for r in rows if r[i] is not None) for i, c in enumerate(LATENCY_COLUMNS)}
-    reasons: Dict[str, int] = {}
-    for (text,) in con.execute("SELECT reasons FROM verdicts WHERE run_id=? AND verdict='FAIL'", (run_id,)):
-        for r in json.loads(text or "[]"):
-            key = f"{r.split(':')[0]}: {r.split('>')[-1].split()[0]}" if ">" in r else r  # class: rule
-            reasons[key] = reasons.get(key, 0) + 1
-    level = con.execute("SELECT level FROM verdicts WHERE run_id=? LIMIT 1", (run_id,)).fetchone()
-    try:  # escapes/overkill, kept in the run's stats when the source knew its parts' ground truth
-        truth = (json.loads(run["stats"] or "{}") or {}).get("truth")
-    except (ValueError, TypeError, AttributeError):
-        truth = None
-    return {
-        "run": run_id, "status": run["status"], "model": run["model"], "source": run["source"],
-        "started": run["started_at"], "ended": run["ended_at"],
-        "level": level[0] if level else None, "parts": parts, "pass": counts.get("PASS", 0),
-        "fail": counts.get("FAIL", 0), "pass_rate": counts.get("PASS", 0) / parts if parts else None,
-        "frames": frames[0] or 0, "frames_fail": frames[1] or 0, "frames_no_part": frames[4] or 0,
-        "span_s": (frames[3] - frames[2]) if frames[0] else 0.0,
-        "dropped": run["dropped"], "corrupt": run["corrupt"], "reconnects": run["reconnects"],
-        "e2e_fps": run["e2e_fps"], "model_fps": run["model_fps"],
-        "defects": defects, "latency_ms": latency, "fail_reasons": reasons,
-        "truth": truth if isinstance(truth, dict) else None,
-    }
-
-
-def format_report(s: Dict[str, Any]) -> str:
-    t0 = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["started"])) if s["started"] else "?"
-    rate = f"{100.0 * s['pass_rate']:.1f}%" if s["pass_rate"] is not None else "n/a"
-    lines = [
-        f"run {s['run']}  ({s['status']}, started {t0})",
-        f"  model {s['model']}",
-        f"  source {s['source']}",
-        f"{s['level'] or 'part'}s         {s['parts']}: {s['pass']} PASS, {s['fail']} FAIL, pass rate {rate}",
-        (f"frames        {s['frames']} ({s['frames_no_part']} with no part in view), {s['frames_fail']} FAIL, "
-         f"over {s['span_s']:.1f} s"),
-        (f"dropped       {s['dropped'] if s['dropped'] is not None else 'unknown (run did not finish)'}"
-         f"   corrupt/skipped {s['corrupt'] if s['corrupt'] is not None else '?'}"
-         f"   reconnects {s['reconnects'] if s['reconnects'] is not None else '?'}"),
-    ]
-    if s["e2e_fps"] is not None:
-        lines.append(f"FPS           {s['e2e_fps']:.1f} end-to-end, {s['model_fps']:.1f} model-only")
-    if s.get("truth"):
-        from ..eval.parts import truth_line
-
-        try:
-            lines.append(f"ground truth  {truth_line(s['truth'])}")
-        except (KeyError, TypeError, ValueError):
-            lines.append("ground truth  (unreadable in this run's stats)")
-    lines.append("defects per class:")
-    lines.append(f"  {'class':<14}{'regions':>8}{'frames':>8}{'area px':>12}{'area mm2':>11}")
-    for name, d in s["defects"].items():
-        mm = f"{d['area_mm2']:.2f}" if d["area_mm2"] is not None else "-"
-        lines.append(f"  {name:<14}{d['regions']:>8}{d['frames']:>8}{d['area_px']:>12.0f}{mm:>11}")
-    if not s["defects"]:
-        lines.append("  (none)")
-    if s["fail_reasons"]:
-        lines.append("failure reasons (parts):")
-        for r, n in sorted(s["fail_reasons"].items(), key=lambda kv: -kv[1]):
-            lines.append(f"  {n:>6}  {r}")
-    lines.append("latency (ms):")
-    lines.append(f"  {'stage':<16}{'count':>7}{'min':>9}{'median':>9}{'p90':>9}{'p99':>9}{'max':>9}")
-    for c, st in s["latency_ms"].items():
-        if st.get("count"):
-            lines.append(f"  {c[:-3]:<16}{st['count']:>7}{st['min']:>9.2f}{st['median']:>9.2f}{st['p90']:>9.2f}"
-                         f"{st['p99']:>9.2f}{st['max']:>9.2f}")
-    return "\n".join(lines)
-
-
-def write_csv(con: sqlite3.Connection, run_id: int, out: str) -> int:
-    """One row per part verdict with its defect counts per class; returns the row count."""
-    names = con.execute("SELECT classes FROM runs WHERE id=?", (run_id,)).fetchone()[0]
-    classes: List[str] = json.loads(names or "[]")[1:]
-    rows = con.execute("SELECT * FROM verdicts WHERE run_id=? ORDER BY id", (run_id,)).fetchall()
-    with atomic_write(out, "w", label="--csv", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["run", "part_id", "level", "verdict", "reasons", "first_seq", "last_seq", "n_frames",
-                    "t_start", "t_end"] + [f"{c}_regions" for c in classes])
-        for v in rows:
-            per_class = dict(con.execute(
-                "SELECT d.class_name, COUNT(*) FROM defects d JOIN frames f ON d.frame_id=f.id "
-                "WHERE f.run_id=? AND f.seq BETWEEN ? AND ? GROUP BY d.class_name",
-                (run_id, v["first_seq"], v["last_seq"])).fetchall())
-            reasons = "; ".join(json.loads(v["reasons"] or "[]"))
-            w.writerow([run_id, v["part_id"], v["level"], v["verdict"], reasons, v["first_seq"], v["last_seq"],
-                        v["n_frames"], f"{v['t_start']:.3f}", f"{v['t_end']:.3f}"] +
-                       [per_class.get(c, 0) for c in classes])
-    return len(rows)
-
-
 def run(args: argparse.Namespace) -> int:
     if args.csv:  # the database, its WAL and shared-memory files are inputs, never overwritten
         check_outputs([("--csv", args.csv)], [("DB", args.db), ("DB", args.db + "-wal"), ("DB", args.db + "-shm")])
     con = connect(args.db, create=False, readonly=True)
     con.row_factory = sqlite3.Row
     try:
-        run_row = _run_row(con, args.run, args.db)
-        s = summarise(con, run_row["id"])
-        print(format_report(s))
+        run_id = run_row(con, args.run, args.db)["id"]
+        print(format_report(summarise(con, run_id)))
         if args.csv:
-            n = write_csv(con, run_row["id"], args.csv)
+            n = write_csv(con, run_id, args.csv)
             print(f"wrote {n} part rows to {args.csv}")
     finally:
         con.close()

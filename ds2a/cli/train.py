@@ -69,11 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.loop import TrainConfig, train
+    from ..train import TrainConfig, train
 
     crop = parse_size(args.crop)
-    if args.iters < 1 or args.batch_size < 1:
-        raise UserError("--iters and --batch-size must be at least 1")
     ratio = None
     if args.ratio_range:
         try:

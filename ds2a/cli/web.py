@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..errors import UserError
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (__doc__ or "").split("\n\n")[0]
@@ -26,18 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..web import data
-    from ..web.server import Site, _aiohttp, check_exposure, make_app, parse_bind, url_for
+    from ..web.server import serve_database
 
-    host, port = parse_bind(args.bind)
-    check_exposure(host, port, args.token, args.insecure)
-    data.open_readonly(args.db).close()  # refuse a missing, foreign or damaged file before listening
-    web = _aiohttp()
-    app = make_app(Site(args.db), args.token)
-    print(f"serving {args.db} (read-only) on {url_for(host, port)}" + (" (token required)" if args.token else ""),
-          flush=True)
-    try:
-        web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
-    except OSError as exc:
-        raise UserError(f"--bind {args.bind}: cannot listen: {exc.strerror or exc}; pick another HOST:PORT") from None
+    serve_database(args.db, args.bind, args.token, args.insecure, log=lambda line: print(line, flush=True))
     return 0

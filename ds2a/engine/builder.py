@@ -16,11 +16,12 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import UserError
-from ..meta import INPUT_NAME, ModelMeta, file_sha256
+from ..meta import ModelMeta, file_sha256
 from ..outputs import atomic_write
+from ..runtime.io_layout import read_io_layout
 from ..trt import platform
 from ..trt.features import TrtFeatures, detect_features, import_tensorrt
-from ..trt.sidecar import sidecar_path, write_sidecar
+from ..trt.sidecar import EngineRecord, sidecar_path, write_sidecar
 from ..trt.versions import version_text
 
 Log = Callable[[str], None]
@@ -164,12 +165,13 @@ def inspect_onnx(path: str) -> OnnxInfo:
         return TensorSpec(vi.name, dims, TensorProto.DataType.Name(tt.elem_type).lower())
 
     inputs = [spec(vi) for vi in g.input if vi.name not in init_names]
-    _check_convention(path, inputs)
+    outputs = [spec(vi) for vi in g.output]
+    _check_convention(path, inputs, outputs)
     return OnnxInfo(
         path=path, sha256=file_sha256(path),
         precision="int8" if has_qdq else ("fp16" if has_fp16 else "fp32"),
         has_qdq=has_qdq, has_fp16=has_fp16, meta=read_meta(model, path, required=False),
-        inputs=inputs, outputs=[spec(vi) for vi in g.output],
+        inputs=inputs, outputs=outputs,
         node_names=[n.name or f"{n.op_type}_{i}" for i, n in enumerate(g.node)],
         node_ops=[n.op_type for n in g.node],
         fp32_tensors=decomposed_layernorm_tensors(g.node),
@@ -205,15 +207,10 @@ def decomposed_layernorm_tensors(nodes: Any) -> List[str]:
     return pinned
 
 
-def _check_convention(path: str, inputs: List[TensorSpec]) -> None:
-    """Our runtimes feed one image tensor: uint8 (N,H,W,3) frames or float32 (N,3,H,W)."""
-    ok = len(inputs) == 1 and len(inputs[0].shape) == 4 and (
-        (inputs[0].dtype == "uint8" and inputs[0].shape[3] == 3)
-        or (inputs[0].dtype == "float" and inputs[0].shape[1] == 3))
-    if not ok:
-        got = ", ".join(f"{t.name} {t.dtype} {t.shape}" for t in inputs)
-        raise UserError(f"{path} has inputs [{got}]; ds2a engines need one input '{INPUT_NAME}' uint8 (N,H,W,3) "
-                        f"or float32 (N,3,H,W): export it with `ds2a export CHECKPOINT.pt --out {path}`")
+def _check_convention(path: str, inputs: List[TensorSpec], outputs: List[TensorSpec]) -> None:
+    """Our runtimes feed one image tensor and read class_map/logits (ds2a/runtime/io_layout.py)."""
+    read_io_layout(path, [(t.name, t.dtype, t.shape) for t in inputs], [(t.name, t.dtype, t.shape) for t in outputs],
+                   f"export it with `ds2a export CHECKPOINT.pt --out {path}`")
 
 
 @dataclass
@@ -598,7 +595,7 @@ def _device_info(index: int) -> Any:
             close()
 
 
-def _write_engine_and_sidecar(out_path: str, serialized: Any, record: Dict[str, Any]) -> str:
+def _write_engine_and_sidecar(out_path: str, serialized: Any, record: EngineRecord) -> str:
     """The engine and its sidecar land together: an engine without a sidecar is never left behind."""
     _write_atomic(out_path, serialized, "engine")
     try:
@@ -646,20 +643,20 @@ def build_engine(onnx_path: str, out_path: str, opts: Optional[BuildOptions] = N
         raise UserError(f"TensorRT {version} {what} {onnx_path} (see its log above); nothing was written: "
                         "rerun with --verbose, or try --workspace 4 / a lower --builder-optimization-level")
     build_s = time.perf_counter() - t_build
-    record = {
-        "tensorrt_version": version, "gpu_name": device.name, "compute_capability": device.cc_text,
+    record = EngineRecord(
+        tensorrt_version=version, gpu_name=device.name, compute_capability=device.cc_text,
         **platform.device_identity(device, board),
-        "precision": plan.precision, "strongly_typed": plan.strongly_typed, "builder_flags": plan.flags,
-        "inputs": [_tensor_record(trt, network.get_input(i)) for i in range(network.num_inputs)],
-        "outputs": [_tensor_record(trt, network.get_output(i)) for i in range(network.num_outputs)],
-        "batch_profile": profile, "meta": info.meta.to_dict() if info.meta else None,
-        "onnx_path": os.path.abspath(onnx_path), "onnx_sha256": info.sha256,
-        "build_options": asdict(opts), "build_args": opts.to_args(),
-        "version_compatible": opts.version_compatible, "hardware_compat": opts.hardware_compat,
-        "dla_core": opts.dla_core, "build_seconds": round(build_s, 3),
-        "calibration_cache_sha256": file_sha256(opts.calib_cache) if plan.calibrator else None,  # type: ignore[arg-type]
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+        precision=plan.precision, strongly_typed=plan.strongly_typed, builder_flags=plan.flags,
+        inputs=[_tensor_record(trt, network.get_input(i)) for i in range(network.num_inputs)],
+        outputs=[_tensor_record(trt, network.get_output(i)) for i in range(network.num_outputs)],
+        batch_profile=profile, meta=info.meta.to_dict() if info.meta else None,
+        onnx_path=os.path.abspath(onnx_path), onnx_sha256=info.sha256,
+        build_options=asdict(opts), build_args=opts.to_args(),
+        version_compatible=opts.version_compatible, hardware_compat=opts.hardware_compat,
+        dla_core=opts.dla_core, build_seconds=round(build_s, 3),
+        calibration_cache_sha256=file_sha256(opts.calib_cache) if plan.calibrator else None,  # type: ignore[arg-type]
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
     side = _write_engine_and_sidecar(out_path, serialized, record)
     if opts.timing_cache:
         _save_timing_cache(config, opts.timing_cache, log)

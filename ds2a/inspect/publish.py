@@ -68,8 +68,9 @@ class Publisher:
                 if annotated is None:
                     annotated = self._draw(res)
                 image_path, raw_path = self._save_fail(res, annotated)
-        res.ms["output"] = (time.perf_counter() - t0) * 1e3
-        res.ms["latency"] = (time.perf_counter() - res.frame.t_perf) * 1e3
+        t1 = time.perf_counter()  # output done: one reading for the database, the loop's table and JSON lines
+        res.ms["output"] = (t1 - t0) * 1e3
+        res.ms["latency"] = (t1 - res.frame.t_perf) * 1e3
         closed = self.tracker.feed(res.seq, res.frame.part_id, res.passed, res.reasons, res.frame.t_wall) \
             if res.inspected else self.tracker.feed_gap()
         self._record(res, closed, image_path, raw_path)
@@ -124,8 +125,8 @@ class Publisher:
                 self._jsonl_part(pv)
             self.jsonl.flush()
 
-    def finish(self) -> None:
-        """Close the open part and the sinks; called once after the loop ends."""
+    def finish(self, close_sinks: bool = True) -> None:
+        """Close the open part (and the sinks, unless their owner closes them); called once after the loop ends."""
         closed = self.tracker.flush()
         if self.records is not None:
             for pv in closed:
@@ -138,8 +139,9 @@ class Publisher:
             for pv in closed:
                 self._jsonl_part(pv)
             self.jsonl.flush()
-        for sink in self.sinks:
-            sink.close()
+        if close_sinks:
+            for sink in self.sinks:
+                sink.close()
 
     def _jsonl_frame(self, res: Result) -> None:
         line = {"type": "frame", "seq": res.seq, "index": res.frame.index, "t": round(res.frame.t_wall, 3),

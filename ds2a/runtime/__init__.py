@@ -28,7 +28,8 @@ SUFFIXES: Dict[str, str] = {".engine": "tensorrt", ".plan": "tensorrt", ".trt": 
 # URL schemes served by a model server: triton:// (gRPC), triton+http:// (ds2a/runtime/triton_protocol.py)
 URL_SCHEMES: Dict[str, str] = {"triton://": "triton", "triton+grpc://": "triton", "triton+http://": "triton"}
 
-__all__ = ["open_model", "backend_for", "Segmenter", "InferResult", "BACKENDS", "SUFFIXES", "ModelUnavailable"]
+__all__ = ["open_model", "backend_for", "check_options", "Segmenter", "InferResult", "BACKENDS", "SUFFIXES",
+           "ModelUnavailable"]
 
 
 class ModelUnavailable(UserError):

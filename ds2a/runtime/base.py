@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import UserError
 from ..meta import ModelMeta
 from ..preprocess import resize_frame
+from .io_layout import SHAPE_FIX, check_output_spec, dtype_name  # noqa: F401 - re-exported
 
 Frames = Union[np.ndarray, Sequence[np.ndarray]]
 
@@ -144,63 +145,6 @@ def fit_batch(frames: np.ndarray, batch: Optional[int]) -> List[Tuple[np.ndarray
             part = np.concatenate([part, np.repeat(part[-1:], batch - n, axis=0)])
         chunks.append((part, n))
     return chunks
-
-
-_ORT_TYPES = {"float": "float32", "double": "float64"}
-SHAPE_FIX = "export the model with `ds2a export CHECKPOINT.pt --out MODEL.onnx` (and build engines from that)"
-
-
-def dtype_name(dtype: Any) -> str:
-    """'tensor(float)' (ONNX Runtime), a numpy dtype or type (TensorRT's mapping) -> numpy's name."""
-    text = str(dtype)
-    if text.startswith("tensor(") and text.endswith(")"):
-        text = text[len("tensor("):-1]
-        return _ORT_TYPES.get(text, text)
-    try:
-        return np.dtype(dtype).name
-    except TypeError:
-        return text
-
-
-def _known(dim: Any) -> Optional[int]:
-    """A static dimension, or None for a dynamic one (ONNX: str/None; TensorRT: -1)."""
-    return dim if isinstance(dim, int) and dim > 0 else None
-
-
-def check_output_spec(path: str, meta: ModelMeta, input_hw: Tuple[int, int],
-                      class_map: Optional[Tuple[Any, Sequence[Any]]] = None,
-                      logits: Optional[Tuple[Any, Sequence[Any]]] = None) -> None:
-    """Refuse a model whose outputs (dtype, shape) disagree with our convention or its metadata.
-
-    class_map: uint8 (N,H,W) or (N,1,H,W); logits: float (N,K,H,W) with K = the metadata's
-    classes. A channels-last (N,H,W,K) logits output or a class count that differs from the
-    metadata would otherwise be read as other classes and judged wrongly.
-    """
-    names = ", ".join(meta.classes)
-    if meta.num_classes < 2:
-        raise UserError(f"{path}: its metadata lists {meta.num_classes} class(es) ({names}); a segmentation "
-                        f"model needs background and at least one defect class; {SHAPE_FIX}")
-    if class_map is not None:
-        dtype, shape = dtype_name(class_map[0]), tuple(class_map[1])
-        if dtype != "uint8":
-            raise UserError(f"{path}: output 'class_map' is {dtype}; expected uint8 class ids (N,H,W); {SHAPE_FIX}")
-        if not (len(shape) == 3 or (len(shape) == 4 and _known(shape[1]) == 1)):
-            raise UserError(f"{path}: output 'class_map' has shape {list(shape)}; expected (N,H,W) class ids, "
-                            f"one per pixel; {SHAPE_FIX}")
-    if logits is not None:
-        dtype, shape = dtype_name(logits[0]), tuple(logits[1])
-        if dtype not in ("float32", "float16"):
-            raise UserError(f"{path}: output 'logits' is {dtype}; expected float32 (N,K,H,W); {SHAPE_FIX}")
-        if len(shape) != 4:
-            raise UserError(f"{path}: output 'logits' has shape {list(shape)}; expected (N,K,H,W); {SHAPE_FIX}")
-        dims = [_known(d) for d in shape]
-        hw = tuple(input_hw)
-        if tuple(dims[1:3]) == hw and tuple(dims[2:4]) != hw:
-            raise UserError(f"{path}: output 'logits' {list(shape)} is channels-last (N,H,W,K); ds2a reads "
-                            f"classes from axis 1 (N,K,H,W); {SHAPE_FIX}")
-        if dims[1] is not None and dims[1] != meta.num_classes:
-            raise UserError(f"{path}: output 'logits' has {dims[1]} classes but its metadata lists "
-                            f"{meta.num_classes} ({names}); the model and its metadata disagree; {SHAPE_FIX}")
 
 
 def check_results(path: str, meta: ModelMeta, results: Sequence[InferResult]) -> None:

@@ -14,14 +14,13 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import UserError
-from ..meta import INPUT_NAME, ONNX_META_KEY, OUTPUT_CLASS_MAP, OUTPUT_LOGITS, ModelMeta
+from ..meta import ONNX_META_KEY, OUTPUT_CLASS_MAP, OUTPUT_LOGITS, ModelMeta
 from ..preprocess import normalize
-from .base import Frames, InferResult, Segmenter, check_output_spec, fit_batch, make_results
+from .base import Frames, InferResult, Segmenter, fit_batch, make_results
+from .io_layout import read_io_layout
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
-EXPECTED = (f"one input '{INPUT_NAME}' uint8 (N,H,W,3) BGR (or float32 (N,3,H,W) normalised RGB) "
-            f"and an output '{OUTPUT_CLASS_MAP}' uint8 (N,H,W) and/or '{OUTPUT_LOGITS}' float32 (N,K,H,W)")
 FIX = "export it with `ds2a export CHECKPOINT.pt --out MODEL.onnx`"
 
 
@@ -97,8 +96,7 @@ class OnnxRuntimeSegmenter(Segmenter):
         self.providers = self.session.get_providers()
         self._read_io()
         super().__init__(self._read_meta())
-        specs = {o.name: (o.type, o.shape) for o in self.session.get_outputs()}
-        check_output_spec(self.path, self.meta, self.input_size, specs.get(OUTPUT_CLASS_MAP), specs.get(OUTPUT_LOGITS))
+        self.layout.check_outputs(self.path, self.meta, self.input_size)
         self.return_logits = bool(return_logits) and self._logits_name is not None
         self._fetch = [n for n in (self._class_map_name, self._logits_name if (
             self.return_logits or self._class_map_name is None) else None) if n]
@@ -109,30 +107,18 @@ class OnnxRuntimeSegmenter(Segmenter):
 
     # --- loading -------------------------------------------------------------------------
     def _read_io(self) -> None:
-        """Check the graph follows our ONNX convention and remember names, layout and batch."""
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise UserError(f"{self.path} has inputs [{found}]; expected {EXPECTED}. {FIX.capitalize()}")
-        inp = inputs[0]
-        shape = inp.shape
-        if inp.type == "tensor(uint8)" and shape[3] == 3:
-            self._float_input, hw = False, (shape[1], shape[2])
-        elif inp.type == "tensor(float)" and shape[1] == 3:
-            self._float_input, hw = True, (shape[2], shape[3])
-        else:
-            raise UserError(f"{self.path} has inputs [{found}]; expected {EXPECTED}. {FIX.capitalize()}")
-        self._input_name = inp.name
-        self._static_hw = tuple(hw) if all(isinstance(d, int) and d > 0 for d in hw) else None
-        self._batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-        names = {o.name: o for o in outputs}
-        self._class_map_name = OUTPUT_CLASS_MAP if OUTPUT_CLASS_MAP in names else None
-        self._logits_name = OUTPUT_LOGITS if OUTPUT_LOGITS in names else None
-        if self._class_map_name is None and self._logits_name is None:
-            got = ", ".join(f"{o.name} {o.type} {o.shape}" for o in outputs)
-            raise UserError(f"{self.path} has outputs [{got}]; expected {EXPECTED}. {FIX.capitalize()}")
-        logits_shape = names[self._logits_name].shape if self._logits_name else None
-        self._num_classes = logits_shape[1] if logits_shape and isinstance(logits_shape[1], int) else None
+        """Check the graph follows our I/O convention (ds2a/runtime/io_layout.py) and remember its layout."""
+        layout = read_io_layout(self.path, [(i.name, i.type, i.shape) for i in self.session.get_inputs()],
+                                [(o.name, o.type, o.shape) for o in self.session.get_outputs()], FIX)
+        self.layout = layout
+        self._float_input = layout.float_input
+        self._input_name = layout.input_name
+        self._input_dtype = np.dtype(layout.input_dtype)
+        self._static_hw = layout.static_hw
+        self._batch = layout.batch
+        self._class_map_name = layout.class_map
+        self._logits_name = layout.logits
+        self._num_classes = layout.num_classes
 
     def _read_meta(self) -> ModelMeta:
         """ModelMeta from metadata_props["ds2a"]; a foreign ONNX runs with generic names and a warning."""
@@ -195,7 +181,8 @@ class OnnxRuntimeSegmenter(Segmenter):
         return self._results(outs, count)
 
     def _run(self, chunk: np.ndarray, count: int) -> List[InferResult]:
-        x = normalize(chunk, self.meta.mean, self.meta.std) if self._float_input else chunk
+        x = normalize(chunk, self.meta.mean, self.meta.std).astype(self._input_dtype, copy=False) \
+            if self._float_input else chunk
         outs = dict(zip(self._fetch, self.session.run(self._fetch, {self._input_name: x})))
         return self._results(outs, count)
 

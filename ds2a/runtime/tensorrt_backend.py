@@ -18,13 +18,14 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import UserError
-from ..meta import OUTPUT_CLASS_MAP, OUTPUT_LOGITS, ModelMeta
+from ..meta import ModelMeta
 from ..preprocess import normalize
 from ..trt.features import import_tensorrt
-from ..trt.sidecar import read_sidecar, rebuild_command, verify_sidecar
+from ..trt.sidecar import EngineRecord, read_sidecar, rebuild_command, verify_sidecar
 from ..trt.versions import require_supported
-from .base import Frames, InferResult, Segmenter, check_output_spec, fit_batch, make_results
+from .base import Frames, InferResult, Segmenter, fit_batch, make_results
 from .cuda_buffers import CudaError, HostDeviceBuffer, open_cuda
+from .io_layout import read_io_layout
 
 NP_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
             "BOOL": np.bool_, "UINT8": np.uint8}
@@ -92,7 +93,7 @@ class TensorRTSegmenter(Segmenter):
         """A `with` block with this GPU current on the calling thread (CUDA state is per thread)."""
         return self.cuda.activate()
 
-    def _open(self, record: Optional[Dict[str, Any]], cuda_graph: bool, return_logits: bool,
+    def _open(self, record: Optional[EngineRecord], cuda_graph: bool, return_logits: bool,
               allow_other_gpu: bool) -> None:
         self.device = self.cuda.device_info()
         if record is not None:
@@ -107,8 +108,7 @@ class TensorRTSegmenter(Segmenter):
         self._load_engine(record)
         self._read_io()
         super().__init__(self._meta(record))
-        check_output_spec(self.path, self.meta, self._hw, *[(self._types[n], self._shapes[n]) if n else None
-                                                            for n in (self._class_map, self._logits)])
+        self.layout.check_outputs(self.path, self.meta, self._hw)
         self.return_logits = bool(return_logits) and self._logits is not None
         self.cuda_graph = bool(cuda_graph) and getattr(self.cuda, "supports_graphs", False)
         if cuda_graph and not self.cuda_graph:
@@ -125,17 +125,17 @@ class TensorRTSegmenter(Segmenter):
             raise UserError(f"engine file {self.path} is empty; build it again with "
                             f"`ds2a build-engine MODEL.onnx --out {self.path}`")
 
-    def _rebuild_hint(self, record: Optional[Dict[str, Any]]) -> str:
-        return rebuild_command(record, self.path) if record else f"ds2a build-engine MODEL.onnx --out {self.path}"
+    def _rebuild_hint(self, record: Optional[EngineRecord]) -> str:
+        return rebuild_command(record, self.path) if record is not None else f"ds2a build-engine MODEL.onnx --out {self.path}"
 
-    def _load_engine(self, record: Optional[Dict[str, Any]]) -> None:
+    def _load_engine(self, record: Optional[EngineRecord]) -> None:
         trt = self.trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self._logger)
-        if record and record.get("version_compatible"):
+        if record is not None and record.version_compatible:
             self.runtime.engine_host_code_allowed = True  # the lean runtime is embedded in the plan
-        if record and record.get("dla_core") is not None:
-            self.runtime.DLA_core = int(record["dla_core"])  # the core the layers were placed on at build
+        if record is not None and record.dla_core is not None:
+            self.runtime.DLA_core = int(record.dla_core)  # the core the layers were placed on at build
         with open(self.path, "rb") as f:
             data = f.read()
         try:
@@ -154,7 +154,7 @@ class TensorRTSegmenter(Segmenter):
                             "the CPU shares that memory) and try again")
 
     def _read_io(self) -> None:
-        """Find the image input and the class-map/logits outputs by name; refuse anything else."""
+        """Find the image input and the class-map/logits outputs (ds2a/runtime/io_layout.py); refuse anything else."""
         trt, eng = self.trt, self.engine
         self._shapes: Dict[str, Tuple[int, ...]] = {}
         self._types: Dict[str, Any] = {}
@@ -164,34 +164,28 @@ class TensorRTSegmenter(Segmenter):
             self._shapes[name] = tuple(int(d) for d in tuple(eng.get_tensor_shape(name)))
             self._types[name] = _np_type(eng.get_tensor_dtype(name))
             (inputs if eng.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(name)
-        found = ", ".join(f"{n} {np.dtype(self._types[n]).name} {list(self._shapes[n])}" for n in inputs)
-        shape = self._shapes[inputs[0]] if len(inputs) == 1 else ()
-        if len(shape) == 4 and self._types[inputs[0]] == np.uint8 and shape[3] == 3:
-            self._float_input, hw = False, shape[1:3]
-        elif len(shape) == 4 and self._types[inputs[0]] in (np.float32, np.float16) and shape[1] == 3:
-            self._float_input, hw = True, shape[2:4]
-        else:
-            raise UserError(f"{self.path} has inputs [{found}]; ds2a engines take one uint8 (N,H,W,3) or float32 "
-                            f"(N,3,H,W) image input: build it from a `ds2a export` ONNX")
-        self._input = inputs[0]
-        self._hw = (int(hw[0]), int(hw[1]))
-        self._class_map = OUTPUT_CLASS_MAP if OUTPUT_CLASS_MAP in outputs else None
-        self._logits = OUTPUT_LOGITS if OUTPUT_LOGITS in outputs else None
-        if self._class_map is None and self._logits is None:
-            raise UserError(f"{self.path} has outputs {outputs}; expected '{OUTPUT_CLASS_MAP}' and/or "
-                            f"'{OUTPUT_LOGITS}': build it from a `ds2a export` ONNX")
+        layout = read_io_layout(self.path, [(n, self._types[n], self._shapes[n]) for n in inputs],
+                                [(n, self._types[n], self._shapes[n]) for n in outputs],
+                                "build it from a `ds2a export` ONNX")
+        self.layout = layout
+        self._float_input = layout.float_input
+        self._input = layout.input_name
+        shape = self._shapes[self._input]
+        h, w = shape[2:4] if layout.float_input else shape[1:3]
+        self._hw = (int(h), int(w))
+        self._class_map = layout.class_map
+        self._logits = layout.logits
         self._outputs = outputs
-        batch = shape[0]
-        if batch > 0:
-            self._fixed_batch: Optional[int] = batch
-            self._max_batch = batch
+        if layout.batch is not None:
+            self._fixed_batch: Optional[int] = layout.batch
+            self._max_batch = layout.batch
         else:
             self._fixed_batch = None
             self._max_batch = int(tuple(eng.get_tensor_profile_shape(self._input, 0)[2])[0])
 
-    def _meta(self, record: Optional[Dict[str, Any]]) -> ModelMeta:
-        if record and record.get("meta"):
-            meta = ModelMeta.from_dict(record["meta"])
+    def _meta(self, record: Optional[EngineRecord]) -> ModelMeta:
+        if record is not None and record.meta:
+            meta = ModelMeta.from_dict(record.meta)
         else:
             k = self._shapes[self._logits][1] if self._logits else 4
             meta = ModelMeta(arch="unknown", classes=[f"class_{i}" for i in range(k)], input_size=self._hw)

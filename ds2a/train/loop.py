@@ -25,12 +25,18 @@ from ..meta import ModelMeta
 from .data import default_transform, make_loader
 from .evaluator import ModuleSegmenter
 from .losses import LossConfig, SetCriterion
-from .optim import build_optimizer, lr_factor, set_lr
+from .optim import build_optimizer as official_adamw
+from .optim import lr_factor, set_lr
 from .targets import batch_targets
 
 
 @dataclass
 class TrainConfig:
+    """Everything one run needs; `ds2a train`'s flags map onto these fields (ds2a/cli/train.py).
+
+    Checked when made (`validate`), so a bad value fails before a dataset is opened or --out written.
+    """
+
     model: str
     data: str
     out: str
@@ -65,6 +71,24 @@ class TrainConfig:
     device: Optional[str] = None
     model_overrides: Dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse values no run can use, before anything is opened or written (UserError names the flag)."""
+        for opt, size in (("--crop", self.crop), ("--input-size", self.model_size)):
+            if any(v % 32 for v in size):
+                raise UserError(f"{opt} {size[0]}x{size[1]}: both sides must be multiples of 32 (e.g. 256x256)")
+        if self.iters < 1 or self.batch_size < 1:
+            raise UserError("--iters and --batch-size must be at least 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr {self.lr} must be a finite number above 0 (e.g. 1e-4)")
+
+    @property
+    def model_size(self) -> Tuple[int, int]:
+        """HxW the saved model runs and is evaluated at: --input-size, else the crop."""
+        return tuple(self.input_size or self.crop)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- process / device set-up
@@ -210,21 +234,31 @@ class MetricsLog:
 # ---------------------------------------------------------------- the run
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig) -> None:
-        from ..data import open_dataset
-        from ..model import build_model, load_backbone_weights
+    """One training run, built from a TrainConfig in named steps (as detectron2's DefaultTrainer).
 
+    The order matters: the seed is set before the model is built (its initial weights), the
+    data is opened before the model (the class count), --resume loads after the optimiser
+    exists (its state) and the DDP wrap comes last (it probes the finished model).
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        cfg.validate()  # again: fields may have been assigned after the config was made
         self.cfg = cfg
+        self.input_size = cfg.model_size
+        self.setup_process()
+        self.build_data()
+        self.build_model()
+        self.build_optimizer()
+        self.resume_or_start()
+        self.ddp_model = self.wrap_distributed()
+        self.log = MetricsLog(self.out, self.classes)
+
+    # -- build steps
+    def setup_process(self) -> None:
+        """CPU threads, torchrun's process group, the device, mixed precision and the seed."""
+        cfg = self.cfg
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        for opt, size in (("--crop", cfg.crop), ("--input-size", cfg.input_size or cfg.crop)):
-            if any(v % 32 for v in size):
-                raise UserError(f"{opt} {size[0]}x{size[1]}: both sides must be multiples of 32 (e.g. 256x256)")
-        self.input_size = tuple(cfg.input_size or cfg.crop)
-        if cfg.iters < 1 or cfg.batch_size < 1:
-            raise UserError("--iters and --batch-size must be at least 1")
-        if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-            raise UserError(f"--lr {cfg.lr} must be a finite number above 0 (e.g. 1e-4)")
         kind = "cuda" if (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else "cpu"
         self.dist = init_distributed(kind)
         self.device = pick_device(cfg, self.dist.local_rank)
@@ -233,51 +267,91 @@ class Trainer:
         self.amp = amp_dtype(cfg.amp, self.device)
         seed_everything(cfg.seed)
 
+    def build_data(self) -> None:
+        """The train split, the split that chooses best.pt, and the class names (--num-classes is a check)."""
+        from ..data import open_dataset
+
+        cfg = self.cfg
         self.train_set = open_dataset(cfg.data, split="train")
-        try:
-            self.eval_set = open_dataset(cfg.data, split=cfg.eval_split) if cfg.eval_every > 0 else None
-        except UserError as exc:
-            raise UserError(f"{exc} (split '{cfg.eval_split}' chooses best.pt every {cfg.eval_every} iterations; "
-                            "add that split (`ds2a synth --val N` writes one), pick another --eval-split, "
-                            "or pass --eval-every 0 to train without evaluation)") from None
-        if self.eval_set is not None and not any((self.eval_set[i].mask != 255).any() for i in range(len(self.eval_set))):
-            raise UserError(f"every mask pixel of the '{cfg.eval_split}' split of '{cfg.data}' is 255 (ignore), so "
-                            "evaluation would score nothing; fix the masks, choose another --eval-split, "
-                            "or pass --eval-every 0")
+        self.eval_set = self._open_eval_set()
         classes = list(self.train_set.classes)
         k = cfg.num_classes or len(classes)
         if k != len(classes):
             raise UserError(f"--num-classes {k} but '{cfg.data}' has {len(classes)} classes "
                             f"({', '.join(classes)}); drop --num-classes or fix the dataset's classes")
         self.classes = classes
+
+    def _open_eval_set(self) -> Optional[Any]:
+        """--eval-split, refused when missing or when it has no pixel to score; None with --eval-every 0."""
+        from ..data import open_dataset
+
+        cfg = self.cfg
+        try:
+            eval_set = open_dataset(cfg.data, split=cfg.eval_split) if cfg.eval_every > 0 else None
+        except UserError as exc:
+            raise UserError(f"{exc} (split '{cfg.eval_split}' chooses best.pt every {cfg.eval_every} iterations; "
+                            "add that split (`ds2a synth --val N` writes one), pick another --eval-split, "
+                            "or pass --eval-every 0 to train without evaluation)") from None
+        if eval_set is not None and not any((eval_set[i].mask != 255).any() for i in range(len(eval_set))):
+            raise UserError(f"every mask pixel of the '{cfg.eval_split}' split of '{cfg.data}' is 255 (ignore), so "
+                            "evaluation would score nothing; fix the masks, choose another --eval-split, "
+                            "or pass --eval-every 0")
+        return eval_set
+
+    def build_model(self) -> None:
+        """The network (its backbone norm from --backbone-norm or the --init checkpoint), its starting
+        weights (--backbone-weights, --init) and the metadata every checkpoint carries."""
+        from ..model import build_model as build_network
+        from ..model import load_backbone_weights
+
+        cfg = self.cfg
         init_ckpt = _init_checkpoint(cfg.init) if cfg.init else None
         init_norm = ((init_ckpt or {}).get("config") or {}).get("backbone_norm", "frozen_bn") if init_ckpt else None
         overrides = {"backbone_norm": resolve_backbone_norm(cfg, init_norm), **cfg.model_overrides}
-        self.model = build_model(cfg.model, num_classes=k, input_size=self.input_size, **overrides)
+        self.model = build_network(cfg.model, num_classes=len(self.classes), input_size=self.input_size, **overrides)
         if cfg.backbone_weights:
             load_backbone_weights(self.model, cfg.backbone_weights)
         if cfg.init and not cfg.resume:
             self._warm_start(cfg.init)
         self.meta = ModelMeta(arch=self.model.meta.arch if hasattr(self.model, "meta") else cfg.model,
-                              classes=classes, palette=list(self.train_set.palette), input_size=self.input_size,
-                              extra={"trained_on": str(cfg.data)})
+                              classes=self.classes, palette=list(self.train_set.palette),
+                              input_size=self.input_size, extra={"trained_on": str(cfg.data)})
         self.model.meta = self.meta
         self.model.to(self.device)
-        self.criterion = SetCriterion(LossConfig(num_classes=k, num_points=cfg.num_points))
-        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_mult)
+
+    def build_optimizer(self) -> None:
+        """The set criterion, AdamW with the official parameter groups, and the fp16 loss scaler."""
+        cfg = self.cfg
+        self.criterion = SetCriterion(LossConfig(num_classes=len(self.classes), num_points=cfg.num_points))
+        self.optimizer = official_adamw(self.model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_mult)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.out = Path(cfg.out)
+
+    def resume_or_start(self) -> None:
+        """--resume: continue --out's last.pt; otherwise start at iteration 0 in a folder without a run."""
+        self.out = Path(self.cfg.out)
         self.start_iter, self.best_miou, self.best_iter = 0, -1.0, -1
-        self.find_unused = False
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:
+        if self.cfg.resume:
             self._load_state()
         elif (self.out / "last.pt").exists():
             raise UserError(f"'{self.out}' already holds a run (last.pt); pass --resume to continue it "
                             "or choose another --out")
-        self.ddp_model = self._wrap_ddp() if self.dist.world_size > 1 else self.model
-        self.log = MetricsLog(self.out, classes)
+
+    def wrap_distributed(self) -> torch.nn.Module:
+        """Under torchrun the model wrapped in DDP (SyncBN on GPUs); in one process the model itself."""
+        self.find_unused = False
+        if self.dist.world_size <= 1:
+            return self.model
+        return self._wrap_ddp()
+
+    def build_loader(self) -> torch.utils.data.DataLoader:
+        """Augmented crops, sharded over the ranks, skipping the batches a resumed run has seen."""
+        cfg = self.cfg
+        transform = default_transform(tuple(cfg.crop), cfg.ratio_range, cfg.vflip)
+        return make_loader(self.train_set, transform, cfg.batch_size, cfg.seed, self.dist.rank,
+                           self.dist.world_size, skip_batches=self.start_iter, workers=cfg.workers,
+                           pin_memory=self.device.type == "cuda")
 
     def _warm_start(self, path: str) -> None:
         """--init: every weight from a checkpoint of the same model and class count (fine-tuning)."""
@@ -397,8 +471,9 @@ class Trainer:
         if self.dist.world_size > 1:
             dist.barrier()
 
-    # -- main loop
+    # -- one iteration
     def step(self, images: torch.Tensor, masks: torch.Tensor, it: int) -> Dict[str, float]:
+        """Iteration `it` (0-based): lr, forward, loss, backward, clip, optimiser step; the losses as floats."""
         cfg = self.cfg
         set_lr(self.optimizer, lr_factor(it, cfg.iters, cfg.poly_power, cfg.warmup_iters))
         images = images.to(self.device, non_blocking=True)
@@ -416,8 +491,20 @@ class Trainer:
         self.scaler.update()
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["grad_norm"] = float(grad_norm)
+        if not math.isfinite(out["loss"]):
+            raise UserError(f"loss became {out['loss']} at iteration {it}; lower --lr or use --amp off")
         return out
 
+    def log_step(self, it: int, losses: Dict[str, float], progress: Progress, t_start: float) -> None:
+        """The progress line, and a train.csv / log.jsonl row every --log-every iterations and at the end."""
+        cfg = self.cfg
+        lr = max(g["lr"] for g in self.optimizer.param_groups)
+        progress.update(it, losses["loss"], lr)
+        if self.dist.main and (it % cfg.log_every == 0 or it == cfg.iters):
+            self.log.train({"iter": it, "elapsed_s": round(time.perf_counter() - t_start, 2), "lr": lr,
+                            **{k: round(v, 6) for k, v in losses.items()}})
+
+    # -- periodic hooks
     def _should_stop(self, t_start: float) -> bool:
         if self.cfg.time_limit_min <= 0:
             return False
@@ -427,47 +514,45 @@ class Trainer:
             dist.broadcast(stop, 0)
         return bool(stop.item())
 
+    def after_step(self, it: int, t_start: float) -> bool:
+        """After iteration `it` (1-based): evaluate every --eval-every and write last.pt every
+        --ckpt-every, both also at the end and at the time limit; True when the time limit is reached."""
+        cfg = self.cfg
+        stop = self._should_stop(t_start)
+        final = it == cfg.iters or stop
+        if cfg.eval_every > 0 and (it % cfg.eval_every == 0 or final):
+            self._maybe_eval(it, t_start)
+        if self.dist.main and (it % max(1, cfg.ckpt_every) == 0 or final):
+            self.save("last.pt", it, with_state=True)
+        return stop
+
+    # -- the run
     def run(self) -> Dict[str, Any]:
+        """Train from start_iter to --iters (or the time limit); returns the summary."""
         cfg = self.cfg
         if self.start_iter >= cfg.iters:
             if self.dist.main:
                 print(f"run in '{self.out}' is already at iteration {self.start_iter} of {cfg.iters}; "
                       "raise --iters to train further", file=sys.stderr)
             return self.summary(self.start_iter, stopped_early=False)
-        transform = default_transform(tuple(cfg.crop), cfg.ratio_range, cfg.vflip)
-        loader = make_loader(self.train_set, transform, cfg.batch_size, cfg.seed, self.dist.rank,
-                             self.dist.world_size, skip_batches=self.start_iter, workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        batches = iter(self.build_loader())
         self.model.train()
         progress = Progress(cfg.iters, self.start_iter, enabled=cfg.progress and self.dist.main, every=cfg.log_every)
         t_start = time.perf_counter()
-        it = self.start_iter
-        stopped_early = False
-        data_iter = iter(loader)
-        while it < cfg.iters:
-            images, masks = next(data_iter)
+        it, stop = self.start_iter, False
+        while it < cfg.iters and not stop:
+            images, masks = next(batches)
             losses = self.step(images, masks, it)
-            if not math.isfinite(losses["loss"]):
-                raise UserError(f"loss became {losses['loss']} at iteration {it}; lower --lr or use --amp off")
             it += 1
-            lr = max(g["lr"] for g in self.optimizer.param_groups)
-            progress.update(it, losses["loss"], lr)
-            if self.dist.main and (it % cfg.log_every == 0 or it == cfg.iters):
-                self.log.train({"iter": it, "elapsed_s": round(time.perf_counter() - t_start, 2), "lr": lr,
-                                **{k: round(v, 6) for k, v in losses.items()}})
-            stop = self._should_stop(t_start)
-            if cfg.eval_every > 0 and (it % cfg.eval_every == 0 or it == cfg.iters or stop):
-                self._maybe_eval(it, t_start)
-            if self.dist.main and (it % max(1, cfg.ckpt_every) == 0 or it == cfg.iters or stop):
-                self.save("last.pt", it, with_state=True)
-            if stop:
-                stopped_early = it < cfg.iters
-                break
+            self.log_step(it, losses, progress, t_start)
+            stop = self.after_step(it, t_start)
         progress.newline()
         if self.dist.world_size > 1:
             dist.barrier()
-        return self.summary(it, stopped_early)
+        return self.summary(it, stopped_early=stop and it < cfg.iters)
 
     def summary(self, it: int, stopped_early: bool) -> Dict[str, Any]:
+        """Where the run ended and its best checkpoint; rank 0 also writes it to summary.json."""
         out = {"iter": it, "iters": self.cfg.iters, "best_mIoU": self.best_miou, "best_iter": self.best_iter,
                "stopped_early": stopped_early, "out": str(self.out)}
         if self.dist.main:

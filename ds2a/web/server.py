@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import UserError
 from . import data, page
@@ -280,3 +280,22 @@ class BackgroundServer:
 def url_for(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/"
+
+
+def serve_database(db: str, bind: str = "127.0.0.1:8080", token: Optional[str] = None, insecure: bool = False,
+                   log: Callable[[str], None] = print) -> None:
+    """Serve `db` read-only as the operator's page until interrupted (`ds2a web`).
+
+    Refuses, before listening, an address beyond 127.0.0.1 without a token (unless `insecure`)
+    and a missing, foreign or damaged database.
+    """
+    host, port = parse_bind(bind)
+    check_exposure(host, port, token, insecure)
+    data.open_readonly(db).close()
+    web = _aiohttp()
+    app = make_app(Site(db), token)
+    log(f"serving {db} (read-only) on {url_for(host, port)}" + (" (token required)" if token else ""))
+    try:
+        web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+    except OSError as exc:
+        raise UserError(f"--bind {bind}: cannot listen: {exc.strerror or exc}; pick another HOST:PORT") from None

@@ -1,42 +1,45 @@
-"""`ds2a inspect --web/--notify`: checked before the model opens, attached to the Publisher as observers,
-stopped after the run (notifier counts go into the run's stats before it is marked finished)."""
+"""The live page and line notifiers of an inspection (`ds2a inspect --web/--notify`): checked before
+the model opens, attached to the Publisher as observers, stopped after the run (notifier counts go
+into the run's stats before it is marked finished)."""
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import os
+from dataclasses import dataclass, field
 from typing import IO, Any, Callable, List, Optional
 
 from ..errors import UserError
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--web", metavar="HOST:PORT", help="serve the operator's page with a live view while inspecting, "
-                   "e.g. 127.0.0.1:8080 (the records part needs --db)")
-    p.add_argument("--web-token", default=os.environ.get("DS2A_WEB_TOKEN"), metavar="TOKEN",
-                   help="required for --web beyond 127.0.0.1; viewers open /?token=TOKEN once (default: $DS2A_WEB_TOKEN)")
-    p.add_argument("--web-insecure", action="store_true", help="--web beyond 127.0.0.1 without a token (closed networks)")
-    p.add_argument("--notify", action="append", default=[], metavar="URL",
-                   help="send part verdicts to the line, repeatable: mqtt://BROKER:1883/line1/station3 (JSON, QoS 1) "
-                   "or modbus://PLC:502?unit=1&coil=12 (pulse per FAIL; register=N counts FAILs)")
+@dataclass
+class StationOptions:
+    """The live view and the line notifiers of one inspection (`ds2a inspect --web/--notify`)."""
+
+    web: Optional[str] = None  # HOST:PORT for the operator's page with a live view; None: no page
+    web_token: Optional[str] = None  # required for a page beyond 127.0.0.1 (unless web_insecure)
+    web_insecure: bool = False  # a page beyond 127.0.0.1 without a token (closed networks)
+    notify: List[str] = field(default_factory=list)  # mqtt://... or modbus://... URLs (ds2a/notify/)
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.web or self.notify or self.web_insecure)
 
 
 class Station:
     """The web page and the line notifiers of one `ds2a inspect` run."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, options: StationOptions, db: Optional[str] = None) -> None:
         from ..notify import parse_notify_url
 
         self.bind = None
-        self.token, self.db, self.urls = args.web_token, args.db, list(args.notify)
-        if args.web:
+        self.token, self.db, self.urls = options.web_token, db, list(options.notify)
+        if options.web:
             from .server import check_exposure, parse_bind
 
-            self.bind = parse_bind(args.web, "--web")
-            check_exposure(*self.bind, self.token, args.web_insecure, "--web")
-        elif args.web_insecure:
+            self.bind = parse_bind(options.web, "--web")
+            check_exposure(*self.bind, self.token, options.web_insecure, "--web")
+        elif options.web_insecure:
             raise UserError("--web-insecure only applies with --web HOST:PORT")
-        needs = {"aiohttp": "web", "matplotlib": "web"} if args.web else {}
+        needs = {"aiohttp": "web", "matplotlib": "web"} if options.web else {}
         for url in self.urls:
             scheme = parse_notify_url(url).scheme  # a bad URL is refused before the model and camera open
             needs.update({"paho": "notify"} if scheme == "mqtt" else {"pymodbus": "notify"})
@@ -82,6 +85,7 @@ class Station:
             server.stop()
 
 
-def station(args: argparse.Namespace) -> Optional[Station]:
-    """None when neither --web nor --notify is given (nothing imported, nothing started)."""
-    return Station(args) if (args.web or args.notify or args.web_insecure) else None
+def station(options: StationOptions, db: Optional[str] = None) -> Optional[Station]:
+    """None when neither a page nor a notifier is asked for (nothing imported, nothing started);
+    otherwise the checked Station (nothing started before `start`)."""
+    return Station(options, db) if options.wanted else None

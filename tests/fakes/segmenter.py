@@ -1,7 +1,8 @@
 """A stand-in Segmenter: dark pixels are 'damage', with an optional delay to act like a slow model.
 
 It lets the loop, drop policy and records be tested and timed without a trained network,
-and without ONNX Runtime threads blurring CPU measurements.
+and without ONNX Runtime threads blurring CPU measurements. Test-only, so it lives under tests/
+and not in the package.
 """
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from typing import List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ..meta import ModelMeta
-from ..preprocess import resize_frame
-from ..runtime.base import InferResult, Segmenter
+from ds2a.meta import ModelMeta
+from ds2a.preprocess import resize_frame
+from ds2a.runtime.base import InferResult, Segmenter
 
 
 class ThresholdSegmenter(Segmenter):

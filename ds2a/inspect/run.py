@@ -1,0 +1,234 @@
+"""One inspection, from Python or `ds2a inspect`: source -> model -> PASS/FAIL per part, records, outputs.
+
+The order is the order of the checks an operator needs: everything that can be refused without
+the model is refused before it opens (options, output paths, --web/--notify, the rules file),
+the model is asked for confidence only when the rules use it, and every resource opened after
+that is registered once on an ExitStack, so a failure at any step closes exactly what was opened.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import IO, Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..web.station import Station, StationOptions
+from ..web.station import station as open_station
+from .jsonl_out import JsonlOut
+from .loop import InspectionLoop, Region, clip_roi
+from .overlay import MODES, Renderer
+from .publish import Publisher
+from .records import Records
+from .rules import PartTracker, Rules, analyser, bind_rules, check_scale, read_rules
+from .signals import StopSignals
+from .sinks import Sink, check_run_outputs, open_sink
+from .sources import Source, open_source
+from .summary import InspectionSummary, summary_text
+
+
+@dataclass
+class InspectOptions:
+    """Everything one inspection needs; the fields are `ds2a inspect`'s flags (see ds2a/cli/inspect.py)."""
+
+    model: str  # .onnx, .engine, .pt, or triton://HOST:8001/NAME
+    source: str = "demo://"  # csi://0, v4l2:///dev/video0, rtsp://..., a file, folder or glob, demo://
+    outputs: List[str] = field(default_factory=list)  # FILE.mp4|.avi|.mkv, a folder (JPEG frames), display://0
+    headless: bool = False  # False: a display window too, when one can be opened
+    db: Optional[str] = None  # SQLite records
+    rules: Optional[str] = None  # rules YAML; None: any defect region fails
+    mm_per_pixel: Optional[float] = None  # image scale (overrides the rules file's)
+    max_frames: Optional[int] = None
+    duration: Optional[float] = None  # seconds
+    save_fail: Optional[str] = None  # folder for every FAIL frame, annotated and raw
+    jsonl: bool = False  # one JSON line per frame and per part (messages then go to stderr)
+    roi: Optional[Region] = None  # x, y, w, h in frame pixels; None: the source's part box, else the whole frame
+    mode: str = "overlay"  # overlay, mask, side
+    alpha: float = 0.5
+    backend: Optional[str] = None  # None: from the model's suffix
+    backend_options: Dict[str, Any] = field(default_factory=dict)  # the backend's keywords (ds2a/runtime/options.py)
+    fps: Optional[float] = None  # frame rate of output videos; None: the source's, else 30
+    station: StationOptions = field(default_factory=StationOptions)  # live page and line notifiers
+
+
+def parse_roi(text: str) -> Region:
+    """'X,Y,W,H' in pixels (the --roi flag)."""
+    try:
+        roi = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        roi = ()
+    if len(roi) != 4 or min(roi) < 0 or roi[2] < 2 or roi[3] < 2:
+        raise UserError(f"--roi {text}: give X,Y,W,H in pixels, for example --roi 320,180,640,360")
+    return roi  # type: ignore[return-value]
+
+
+def check_options(options: InspectOptions) -> None:
+    """The options that can be refused before anything is opened."""
+    if options.max_frames is not None and options.max_frames < 1:
+        raise UserError(f"--max-frames {options.max_frames}: give a positive number of frames")
+    for flag, value in (("--duration", options.duration), ("--fps", options.fps)):  # NaN/inf would never end
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"{flag} {value}: give a finite, positive number")
+    if options.mm_per_pixel is not None:
+        check_scale(options.mm_per_pixel)
+    if not 0.0 <= options.alpha <= 1.0:
+        raise UserError(f"--alpha {options.alpha}: give a value between 0 and 1")
+    if options.mode not in MODES:
+        raise UserError(f"mode '{options.mode}' is not a drawing mode; use one of {', '.join(MODES)}")
+    if options.roi is not None:
+        parse_roi(",".join(str(v) for v in options.roi))
+
+
+def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
+            log: Optional[IO[str]] = None) -> InspectionSummary:
+    """Run one inspection to its end (source ended, max_frames, duration, SIGINT/SIGTERM, q in a window).
+
+    `out` takes the JSON lines (default stdout); `log` the messages and the summary table
+    (default: stderr with `jsonl`, else `out`). UserError for anything the user can fix, and when
+    nothing was inspected (after the summary is printed and the run recorded as `empty`).
+    """
+    out = sys.stdout if out is None else out
+    log = log if log is not None else sys.stderr if options.jsonl else out
+    check_options(options)
+    check_run_outputs(options.outputs, options.db, [("--model", options.model), ("--rules", options.rules),
+                                                    ("--source", options.source)])
+    station = open_station(options.station, options.db)  # --web/--notify checked before the model opens
+    draft = read_rules(options.rules, options.mm_per_pixel)  # checked as far as it can be without the model
+    with contextlib.ExitStack() as stack:
+        signals = StopSignals(log)
+        stack.callback(signals.restore)  # closed last: a signal during the clean-up waits for the records
+        model = _open_model(options, confidence=draft is not None and draft.needs_confidence)
+        stack.callback(model.close)
+        classes = list(model.meta.classes)
+        rules = bind_rules(draft, classes, options.mm_per_pixel)
+        source = open_source(options.source)
+        until_running = stack.enter_context(contextlib.ExitStack())  # the capture thread closes it once running
+        until_running.callback(source.close)
+        sinks = _open_sinks(options, options.fps or source.fps or 30.0, log, stack)
+        records = stack.enter_context(contextlib.closing(Records(options.db))) if options.db else None
+        jsonl = JsonlOut(out, lambda text: print(text, file=log)) if options.jsonl else None
+        tracker = PartTracker(rules, source.gives_parts, options.source)
+        publisher = Publisher(_renderer(options, classes, model), sinks, tracker, records, options.save_fail, jsonl)
+        truth = None
+        if getattr(source, "gives_truth", False):  # demo://: escapes and overkill against its own labels
+            from ..eval.parts import TruthTally
+
+            truth = TruthTally(rules, classes, source.truth, records, log)
+            publisher.observers.append(truth)
+        if station is not None:
+            stack.callback(station.close)
+            station.start(publisher, lambda: _renderer(options, classes, model), records, log)
+        _print_setup(options, model, classes, source, sinks, rules, tracker, log)
+        signals.install()  # before warm-up, kept until the records are flushed
+        _warm_up(model, rules, options.model)
+        loop = InspectionLoop(source, model, analyser(rules, classes), publisher, max_frames=options.max_frames,
+                              roi=options.roi)
+        publisher.on_stop = loop.stop
+        signals.attach(loop)
+        run_id = None
+        if records is not None:
+            run_id = records.start_run(options.model, model.backend, options.source, classes, rules.to_dict(),
+                                       rules.mm_per_pixel)
+            print(f"run     {run_id} in {options.db}", file=log)
+        until_running.pop_all()  # handed over to the capture thread
+        try:
+            loop.run(duration=options.duration)
+        except BaseException:
+            _end_run(loop, publisher, station, records, jsonl, signals, failed=True)
+            raise
+        status = _end_run(loop, publisher, station, records, jsonl, signals, failed=False)
+        stats = loop.stats
+        for event in stats.events:
+            print(f"event   {event}", file=log)
+        truth_numbers = truth.summary() if truth is not None else None
+        text = summary_text(stats, publisher, classes, truth_numbers)
+        print(text, file=log)
+        if status == "empty":
+            raise UserError(f"nothing was inspected: {options.source} gave {stats.captured} frame(s), "
+                            f"{stats.corrupt} unreadable or corrupt, {stats.no_part} without a part in view "
+                            f"(stopped because {stats.stop_reason or 'source ended'}); check --source")
+        return InspectionSummary(status, run_id, stats, list(publisher.parts), publisher.frames_failed,
+                                 truth_numbers, text)
+
+
+def _open_model(options: InspectOptions, confidence: bool) -> Any:
+    from ..runtime import open_model
+
+    backend_options = dict(options.backend_options)
+    if confidence:  # every backend can fetch logits when the model has them
+        backend_options["return_logits"] = True
+    return open_model(options.model, backend=options.backend, **backend_options)
+
+
+def _renderer(options: InspectOptions, classes: Sequence[str], model: Any) -> Renderer:
+    return Renderer(list(classes), model.meta.palette, options.mode, options.alpha)
+
+
+def _open_sinks(options: InspectOptions, fps: float, log: IO[str], stack: contextlib.ExitStack) -> List[Sink]:
+    """The outputs asked for, plus a display window unless headless (a note when there is none)."""
+    sinks = [stack.enter_context(contextlib.closing(open_sink(uri, fps))) for uri in options.outputs]
+    if not options.headless and not any(uri.startswith("display") for uri in options.outputs):
+        try:
+            sinks.append(stack.enter_context(contextlib.closing(open_sink("display://0", fps))))
+        except UserError:
+            print("note: no display available, running headless (pass --headless to silence this)", file=log)
+    return sinks
+
+
+def _print_setup(options: InspectOptions, model: Any, classes: List[str], source: Source, sinks: List[Sink],
+                 rules: Rules, tracker: PartTracker, log: IO[str]) -> None:
+    """What is about to run, as the operator checks it; an ROI outside the frame is refused here."""
+    h, w = model.input_size
+    print(f"model   {options.model} ({model.backend}, {h}x{w}, classes {', '.join(classes)})", file=log)
+    roi = options.roi
+    region = (f"window {','.join(map(str, roi))}" if roi else
+              "the part box from the source" if getattr(source, "gives_roi", False) else "whole frame")
+    print(f"source  {options.source} ({'live: newest frame only' if source.live else 'every frame'}; "
+          f"model sees {region})", file=log)
+    if roi and source.frame_hw:
+        clip_roi(roi, source.frame_hw)  # a window outside the frame is refused before the run
+    print(f"outputs {', '.join(s.uri for s in sinks) or 'none'}; db {options.db or 'none'}; "
+          f"failures {options.save_fail or 'not saved'}", file=log)
+    print(f"rules   ({rules.origin}; parts: "
+          f"{'from the source' if tracker.by == 'source' else f'{rules.part_frames} frame(s)'})", file=log)
+    print("  " + rules.to_yaml().replace("\n", "\n  "), file=log)
+
+
+def _warm_up(model: Any, rules: Rules, name: str) -> None:
+    """Warm-up also checks the model's outputs against its metadata; min_confidence needs logits."""
+    model.warmup(2)
+    h, w = model.input_size
+    if rules.needs_confidence and model.infer(np.zeros((h, w, 3), np.uint8)).confidence is None:
+        raise UserError(f"rules {rules.origin} use min_confidence but {name} gives no confidence (it "
+                        "has no 'logits' output): export it with `ds2a export ... --outputs both` (and build "
+                        "the engine from that ONNX), or remove min_confidence from the rules")
+
+
+def _end_run(loop: InspectionLoop, publisher: Publisher, station: Optional[Station], records: Optional[Records],
+             jsonl: Optional[JsonlOut], signals: StopSignals, failed: bool) -> str:
+    """Close the open part, stop the notifiers and mark the run in the database; returns its status:
+    error, interrupted, empty (nothing judged: never reported as a good run) or finished."""
+    signals.flushing = True  # a signal now waits for the records
+    publisher.finish(close_sinks=False)  # the sinks are closed once, by the ExitStack
+    if station is not None:
+        station.finish()  # notifier counts go into the run's stats
+    st = loop.stats
+    if failed:
+        status = "error"
+    elif st.stop_reason in ("SIGINT", "SIGTERM", "aborted"):
+        status = "interrupted"
+    elif st.frames - st.no_part - st.model_away == 0:
+        status = "empty"
+    else:
+        status = "finished"
+    if jsonl is not None and jsonl.stopped:
+        st.events.append(jsonl.stopped)
+    if records is not None:
+        records.finish_run(status, {**st.to_dict(), "parts": len(publisher.parts),
+                                    "parts_failed": sum(1 for p in publisher.parts if not p.passed),
+                                    "notes": loop.notes + ([jsonl.stopped] if jsonl and jsonl.stopped else [])})
+    return status
+

@@ -1,0 +1,61 @@
+"""SIGINT/SIGTERM during an inspection: stop cleanly, and never leave a run without its records."""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any, Dict, Optional
+
+from .loop import InspectionLoop
+
+
+class StopSignals:
+    """SIGINT/SIGTERM handling from before warm-up until the records are flushed.
+
+    Before the loop exists the first signal is remembered (the loop stops as soon as it is
+    made) and a second aborts start-up, when nothing is recorded yet. While the loop runs the
+    first finishes cleanly and a second drops the queued frames. While the records are being
+    flushed every signal waits for the flush, so no run is left `running` and no verdict lost.
+    Handlers are installed only on the main thread (Python delivers signals there).
+    """
+
+    def __init__(self, log: Any) -> None:
+        self.log, self.count = log, 0
+        self.previous: Dict[int, Any] = {}  # handlers to put back
+        self.loop: Optional[InspectionLoop] = None
+        self.pending: Optional[str] = None
+        self.first = ""  # the run stopped because of the first signal, even when a second one aborts
+        self.flushing = False
+
+    def install(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def attach(self, loop: InspectionLoop) -> None:
+        self.loop = loop
+        if self.pending:
+            loop.stop(self.pending)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.count += 1
+        name = signal.Signals(signum).name
+        self.first = self.first or name  # set before anything else: a second signal may interrupt this handler
+        if self.flushing:
+            print(f"\n{name}: writing the records; exiting as soon as they are flushed", file=self.log)
+        elif self.loop is None:
+            if self.count > 1:
+                raise KeyboardInterrupt
+            self.pending = name
+            print(f"\n{name}: stopping as soon as start-up is done (again to abort start-up)", file=self.log)
+        elif self.count == 1:
+            print(f"\n{name}: finishing the frames in flight and flushing records (again to abort)", file=self.log)
+            self.loop.stop(f"{name}")
+        else:
+            print(f"\n{name}: dropping queued frames; what was recorded stays recorded", file=self.log)
+            self.loop.abort(self.first)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}

@@ -1,0 +1,60 @@
+"""Fixtures shared by the test files: tiny models for each backend and a real Triton server.
+
+Plain helpers (tiny ONNX graphs, the threshold Segmenter, reading a records database) are in
+tests/fakes/. This file must import under Python 3.8 without torch (.ci/py38_tests.py runs the
+device-side tests there): torch and the heavier helpers are imported inside the fixtures.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Tuple
+
+import pytest
+
+
+@pytest.fixture
+def tiny_onnx_model(tmp_path: Path) -> Path:
+    """fakes/onnx_models.py's 1x1-conv ONNX (32x48, classes fakes.onnx_models.CLASSES, batch 1, with logits)."""
+    from fakes.onnx_models import tiny_onnx
+
+    return tiny_onnx(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained ds2a_tiny checkpoint at 32x32 (skipped without torch, e.g. under Python 3.8)."""
+    pytest.importorskip("torch", reason="a ds2a checkpoint needs torch (pip install -e '.[train]')")
+    from ds2a.model import build_model, save_checkpoint
+
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pt"
+    save_checkpoint(str(path), build_model("ds2a_tiny", input_size=(32, 32)))
+    return path
+
+
+@pytest.fixture
+def trt_engine(tmp_path: Path) -> Tuple[Any, Any, str]:
+    """(fake tensorrt, fake CUDA, engine path): a batch-1 FP16 8x8 engine built by the real builder code
+    against a fake of the newest TensorRT 10 (tests/trt_stubs); its class map is blue // 64.
+    Skipped where that release's binding wheel is unavailable."""
+    from trt_stubs.helpers import NEWEST_10, build, fake_for
+    from trt_stubs.onnx_models import make_onnx
+
+    fake, cuda = fake_for(NEWEST_10)
+    engine = str(tmp_path / "m.engine")
+    build(fake, cuda, make_onnx(tmp_path / "m.onnx", "fp16"), engine, workspace_gib=1)
+    return fake, cuda, engine
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real `ds2a serve` of the demo model with --max-batch 4 (tests/triton_server.py) for the whole
+    session, or a skip saying what is missing. Starting one takes 5-20 s; test_triton_serving.py and
+    test_backend_contract.py share it, so no test may stop or kill it."""
+    from triton_server import ServeProcess, serve_skip_reason
+
+    why = serve_skip_reason()
+    if why:
+        pytest.skip(why)
+    proc = ServeProcess(tmp_path_factory.mktemp("serve") / "serve.log", extra=["--max-batch", "4"]).start()
+    yield proc
+    assert proc.stop() == 0, proc.log()  # SIGTERM: a clean stop
