@@ -6,11 +6,13 @@ only when its verb is used, so `ds2a inspect` on a Jetson never imports torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import os
 import sqlite3
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import IO, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import UserError
 
@@ -96,6 +98,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     verb = argv[0]
     parser, module = _command_parser(verb)
     args = parser.parse_args(argv[1:])
+    to_stderr = getattr(module, "messages_to_stderr", None)
+    with _console(sys.stderr if to_stderr is not None and to_stderr(args) else sys.stdout):
+        return _run(verb, module, args)
+
+
+def _run(verb: str, module: object, args: argparse.Namespace) -> int:
     try:
         return int(module.run(args) or 0)  # type: ignore[attr-defined]
     except UserError as exc:
@@ -113,6 +121,47 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"ds2a {verb}: error: {_environment_error(exc, args)} (DS2A_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 2
+
+
+class Console(logging.Handler):
+    """The library's log records printed as the command's own lines: the bare message, info on
+    `info` (stdout, or stderr for commands whose stdout is data), warnings and errors on stderr.
+
+    A record may carry `end` (extra={"end": ""}) for a progress line that rewrites itself.
+    """
+
+    def __init__(self, info: IO[str], problems: IO[str]) -> None:
+        super().__init__()
+        self.info, self.problems = info, problems
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = self.problems if record.levelno >= logging.WARNING else self.info
+            stream.write(self.format(record) + getattr(record, "end", "\n"))
+            stream.flush()
+        except BrokenPipeError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _console(info: IO[str]) -> Iterator[None]:
+    """The "ds2a" logger prints through one Console for one `main()` call, then is left as it was
+    (tests and host programs call main() many times)."""
+    logger = logging.getLogger("ds2a")
+    handler = Console(info, sys.stderr)
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # printed once, here, even when the host configured the root logger
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def _environment_error(exc: BaseException, args: argparse.Namespace) -> str:

@@ -22,8 +22,8 @@ import torch.distributed as dist
 
 from ..errors import UserError
 from ..meta import ModelMeta
+from ..runtime.torch_backend import TorchSegmenter
 from .data import default_transform, make_loader
-from .evaluator import ModuleSegmenter
 from .losses import LossConfig, SetCriterion
 from .optim import build_optimizer as official_adamw
 from .optim import lr_factor, set_lr
@@ -449,7 +449,7 @@ class Trainer:
 
         self.model.eval()
         try:
-            seg = ModuleSegmenter(self.model, self.meta, self.device, self.amp)
+            seg = TorchSegmenter.from_module(self.model, self.meta, self.device, amp=self.amp)
             return evaluate_segmenter(seg, self.eval_set, batch_size=max(1, self.cfg.batch_size), limit=self.cfg.eval_limit)
         finally:
             self.model.train()
