@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from ..outputs import check_outputs
 from ..engine.builder import HW_COMPAT, BuildOptions, build_engine, parse_batch
 
 EXAMPLES = """examples:
@@ -47,9 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = args.out or os.path.splitext(args.onnx)[0] + ".engine"
-    check_outputs([("--out", out), ("--out's metadata", out + ".json")],  # before minutes of building
-                  [("ONNX", args.onnx), ("--calib-cache", args.calib_cache)])
     opts = BuildOptions(
         workspace_gib=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core,
         gpu_fallback=args.gpu_fallback, batch=parse_batch(args.batch) if args.batch else None,
@@ -57,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         version_compatible=args.version_compatible, hardware_compat=args.hardware_compat,
         optimization_level=args.builder_optimization_level, verbose=args.verbose, device=args.device,
     )
-    report = build_engine(args.onnx, out, opts)
+    report = build_engine(args.onnx, args.out, opts)
     print(f"{report.engine_path}: {report.precision.upper()} engine, TensorRT {report.tensorrt_version}, "
           f"built in {report.build_seconds:.1f} s")
     return 0

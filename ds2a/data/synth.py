@@ -9,17 +9,21 @@ or dark specks and fibres). About 15 % of cells are clean. Layering: smudge, dam
 from __future__ import annotations
 
 import math
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
 
+from ..errors import UserError
 from ..meta import MBSD_CLASSES
 from .imageio import write_image
 
 BACKGROUND, DAMAGE, SMUDGE, DUST = 0, 1, 2, 3
 CLEAN_FRACTION = 0.15
+MAX_SIDE = 8192  # beyond this one image alone needs gigabytes
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
@@ -311,4 +315,42 @@ def write_dataset(out: Union[str, Path], n_train: int, n_test: int, size_hw: Tup
             write_image(ann_dir / f"{name}.png", mask)
             total += np.bincount(mask.ravel(), minlength=len(MBSD_CLASSES))[: len(MBSD_CLASSES)]
         counts[split] = total
+    return counts
+
+
+@dataclass
+class SynthOptions:
+    """What `ds2a synth` writes (its flags map 1:1)."""
+
+    train: int = 400
+    val: int = 50  # for choosing checkpoints; 0 = none
+    test: int = 100
+    size: Tuple[int, int] = (256, 256)  # (H, W)
+    seed: int = 0  # same seed, same bytes
+    force: bool = False  # replace an existing dataset in `out`
+
+
+def synth_dataset(out: Union[str, Path], options: Optional[SynthOptions] = None) -> Dict[str, np.ndarray]:
+    """The whole `ds2a synth` stage: check the request, (re)write `out` with its classes.txt, and
+    return per-split class pixel counts. Refuses a non-empty folder unless `force`."""
+    opts = options or SynthOptions()
+    out = Path(out)
+    h, w = opts.size
+    size = f"{h}x{w}"
+    if min(h, w) < 32:
+        raise UserError(f"--size {size} is too small for cells with defects; use at least 32x32")
+    if max(h, w) > MAX_SIDE:
+        raise UserError(f"--size {size} is larger than {MAX_SIDE} pixels a side; use e.g. 256x256")
+    if min(opts.train, opts.val, opts.test) < 0 or opts.train + opts.val + opts.test == 0:
+        raise UserError("--train, --val and --test must be >= 0 and not all 0 "
+                        "(example: --train 400 --val 50 --test 100)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"'{out}' is a file; give a folder for the dataset")
+    if out.is_dir() and any(out.iterdir()):
+        if not opts.force:
+            raise UserError(f"'{out}' is not empty; choose a new folder or pass --force to replace it")
+        for sub in ("img_dir", "ann_dir"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    counts = write_dataset(out, opts.train, opts.test, (h, w), opts.seed, n_val=opts.val)
+    (out / "classes.txt").write_text("\n".join(MBSD_CLASSES) + "\n", encoding="utf-8")
     return counts

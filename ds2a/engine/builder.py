@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import UserError
 from ..meta import ModelMeta, file_sha256
-from ..outputs import atomic_write
+from ..outputs import atomic_write, check_outputs
 from ..runtime.io_layout import read_io_layout
 from ..trt import platform
 from ..trt.features import TrtFeatures, detect_features, import_tensorrt
@@ -605,14 +605,23 @@ def _write_engine_and_sidecar(out_path: str, serialized: Any, record: EngineReco
         raise
 
 
-def build_engine(onnx_path: str, out_path: str, opts: Optional[BuildOptions] = None, trt: Any = None,
-                 device: Any = None, log: Log = _stderr) -> BuildReport:
-    """Build `out_path` (+ its sidecar) from `onnx_path` with the running TensorRT release.
+def default_engine_path(onnx_path: str) -> str:
+    """model.int8.onnx -> model.int8.engine (what `ds2a build-engine` writes without --out)."""
+    return os.path.splitext(onnx_path)[0] + ".engine"
+
+
+def build_engine(onnx_path: str, out_path: Optional[str] = None, opts: Optional[BuildOptions] = None,
+                 trt: Any = None, device: Any = None, log: Log = _stderr) -> BuildReport:
+    """Build `out_path` (default: the ONNX name with .engine) and its sidecar from `onnx_path` with
+    the running TensorRT release. The output paths are checked before minutes of building.
 
     `trt` and `device` (a cuda_buffers.DeviceInfo) are injectable for tests; by default the
     installed tensorrt and the GPU `opts.device` are used.
     """
     opts = opts or BuildOptions()
+    out_path = out_path or default_engine_path(onnx_path)
+    check_outputs([("--out", out_path), ("--out's metadata", sidecar_path(out_path))],
+                  [("ONNX", onnx_path), ("--calib-cache", opts.calib_cache)])
     t0 = time.perf_counter()
     info = inspect_onnx(onnx_path)
     trt = trt or import_tensorrt()
