@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import sys
@@ -69,13 +70,14 @@ def matrix_options(args: argparse.Namespace, argv=None) -> MatrixOptions:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+    logging.getLogger("ds2a").addHandler(logging.StreamHandler())  # progress on stderr, one bare line each
+    logging.getLogger("ds2a").setLevel(logging.INFO)
     previous = None
     if args.merge and os.path.isfile(args.out + ".json"):
         with open(args.out + ".json") as f:
             previous = json.load(f)
     try:
-        report = run_matrix(matrix_options(args, argv), log, previous)
+        report = run_matrix(matrix_options(args, argv), previous)
     except UserError as exc:
         print(f"run_matrix: error: {exc}", file=sys.stderr)
         return 2

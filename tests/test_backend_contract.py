@@ -136,12 +136,14 @@ def test_frames_of_other_sizes_channels_and_dtypes_are_converted(subject: Subjec
     ("infer", "H,W,5", r"shape \(\d+, \d+, 5\).*HxWx3 \(BGR\)"),
     ("infer_batch", "H,W,3", r"needs frames shaped \(N,H,W,C\).*use infer\(\) for one frame"),
     ("infer_batch", "empty", "empty batch; pass at least one frame"),
+    ("infer_batch", "empty array", "empty batch; pass at least one frame"),
 ])
 def test_a_frame_it_cannot_use_is_a_user_error_naming_the_fix(subject: Subject, call: str, shape: str,
                                                               words: str) -> None:
     h, w = subject.input_size
     arrays: Dict[str, Any] = {"N,H,W,3": np.zeros((2, h, w, 3), np.uint8), "H,W,5": np.zeros((h, w, 5), np.uint8),
-                              "H,W,3": np.zeros((h, w, 3), np.uint8), "empty": []}
+                              "H,W,3": np.zeros((h, w, 3), np.uint8), "empty": [],
+                              "empty array": np.zeros((0, h, w, 3), np.uint8)}
     with subject.open() as seg:
         with pytest.raises(UserError, match=words):
             getattr(seg, call)(arrays[shape])

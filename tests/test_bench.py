@@ -282,15 +282,15 @@ def test_matrix_step_failure_becomes_a_reason_and_is_not_repeated(tmp_path: Path
     def broken() -> None:
         raise UserError("calibration set is empty\nadd images to --data")
 
-    assert run_step("export", lambda: None, lambda *a: None) is None
-    assert run_step("export", broken, lambda *a: None) == "`ds2a export` failed: add images to --data"
+    assert run_step("export", lambda: None) is None
+    assert run_step("export", broken) == "`ds2a export` failed: add images to --data"
     out = str(tmp_path / "m.int8.onnx")
     calls = []
-    reason = cached_step(out, "calibrate", lambda: calls.append(broken()), False, lambda *a: None)
+    reason = cached_step(out, "calibrate", lambda: calls.append(broken()), False)
     assert reason == "`ds2a calibrate` failed: add images to --data"
-    again = cached_step(out, "calibrate", lambda: calls.append(1), False, lambda *a: None)
+    again = cached_step(out, "calibrate", lambda: calls.append(1), False)
     assert again == reason + " (earlier run; --rebuild retries)" and calls == []
-    assert cached_step(out, "calibrate", lambda: calls.append(1), True, lambda *a: None) is None
+    assert cached_step(out, "calibrate", lambda: calls.append(1), True) is None
     assert calls == [1] and not Path(out + ".failed").exists()
 
 
@@ -305,14 +305,14 @@ def test_matrix_remembers_a_step_that_killed_the_process(tmp_path: Path) -> None
 
     out = str(tmp_path / "m.fp16.onnx")
     child = multiprocessing.get_context("fork").Process(target=cached_step,
-                                                        args=(out, "calibrate", _die, False, print))
+                                                        args=(out, "calibrate", _die, False))
     child.start()
     child.join(60)
     assert child.exitcode == 9
-    reason = cached_step(out, "calibrate", lambda: None, False, lambda *a: None)
+    reason = cached_step(out, "calibrate", lambda: None, False)
     assert reason and "did not finish: the process died" in reason
     with pytest.raises(KeyboardInterrupt):  # stopped by the user: not remembered as a failure
-        cached_step(out, "calibrate", lambda: (_ for _ in ()).throw(KeyboardInterrupt()), True, lambda *a: None)
+        cached_step(out, "calibrate", lambda: (_ for _ in ()).throw(KeyboardInterrupt()), True)
     assert not Path(out + ".failed").exists()
 
 

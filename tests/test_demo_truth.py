@@ -1,7 +1,7 @@
 """demo:// knows its ground truth: escapes and overkill live, in the run summary, the records and the report."""
 from __future__ import annotations
 
-import io
+import logging
 import sqlite3
 from types import SimpleNamespace
 
@@ -33,16 +33,16 @@ def test_demo_truth_is_the_generators_mask_cached_or_rerendered() -> None:
     assert src.truth("part-000001") is None and src.truth("cell-x") is None
 
 
-def test_truth_tally_counts_escapes_and_overkill_and_keeps_them_in_the_records() -> None:
+def test_truth_tally_counts_escapes_and_overkill_and_keeps_them_in_the_records(caplog) -> None:
     bad = np.zeros((32, 32), np.uint8)
     bad[4:16, 4:16] = 1  # 144 px damage at mask size, x4 in frame pixels
     good = np.zeros((32, 32), np.uint8)
     good[:2, :2] = 3  # a 4 px speck (16 frame px): below the default 64 px minimum
     truths = {"p1": bad, "p2": bad, "p3": good, "p4": good}
     records = SimpleNamespace(extra={})
-    log = io.StringIO()
+    caplog.set_level(logging.INFO, logger="ds2a")
     tally = TruthTally(default_rules(CLASSES), CLASSES, lambda pid: (truths[pid], (64, 64)) if pid in truths else None,
-                       records, log)
+                       records)
     tally.publish(object(), [_pv("p1", False, ["damage: 1 region(s) > max_count 0"]), _pv("p2", True)])
     tally.publish(object(), [_pv("p3", False, ["dust: 1 region(s) > max_count 0"]), _pv("p4", True),
                              _pv("unknown", False)])
@@ -52,7 +52,7 @@ def test_truth_tally_counts_escapes_and_overkill_and_keeps_them_in_the_records()
     assert s["escape_rate"] == 0.5 and s["overkill_rate"] == 0.5
     assert s["escaped_parts"] == ["p2"] and s["overkill_parts"] == ["p3"]
     assert s["by_class"]["damage"]["escapes"] == 1 and s["by_class"]["dust"]["overkill"] == 1
-    printed = log.getvalue()
+    printed = caplog.text
     assert "ESCAPE: defective part passed: p2 (damage)" in printed and "OVERKILL: good part failed: p3" in printed
 
 

@@ -12,8 +12,8 @@ from typing import Any, List
 
 import pytest
 
-from ds2a.cli import main
 from ds2a.cli import doctor as command
+from ds2a.cli import main
 from ds2a.doctor import probe, smoke
 from ds2a.opencv import MISSING, gstreamer_in_build
 from ds2a.trt.sidecar import write_sidecar

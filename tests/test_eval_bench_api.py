@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_runtime import CLASSES, reference_logits, tiny_onnx
+from fakes.onnx_models import CLASSES, reference_logits, tiny_onnx
 
 from ds2a.bench import BenchOptions, bench, make_report
 from ds2a.cli import main

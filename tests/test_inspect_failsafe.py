@@ -3,8 +3,8 @@ or to a closed JSON reader: bad options and rules are refused at start, an empty
 SIGTERM at any moment leaves a finished run, and `--jsonl | head -1` stops only the JSON."""
 from __future__ import annotations
 
-import io
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -157,8 +157,9 @@ class _Loop:
         self.calls.append(f"abort {reason}")
 
 
-def test_signal_handler_covers_start_up_the_run_and_the_flush(capsys):
-    signals = StopSignals(sys.stdout).install()
+def test_signal_handler_covers_start_up_the_run_and_the_flush(caplog):
+    caplog.set_level(logging.INFO, logger="ds2a")
+    signals = StopSignals().install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)  # during warm-up: remembered, not fatal
         loop = _Loop()
@@ -170,11 +171,11 @@ def test_signal_handler_covers_start_up_the_run_and_the_flush(capsys):
         os.kill(os.getpid(), signal.SIGTERM)  # during the flush: waits for it
         os.kill(os.getpid(), signal.SIGINT)
         assert loop.calls == ["stop SIGTERM", "abort SIGTERM"]
-        assert capsys.readouterr().out.count("exiting as soon as they are flushed") == 2
+        assert caplog.text.count("exiting as soon as they are flushed") == 2
     finally:
         signals.restore()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
-    second = StopSignals(sys.stdout).install()
+    second = StopSignals().install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         with pytest.raises(KeyboardInterrupt):  # twice before anything is recorded: abort start-up
@@ -310,7 +311,7 @@ def test_a_second_signal_inside_the_first_handler_keeps_the_first_as_the_reason(
             self.aborted = True
             self.stats.stop_reason = self.stats.stop_reason or reason
 
-    signals = StopSignals(io.StringIO())
+    signals = StopSignals()
     loop = Loop()
     signals.attach(loop)
     signals._handle(signal.SIGTERM, None)

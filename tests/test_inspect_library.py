@@ -24,12 +24,12 @@ def test_a_python_run_returns_what_the_database_records(tmp_path):
     db = tmp_path / "r.sqlite"
     options = InspectOptions(model=str(DEMO_MODEL), source="demo://?frames=40&width=320&height=180&speed=24",
                              headless=True, db=str(db), backend_options={"intra_op_threads": 1})
-    log = io.StringIO()
-    summary = inspect(options, log=log)
+    table = io.StringIO()
+    summary = inspect(options, table=table)
 
     st = summary.stats
     assert summary.status == "finished" and summary.run_id == 1 and st.frames == 40
-    assert summary.text in log.getvalue()  # the table printed is the one returned
+    assert summary.text in table.getvalue()  # the table printed is the one returned
     con = connect(str(db), create=False, readonly=True)
     con.row_factory = sqlite3.Row
     try:
@@ -55,15 +55,15 @@ def test_a_python_run_returns_what_the_database_records(tmp_path):
     assert summary.truth is not None and report["truth"] == summary.truth  # demo:// knows its ground truth
 
 
-def test_json_lines_go_to_out_and_messages_to_log(tmp_path):
-    out, log = io.StringIO(), io.StringIO()
+def test_json_lines_go_to_out_and_the_summary_to_table(tmp_path):
+    out, table = io.StringIO(), io.StringIO()
     options = InspectOptions(model=str(DEMO_MODEL), source="demo://?frames=40&width=320&height=180&speed=24",
                              headless=True, jsonl=True, max_frames=25, backend_options={"intra_op_threads": 1})
-    summary = inspect(options, out=out, log=log)
+    summary = inspect(options, out=out, table=table)
     frames = [x for x in map(json.loads, out.getvalue().splitlines()) if x["type"] == "frame"]
     assert len(frames) == summary.stats.frames == 25
     assert [f["ms"]["output"] for f in frames] == [round(v, 2) for v in summary.stats.timings.samples["output"]]
-    assert "stopped because       max frames" in log.getvalue()
+    assert "stopped because       max frames" in table.getvalue()
 
 
 def test_a_bad_rules_file_is_refused_before_the_model_opens(tmp_path):
@@ -71,7 +71,7 @@ def test_a_bad_rules_file_is_refused_before_the_model_opens(tmp_path):
     rules.write_text("classes: {damage: {max_count: -1}}\n")
     options = InspectOptions(model=str(tmp_path / "missing.onnx"), rules=str(rules), headless=True)
     with pytest.raises(UserError, match=r"classes\.damage\.max_count is -1"):
-        inspect(options, log=io.StringIO())
+        inspect(options, table=io.StringIO())
 
 
 def test_the_library_never_imports_the_cli():

@@ -88,7 +88,7 @@ def test_outbox_retries_in_order_until_delivered():
             raise NotDelivered("broker away")
         got.append(msg["id"])
 
-    box = Outbox(send, "test", log=lambda m: None)
+    box = Outbox(send, "test")
     for i in range(5):
         box.put({"id": i})
     assert wait_until(lambda: len(got) == 5, 10)
@@ -103,7 +103,7 @@ def test_outbox_never_blocks_and_counts_what_it_gives_up():
         release.wait(5)
         raise NotDelivered("no PLC")
 
-    box = Outbox(send, "test", capacity=10, log=lambda m: None)
+    box = Outbox(send, "test", capacity=10)
     t0 = time.perf_counter()
     for i in range(200):
         box.put({"id": f"m{i}"})
@@ -118,7 +118,7 @@ def test_outbox_never_blocks_and_counts_what_it_gives_up():
 
 
 def test_outbox_drops_verdicts_too_old_to_act_on():
-    box = Outbox(lambda m: (_ for _ in ()).throw(NotDelivered("down")), "test", max_age_s=0.2, log=lambda m: None)
+    box = Outbox(lambda m: (_ for _ in ()).throw(NotDelivered("down")), "test", max_age_s=0.2)
     box.put({"id": "late"})
     assert wait_until(lambda: box.undelivered == 1, 5)
     assert list(box.reasons) == ["older than 0.2 s"] and box.close(0.1)["undelivered_ids"] == ["late"]
@@ -178,7 +178,7 @@ def test_mqtt_one_json_message_per_part_qos1_retained_status(broker):
 
     records = SimpleNamespace(run_id=7, extra={})
     sub = Subscriber(broker, "line1/station3/#")
-    n = open_notifier(f"mqtt://127.0.0.1:{broker}/line1/station3", records, log=sys.stderr)
+    n = open_notifier(f"mqtt://127.0.0.1:{broker}/line1/station3", records)
     try:
         assert wait_until(lambda: any(json.loads(m.payload)["state"] == "online"
                                       for m in sub.on("line1/station3/status")), 10)
@@ -225,7 +225,7 @@ def test_mqtt_broker_down_never_stalls_and_is_counted(tmp_path):
     from ds2a.notify import open_notifier
 
     records = SimpleNamespace(run_id=1, extra={})
-    n = open_notifier(f"mqtt://127.0.0.1:{free_port()}/line1/down", records, log=open(os.devnull, "w"))
+    n = open_notifier(f"mqtt://127.0.0.1:{free_port()}/line1/down", records)
     t0 = time.perf_counter()
     for i in range(50):
         n.publish(None, [part(i, passed=False)])
@@ -278,7 +278,7 @@ def test_modbus_pulses_the_coil_once_per_fail(plc):
 
     port, writes = plc
     records = SimpleNamespace(run_id=1, extra={})
-    n = open_notifier(f"modbus://127.0.0.1:{port}?unit=3&coil=12&pulse_ms=50", records, log=sys.stderr)
+    n = open_notifier(f"modbus://127.0.0.1:{port}?unit=3&coil=12&pulse_ms=50", records)
     for i in range(5):
         n.publish(None, [part(i, passed=i not in (1, 3))])  # parts 1 and 3 FAIL
     assert wait_until(lambda: len(writes) >= 4, 10)
@@ -294,7 +294,7 @@ def test_modbus_register_counts_fails(plc):
     from ds2a.notify import open_notifier
 
     port, writes = plc
-    n = open_notifier(f"modbus://127.0.0.1:{port}?unit=3&register=40", None, log=sys.stderr)
+    n = open_notifier(f"modbus://127.0.0.1:{port}?unit=3&register=40", None)
     for i in range(4):
         n.publish(None, [part(i, passed=False)])
     assert wait_until(lambda: len(writes) >= 4, 10)
@@ -307,7 +307,7 @@ def test_modbus_plc_down_is_counted_not_waited_for():
     from ds2a.notify import open_notifier
 
     records = SimpleNamespace(run_id=1, extra={})
-    n = open_notifier(f"modbus://127.0.0.1:{free_port()}?coil=1&max_age=0.3", records, log=open(os.devnull, "w"))
+    n = open_notifier(f"modbus://127.0.0.1:{free_port()}?coil=1&max_age=0.3", records)
     t0 = time.perf_counter()
     for i in range(10):
         n.publish(None, [part(i, passed=False), part(100 + i, passed=True)])
@@ -384,7 +384,7 @@ def test_what_each_target_is_sent(url, want):
     sent: List[str] = []
     transport = SimpleNamespace(send=lambda m: sent.append(f"{m['type']}:{m['part_id']}:{m['verdict']}"),
                                 close=lambda: None)
-    n = Notifier(parse_notify_url(url), transport, log=open(os.devnull, "w"))
+    n = Notifier(parse_notify_url(url), transport)
     fail_frame = SimpleNamespace(inspected=True, passed=False, seq=3, verdict="FAIL", reasons=["damage"], defects=[],
                                  frame=SimpleNamespace(part_id="cell-0000", t_wall=1.0))
     n.publish(fail_frame, [])

@@ -267,10 +267,9 @@ def _locked(path):
     return other
 
 
-def test_a_locked_database_queues_records_retries_and_reports_the_delay(tmp_path):
+def test_a_locked_database_queues_records_retries_and_reports_the_delay(tmp_path, caplog):
     path = tmp_path / "r.sqlite"
-    logs = []
-    rec = Records(str(path), retry_s=0.05, log=logs.append)
+    rec = Records(str(path), retry_s=0.05)
     rec.start_run("m", "b", "s", CLASSES, {}, None)
     other = _locked(path)
     t0 = time.perf_counter()
@@ -278,13 +277,13 @@ def test_a_locked_database_queues_records_retries_and_reports_the_delay(tmp_path
         rec.add_frame(_result(seq, "a", []))
         rec.commit()  # must not raise and must not wait for the lock
     assert time.perf_counter() - t0 < 2.0
-    assert rec.pending == 5 and rec.outages == 1 and "locked" in logs[0]
+    assert rec.pending == 5 and rec.outages == 1 and "locked" in caplog.messages[0]
     other.execute("ROLLBACK")
     other.close()
     time.sleep(0.06)
     rec.add_frame(_result(5, "a", []))
     rec.commit()
-    assert rec.pending == 0 and "writable again" in logs[-1]
+    assert rec.pending == 0 and "writable again" in caplog.messages[-1]
     rec.finish_run("finished", {"frames": 6})
     rec.close()
     con = sqlite3.connect(path)
@@ -297,7 +296,7 @@ def test_a_full_disk_queues_records_and_a_full_queue_stops_with_an_alarm(tmp_pat
     from ds2a.inspect.records import RecordsBackedUp
 
     path = tmp_path / "r.sqlite"
-    rec = Records(str(path), max_pending=3, retry_s=0.0, log=lambda m: None)
+    rec = Records(str(path), max_pending=3, retry_s=0.0)
     rec.start_run("m", "b", "s", CLASSES, {}, None)
     pages = rec.con.execute("PRAGMA page_count").fetchone()[0]
     rec.con.execute(f"PRAGMA max_page_count={pages}")  # sqlite's own 'database or disk is full'
@@ -334,7 +333,7 @@ def test_the_realtime_loop_keeps_inspecting_while_the_database_is_locked(tmp_pat
     from ds2a.inspect.rules import analyser, load_rules
 
     path = tmp_path / "r.sqlite"
-    rec = Records(str(path), retry_s=0.1, log=lambda m: None)
+    rec = Records(str(path), retry_s=0.1)
     rec.start_run("m", "fake", "demo://", CLASSES, {}, None)
     pub = _publisher(tmp_path, rec)
     window = []
@@ -390,7 +389,7 @@ def test_failure_images_are_unique_per_run_and_never_replace_files(tmp_path):
     assert cv2.imread(image) is not None
 
 
-def test_a_failed_image_write_is_counted_warned_and_recorded(tmp_path, monkeypatch, capsys):
+def test_a_failed_image_write_is_counted_warned_and_recorded(tmp_path, monkeypatch, caplog):
     import ds2a.inspect.publish as publish
 
     def disk_full(path, data):
@@ -407,7 +406,7 @@ def test_a_failed_image_write_is_counted_warned_and_recorded(tmp_path, monkeypat
     rec.finish_run("finished", {"frames": 3})
     rec.close()
     assert pub.images_failed == 3
-    err = capsys.readouterr().err
+    err = caplog.text
     assert err.count("could not save failure image") == 1 and "No space left" in err
     con = sqlite3.connect(path)
     assert con.execute("SELECT COUNT(*), COUNT(image_path) FROM frames").fetchone() == (3, 0)
@@ -417,7 +416,7 @@ def test_a_failed_image_write_is_counted_warned_and_recorded(tmp_path, monkeypat
 
 def test_rows_the_database_never_takes_are_saved_beside_it_and_the_run_fails(tmp_path):
     path = tmp_path / "r.sqlite"
-    rec = Records(str(path), retry_s=0.05, log=lambda m: None)
+    rec = Records(str(path), retry_s=0.05)
     rec.start_run("m", "b", "s", CLASSES, {}, None)
     other = _locked(path)
     for seq in range(3):
@@ -481,6 +480,7 @@ def test_the_run_summary_reports_database_outages_and_unsaved_images(tmp_path):
 
 
 def test_a_log_on_the_full_disk_does_not_stop_the_records(tmp_path, monkeypatch):
+    import logging
     import sys
 
     class FullFile:
@@ -491,10 +491,12 @@ def test_a_log_on_the_full_disk_does_not_stop_the_records(tmp_path, monkeypatch)
             raise OSError(27, "File too large")
 
     path = tmp_path / "r.sqlite"
-    rec = Records(str(path), retry_s=0.0)  # default log: stderr
+    rec = Records(str(path), retry_s=0.0)
     rec.start_run("m", "b", "s", CLASSES, {}, None)
     other = _locked(path)
     monkeypatch.setattr(sys, "stderr", FullFile())
+    handler = logging.StreamHandler()  # the warnings go to stderr, on the full disk
+    monkeypatch.setattr(logging.getLogger("ds2a"), "handlers", [handler])
     rec.add_frame(_result(0, "a", []))
     rec.commit()  # warns (and cannot): must not raise
     other.execute("ROLLBACK")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ ORT_VARIANTS: List[Tuple[str, Optional[Tuple[str, str]]]] = [
 ]
 TRT_VARIANTS = [("fp32", "fp32"), ("fp16", "fp16"), ("int8", "int8-trt")]  # engine precision <- ONNX used
 
-Log = Callable[..., None]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,24 +55,24 @@ class MatrixOptions:
     bench: BenchOptions = field(default_factory=BenchOptions)  # timing of every row (limit: mIoU images)
 
 
-def run_step(name: str, call: Callable[[], Any], log: Log) -> Optional[str]:
+def run_step(name: str, call: Callable[[], Any]) -> Optional[str]:
     """Run one pipeline step (what `ds2a NAME` does) in this process; None when it worked, else why not.
 
     Any exception becomes the reason, so one broken step skips its rows instead of ending the matrix.
     """
-    log(f"  ds2a {name} ...")
+    logger.info(f"  ds2a {name} ...")
     t0 = time.perf_counter()
     try:
         call()
     except Exception as exc:  # noqa: BLE001 - the reason goes into the report row
-        log(f"    ({time.perf_counter() - t0:.0f} s, failed)")
+        logger.info(f"    ({time.perf_counter() - t0:.0f} s, failed)")
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
         return f"`ds2a {name}` failed: " + (lines[-1][:240] if lines else type(exc).__name__)
-    log(f"    ({time.perf_counter() - t0:.0f} s)")
+    logger.info(f"    ({time.perf_counter() - t0:.0f} s)")
     return None
 
 
-def cached_step(out: str, name: str, call: Callable[[], Any], rebuild: bool, log: Log) -> Optional[str]:
+def cached_step(out: str, name: str, call: Callable[[], Any], rebuild: bool) -> Optional[str]:
     """`run_step` for a step whose output is cached in `out`: a failure (or a process that died
     during the step, e.g. out of memory) is remembered in OUT.failed and not repeated without rebuild."""
     marker = out + ".failed"
@@ -83,7 +84,7 @@ def cached_step(out: str, name: str, call: Callable[[], Any], rebuild: bool, log
     with open(marker, "w") as f:  # stays if the process dies during the step
         f.write(f"`ds2a {name}` did not finish: the process died (out of memory on this machine?)")
     try:
-        err = run_step(name, call, log)
+        err = run_step(name, call)
     except BaseException:  # Ctrl-C / SIGTERM: stopped, not failed; the next run tries again
         os.remove(marker)
         raise
@@ -106,7 +107,7 @@ def tensorrt_missing() -> Optional[str]:
     return None if gpu_info() else "no NVIDIA GPU on this machine"
 
 
-def make_checkpoint(name: str, size: Tuple[int, int], demo: Optional[str], work: str, log: Log) -> Tuple[str, bool]:
+def make_checkpoint(name: str, size: Tuple[int, int], demo: Optional[str], work: str) -> Tuple[str, bool]:
     """(checkpoint path, trained?) — the demo checkpoint for its arch, else random weights at `size`."""
     if demo and os.path.isfile(demo):
         from ..model import load_model
@@ -120,7 +121,7 @@ def make_checkpoint(name: str, size: Tuple[int, int], demo: Optional[str], work:
         from ..model import build_model, save_checkpoint
 
         torch.manual_seed(0)
-        log(f"  random-weight {name} at {size[0]}x{size[1]} -> {path}")
+        logger.info(f"  random-weight {name} at {size[0]}x{size[1]} -> {path}")
         save_checkpoint(path, build_model(name, input_size=size))
     return path, False
 
@@ -136,14 +137,14 @@ def export_step(ckpt: str, out: str, size: Tuple[int, int], trained_size: bool) 
 
 
 def make_onnx_files(ckpt: str, tag: str, size: Tuple[int, int], trained_size: bool, data: Optional[str],
-                    opts: MatrixOptions, log: Log) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
+                    opts: MatrixOptions) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
     """precision label -> (onnx path, None) or (None, reason it could not be made)."""
     from ..precision import CalibrationOptions, calibrate
 
     files: Dict[str, Tuple[Optional[str], Optional[str]]] = {}
     fp32 = os.path.join(opts.work, f"{tag}.onnx")
     if not os.path.isfile(fp32) or opts.rebuild:
-        err = run_step("export", lambda: export_step(ckpt, fp32, size, trained_size), log)
+        err = run_step("export", lambda: export_step(ckpt, fp32, size, trained_size))
         if err:
             return {label: (None, err) for label, _ in ORT_VARIANTS}
     files["fp32"] = (fp32, None)
@@ -157,7 +158,7 @@ def make_onnx_files(ckpt: str, tag: str, size: Tuple[int, int], trained_size: bo
             continue
         options = CalibrationOptions(data=data or "", precision=calib[0], target=calib[1],
                                      num_images=opts.calib_images, recalibrate=opts.rebuild and label != "fp16")
-        err = cached_step(out, "calibrate", functools.partial(calibrate, fp32, out, options), opts.rebuild, log)
+        err = cached_step(out, "calibrate", functools.partial(calibrate, fp32, out, options), opts.rebuild)
         files[label] = (None, err) if err else (out, None)
     return files
 
@@ -198,11 +199,11 @@ def build_engine_step(onnx_path: str, engine: str, fp16: bool) -> None:
     build_engine(onnx_path, engine, BuildOptions(fp16=fp16))
 
 
-def run_group(name: str, size: Tuple[int, int], opts: MatrixOptions, log: Log) -> List[Dict[str, Any]]:
+def run_group(name: str, size: Tuple[int, int], opts: MatrixOptions) -> List[Dict[str, Any]]:
     """All rows of one (model, size): PyTorch, ORT FP32/FP16/INT8 x2, TensorRT where possible."""
     tag = f"{name}_{size[0]}x{size[1]}"
-    log(f"== {tag}")
-    ckpt, trained = make_checkpoint(name, size, opts.demo, opts.work, log)
+    logger.info(f"== {tag}")
+    ckpt, trained = make_checkpoint(name, size, opts.demo, opts.work)
     from ..model import load_model
 
     trained_size = tuple(load_model(ckpt).meta.input_size) == tuple(size)
@@ -232,7 +233,7 @@ def run_group(name: str, size: Tuple[int, int], opts: MatrixOptions, log: Log) -
         elif backend == "tensorrt":
             row_opts = dataclasses.replace(row_opts, threads=0)  # CPU threads mean nothing to an engine
         try:
-            row = bench_model(path, row_opts, log, after=parity)
+            row = bench_model(path, row_opts, after=parity)
         except Exception as exc:  # one broken row must not lose the matrix
             return {**base, "backend": backend, "precision": precision, "skipped": f"{type(exc).__name__}: {exc}"[:240]}
         row.update({**base, "backend": backend, "precision": precision, **extra})
@@ -242,7 +243,7 @@ def run_group(name: str, size: Tuple[int, int], opts: MatrixOptions, log: Log) -
     if not trained_size:
         rows[0]["size_mb"] = round(os.path.getsize(ckpt) / 2**20, 2)
     files = make_onnx_files(ckpt, tag, size, trained_size, opts.data if opts.calib_data is None else opts.calib_data,
-                            opts, log)
+                            opts)
     for precision, (path, reason) in files.items():
         rows.append(bench(path, "onnxruntime", precision) if path
                     else {**base, "backend": "onnxruntime", "precision": precision, "skipped": reason})
@@ -254,7 +255,7 @@ def run_group(name: str, size: Tuple[int, int], opts: MatrixOptions, log: Log) -
             continue
         engine = os.path.join(opts.work, f"{tag}.{precision}.engine")
         err = None if os.path.isfile(engine) and not opts.rebuild else run_step(
-            "build-engine", functools.partial(build_engine_step, onnx_path, engine, precision == "fp16"), log)
+            "build-engine", functools.partial(build_engine_step, onnx_path, engine, precision == "fp16"))
         rows.append({**base, "backend": "tensorrt", "precision": precision, "skipped": err} if err
                     else bench(engine, "tensorrt", precision))
     return rows
@@ -295,13 +296,13 @@ def merge_rows(old: List[Dict[str, Any]], new: List[Dict[str, Any]]) -> List[Dic
     return [r for r in old if r.get("group") not in fresh] + new
 
 
-def run_matrix(opts: MatrixOptions, log: Log, previous: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def run_matrix(opts: MatrixOptions, previous: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Measure every requested (model, size) group; returns the report (merged into `previous`)."""
     os.makedirs(opts.work, exist_ok=True)
     rows: List[Dict[str, Any]] = []
     for name in opts.models:
         for size in opts.sizes:
-            rows += run_group(name, size, opts, log)
+            rows += run_group(name, size, opts)
     if previous:
         rows = merge_rows(previous.get("rows", []), rows)
     add_speedups(rows)

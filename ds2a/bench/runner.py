@@ -7,6 +7,7 @@ Torch-free and Python 3.8 (docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import types
@@ -25,6 +26,7 @@ E2E_NOTE = ("end-to-end mode: latency = capture to output of each frame through 
             "inspection loop; throughput = frames output per second (end-to-end FPS)")
 
 Log = Callable[..., None]
+logger = logging.getLogger(__name__)
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:
@@ -90,22 +92,21 @@ class BenchResult:
         return make_report(self.rows, command=command)
 
 
-def bench(models: Sequence[str], options: Optional[BenchOptions] = None, log: Log = _silent,
-          echo: Log = _silent) -> BenchResult:
+def bench(models: Sequence[str], options: Optional[BenchOptions] = None, echo: Log = _silent) -> BenchResult:
     """Time (and with `options.data` score) every model, or with `options.source` run each through
-    the inspection loop; then check the gates. `log` gets progress lines, `echo` the end-to-end
-    results (`ds2a bench` sends them to stderr and stdout)."""
+    the inspection loop; then check the gates. Progress goes to the "ds2a.bench" logger, the
+    end-to-end results to `echo` (`ds2a bench` prints them)."""
     opts = options or BenchOptions()
     opts.check()
     if opts.source:
         rows = [end_to_end_row(path, opts, echo) for path in models]
         return BenchResult(rows, check_gates(rows, opts), end_to_end=True)
-    rows = [bench_model(path, opts, log) for path in models]
+    rows = [bench_model(path, opts) for path in models]
     add_speedups(rows)
     return BenchResult(rows, check_gates(rows, opts))
 
 
-def bench_model(path: str, opts: BenchOptions, log: Log = _silent,
+def bench_model(path: str, opts: BenchOptions,
                 after: Optional[Callable[[Any, Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Open, time (and optionally score) one model; returns its report row.
 
@@ -126,9 +127,9 @@ def bench_model(path: str, opts: BenchOptions, log: Log = _silent,
             "device": getattr(model, "providers", None) or str(getattr(model, "device", "") or "") or None,
         }
         row["group"] = f"{row['label']}@{'x'.join(map(str, row['input_size']))}"
-        log(f"bench {path} [{model.backend} {row['precision']} {row['input_size'][0]}x{row['input_size'][1]} "
-            f"batch {opts.batch}]: warm-up {opts.warmup_s}s, then "
-            + (f"{opts.iterations} iterations" if opts.iterations else f"{opts.duration or 3}s"))
+        logger.info(f"bench {path} [{model.backend} {row['precision']} {row['input_size'][0]}x{row['input_size'][1]} "
+                    f"batch {opts.batch}]: warm-up {opts.warmup_s}s, then "
+                    + (f"{opts.iterations} iterations" if opts.iterations else f"{opts.duration or 3}s"))
         res = measure(model, batch=opts.batch, warmup_s=opts.warmup_s, iterations=opts.iterations,
                       duration_s=opts.duration, min_iterations=opts.min_iterations)
         row.update(res.to_dict())

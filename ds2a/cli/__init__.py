@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import sys
+import threading
 from typing import IO, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import UserError
@@ -141,8 +142,10 @@ class Console(logging.Handler):
             stream.write(self.format(record) + getattr(record, "end", "\n"))
             stream.flush()
         except BrokenPipeError:
-            raise
-        except Exception:
+            if threading.current_thread() is threading.main_thread():
+                raise  # `ds2a ... | head`: main() ends quietly, as it did with print()
+            self.handleError(record)  # a worker thread (records, notifiers) goes on
+        except Exception:  # a full disk: logging reports it; the station goes on
             self.handleError(record)
 
 

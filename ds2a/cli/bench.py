@@ -7,6 +7,7 @@ missed, 2 = bad input (printed without a traceback by the CLI). The work is `ds2
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 
@@ -65,13 +66,19 @@ def options(args: argparse.Namespace) -> BenchOptions:
         source=args.source, max_frames=args.max_frames)
 
 
+def messages_to_stderr(args: argparse.Namespace) -> bool:
+    """Progress on stderr; stdout carries the summary."""
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     opts = options(args)
     opts.check()
     check_outputs([("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)],
                   [("--model", m) for m in args.model] + [("--data", args.data)])
-    log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, file=sys.stderr, **k))
-    result = bench(args.model, opts, log=log, echo=print)
+    if args.quiet:  # main() puts the level back
+        logging.getLogger("ds2a").setLevel(logging.WARNING)
+    result = bench(args.model, opts, echo=print)
     report = result.report(command_line(args))
     if not result.end_to_end:
         for w in report["machine"]["warnings"]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 
 from ..doctor.report import MODEL_WONT_LOAD, NO_GPU, OK, SMOKE_FAILED, USAGE, add_smoke, collect, render
 
@@ -29,16 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=int, default=0, help="CUDA device for --smoke (default 0)")
 
 
+def messages_to_stderr(args: argparse.Namespace) -> bool:
+    """The --smoke progress on stderr; stdout carries the report."""
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     report = collect(args.model)
     if args.smoke:
-        add_smoke(report, device=args.device, log=None if args.json else _progress)
+        if args.json:  # the report is the only output; main() puts the level back
+            logging.getLogger("ds2a").setLevel(logging.WARNING)
+        add_smoke(report, device=args.device)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print(render(report))
     return int(report["exit_code"])
-
-
-def _progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

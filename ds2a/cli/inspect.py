@@ -68,6 +68,11 @@ def options_from(args: argparse.Namespace) -> InspectOptions:
                                notify=list(args.notify)))
 
 
+def messages_to_stderr(args: argparse.Namespace) -> bool:
+    """With --jsonl stdout carries only the JSON lines."""
+    return bool(args.jsonl)
+
+
 def run(args: argparse.Namespace) -> int:
     inspect(options_from(args))
     return 0

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                         metrics_port=args.metrics_port, max_batch=args.max_batch,
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                         threads=args.threads, device=args.device, backend=args.backend, verbose=args.verbose)
-    code = serve_forever(args.model, opts, log=lambda line: print(line, flush=True))
+    code = serve_forever(args.model, opts)
     if code:  # Triton died under us: PyTriton's leftover native threads abort a normal interpreter exit
         sys.stdout.flush()
         sys.stderr.flush()

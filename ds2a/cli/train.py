@@ -68,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
+def messages_to_stderr(args: argparse.Namespace) -> bool:
+    """stdout carries only the run's summary (one JSON object)."""
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, train
 

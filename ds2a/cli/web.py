@@ -26,5 +26,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..web.server import serve_database
 
-    serve_database(args.db, args.bind, args.token, args.insecure, log=lambda line: print(line, flush=True))
+    serve_database(args.db, args.bind, args.token, args.insecure)
     return 0

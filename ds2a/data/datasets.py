@@ -12,8 +12,8 @@ of the rest (index 3, 13, 23, ...) to val (for choosing checkpoints), the remain
 """
 from __future__ import annotations
 
+import logging
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -23,6 +23,8 @@ import numpy as np
 from ..errors import UserError
 from ..meta import MBSD_CLASSES, default_palette
 from .imageio import IMAGE_SUFFIXES, PathLike, read_image, read_mask
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 ON_ERROR_CHOICES = ("raise", "skip")
@@ -175,12 +177,12 @@ class SegmentationDataset:
             except UserError as exc:
                 self._skip(self.names[i], str(exc))
         if self.skipped:
-            warnings.warn(self.summary(), stacklevel=2)
+            logger.warning(self.summary())
 
     def _skip(self, name: str, reason: str) -> None:
         if name not in self.skipped:
             self.skipped[name] = reason
-            warnings.warn(f"skipping {reason}", stacklevel=3)
+            logger.warning(f"skipping {reason}")
 
     def summary(self) -> str:
         """One line: how many samples were skipped, and why (first few)."""
@@ -222,7 +224,7 @@ def _pair(
         if on_error == "raise":
             raise UserError(f"{text}; add the missing files or remove the extra ones "
                             "(or load with on_error='skip' to leave them out)")
-        warnings.warn(f"leaving out unpaired files: {text}", stacklevel=3)
+        logger.warning(f"leaving out unpaired files: {text}")
     common = sorted(set(images) & set(masks))
     return [images[n] for n in common], [masks[n] for n in common]
 

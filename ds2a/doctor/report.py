@@ -4,7 +4,7 @@ The exit codes are stated in ds2a/cli/doctor.py's help; scripts branch on them.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from ..opencv import opencv_info
 from . import probe
@@ -112,11 +112,11 @@ def render(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_smoke(report: Dict[str, Any], device: int = 0, log: Optional[Callable[[str], None]] = None) -> None:
+def add_smoke(report: Dict[str, Any], device: int = 0) -> None:
     """Run the hardware checks (TensorRT + GPU) into `report`; a failed one sets exit code SMOKE_FAILED."""
     from .smoke import run_smoke
 
-    report["smoke"] = run_smoke(report, device=device, log=log)
+    report["smoke"] = run_smoke(report, device=device)
     if any(part["status"] == "failed" for part in report["smoke"]):
         report["exit_code"] = SMOKE_FAILED
         report["summary"] += "; a hardware check FAILED"

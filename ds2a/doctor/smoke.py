@@ -8,6 +8,7 @@ a need is missing the part reports `skipped` and why, never `passed`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
 SIZE = (32, 48)
 CLASSES = ["background", "a", "b", "c"]
 
@@ -381,10 +383,11 @@ PARTS: Dict[str, Tuple[Tuple[str, ...], Callable[[Workspace], str]]] = {
 }
 
 
-def run_smoke(report: Dict[str, Any], device: int = 0, log: Optional[Callable[[str], None]] = None,
+def run_smoke(report: Dict[str, Any], device: int = 0,
               parts: Optional[Dict[str, Tuple[Tuple[str, ...], Callable[[Workspace], str]]]] = None
               ) -> List[Dict[str, Any]]:
-    """Run each part whose needs are met; [{"name", "status": passed/failed/skipped, "detail", "seconds"}]."""
+    """Run each part whose needs are met; [{"name", "status": passed/failed/skipped, "detail", "seconds"}],
+    each also logged as it ends (the checks take minutes)."""
     results: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ds2a_smoke_") as root:
         ws = Workspace(root, device, report)
@@ -402,6 +405,5 @@ def run_smoke(report: Dict[str, Any], device: int = 0, log: Optional[Callable[[s
                     status, detail = "failed", f"{type(exc).__name__}: {exc}"
             results.append({"name": name, "status": status, "detail": detail,
                             "seconds": round(time.perf_counter() - start, 2)})
-            if log is not None:
-                log(f"smoke: {name}: {status}: {detail}")
+            logger.info(f"smoke: {name}: {status}: {detail}")
     return results

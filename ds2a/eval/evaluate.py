@@ -7,6 +7,7 @@ Each prediction is made at the model size and mapped back to the mask's size wit
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
@@ -68,6 +69,7 @@ def _require_labels(result: Dict[str, Any], dataset: Any) -> Dict[str, Any]:
 
 
 OnPrediction = Callable[[str, Any, Any], None]  # (sample name, class map at label size, label mask)
+logger = logging.getLogger(__name__)
 
 
 def evaluate_segmenter(segmenter: Any, dataset: Any, batch_size: Optional[int] = None,
@@ -98,9 +100,7 @@ def evaluate_segmenter(segmenter: Any, dataset: Any, batch_size: Optional[int] =
             if on_prediction is not None:
                 on_prediction(sample.name, pred, sample.mask)
         if progress:
-            print(f"\reval {min(n, start + bs)}/{n}", end="", flush=True)
-    if progress:
-        print()
+            logger.info(f"eval {min(n, start + bs)}/{n}")
     out = _require_labels(conf.metrics(classes), dataset)
     out["num_images"] = n
     return out

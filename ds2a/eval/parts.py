@@ -13,6 +13,7 @@ changes the rules the predictions are judged with; the ground truth keeps the ru
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -26,6 +27,7 @@ from ..inspect.rules import CLASS_KEYS, ClassRule, PartTracker, Rules, judge
 IGNORE_INDEX = 255
 SWEEP_TOP = ("min_area_px", "mm_per_pixel")
 INT_KEYS = ("max_count",)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -262,14 +264,13 @@ class TruthTally:
 
     A Publisher observer: for each closed part it judges the part's label mask with the same rules
     (measured at the size the model's region had) and compares with the model's verdict. Escapes and
-    overkill are printed as they happen; the running totals go into the records (the run's stats),
+    overkill are logged as they happen; the running totals go into the records (the run's stats),
     so `ds2a report` shows them too.
     """
 
-    def __init__(self, rules: Rules, classes: Sequence[str], truth: TruthFn, records: Any = None,
-                 log: Any = None) -> None:
+    def __init__(self, rules: Rules, classes: Sequence[str], truth: TruthFn, records: Any = None) -> None:
         self.rules, self.classes, self.truth = rules, list(classes), truth
-        self.records, self.log = records, log
+        self.records = records
         self.floor = min_floor(rules)
         self.total = self.defective = 0
         self.escaped: List[str] = []
@@ -306,9 +307,8 @@ class TruthTally:
             kind = "escapes"
         for c in causes:
             self.by_class.setdefault(c, {"escapes": 0, "overkill": 0})[kind] += 1
-        if self.log is not None:
-            what = "ESCAPE: defective part passed" if kind == "escapes" else "OVERKILL: good part failed"
-            print(f"truth   {what}: {pv.part_id} ({', '.join(causes) or '?'})", file=self.log, flush=True)
+        what = "ESCAPE: defective part passed" if kind == "escapes" else "OVERKILL: good part failed"
+        logger.info(f"truth   {what}: {pv.part_id} ({', '.join(causes) or '?'})")
         if self.records is not None:
             self.records.extra["truth"] = self.summary()
 

@@ -29,7 +29,7 @@ class EvalOptions:
     rules: Optional[str] = None  # rules YAML, or "default"; None: no part verdicts
     mm_per_pixel: Optional[float] = None  # scale for mm2 limits in the rules
     sweep: Optional[str] = None  # "FIELD=V1,V2,...": re-judge the predictions per value (needs rules)
-    progress: bool = False  # print "eval i/n" while scoring
+    progress: bool = False  # log "eval i/n" per batch while scoring
 
 
 @dataclass

@@ -6,15 +6,18 @@ inspecting and recording; only the JSON output stops, and the operator is told o
 from __future__ import annotations
 
 import errno
+import logging
 import os
-from typing import IO, Callable, Optional
+from typing import IO, Optional
+
+logger = logging.getLogger(__name__)
 
 
 class JsonlOut:
     """A text stream whose write/flush stop quietly (after one note) when the reader has gone."""
 
-    def __init__(self, stream: IO[str], note: Callable[[str], None]) -> None:
-        self.stream, self.note = stream, note
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
         self.lines = 0  # lines handed to the reader before it left
         self.stopped: Optional[str] = None  # why the output stopped, for the summary and the records
 
@@ -41,7 +44,7 @@ class JsonlOut:
         else:
             what = "the reader closed the pipe"
         self.stopped = f"JSON output stopped after {self.lines} line(s): {what}; inspection and records continue"
-        self.note(f"note: {self.stopped}")
+        logger.info(f"note: {self.stopped}")
         try:  # the interpreter's final flush of stdout would fail on the same pipe
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self.stream.fileno())

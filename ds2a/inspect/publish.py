@@ -9,6 +9,7 @@ image that cannot be written (full disk) is counted, warned about and kept in th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -25,17 +26,16 @@ from .records import Records
 from .rules import PartTracker, PartVerdict
 from .sinks import Sink
 
+logger = logging.getLogger(__name__)
 
 class Publisher:
     """Callable given to InspectionLoop as its `output`."""
 
     def __init__(self, renderer: Renderer, sinks: Sequence[Sink], tracker: PartTracker,
                  records: Optional[Records] = None, save_fail: Optional[str] = None,
-                 jsonl: Optional[IO[str]] = None, on_stop: Optional[Callable[[str], None]] = None,
-                 log: Optional[IO[str]] = None) -> None:
+                 jsonl: Optional[IO[str]] = None, on_stop: Optional[Callable[[str], None]] = None) -> None:
         self.renderer, self.sinks, self.tracker = renderer, list(sinks), tracker
         self.records, self.save_fail, self.jsonl, self.on_stop = records, save_fail, jsonl, on_stop
-        self.log = log
         if save_fail:
             check_writable_dir(save_fail, "failed frames (--save-fail)")
         self.parts: List[PartVerdict] = []
@@ -101,11 +101,8 @@ class Publisher:
         self.images_failed += 1
         self.image_error = f"{path}: {getattr(exc, 'strerror', None) or exc}"
         if self.images_failed == 1 or self.images_failed % 100 == 0:
-            try:
-                print(f"warning: could not save failure image {self.image_error} ({self.images_failed} so far); "
-                      "the verdicts are still recorded", file=self.log or sys.stderr, flush=True)
-            except (OSError, ValueError):  # the log is on the full disk too
-                pass
+            logger.warning(f"warning: could not save failure image {self.image_error} ({self.images_failed} so far); "
+                           "the verdicts are still recorded")
         if self.records is not None:
             self.records.extra.update(fail_images_unsaved=self.images_failed, fail_images_error=self.image_error)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import sqlite3
-import sys
 import time
 import urllib.parse
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import UserError
 from ..outputs import write_new
@@ -191,11 +191,7 @@ class RecordsBackedUp(UserError):
 Item = Tuple[str, tuple, list, tuple]  # kind, row, defect rows, timing row
 
 
-def _stderr(msg: str) -> None:
-    try:
-        print(msg, file=sys.stderr, flush=True)
-    except (OSError, ValueError):  # stderr on the full disk too: the run's stats still keep the facts
-        pass
+logger = logging.getLogger(__name__)
 
 
 class Records:
@@ -206,9 +202,8 @@ class Records:
     retried every `retry_s`; the outage and its length are reported and kept in the run's stats.
     """
 
-    def __init__(self, path: str, max_pending: int = 3000, retry_s: float = 0.5,
-                 log: Callable[[str], None] = _stderr) -> None:
-        self.path, self.max_pending, self.retry_s, self.log = path, int(max_pending), float(retry_s), log
+    def __init__(self, path: str, max_pending: int = 3000, retry_s: float = 0.5) -> None:
+        self.path, self.max_pending, self.retry_s = path, int(max_pending), float(retry_s)
         self.con = connect(path)
         self.run_id: Optional[int] = None
         self._pending: Deque[Item] = collections.deque()
@@ -307,8 +302,9 @@ class Records:
             if self._since is not None:
                 delay = now - self._since
                 self.max_delay_s = max(self.max_delay_s, delay)
-                self.log(f"records: {self.path} writable again after {delay:.1f} s; "
-                         f"{backlog} queued rows written, nothing lost")
+                # a warning, like the outage it ends: a log filtered to warnings shows both
+                logger.warning(f"records: {self.path} writable again after {delay:.1f} s; "
+                               f"{backlog} queued rows written, nothing lost")
                 self._since = None
                 self.con.execute(f"PRAGMA busy_timeout={BUSY_MS}")
             return
@@ -316,8 +312,8 @@ class Records:
             self._since = now
             self.outages += 1
             self.con.execute("PRAGMA busy_timeout=5")  # retries must not stall the output thread
-            self.log(f"warning: records: cannot write {self.path} ({self.last_error}); inspection goes on, "
-                     f"records wait in memory (up to {self.max_pending}) and are retried every {self.retry_s:g} s")
+            logger.warning(f"warning: records: cannot write {self.path} ({self.last_error}); inspection goes on, "
+                           f"records wait in memory (up to {self.max_pending}) and are retried every {self.retry_s:g} s")
         self._next_try = now + self.retry_s
         self._check_backlog(now)
 
@@ -366,7 +362,7 @@ class Records:
             where = f"they could not be saved elsewhere either ({exc.strerror or exc}): LOST"
         self._pending.clear()
         msg = f"{n} records could not be written to {self.path} ({err}); {where}"
-        self.log(f"ERROR: records: {msg}")
+        logger.error(f"ERROR: records: {msg}")
         return msg
 
     finish_patience_s = 10.0  # how long the end of a run waits for a locked or full database
@@ -384,7 +380,7 @@ class Records:
                  self.run_id))
             self.con.commit()
         except sqlite3.OperationalError as exc:
-            self.log(f"ERROR: records: cannot mark run {self.run_id} {status} in {self.path}: {exc}")
+            logger.error(f"ERROR: records: cannot mark run {self.run_id} {status} in {self.path}: {exc}")
         if unwritten and not self._halted:  # after the alarm, the alarm stays the error the user sees
             raise UserError(f"records incomplete: {unwritten}")
 

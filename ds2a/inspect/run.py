@@ -8,6 +8,7 @@ that is registered once on an ExitStack, so a failure at any step closes exactly
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from .signals import StopSignals
 from .sinks import Sink, check_run_outputs, open_sink
 from .sources import Source, open_source
 from .summary import InspectionSummary, summary_text
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,22 +86,23 @@ def check_options(options: InspectOptions) -> None:
 
 
 def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
-            log: Optional[IO[str]] = None) -> InspectionSummary:
+            table: Optional[IO[str]] = None) -> InspectionSummary:
     """Run one inspection to its end (source ended, max_frames, duration, SIGINT/SIGTERM, q in a window).
 
-    `out` takes the JSON lines (default stdout); `log` the messages and the summary table
-    (default: stderr with `jsonl`, else `out`). UserError for anything the user can fix, and when
-    nothing was inspected (after the summary is printed and the run recorded as `empty`).
+    `out` takes the JSON lines (default stdout); `table` the summary table (default: stderr with
+    `jsonl`, else `out`); what is set up and what happens goes to the "ds2a.inspect" loggers.
+    UserError for anything the user can fix, and when nothing was inspected (after the summary
+    is printed and the run recorded as `empty`).
     """
     out = sys.stdout if out is None else out
-    log = log if log is not None else sys.stderr if options.jsonl else out
+    table = table if table is not None else sys.stderr if options.jsonl else out
     check_options(options)
     check_run_outputs(options.outputs, options.db, [("--model", options.model), ("--rules", options.rules),
                                                     ("--source", options.source)])
     station = open_station(options.station, options.db)  # --web/--notify checked before the model opens
     draft = read_rules(options.rules, options.mm_per_pixel)  # checked as far as it can be without the model
     with contextlib.ExitStack() as stack:
-        signals = StopSignals(log)
+        signals = StopSignals()
         stack.callback(signals.restore)  # closed last: a signal during the clean-up waits for the records
         model = _open_model(options, confidence=draft is not None and draft.needs_confidence)
         stack.callback(model.close)
@@ -107,21 +111,21 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         source = open_source(options.source)
         until_running = stack.enter_context(contextlib.ExitStack())  # the capture thread closes it once running
         until_running.callback(source.close)
-        sinks = _open_sinks(options, options.fps or source.fps or 30.0, log, stack)
+        sinks = _open_sinks(options, options.fps or source.fps or 30.0, stack)
         records = stack.enter_context(contextlib.closing(Records(options.db))) if options.db else None
-        jsonl = JsonlOut(out, lambda text: print(text, file=log)) if options.jsonl else None
+        jsonl = JsonlOut(out) if options.jsonl else None
         tracker = PartTracker(rules, source.gives_parts, options.source)
         publisher = Publisher(_renderer(options, classes, model), sinks, tracker, records, options.save_fail, jsonl)
         truth = None
         if getattr(source, "gives_truth", False):  # demo://: escapes and overkill against its own labels
             from ..eval.parts import TruthTally
 
-            truth = TruthTally(rules, classes, source.truth, records, log)
+            truth = TruthTally(rules, classes, source.truth, records)
             publisher.observers.append(truth)
         if station is not None:
             stack.callback(station.close)
-            station.start(publisher, lambda: _renderer(options, classes, model), records, log)
-        _print_setup(options, model, classes, source, sinks, rules, tracker, log)
+            station.start(publisher, lambda: _renderer(options, classes, model), records)
+        _log_setup(options, model, classes, source, sinks, rules, tracker)
         signals.install()  # before warm-up, kept until the records are flushed
         _warm_up(model, rules, options.model)
         loop = InspectionLoop(source, model, analyser(rules, classes), publisher, max_frames=options.max_frames,
@@ -132,7 +136,7 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         if records is not None:
             run_id = records.start_run(options.model, model.backend, options.source, classes, rules.to_dict(),
                                        rules.mm_per_pixel)
-            print(f"run     {run_id} in {options.db}", file=log)
+            logger.info(f"run     {run_id} in {options.db}")
         until_running.pop_all()  # handed over to the capture thread
         try:
             loop.run(duration=options.duration)
@@ -142,10 +146,10 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         status = _end_run(loop, publisher, station, records, jsonl, signals, failed=False)
         stats = loop.stats
         for event in stats.events:
-            print(f"event   {event}", file=log)
+            logger.info(f"event   {event}")
         truth_numbers = truth.summary() if truth is not None else None
         text = summary_text(stats, publisher, classes, truth_numbers)
-        print(text, file=log)
+        print(text, file=table)
         if status == "empty":
             raise UserError(f"nothing was inspected: {options.source} gave {stats.captured} frame(s), "
                             f"{stats.corrupt} unreadable or corrupt, {stats.no_part} without a part in view "
@@ -167,34 +171,34 @@ def _renderer(options: InspectOptions, classes: Sequence[str], model: Any) -> Re
     return Renderer(list(classes), model.meta.palette, options.mode, options.alpha)
 
 
-def _open_sinks(options: InspectOptions, fps: float, log: IO[str], stack: contextlib.ExitStack) -> List[Sink]:
+def _open_sinks(options: InspectOptions, fps: float, stack: contextlib.ExitStack) -> List[Sink]:
     """The outputs asked for, plus a display window unless headless (a note when there is none)."""
     sinks = [stack.enter_context(contextlib.closing(open_sink(uri, fps))) for uri in options.outputs]
     if not options.headless and not any(uri.startswith("display") for uri in options.outputs):
         try:
             sinks.append(stack.enter_context(contextlib.closing(open_sink("display://0", fps))))
         except UserError:
-            print("note: no display available, running headless (pass --headless to silence this)", file=log)
+            logger.info("note: no display available, running headless (pass --headless to silence this)")
     return sinks
 
 
-def _print_setup(options: InspectOptions, model: Any, classes: List[str], source: Source, sinks: List[Sink],
-                 rules: Rules, tracker: PartTracker, log: IO[str]) -> None:
+def _log_setup(options: InspectOptions, model: Any, classes: List[str], source: Source, sinks: List[Sink],
+               rules: Rules, tracker: PartTracker) -> None:
     """What is about to run, as the operator checks it; an ROI outside the frame is refused here."""
     h, w = model.input_size
-    print(f"model   {options.model} ({model.backend}, {h}x{w}, classes {', '.join(classes)})", file=log)
+    logger.info(f"model   {options.model} ({model.backend}, {h}x{w}, classes {', '.join(classes)})")
     roi = options.roi
     region = (f"window {','.join(map(str, roi))}" if roi else
               "the part box from the source" if getattr(source, "gives_roi", False) else "whole frame")
-    print(f"source  {options.source} ({'live: newest frame only' if source.live else 'every frame'}; "
-          f"model sees {region})", file=log)
+    logger.info(f"source  {options.source} ({'live: newest frame only' if source.live else 'every frame'}; "
+                f"model sees {region})")
     if roi and source.frame_hw:
         clip_roi(roi, source.frame_hw)  # a window outside the frame is refused before the run
-    print(f"outputs {', '.join(s.uri for s in sinks) or 'none'}; db {options.db or 'none'}; "
-          f"failures {options.save_fail or 'not saved'}", file=log)
-    print(f"rules   ({rules.origin}; parts: "
-          f"{'from the source' if tracker.by == 'source' else f'{rules.part_frames} frame(s)'})", file=log)
-    print("  " + rules.to_yaml().replace("\n", "\n  "), file=log)
+    logger.info(f"outputs {', '.join(s.uri for s in sinks) or 'none'}; db {options.db or 'none'}; "
+                f"failures {options.save_fail or 'not saved'}")
+    logger.info(f"rules   ({rules.origin}; parts: "
+                f"{'from the source' if tracker.by == 'source' else f'{rules.part_frames} frame(s)'})")
+    logger.info("  " + rules.to_yaml().replace("\n", "\n  "))
 
 
 def _warm_up(model: Any, rules: Rules, name: str) -> None:

@@ -1,11 +1,14 @@
 """SIGINT/SIGTERM during an inspection: stop cleanly, and never leave a run without its records."""
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from typing import Any, Dict, Optional
 
 from .loop import InspectionLoop
+
+logger = logging.getLogger(__name__)
 
 
 class StopSignals:
@@ -18,8 +21,8 @@ class StopSignals:
     Handlers are installed only on the main thread (Python delivers signals there).
     """
 
-    def __init__(self, log: Any) -> None:
-        self.log, self.count = log, 0
+    def __init__(self) -> None:
+        self.count = 0
         self.previous: Dict[int, Any] = {}  # handlers to put back
         self.loop: Optional[InspectionLoop] = None
         self.pending: Optional[str] = None
@@ -42,17 +45,17 @@ class StopSignals:
         name = signal.Signals(signum).name
         self.first = self.first or name  # set before anything else: a second signal may interrupt this handler
         if self.flushing:
-            print(f"\n{name}: writing the records; exiting as soon as they are flushed", file=self.log)
+            logger.info(f"\n{name}: writing the records; exiting as soon as they are flushed")
         elif self.loop is None:
             if self.count > 1:
                 raise KeyboardInterrupt
             self.pending = name
-            print(f"\n{name}: stopping as soon as start-up is done (again to abort start-up)", file=self.log)
+            logger.info(f"\n{name}: stopping as soon as start-up is done (again to abort start-up)")
         elif self.count == 1:
-            print(f"\n{name}: finishing the frames in flight and flushing records (again to abort)", file=self.log)
+            logger.info(f"\n{name}: finishing the frames in flight and flushing records (again to abort)")
             self.loop.stop(f"{name}")
         else:
-            print(f"\n{name}: dropping queued frames; what was recorded stays recorded", file=self.log)
+            logger.info(f"\n{name}: dropping queued frames; what was recorded stays recorded")
             self.loop.abort(self.first)
 
     def restore(self) -> None:

@@ -7,9 +7,9 @@ official parameters never take part in the forward pass (each decoder layer's `s
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,8 @@ from ..meta import ModelMeta, file_sha256
 from .checkpoint import load_error, save_checkpoint
 from .config import ModelConfig, get_config
 from .ds2a_former import DS2AFormer, default_meta
+
+logger = logging.getLogger(__name__)
 
 Tensor = torch.Tensor
 
@@ -251,8 +253,8 @@ def load_official_object(path: str, trust: bool = False) -> Any:
                 "(full unpickling), or re-save just its 'state_dict' tensors with torch.save")
         raise UserError(f"cannot read '{path}' ({load_error(safe_error)}); "
                         "is it an mmsegmentation .pth checkpoint?")
-    print(f"warning: --trust-checkpoint: fully unpickling '{path}' (it can run code; blocked by the safe load: "
-          f"{_list(blocked, 6) or 'unknown'})", file=sys.stderr)
+    logger.warning(f"warning: --trust-checkpoint: fully unpickling '{path}' (it can run code; blocked by the safe "
+                   f"load: {_list(blocked, 6) or 'unknown'})")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001

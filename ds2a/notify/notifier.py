@@ -1,24 +1,23 @@
 """The Publisher's observer that turns part verdicts (and optionally FAIL frames) into messages."""
 from __future__ import annotations
 
-import sys
+import logging
 import time
-from typing import IO, Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from .outbox import Outbox
 from .urls import NotifyTarget, parse_notify_url
+
+logger = logging.getLogger(__name__)
 
 
 class Notifier:
     """`publish(res, closed_parts)` per frame (res None at the end of a run); `close()` once."""
 
-    def __init__(self, target: NotifyTarget, transport: Any, records: Any = None, log: Optional[IO[str]] = None,
-                 capacity: int = 1000) -> None:
+    def __init__(self, target: NotifyTarget, transport: Any, records: Any = None, capacity: int = 1000) -> None:
         self.target, self.transport, self.records = target, transport, records
-        self.log = log or sys.stderr
         self.all_verdicts = target.scheme == "mqtt"  # a PLC only needs the rejects
-        self.outbox = Outbox(transport.send, target.label, capacity=capacity, max_age_s=target.max_age_s,
-                             log=lambda m: print(m, file=self.log, flush=True))
+        self.outbox = Outbox(transport.send, target.label, capacity=capacity, max_age_s=target.max_age_s)
         self.count = 0
         self.started = time.time()
 
@@ -49,19 +48,18 @@ class Notifier:
         self.transport.close()
         if self.records is not None:
             self.records.extra.setdefault("notify", []).append(stats)
-        print(f"notify  {self.target.label}: {stats['sent']} sent, {stats['undelivered']} undelivered"
-              + (f" ({stats['last_error']})" if stats["undelivered"] and "last_error" in stats else ""),
-              file=self.log, flush=True)
+        logger.info(f"notify  {self.target.label}: {stats['sent']} sent, {stats['undelivered']} undelivered"
+                    + (f" ({stats['last_error']})" if stats["undelivered"] and "last_error" in stats else ""))
         return stats
 
 
-def open_notifier(url: str, records: Any = None, log: Optional[IO[str]] = None) -> Notifier:
+def open_notifier(url: str, records: Any = None) -> Notifier:
     """Parse (UserError on a bad URL), then connect in the background."""
     target = parse_notify_url(url)
     if target.scheme == "mqtt":
         from .mqtt import MqttTransport
 
-        return Notifier(target, MqttTransport(target), records, log)
+        return Notifier(target, MqttTransport(target), records)
     from .modbus import ModbusTransport
 
-    return Notifier(target, ModbusTransport(target), records, log)
+    return Notifier(target, ModbusTransport(target), records)

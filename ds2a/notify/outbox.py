@@ -9,18 +9,16 @@ the run's records say which verdicts the line never got.
 from __future__ import annotations
 
 import collections
-import sys
+import logging
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Tuple
 
+logger = logging.getLogger(__name__)
+
 
 class NotDelivered(Exception):
     """The transport could not deliver now (not connected, no acknowledgement); retried."""
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 class Outbox:
@@ -29,9 +27,9 @@ class Outbox:
     KEEP_IDS = 100  # ids of undelivered messages kept for the records
 
     def __init__(self, send: Callable[[Dict[str, Any]], None], label: str, capacity: int = 1000,
-                 max_age_s: float = 60.0, max_retry_s: float = 5.0, log: Callable[[str], None] = _stderr) -> None:
+                 max_age_s: float = 60.0, max_retry_s: float = 5.0) -> None:
         self.send, self.label, self.capacity = send, label, int(capacity)
-        self.max_age_s, self.max_retry_s, self.log = float(max_age_s), float(max_retry_s), log
+        self.max_age_s, self.max_retry_s = float(max_age_s), float(max_retry_s)
         self._queue: Deque[Tuple[float, Dict[str, Any]]] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -67,8 +65,8 @@ class Outbox:
         room = self.KEEP_IDS - len(self.undelivered_ids)
         self.undelivered_ids += [str(m.get("id", "?")) for m in msgs[:max(room, 0)]]
         if first or self.undelivered % 100 == 0:
-            self.log(f"warning: notify {self.label}: {self.undelivered} message(s) not delivered ({why}; "
-                     f"{self.last_error or 'no error yet'}); inspection goes on, the records keep the count")
+            logger.warning(f"warning: notify {self.label}: {self.undelivered} message(s) not delivered ({why}; "
+                           f"{self.last_error or 'no error yet'}); inspection goes on, the records keep the count")
 
     def _run(self) -> None:
         backoff = 0.2
@@ -90,7 +88,7 @@ class Outbox:
                 if not self._down_since:
                     self._down_since = time.monotonic()
                     self.outages += 1
-                    self.log(f"warning: notify {self.label}: {self.last_error}; retrying, inspection goes on")
+                    logger.warning(f"warning: notify {self.label}: {self.last_error}; retrying, inspection goes on")
                 with self._cond:
                     if self._stop_now:
                         return
@@ -99,7 +97,7 @@ class Outbox:
                 continue
             backoff = 0.2
             if self._down_since:
-                self.log(f"notify {self.label}: delivering again after {time.monotonic() - self._down_since:.1f} s")
+                logger.info(f"notify {self.label}: delivering again after {time.monotonic() - self._down_since:.1f} s")
                 self._down_since = 0.0
             with self._cond:
                 if self._queue and self._queue[0][1] is msg:

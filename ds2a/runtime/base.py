@@ -65,16 +65,15 @@ class Segmenter(ABC):
 
     def prepare_batch(self, frames: Frames) -> np.ndarray:
         """A (N,H,W,3) array or a list of frames -> uint8 (N,H,W,3) BGR at the model size."""
-        if isinstance(frames, np.ndarray):
-            if frames.ndim != 4:
-                raise UserError(
-                    f"infer_batch needs frames shaped (N,H,W,C), got {frames.shape}; use infer() for one frame"
-                )
-            h, w = self.input_size
-            if frames.dtype == np.uint8 and frames.shape[1:] == (h, w, 3):
-                return np.ascontiguousarray(frames)
-        if len(frames) == 0:
+        if isinstance(frames, np.ndarray) and frames.ndim != 4:
+            raise UserError(
+                f"infer_batch needs frames shaped (N,H,W,C), got {frames.shape}; use infer() for one frame"
+            )
+        if len(frames) == 0:  # an empty list and a (0,H,W,3) array alike
             raise UserError("infer_batch got an empty batch; pass at least one frame")
+        h, w = self.input_size
+        if isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.shape[1:] == (h, w, 3):
+            return np.ascontiguousarray(frames)
         return np.stack([self.prepare(f) for f in frames])
 
     def infer(self, frame: np.ndarray) -> InferResult:

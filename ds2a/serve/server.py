@@ -28,6 +28,7 @@ from ..runtime import Segmenter
 from ..runtime import triton_protocol as protocol
 
 DYNAMIC_MAX_BATCH = 8
+logger = logging.getLogger(__name__)
 MISSING = "ds2a serve needs NVIDIA PyTriton: pip install 'ds2a-edge[serve]' (x86_64 or aarch64 Linux, glibc 2.35+)"
 
 
@@ -266,7 +267,7 @@ class Server:
         return True
 
 
-def serve_forever(path: str, opts: ServeOptions, log: Callable[[str], None] = print) -> int:
+def serve_forever(path: str, opts: ServeOptions) -> int:
     """`ds2a serve`: start, say where, serve until Ctrl-C / SIGTERM, stop cleanly (exit 0; 1 if it died)."""
     stop = threading.Event()
     server = Server(path, opts)  # refusals (ports, options, a model that does not load) come before any start
@@ -275,20 +276,20 @@ def serve_forever(path: str, opts: ServeOptions, log: Callable[[str], None] = pr
         server.start()
         h, w = server.models[0].input_size
         host = "HOST" if opts.host in ("0.0.0.0", "::") else opts.host
-        log(f"serving {path} as '{opts.name}' ({server.meta.arch} {h}x{w} "
-            f"{server.parameters[protocol.PRECISION_PARAM]}, {server.models[0].backend} x{opts.instances}, "
-            f"max batch {server.max_batch}, queue delay {opts.max_queue_delay_us} us)")
-        log(f"  stations: --model triton://{host}:{opts.grpc_port}/{opts.name}   "
-            f"or triton+http://{host}:{opts.http_port}/{opts.name}")
-        log(f"  health:   http://{host}:{opts.http_port}/v2/health/ready   "
-            f"metrics: http://{host}:{opts.metrics_port}/metrics")
-        log("ready (Ctrl-C or SIGTERM stops it)")
+        logger.info(f"serving {path} as '{opts.name}' ({server.meta.arch} {h}x{w} "
+                    f"{server.parameters[protocol.PRECISION_PARAM]}, {server.models[0].backend} x{opts.instances}, "
+                    f"max batch {server.max_batch}, queue delay {opts.max_queue_delay_us} us)")
+        logger.info(f"  stations: --model triton://{host}:{opts.grpc_port}/{opts.name}   "
+                    f"or triton+http://{host}:{opts.http_port}/{opts.name}")
+        logger.info(f"  health:   http://{host}:{opts.http_port}/v2/health/ready   "
+                    f"metrics: http://{host}:{opts.metrics_port}/metrics")
+        logger.info("ready (Ctrl-C or SIGTERM stops it)")
         ok = server.wait(stop)
         if not ok:
-            log("error: the Triton server stopped unexpectedly; rerun with --verbose for its log")
+            logger.error("error: the Triton server stopped unexpectedly; rerun with --verbose for its log")
         return 0 if ok else 1
     finally:
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        log("stopped")
+        logger.info("stopped")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import random
@@ -28,6 +29,8 @@ from .losses import LossConfig, SetCriterion
 from .optim import build_optimizer as official_adamw
 from .optim import lr_factor, set_lr
 from .targets import batch_targets
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -174,7 +177,8 @@ def _init_checkpoint(path: str) -> Dict[str, Any]:
 # ---------------------------------------------------------------- logging
 
 class Progress:
-    """One status line (loss, lr, it/s, ETA): redrawn in place on a terminal, every `every` iters otherwise."""
+    """One status line (loss, lr, it/s, ETA): redrawn in place on a terminal (`ds2a train` logs to stderr;
+    extra `end` is read by ds2a/cli/__init__.py's Console), every `every` iters otherwise."""
 
     def __init__(self, total: int, start: int, enabled: bool, every: int = 10) -> None:
         self.total, self.start, self.enabled, self.every = total, start, enabled, max(1, every)
@@ -192,11 +196,11 @@ class Progress:
         eta = (self.total - it) / rate if rate > 0 else float("inf")
         eta_s = "--:--" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
         line = f"it {it}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {rate:.2f} it/s  ETA {eta_s}"
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        logger.info(("\r" + line) if self.tty else line, extra={"end": ""} if self.tty else None)
 
     def newline(self) -> None:
         if self.enabled and self.tty:
-            print(file=sys.stderr, flush=True)
+            logger.info("")  # ends the line redrawn in place
 
 
 class MetricsLog:
@@ -465,9 +469,8 @@ class Trainer:
                 self.best_miou, self.best_iter = result["mIoU"], it
                 self.save("best.pt", it, with_state=False)
             if self.cfg.progress:
-                print(f"\n[eval it {it}] mIoU {result['mIoU']:.4f} mDice {result['mDice']:.4f} "
-                      f"aAcc {result['aAcc']:.4f}  best {self.best_miou:.4f} @ {self.best_iter}",
-                      file=sys.stderr, flush=True)
+                logger.info(f"\n[eval it {it}] mIoU {result['mIoU']:.4f} mDice {result['mDice']:.4f} "
+                            f"aAcc {result['aAcc']:.4f}  best {self.best_miou:.4f} @ {self.best_iter}")
         if self.dist.world_size > 1:
             dist.barrier()
 
@@ -532,8 +535,8 @@ class Trainer:
         cfg = self.cfg
         if self.start_iter >= cfg.iters:
             if self.dist.main:
-                print(f"run in '{self.out}' is already at iteration {self.start_iter} of {cfg.iters}; "
-                      "raise --iters to train further", file=sys.stderr)
+                logger.info(f"run in '{self.out}' is already at iteration {self.start_iter} of {cfg.iters}; "
+                            "raise --iters to train further")
             return self.summary(self.start_iter, stopped_early=False)
         batches = iter(self.build_loader())
         self.model.train()

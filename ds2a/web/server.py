@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import logging
 import os
 import sqlite3
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from ..errors import UserError
 from . import data, page
@@ -28,6 +29,7 @@ HEADERS = {
 MIN_TOKEN = 12
 CHART_MIN_AGE_S = 30.0
 SUMMARY_TTL_S = 5.0
+logger = logging.getLogger(__name__)
 
 
 def _aiohttp() -> Any:
@@ -282,8 +284,8 @@ def url_for(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
-def serve_database(db: str, bind: str = "127.0.0.1:8080", token: Optional[str] = None, insecure: bool = False,
-                   log: Callable[[str], None] = print) -> None:
+def serve_database(db: str, bind: str = "127.0.0.1:8080", token: Optional[str] = None,
+                   insecure: bool = False) -> None:
     """Serve `db` read-only as the operator's page until interrupted (`ds2a web`).
 
     Refuses, before listening, an address beyond 127.0.0.1 without a token (unless `insecure`)
@@ -294,7 +296,7 @@ def serve_database(db: str, bind: str = "127.0.0.1:8080", token: Optional[str] =
     data.open_readonly(db).close()
     web = _aiohttp()
     app = make_app(Site(db), token)
-    log(f"serving {db} (read-only) on {url_for(host, port)}" + (" (token required)" if token else ""))
+    logger.info(f"serving {db} (read-only) on {url_for(host, port)}" + (" (token required)" if token else ""))
     try:
         web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
     except OSError as exc:

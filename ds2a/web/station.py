@@ -4,10 +4,13 @@ into the run's stats before it is marked finished)."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 from ..errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,13 +54,13 @@ class Station:
         self.server: Any = None
         self.notifiers: List[Any] = []
 
-    def start(self, publisher: Any, make_renderer: Callable[[], Any], records: Any, log: IO[str]) -> None:
+    def start(self, publisher: Any, make_renderer: Callable[[], Any], records: Any) -> None:
         from ..notify import open_notifier
 
         for url in self.urls:
-            self.notifiers.append(open_notifier(url, records, log))
-            print(f"notify  {self.notifiers[-1].target.label} (through an outbox: a line that is down never "
-                  "stalls inspection)", file=log)
+            self.notifiers.append(open_notifier(url, records))
+            logger.info(f"notify  {self.notifiers[-1].target.label} (through an outbox: a line that is down never "
+                        "stalls inspection)")
         publisher.observers += self.notifiers
         if self.bind is not None:
             from .live import LiveView
@@ -67,8 +70,8 @@ class Station:
             self.server = BackgroundServer(make_app(Site(self.db, self.live), self.token), *self.bind)
             port = self.server.start()
             publisher.observers.append(self.live)
-            print(f"web     {url_for(self.bind[0], port)} (live view{'' if self.db else '; no --db: no records'}"
-                  f"{'; token required' if self.token else ''})", file=log, flush=True)
+            logger.info(f"web     {url_for(self.bind[0], port)} (live view{'' if self.db else '; no --db: no records'}"
+                        f"{'; token required' if self.token else ''})")
 
     def finish(self) -> None:
         """End of the run: flush the notifiers (their counts go into the records), mark the live view ended."""
