@@ -104,3 +104,18 @@ def test_numpy_2_is_refused_before_the_server_starts(monkeypatch):
         server.check_numpy()
     monkeypatch.setattr(server.np, "__version__", "1.26.4")
     server.check_numpy()
+
+
+def test_backend_options_follow_the_one_table(tmp_path):
+    """--threads is refused for an engine with the table's message, before the engine is looked at;
+    ONNX Runtime takes it as its intra-op threads (ds2a/runtime/options.py)."""
+    from ds2a.errors import UserError
+
+    with pytest.raises(UserError, match="--threads only applies to ONNX Runtime and PyTorch models"):
+        server.load_instances(str(tmp_path / "absent.engine"), server.ServeOptions(threads=2))
+    models = server.load_instances(DEMO_MODEL, server.ServeOptions(threads=1, instances=1))
+    try:
+        assert models[0].session.get_session_options().intra_op_num_threads == 1
+    finally:
+        for m in models:
+            m.close()

@@ -18,6 +18,7 @@ import sysconfig
 import threading
 import warnings
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -105,17 +106,13 @@ def reap_leftovers(workspace: str) -> None:
 def load_instances(path: str, opts: ServeOptions) -> List[Segmenter]:
     """One loaded, warmed-up and output-checked model per Triton instance (a model that fails is refused)."""
     from ..runtime import backend_for, open_model
+    from ..runtime.options import options_from_args
 
     backend = backend_for(path, opts.backend)
     if backend == "triton":
         raise UserError(f"{path} is a Triton URL; `ds2a serve` hosts a model file (.onnx, .engine, .pt)")
-    options: Dict[str, Any] = {}
-    if opts.threads:
-        if backend not in ("onnxruntime", "pytorch"):
-            raise UserError(f"--threads applies to ONNX Runtime and PyTorch models; {path} runs on {backend}")
-        options["intra_op_threads" if backend == "onnxruntime" else "threads"] = opts.threads
-    if opts.device:
-        options["device"] = opts.device
+    flags = SimpleNamespace(threads=opts.threads or None, device=opts.device)  # 0 threads: the backend's default
+    options = options_from_args(flags, backend, path)  # ds2a/runtime/options.py: what each backend takes
     models: List[Segmenter] = []
     try:
         for _ in range(opts.instances):
