@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from ds2a.data.synth import render_cell
-from ds2a.eval.parts import TruthTally
 from ds2a.inspect.demo_source import DemoSource
 from ds2a.inspect.rules import PartVerdict, default_rules
+from ds2a.inspect.truth import TruthTally
 
 CLASSES = ["background", "damage", "smudge", "dust"]
 

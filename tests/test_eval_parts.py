@@ -11,8 +11,9 @@ import pytest
 
 from ds2a.cli import main
 from ds2a.errors import UserError
-from ds2a.eval.parts import PartCollector, min_floor, parse_sweep, sweep
+from ds2a.eval.parts import PartCollector, parse_sweep, sweep
 from ds2a.inspect.rules import default_rules, parse_rules
+from ds2a.inspect.truth import min_floor
 
 CLASSES = ["background", "damage", "smudge", "dust"]
 

@@ -16,15 +16,15 @@ import copy
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import UserError
 from ..inspect.quantify import Defect, quantify
 from ..inspect.rules import CLASS_KEYS, ClassRule, PartTracker, Rules, judge
+from ..inspect.truth import IGNORE_INDEX, failing_classes
 
-IGNORE_INDEX = 255
 SWEEP_TOP = ("min_area_px", "mm_per_pixel")
 INT_KEYS = ("max_count",)
 logger = logging.getLogger(__name__)
@@ -63,17 +63,6 @@ class PartCollector:
         """Counts with the collector's rules; `pred_rules` judges the predictions instead (a sweep),
         while the ground truth keeps the rules as given: they define which parts are defective."""
         return part_verdicts(self.images, pred_rules or self.rules, self.classes, truth_rules=self.rules)
-
-
-def min_floor(rules: Rules, extra: Sequence[float] = ()) -> float:
-    """The smallest region any class rule (or sweep value) can count."""
-    values = [rules.min_area_px] + [r.min_area_px for r in rules.classes.values() if r.min_area_px is not None]
-    return float(min(list(values) + [float(v) for v in extra]))
-
-
-def failing_classes(rules: Rules, defects: Sequence[Defect], classes: Sequence[str]) -> List[str]:
-    """Classes whose own rule fails (rules are per class, so this splits the verdict exactly)."""
-    return [c for c in classes if not judge(rules, [d for d in defects if d.class_name == c])[0]]
 
 
 def part_verdicts(images: Sequence[ImageRegions], rules: Rules, classes: Sequence[str],
@@ -251,86 +240,3 @@ def write_sweep(rows: Sequence[Dict[str, Any]], name: str, prefix: str, label: s
     with atomic_path(f"{prefix}.png", label=label) as tmp:
         plot_sweep(rows, name, tmp)
     return [f"{prefix}.{ext}" for ext in ("md", "csv", "png")]
-
-
-# ---------------------------------------------------------------- live ground truth (demo://)
-
-
-TruthFn = Callable[[str], Optional[Tuple[np.ndarray, Tuple[int, int]]]]
-
-
-class TruthTally:
-    """Escapes and overkill while `ds2a inspect` runs on a source that knows its parts' ground truth.
-
-    A Publisher observer: for each closed part it judges the part's label mask with the same rules
-    (measured at the size the model's region had) and compares with the model's verdict. Escapes and
-    overkill are logged as they happen; the running totals go into the records (the run's stats),
-    so `ds2a report` shows them too.
-    """
-
-    def __init__(self, rules: Rules, classes: Sequence[str], truth: TruthFn, records: Any = None) -> None:
-        self.rules, self.classes, self.truth = rules, list(classes), truth
-        self.records = records
-        self.floor = min_floor(rules)
-        self.total = self.defective = 0
-        self.escaped: List[str] = []
-        self.overkilled: List[str] = []
-        self.by_class = {c: {"escapes": 0, "overkill": 0} for c in self.classes[1:]}
-
-    def publish(self, res: Any, closed: List[Any]) -> None:
-        for pv in closed:
-            self.add(pv)
-        if res is None:  # the end of the run: the final totals go into the run's stats
-            self.finish()
-
-    def add(self, pv: Any) -> None:
-        got = self.truth(pv.part_id) if pv.part_id else None
-        if got is None:
-            return
-        mask, size = got
-        defects = quantify(np.where(mask == IGNORE_INDEX, 0, mask).astype(np.uint8), self.classes, size,
-                           self.rules.mm_per_pixel, self.floor)
-        good = judge(self.rules, defects)[0]
-        self.total += 1
-        self.defective += not good
-        if self.records is not None:
-            self.records.extra["truth"] = self.summary()
-        if good == pv.passed:
-            return
-        if good:  # the model failed a good part
-            self.overkilled.append(pv.part_id)
-            causes = sorted({r.split(":")[0] for r in pv.reasons})
-            kind = "overkill"
-        else:
-            self.escaped.append(pv.part_id)
-            causes = failing_classes(self.rules, defects, self.classes)
-            kind = "escapes"
-        for c in causes:
-            self.by_class.setdefault(c, {"escapes": 0, "overkill": 0})[kind] += 1
-        what = "ESCAPE: defective part passed" if kind == "escapes" else "OVERKILL: good part failed"
-        logger.info(f"truth   {what}: {pv.part_id} ({', '.join(causes) or '?'})")
-        if self.records is not None:
-            self.records.extra["truth"] = self.summary()
-
-    def summary(self) -> Dict[str, Any]:
-        good = self.total - self.defective
-        return {"total": self.total, "defective": self.defective, "good": good,
-                "escapes": len(self.escaped), "overkill": len(self.overkilled),
-                "escape_rate": len(self.escaped) / self.defective if self.defective else None,
-                "overkill_rate": len(self.overkilled) / good if good else None,
-                "by_class": self.by_class, "escaped_parts": self.escaped[-100:],
-                "overkill_parts": self.overkilled[-100:], "rules": self.rules.origin}
-
-    def finish(self) -> None:
-        if self.records is not None:
-            self.records.extra["truth"] = self.summary()
-
-
-def truth_line(t: Dict[str, Any]) -> str:
-    """One line for summaries and reports: escapes and overkill against the source's ground truth."""
-    def pct(x: Optional[float]) -> str:
-        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
-
-    return (f"{t['total']} parts judged against ground truth ({t['defective']} defective): "
-            f"escapes {t['escapes']} ({pct(t['escape_rate'])} of defective), "
-            f"overkill {t['overkill']} ({pct(t['overkill_rate'])} of good)")

@@ -116,7 +116,8 @@ def _parts_setup(opts: EvalOptions, classes: List[str]) -> Tuple[Any, Optional[T
             raise UserError("a sweep re-judges part verdicts and needs rules (a rules YAML, or 'default')")
         return None, None
     from ..inspect.rules import load_rules
-    from .parts import PartCollector, min_floor, parse_sweep
+    from ..inspect.truth import min_floor
+    from .parts import PartCollector, parse_sweep
 
     rules = load_rules(None if opts.rules == "default" else opts.rules, classes, opts.mm_per_pixel)
     spec = parse_sweep(opts.sweep, classes) if opts.sweep else None

@@ -91,7 +91,7 @@ def format_report(s: Dict[str, Any]) -> str:
     if s["e2e_fps"] is not None:
         lines.append(f"FPS           {s['e2e_fps']:.1f} end-to-end, {s['model_fps']:.1f} model-only")
     if s.get("truth"):
-        from ..eval.parts import truth_line
+        from .truth import truth_line
 
         try:
             lines.append(f"ground truth  {truth_line(s['truth'])}")

@@ -118,7 +118,7 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         publisher = Publisher(_renderer(options, classes, model), sinks, tracker, records, options.save_fail, jsonl)
         truth = None
         if getattr(source, "gives_truth", False):  # demo://: escapes and overkill against its own labels
-            from ..eval.parts import TruthTally
+            from .truth import TruthTally
 
             truth = TruthTally(rules, classes, source.truth, records)
             publisher.observers.append(truth)

@@ -62,6 +62,6 @@ def summary_text(stats: LoopStats, publisher: Any, classes: List[str],
 
 
 def _truth_line(truth: Dict[str, Any]) -> str:
-    from ..eval.parts import truth_line
+    from .truth import truth_line
 
     return truth_line(truth)
