@@ -1,4 +1,5 @@
 """export_onnx and calibrate called from Python (no CLI): the commands' checks, defaults and files (ds2a_tiny, 64x64)."""
+import logging
 import os
 
 import numpy as np
@@ -62,12 +63,12 @@ def test_export_onnx_refuses_before_loading_and_writes_nothing(ckpt, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_calibrate_applies_the_default_policy_and_reuses_its_cache(exported, data, tmp_path):
+def test_calibrate_applies_the_default_policy_and_reuses_its_cache(exported, data, tmp_path, caplog):
     out = tmp_path / "tiny.int8.onnx"
     opts = CalibrationOptions(data=str(data), precision="int8", target="onnxruntime", num_images=4)
-    seen = []
-    first = calibrate(exported.path, out, opts, log=seen.append)
-    assert seen[0].startswith(f"calibration: 4 images from {data} (seed 0)")
+    caplog.set_level(logging.INFO, logger="ds2a")
+    first = calibrate(exported.path, out, opts)
+    assert caplog.messages[0].startswith(f"calibration: 4 images from {data} (seed 0)")
     assert first.method == "entropy"  # the measured default for the onnxruntime placement
     assert "Softmax" in first.exclude_ops and first.exclude_nodes  # defaults: benchmarks/results/precision_exclusions.md
     assert first.cache == tmp_path / "tiny.int8.calib.json" and first.cache.is_file() and not first.cache_reused

@@ -88,6 +88,6 @@ def test_build_engine_checks_its_outputs_before_looking_for_tensorrt(tmp_path: P
 
     monkeypatch.setattr(builder, "import_tensorrt", no_tensorrt)
     with pytest.raises(UserError, match="model.onnx"):
-        builder.build_engine(str(onnx_path), str(onnx_path), log=lambda *_: None)
+        builder.build_engine(str(onnx_path), str(onnx_path))
     assert onnx_path.read_bytes() == b"not read"
     assert builder.default_engine_path(str(onnx_path)) == str(tmp_path / "model.engine")

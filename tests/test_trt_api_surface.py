@@ -182,12 +182,16 @@ def test_progress_monitor_subclasses_the_real_interface(version):
     if wheels.obtain(version)[0] is None:
         pytest.skip(f"TensorRT {version} bindings unavailable: {wheels.obtain(version)[1]}")
     code = (
-        "import tensorrt as trt\n"
+        "import logging, tensorrt as trt\n"
         "from ds2a.engine.builder import _progress_monitor\n"
         "from ds2a.trt.features import detect_features\n"
         "lines = []\n"
+        "handler = logging.Handler()\n"
+        "handler.emit = lambda record: lines.append(record.getMessage())\n"
+        "logging.getLogger('ds2a').addHandler(handler)\n"
+        "logging.getLogger('ds2a').setLevel(logging.INFO)\n"
         "if detect_features(trt).progress_monitor:\n"
-        "    m = _progress_monitor(trt, lines.append)\n"
+        "    m = _progress_monitor(trt)\n"
         "    assert isinstance(m, trt.IProgressMonitor)\n"
         "    m.phase_start('Build', None, 2)\n"
         "    assert m.step_complete('Build', 1) is True\n"

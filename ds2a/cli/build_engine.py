@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="TensorRT's verbose log and detailed layer info")
 
 
+def messages_to_stderr(args: argparse.Namespace) -> bool:
+    """Progress on stderr; stdout carries the result line."""
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     opts = BuildOptions(
         workspace_gib=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core,

@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
         min_images=args.min_images, method=args.method, exclude=args.exclude.split(",") if args.exclude else None,
         split=args.split, seed=args.seed, cache=args.cache, use_cache=not args.no_cache,
         recalibrate=args.recalibrate)
-    result = calibrate(args.model, args.out, opts, log=print)
+    result = calibrate(args.model, args.out, opts)
     print(result.summary())
     return 0

@@ -88,9 +88,5 @@ def _check_engine(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, A
 
 def _verify(sidecar: Any, record: Dict[str, Any], path: str, version: str, name: str, cc: List[int],
             device: Any) -> List[str]:
-    """The runtime's own check (same refusals as `ds2a inspect`), its warnings returned instead of printed."""
-    import warnings  # noqa: PLC0415
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return list(sidecar.verify_sidecar(record, path, version, name, cc, device=device))
+    """The runtime's own check (same refusals as `ds2a inspect`); its notes are returned, not logged."""
+    return list(sidecar.verify_sidecar(record, path, version, name, cc, device=device))

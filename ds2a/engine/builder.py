@@ -8,12 +8,12 @@ TensorRT.
 """
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import UserError
 from ..meta import ModelMeta, file_sha256
@@ -24,17 +24,13 @@ from ..trt.features import TrtFeatures, detect_features, import_tensorrt
 from ..trt.sidecar import EngineRecord, sidecar_path, write_sidecar
 from ..trt.versions import version_text
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 HW_COMPAT = ("none", "ampere+", "same-cc")
 # Layers kept in FP32 when a weakly typed network may use FP16 (overflow-prone sums of squares/exps).
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 INT8_FIX = "ds2a calibrate {onnx} --data DATA_DIR --precision int8 --out {stem}.int8.onnx"
 FP16_FIX = "ds2a calibrate {onnx} --data DATA_DIR --precision fp16 --out {stem}.fp16.onnx"
 CPU_QUANT_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul"}
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -355,7 +351,7 @@ def check_dla(opts: BuildOptions, plan: PrecisionPlan) -> None:
                         f"{', '.join(FP32_LAYER_TYPES).lower()} layers in FP32, which DLA cannot run: {fix}")
 
 
-def _run_compat_check(info: OnnxInfo, version: Tuple[int, int], log: Log) -> None:
+def _run_compat_check(info: OnnxInfo, version: Tuple[int, int]) -> None:
     """The graph check of `ds2a export --check-trt` (ds2a.trt.compat) runs before TensorRT parses."""
     import onnx
 
@@ -366,7 +362,7 @@ def _run_compat_check(info: OnnxInfo, version: Tuple[int, int], log: Log) -> Non
     blocking = compat.blockers(findings)
     for finding in findings:
         if finding.severity != "blocker":
-            log(f"  warning: {finding.line()}")
+            logger.warning(f"  warning: {finding.line()}")
     if blocking:
         lines = "\n  ".join(fd.line() for fd in blocking)
         raise UserError(f"{info.path} cannot be parsed by TensorRT {version[0]}.{version[1]}:\n  {lines}")
@@ -427,7 +423,7 @@ def _add_profile(trt: Any, builder: Any, network: Any, config: Any, opts: BuildO
     return [lo, opt, hi]
 
 
-def _load_timing_cache(config: Any, path: Optional[str], log: Log) -> Any:
+def _load_timing_cache(config: Any, path: Optional[str]) -> Any:
     """Attach the cache from `path`; one from another GPU/release or a corrupt file is set aside for a fresh one."""
     data = b""
     if path and os.path.isfile(path):
@@ -439,46 +435,46 @@ def _load_timing_cache(config: Any, path: Optional[str], log: Log) -> Any:
         except Exception:  # some releases raise on a blob they cannot read
             cache = None
         if cache is not None and config.set_timing_cache(cache, False):
-            log(f"timing cache: reusing {path} ({len(data)} bytes)")
+            logger.info(f"timing cache: reusing {path} ({len(data)} bytes)")
             return cache
-        log(f"warning: timing cache {path} was measured on another GPU or TensorRT release, or is corrupt; "
-            "starting a fresh one (it replaces the file after the build)")
+        logger.warning(f"warning: timing cache {path} was measured on another GPU or TensorRT release, or is corrupt; "
+                       "starting a fresh one (it replaces the file after the build)")
     cache = config.create_timing_cache(b"")
     if cache is None or not config.set_timing_cache(cache, False):
-        log("warning: TensorRT refused a fresh timing cache; building without one")
+        logger.warning("warning: TensorRT refused a fresh timing cache; building without one")
         return None
     return cache
 
 
-def _save_timing_cache(config: Any, path: str, log: Log) -> None:
+def _save_timing_cache(config: Any, path: str) -> None:
     """Write the build's timing cache; a failure costs the next build time, never the engine."""
     cache = config.get_timing_cache()
     if cache is None:
-        log(f"warning: TensorRT kept no timing cache; {path} not written")
+        logger.warning(f"warning: TensorRT kept no timing cache; {path} not written")
         return
     try:
         _write_atomic(path, bytes(cache.serialize()), "timing cache")
     except (OSError, UserError) as exc:
-        log(f"warning: timing cache {path} not written ({exc})")
+        logger.warning(f"warning: timing cache {path} not written ({exc})")
         return
-    log(f"timing cache: saved {path} ({os.path.getsize(path)} bytes)")
+    logger.info(f"timing cache: saved {path} ({os.path.getsize(path)} bytes)")
 
 
-def _set_dla(trt: Any, builder: Any, config: Any, opts: BuildOptions, plan: PrecisionPlan, log: Log) -> None:
+def _set_dla(trt: Any, builder: Any, config: Any, opts: BuildOptions, plan: PrecisionPlan) -> None:
     cores = int(builder.num_DLA_cores)
     if opts.dla_core >= cores:  # type: ignore[operator]
         raise UserError(f"--dla-core {opts.dla_core}: this device has {cores} DLA core(s)"
                         + (" (DLA exists on Jetson AGX Orin/Xavier and Orin NX)" if cores == 0 else ""))
     if plan.precision == "fp32":
-        log("warning: an FP32 network cannot run on DLA; every layer will fall back to the GPU")
+        logger.warning("warning: an FP32 network cannot run on DLA; every layer will fall back to the GPU")
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = int(opts.dla_core)  # type: ignore[arg-type]
     if opts.gpu_fallback:
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    log(f"DLA core {opts.dla_core}" + (" with GPU fallback" if opts.gpu_fallback else ""))
+    logger.info(f"DLA core {opts.dla_core}" + (" with GPU fallback" if opts.gpu_fallback else ""))
 
 
-def _progress_monitor(trt: Any, log: Log) -> Any:
+def _progress_monitor(trt: Any) -> Any:
     """An IProgressMonitor (TensorRT 10+) printing the top build phases."""
 
     class Progress(trt.IProgressMonitor):  # type: ignore[name-defined, misc]
@@ -490,7 +486,7 @@ def _progress_monitor(trt: Any, log: Log) -> Any:
             depth = self.depth.get(parent_phase, -1) + 1 if parent_phase else 0
             self.depth[phase_name] = depth
             if depth <= 1:
-                log(f"  {'  ' * depth}{phase_name} ({num_steps} steps)")
+                logger.info(f"  {'  ' * depth}{phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name: str, step: int) -> bool:
             return True  # returning False would cancel the build
@@ -518,14 +514,14 @@ class BuildReport:
 
 
 def _configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, plan: PrecisionPlan,
-               feats: TrtFeatures, info: OnnxInfo, log: Log) -> Tuple[Any, Optional[List[int]], List[Any]]:
+               feats: TrtFeatures, info: OnnxInfo) -> Tuple[Any, Optional[List[int]], List[Any]]:
     """Builder config from the plan and options: (config, batch profile, objects to keep alive)."""
     path, info_tensors = info.path, info.fp32_tensors
     config = builder.create_builder_config()
     for name in plan.flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
     if plan.pin_fp32:
-        log(f"pinned {_pin_fp32(trt, network, info_tensors)} layers to FP32")
+        logger.info(f"pinned {_pin_fp32(trt, network, info_tensors)} layers to FP32")
     keep: List[Any] = []
     if plan.calibrator:
         keep.append(_cache_calibrator(trt, read_calibration_cache(opts.calib_cache)))
@@ -535,9 +531,9 @@ def _configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, plan: P
     profile = _add_profile(trt, builder, network, config, opts, path)
     # TensorRT needs the calibrator, timing cache and progress monitor alive until the build ends.
     if opts.timing_cache:
-        keep.append(_load_timing_cache(config, opts.timing_cache, log))  # may be None: built without one
+        keep.append(_load_timing_cache(config, opts.timing_cache))  # may be None: built without one
     if opts.dla_core is not None:
-        _set_dla(trt, builder, config, opts, plan, log)
+        _set_dla(trt, builder, config, opts, plan)
     if opts.hardware_compat == "ampere+":
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     elif opts.hardware_compat == "same-cc":
@@ -549,12 +545,12 @@ def _configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, plan: P
     if opts.verbose:
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if feats.progress_monitor:
-        keep.append(_progress_monitor(trt, log))
+        keep.append(_progress_monitor(trt))
         config.progress_monitor = keep[-1]
     return config, profile, keep
 
 
-def _parse(trt: Any, builder: Any, logger: Any, plan: PrecisionPlan, info: OnnxInfo, version: str,
+def _parse(trt: Any, builder: Any, trt_logger: Any, plan: PrecisionPlan, info: OnnxInfo, version: str,
            native_instancenorm: bool) -> Tuple[Any, Any]:
     """(network, parser): a network with the plan's creation flags, filled by the ONNX parser.
 
@@ -567,7 +563,7 @@ def _parse(trt: Any, builder: Any, logger: Any, plan: PrecisionPlan, info: OnnxI
     if plan.strongly_typed:
         net_flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(net_flags)
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, trt_logger)
     if native_instancenorm:
         parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
     with open(info.path, "rb") as f:
@@ -611,12 +607,12 @@ def default_engine_path(onnx_path: str) -> str:
 
 
 def build_engine(onnx_path: str, out_path: Optional[str] = None, opts: Optional[BuildOptions] = None,
-                 trt: Any = None, device: Any = None, log: Log = _stderr) -> BuildReport:
+                 trt: Any = None, device: Any = None) -> BuildReport:
     """Build `out_path` (default: the ONNX name with .engine) and its sidecar from `onnx_path` with
     the running TensorRT release. The output paths are checked before minutes of building.
 
     `trt` and `device` (a cuda_buffers.DeviceInfo) are injectable for tests; by default the
-    installed tensorrt and the GPU `opts.device` are used.
+    installed tensorrt and the GPU `opts.device` are used. Progress goes to this module's logger.
     """
     opts = opts or BuildOptions()
     out_path = out_path or default_engine_path(onnx_path)
@@ -631,20 +627,20 @@ def build_engine(onnx_path: str, out_path: Optional[str] = None, opts: Optional[
     check_options(opts, feats, version, jetson=platform.is_jetson(board))
     plan = plan_precision(info, opts, feats)
     check_dla(opts, plan)
-    log(f"checking {onnx_path} ({info.precision} graph) for TensorRT {version}")
-    _run_compat_check(info, feats.version, log)
+    logger.info(f"checking {onnx_path} ({info.precision} graph) for TensorRT {version}")
+    _run_compat_check(info, feats.version)
     if device is None:
         device = _device_info(opts.device)
 
-    logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    log("parsing ONNX")
+    trt_logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    logger.info("parsing ONNX")
     native_in = opts.version_compatible and feats.native_instancenorm
-    network, _parser = _parse(trt, builder, logger, plan, info, version, native_in)  # must outlive the build
-    config, profile, _keep = _configure(trt, builder, network, opts, plan, feats, info, log)
+    network, _parser = _parse(trt, builder, trt_logger, plan, info, version, native_in)  # must outlive the build
+    config, profile, _keep = _configure(trt, builder, network, opts, plan, feats, info)
     for note in plan.notes:
-        log(note)
-    log(f"building {plan.precision.upper()} engine on {device.name} (compute {device.cc_text}); this takes minutes")
+        logger.info(note)
+    logger.info(f"building {plan.precision.upper()} engine on {device.name} (compute {device.cc_text}); this takes minutes")
     t_build = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None or memoryview(serialized).nbytes == 0:
@@ -668,9 +664,9 @@ def build_engine(onnx_path: str, out_path: Optional[str] = None, opts: Optional[
     )
     side = _write_engine_and_sidecar(out_path, serialized, record)
     if opts.timing_cache:
-        _save_timing_cache(config, opts.timing_cache, log)
+        _save_timing_cache(config, opts.timing_cache)
     size = os.path.getsize(out_path)
     total = time.perf_counter() - t0
-    log(f"wrote {out_path} ({size / 1e6:.1f} MB) and {sidecar_path(out_path)} in {total:.1f} s "
-        f"(TensorRT build {build_s:.1f} s)")
+    logger.info(f"wrote {out_path} ({size / 1e6:.1f} MB) and {sidecar_path(out_path)} in {total:.1f} s "
+                f"(TensorRT build {build_s:.1f} s)")
     return BuildReport(out_path, side, plan.precision, version, build_s, size, plan.notes)

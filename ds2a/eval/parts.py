@@ -13,7 +13,6 @@ changes the rules the predictions are judged with; the ground truth keeps the ru
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -27,7 +26,6 @@ from ..inspect.truth import IGNORE_INDEX, failing_classes
 
 SWEEP_TOP = ("min_area_px", "mm_per_pixel")
 INT_KEYS = ("max_count",)
-logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -8,6 +8,7 @@ users can parse.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +22,8 @@ from ..errors import UserError
 from ..meta import INPUT_NAME, OUTPUT_CLASS_MAP, OUTPUT_LOGITS, ModelMeta
 from ..outputs import atomic_path
 from .metadata import write_meta
+
+logger = logging.getLogger(__name__)
 
 OPSET = 17  # native LayerNormalization; the newest opset TensorRT 8.5/8.6 parse
 OUTPUT_CHOICES = ("classmap", "logits", "both")
@@ -96,7 +99,7 @@ def slim(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnxslim.slim(model)
     except Exception as exc:  # onnxslim is an optimisation: an unslimmed graph is still correct
-        warnings.warn(f"onnxslim failed ({exc}); keeping the unslimmed graph")
+        logger.warning(f"onnxslim failed ({exc}); keeping the unslimmed graph")
         return model
 
 

@@ -34,6 +34,8 @@ from .model_info import OnnxModelInfo
 from .opset import downgrade_to_17
 from .ort_placement import separate_qdq_pairs
 
+logger = logging.getLogger(__name__)
+
 METHODS = ("entropy", "minmax", "percentile")
 # ORT target quantizes only the compute-heavy ops (what its CPU kernels run as integers); softmax,
 # normalisation, sampling, resize and the statistics' ReduceMean stay fp32 for both targets, and
@@ -180,7 +182,7 @@ def quantize_modelopt(info: OnnxModelInfo, calib: CalibrationSet, out: Path, met
     if back is not None:
         onnx.save(back, str(out))
     else:
-        print(f"note: {out} stays at ModelOpt's opset 19 (uses newer ops): it needs TensorRT 10+")
+        logger.info(f"note: {out} stays at ModelOpt's opset 19 (uses newer ops): it needs TensorRT 10+")
     if cache_path is not None and cached is None:
         save_ranges(cache_path, cache_key, {"act_scales": _activation_scales(onnx.load(str(out)))})
     return cached is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import pickle
 import signal
 import subprocess
@@ -72,7 +73,7 @@ def run_isolated(func_path: str, *args: Any) -> None:
     with tempfile.TemporaryDirectory(prefix="ds2a_iso_") as tmp:
         job = Path(tmp) / "job.pkl"
         with open(job, "wb") as fh:
-            pickle.dump((func_path, args), fh)
+            pickle.dump((func_path, args, logging.getLogger("ds2a").getEffectiveLevel()), fh)
         with signals_unwind():
             try:
                 proc = subprocess.Popen([sys.executable, "-m", "ds2a.precision.isolated", str(job)],
@@ -89,7 +90,10 @@ def run_isolated(func_path: str, *args: Any) -> None:
 
 def _main(job: str) -> int:
     with open(job, "rb") as fh:
-        func_path, args = pickle.load(fh)
+        func_path, args, level = pickle.load(fh)
+    ds2a_logger = logging.getLogger("ds2a")  # the worker's progress lines, printed as the caller would see them
+    ds2a_logger.addHandler(logging.StreamHandler(sys.stdout))
+    ds2a_logger.setLevel(level)
     module, name = func_path.split(":")
     getattr(importlib.import_module(module), name)(*args)
     return 0

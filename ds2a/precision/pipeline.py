@@ -8,10 +8,11 @@ and the temp file are removed. Torch-free; ModelOpt is imported only inside its 
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from ..errors import UserError
 from ..outputs import atomic_path, check_outputs
 
 PathLike = Union[str, Path]
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 # Measured on the demo model: ModelOpt with entropy lost 8.8 mIoU points, with minmax 0.2;
 # ORT quantize_static with entropy lost 0.7.
@@ -82,11 +83,10 @@ def calibration_set_lines(calib, data: str, seed: int) -> List[str]:
     return lines + [f"  skipped {name}: {why}" for name, why in calib.skipped[:5]]
 
 
-def calibrate(model: PathLike, out: PathLike, options: CalibrationOptions, *,
-              log: Optional[Log] = None) -> CalibrationResult:
+def calibrate(model: PathLike, out: PathLike, options: CalibrationOptions) -> CalibrationResult:
     """Convert the FP32 ONNX `model` to `options.precision` at `out`; UserError on what the caller can fix.
 
-    `log` receives the calibration-set lines before the (minutes-long) conversion starts.
+    The calibration-set lines are logged before the (minutes-long) conversion starts.
     """
     from .isolated import signals_unwind
 
@@ -100,11 +100,10 @@ def calibrate(model: PathLike, out: PathLike, options: CalibrationOptions, *,
                   [("MODEL", str(model)), ("--data", options.data)])
     # SIGTERM unwinds (stopping any ModelOpt worker) so temp files and the partial `out` are removed
     with signals_unwind(), atomic_path(final, label="--out") as tmp:  # `out` appears only once complete
-        return _convert(str(model), final, Path(tmp), options, cache, log or (lambda line: None))
+        return _convert(str(model), final, Path(tmp), options, cache)
 
 
-def _convert(model: str, final: Path, out: Path, o: CalibrationOptions, cache: Optional[Path],
-             log: Log) -> CalibrationResult:
+def _convert(model: str, final: Path, out: Path, o: CalibrationOptions, cache: Optional[Path]) -> CalibrationResult:
     """The conversion, written to `out` (a temp file next to `final`)."""
     import onnx
 
@@ -119,7 +118,7 @@ def _convert(model: str, final: Path, out: Path, o: CalibrationOptions, cache: O
     calib = select_calibration_set(o.data, info.meta.input_size, o.num_images, o.seed, o.split,
                                    info.meta.num_classes, o.min_images)
     for line in calibration_set_lines(calib, o.data, o.seed):
-        log(line)
+        logger.info(line)
     t0 = time.perf_counter()
     reused = False
     if o.precision == "int8":

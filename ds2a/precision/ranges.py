@@ -10,6 +10,7 @@ one chunk (plus ONNX Runtime's working set), whatever the model size or the numb
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
@@ -19,6 +20,7 @@ import onnx
 from onnx import helper
 
 DEFAULT_BUDGET_BYTES = 768 * 2**20
+logger = logging.getLogger(__name__)
 _NUMERIC = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16,
             onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
             onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64}
@@ -122,8 +124,8 @@ def collect_ranges(model: onnx.ModelProto, batches: Callable[[], Iterable[Dict[s
                 merge(name, arr)
             del values
         del sess
-    print(f"fp16 reference ranges: {len(result)} tensors, {n_batches} batch(es), {len(chunks)} chunk(s) of "
-          f"<= {budget_bytes / 2**20:.0f} MiB, {time.perf_counter() - t0:.0f} s", flush=True)
+    logger.info(f"fp16 reference ranges: {len(result)} tensors, {n_batches} batch(es), {len(chunks)} chunk(s) of "
+                f"<= {budget_bytes / 2**20:.0f} MiB, {time.perf_counter() - t0:.0f} s")
     return result
 
 

@@ -6,8 +6,8 @@ frame in and the small class map out.
 """
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -18,6 +18,8 @@ from ..meta import ONNX_META_KEY, OUTPUT_CLASS_MAP, OUTPUT_LOGITS, ModelMeta
 from ..preprocess import normalize
 from .base import Frames, InferResult, Segmenter, fit_batch, make_results
 from .io_layout import read_io_layout
+
+logger = logging.getLogger(__name__)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
@@ -131,10 +133,10 @@ class OnnxRuntimeSegmenter(Segmenter):
         else:
             k = self._num_classes or 4
             size = self._static_hw or (256, 256)
-            warnings.warn(
+            logger.warning(
                 f"{self.path} has no '{ONNX_META_KEY}' metadata: running it with generic class names "
                 f"class_0..class_{k - 1}, ImageNet normalisation and size {size[0]}x{size[1]}; "
-                f"{FIX} to carry the real classes and palette", UserWarning, stacklevel=3)
+                f"{FIX} to carry the real classes and palette")
             meta = ModelMeta(arch="unknown", classes=[f"class_{i}" for i in range(k)], input_size=size)
         if self._static_hw and tuple(meta.input_size) != self._static_hw:
             meta.input_size = self._static_hw  # the graph's own shape wins

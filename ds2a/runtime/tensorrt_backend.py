@@ -10,9 +10,9 @@ on another (the inspection loop does).
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
-import warnings
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -26,6 +26,8 @@ from ..trt.versions import require_supported
 from .base import Frames, InferResult, Segmenter, fit_batch, make_results
 from .cuda_buffers import CudaError, HostDeviceBuffer, open_cuda
 from .io_layout import read_io_layout
+
+logger = logging.getLogger(__name__)
 
 NP_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
             "BOOL": np.bool_, "UINT8": np.uint8}
@@ -97,13 +99,13 @@ class TensorRTSegmenter(Segmenter):
               allow_other_gpu: bool) -> None:
         self.device = self.cuda.device_info()
         if record is not None:
-            verify_sidecar(record, self.path, self.tensorrt_version, self.device.name,
-                           self.device.compute_capability, allow_other_gpu=bool(allow_other_gpu),
-                           device=self.device)
+            for note in verify_sidecar(record, self.path, self.tensorrt_version, self.device.name,
+                                       self.device.compute_capability, allow_other_gpu=bool(allow_other_gpu),
+                                       device=self.device):
+                logger.warning(note)
         else:
-            warnings.warn(f"{self.path} has no sidecar {self.path}.json: TensorRT version/GPU are not checked and "
-                          "class names are generic; build engines with `ds2a build-engine` to get one",
-                          UserWarning, stacklevel=3)
+            logger.warning(f"{self.path} has no sidecar {self.path}.json: TensorRT version/GPU are not checked and "
+                           "class names are generic; build engines with `ds2a build-engine` to get one")
         self._record = record
         self._load_engine(record)
         self._read_io()
@@ -112,8 +114,7 @@ class TensorRTSegmenter(Segmenter):
         self.return_logits = bool(return_logits) and self._logits is not None
         self.cuda_graph = bool(cuda_graph) and getattr(self.cuda, "supports_graphs", False)
         if cuda_graph and not self.cuda_graph:
-            warnings.warn(f"CUDA graphs need cuda-python; {self.cuda.name} runs without them",
-                          UserWarning, stacklevel=3)
+            logger.warning(f"CUDA graphs need cuda-python; {self.cuda.name} runs without them")
         self._allocate()
 
     # --- loading -------------------------------------------------------------------------
@@ -310,8 +311,7 @@ class TensorRTSegmenter(Segmenter):
 
     def _without_graphs(self, exc: BaseException) -> None:
         self.cuda_graph = False
-        warnings.warn(f"CUDA graph capture failed for {self.path} ({exc}); running without CUDA graphs",
-                      UserWarning, stacklevel=5)
+        logger.warning(f"CUDA graph capture failed for {self.path} ({exc}); running without CUDA graphs")
         return None
 
     def _drop_graph(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -201,7 +200,7 @@ def _module_mismatch(record: EngineRecord, device: Any, board: Optional[str]) ->
 def verify_sidecar(record: Record, engine_path: str, tensorrt_version: str, gpu_name: str,
                    compute_capability: Sequence[int], allow_other_gpu: bool = False,
                    check_hash: bool = True, device: Any = None, board: Any = _UNSET) -> List[str]:
-    """Refuse an engine built for another TensorRT release or GPU; returns warnings for near misses.
+    """Refuse an engine built for another TensorRT release or GPU; returns the near misses (the runtime logs them).
 
     Version-compatible engines load where NVIDIA's matrix says (`ds2a.trt.versions.vc_loadable`);
     hardware-compatible ones ("ampere+") on any GPU of compute capability 8.0 or newer,
@@ -236,6 +235,4 @@ def verify_sidecar(record: Record, engine_path: str, tensorrt_version: str, gpu_
         if file_sha256(engine_path) != record.engine_sha256:
             raise UserError(f"{engine_path} does not match its sidecar {sidecar_path(engine_path)} (the "
                             f"engine file changed after the build or the sidecar belongs to another engine); {fix}")
-    for note in notes:
-        warnings.warn(note, UserWarning, stacklevel=3)
     return notes

@@ -1,7 +1,8 @@
 """Shared set-up for the TensorRT tests: a fake of a real release plus a fake GPU, and a build helper."""
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+import logging
+from typing import Any, List, Optional, Tuple
 
 import pytest
 
@@ -34,8 +35,27 @@ def fake_for(version: str, as_version: Optional[str] = None, gpu: str = "NVIDIA 
 
 def build(fake: FakeTensorRT, cuda: FakeCuda, onnx_path: str, out: str, log: Any = None,
           **options: Any) -> BuildReport:
+    """build_engine on the fakes; `log` (a list) gets the messages the builder logs during the build."""
     lines = log if log is not None else []
-    return build_engine(onnx_path, out, BuildOptions(**options), trt=fake, device=cuda.info, log=lines.append)
+    handler = _Lines(lines)
+    logger = logging.getLogger("ds2a.engine")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        return build_engine(onnx_path, out, BuildOptions(**options), trt=fake, device=cuda.info)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+class _Lines(logging.Handler):
+    def __init__(self, lines: List[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def features(version: str) -> TrtFeatures:
