@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone-weights", help="torchvision ResNet .pth to start the backbone from")
     parser.add_argument("--backbone-norm", choices=("auto", "frozen_bn", "bn", "gn"), default="auto",
                         help="backbone normalisation; auto = frozen BN with --backbone-weights (official), "
-                             "the --init checkpoint's, else trainable BN (from scratch)")
+                             "the --init checkpoint's, else trainable BN (from scratch); gn learned faster "
+                             "than bn in short from-scratch runs (ds2a/assets/demo/MODEL_CARD.md)")
     parser.add_argument("--init", help="warm-start every weight from this ds2a checkpoint (fine-tuning; "
                         "same model and classes); the optimiser and schedule start fresh")
     parser.add_argument("--time-limit-min", type=finite_float(0), default=0.0,
