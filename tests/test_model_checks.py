@@ -18,7 +18,8 @@ from ds2a.errors import UserError
 from ds2a.inspect.quantify import quantify
 from ds2a.meta import ModelMeta
 from ds2a.runtime import open_model
-from ds2a.runtime.base import InferResult, Segmenter, check_output_spec, check_results
+from ds2a.runtime.base import InferResult, Segmenter, check_results
+from ds2a.runtime.io_layout import check_output_spec
 
 H = W = 64
 CLASSES = ["background", "damage", "smudge", "dust"]

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import UserError
 from ..meta import ModelMeta
 from ..preprocess import resize_frame
-from .io_layout import SHAPE_FIX, check_output_spec, dtype_name  # noqa: F401 - re-exported
+from .io_layout import SHAPE_FIX
 
 Frames = Union[np.ndarray, Sequence[np.ndarray]]
 

@@ -24,7 +24,8 @@ from ..errors import UserError
 from ..meta import ModelMeta
 from . import ModelUnavailable
 from . import triton_protocol as protocol
-from .base import Frames, InferResult, Segmenter, check_output_spec, fit_batch, make_results
+from .base import Frames, InferResult, Segmenter, fit_batch, make_results
+from .io_layout import check_output_spec
 
 TRITON_TYPES = {"TYPE_UINT8": "uint8", "TYPE_FP32": "float32", "TYPE_FP16": "float16", "TYPE_INT64": "int64",
                 "TYPE_INT32": "int32", "TYPE_BOOL": "bool", "TYPE_STRING": "bytes"}
