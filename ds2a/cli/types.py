@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from typing import Callable, Optional
 
 __all__ = ["finite_float", "int_range", "torch_device"]
@@ -58,12 +57,11 @@ def int_range(lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[s
     return parse
 
 
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-
-
 def torch_device(text: str) -> str:
     """A PyTorch device string: cpu, cuda or cuda:N (checked here so torch never sees a typo)."""
-    value = text.strip().lower()
-    if not _DEVICE.match(value):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a device; use cpu, cuda or cuda:N")
-    return value
+    from ..runtime.options import torch_device as check  # the one check; lazy: it imports the runtime
+
+    try:
+        return check(text, allow_auto=False)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -70,6 +70,17 @@ HINTS: Dict[str, str] = {
 _TORCH_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
+def torch_device(text: str, *, allow_auto: bool = True) -> str:
+    """A PyTorch device string, checked before torch sees it: cpu, cuda, cuda:N (and auto).
+
+    ValueError names the valid forms; callers add which flag was wrong.
+    """
+    value = str(text).strip().lower()
+    if not _TORCH_DEVICE.match(value) or (value == "auto" and not allow_auto):
+        raise ValueError(f"'{text}' is not a device; use cpu, cuda or cuda:N" + (" (or auto)" if allow_auto else ""))
+    return value
+
+
 def option_names(backend: str) -> List[str]:
     """The keywords `backend` takes, in table order."""
     return [o.name for o in OPTIONS[backend]]
@@ -165,10 +176,10 @@ def options_from_args(args: Any, backend: str, model: str = "") -> Dict[str, Any
     device = getattr(args, "device", None)
     if device:
         if backend == "pytorch":
-            device = str(device).strip().lower()
-            if not _TORCH_DEVICE.match(device):
-                raise UserError(f"--device '{args.device}' is not a device; use cpu, cuda or cuda:N (or auto) "
-                                "for a PyTorch checkpoint")
+            try:
+                device = torch_device(device)
+            except ValueError as exc:
+                raise UserError(f"--device {exc} for a PyTorch checkpoint") from None
         take("--device", device)
     if getattr(args, "cuda_graph", False):
         take("--cuda-graph", True)
