@@ -183,8 +183,7 @@ def options_from_args(args: Any, backend: str, model: str = "") -> Dict[str, Any
         take("--device", device)
     if getattr(args, "cuda_graph", False):
         take("--cuda-graph", True)
-    if getattr(args, "size", None):
-        if "--size" not in flags:
-            take("--size", None)
-        options["input_size"] = parse_size(str(args.size))
+    size = getattr(args, "size", None)
+    if size:  # refused before it is parsed when the backend has its size built in
+        take("--size", parse_size(str(size)) if "--size" in flags else None)
     return options
