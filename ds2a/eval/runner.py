@@ -7,6 +7,7 @@ flags onto `EvalOptions` and prints and writes the result. Torch-free.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -73,20 +74,17 @@ def evaluate(model: Any, data: Any, options: Optional[EvalOptions] = None) -> Ev
         raise UserError("--limit must be at least 1")
     dataset = _dataset(data, opts.split)
     collector, spec = _parts_setup(opts, list(dataset.classes))
-    hook = collector.add if collector is not None else None
-    if isinstance(model, (str, os.PathLike)):
-        from ..runtime import open_model
+    is_path = isinstance(model, (str, os.PathLike))
+    with contextlib.ExitStack() as stack:  # a model opened here is closed here; a caller's stays open
+        seg = model
+        if is_path:
+            from ..runtime import open_model
 
-        with open_model(str(model), backend=opts.backend, **opts.backend_options) as seg:
-            metrics = evaluate_segmenter(seg, dataset, batch_size=opts.batch_size, limit=opts.limit,
-                                         progress=opts.progress, on_prediction=hook)
-            metrics["source"] = str(model)
-            metrics["backend"] = seg.backend
-    else:
-        metrics = evaluate_segmenter(model, dataset, batch_size=opts.batch_size, limit=opts.limit,
-                                     progress=opts.progress, on_prediction=hook)
-        metrics["source"] = str(getattr(model, "path", None) or type(model).__name__)
-        metrics["backend"] = model.backend
+            seg = stack.enter_context(open_model(str(model), backend=opts.backend, **opts.backend_options))
+        metrics = evaluate_segmenter(seg, dataset, batch_size=opts.batch_size, limit=opts.limit,
+                                     progress=opts.progress, on_prediction=None if collector is None else collector.add)
+        metrics["backend"] = seg.backend
+    metrics["source"] = str(model) if is_path else str(getattr(model, "path", None) or type(model).__name__)
     return _finish(metrics, data, opts, collector, spec)
 
 
