@@ -26,8 +26,19 @@ from ds2a.errors import UserError
 from ds2a.meta import MBSD_CLASSES, MBSD_PALETTE
 
 # Real images (CrackForest, Magnetic-Tile subsets) are never distributed with ds2a (non-commercial terms):
-# DS2A_REAL_DATA names the folder; the tests skip where it is absent.
-REAL = Path(os.environ.get("DS2A_REAL_DATA", "/work/shared/data/real_defects"))
+# the environment variable DS2A_REAL_DATA alone names the folder; the tests skip, saying why, without it.
+REAL_ENV = "DS2A_REAL_DATA"
+
+
+def real_subset(name: str) -> Path:
+    """The folder of one real subset under $DS2A_REAL_DATA, or skip the test with the reason."""
+    root = os.environ.get(REAL_ENV, "")
+    if not root:
+        pytest.skip(f"{REAL_ENV} is not set: point it at the folder holding the real subsets ({name}/)")
+    folder = Path(root) / name
+    if not folder.is_dir():
+        pytest.skip(f"{REAL_ENV}={root} has no {name}/ folder")
+    return folder
 
 
 def _write(path: Path, array: np.ndarray) -> Path:
@@ -144,11 +155,11 @@ def test_split_rule_every_fifth_sorted_name_is_test() -> None:
 # ---------------------------------------------------------------- real data (DS2A_REAL_DATA, outside the repository)
 
 
-@pytest.mark.skipif(not (REAL / "crackforest").is_dir(), reason="real CrackForest subset not present")
 def test_crackforest_loads_with_fixed_split() -> None:
-    train = open_dataset(REAL / "crackforest", "train")
-    test = open_dataset(REAL / "crackforest", "test")
-    val = open_dataset(REAL / "crackforest", "val")
+    crackforest = real_subset("crackforest")
+    train = open_dataset(crackforest, "train")
+    test = open_dataset(crackforest, "test")
+    val = open_dataset(crackforest, "val")
     assert (len(train), len(val), len(test)) == (67, 10, 19)
     assert not set(train.names) & set(test.names) and not set(val.names) & (set(test.names) | set(train.names))
     assert train.classes == ["background", "crack"]
@@ -156,9 +167,8 @@ def test_crackforest_loads_with_fixed_split() -> None:
     assert s.name == "cfd_005" and s.image.shape == (320, 480, 3) and set(np.unique(s.mask)) == {0, 1}
 
 
-@pytest.mark.skipif(not (REAL / "magnetic_tile").is_dir(), reason="real Magnetic-Tile subset not present")
 def test_magnetic_tile_gray_images_and_class_table() -> None:
-    ds = open_dataset(REAL / "magnetic_tile", "all")
+    ds = open_dataset(real_subset("magnetic_tile"), "all")
     assert len(ds) == 110
     assert ds.classes == ["background", "blowhole", "break", "crack", "fray", "uneven"]
     i = ds.names.index("fray_exp0_num_797")
