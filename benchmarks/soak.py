@@ -12,7 +12,7 @@ frames inspected, nothing left unwritten), every outage was noticed and reported
 process's memory is flat (RSS growth from the first to the last quarter under --max-rss-growth-mb).
 
     python benchmarks/soak.py                       # 10 minutes, the committed result
-    python benchmarks/soak.py --minutes 1 --out /tmp/soak.md
+    python benchmarks/soak.py --minutes 1 --out runs/soak.md
 """
 from __future__ import annotations
 
@@ -205,7 +205,7 @@ def _soak(args: argparse.Namespace, work: str, dbdir: str, db: str, tmpfs: bool,
     stderr_text = open(err_path).read()
     stdout_text = open(out_path).read()
     stats = json.loads(run[3] or "{}")
-    return {"cmd": cmd, "rc": proc.returncode, "status": run[0], "inspected": run[1], "dropped": run[2],
+    return {"cmd": cmd, "work": work, "rc": proc.returncode, "status": run[0], "inspected": run[1], "dropped": run[2],
             "recorded": recorded, "parts": parts, "stats": stats, "events": events, "rss": samples,
             "disk_full_how": full.how, "stderr": stderr_text, "stdout": stdout_text,
             "locks": sum(1 for _, e in events if e.startswith("database locked")),
@@ -237,12 +237,17 @@ def judge(r: Dict[str, Any], max_growth_mb: float) -> Tuple[bool, List[str], Dic
     return all(ok for ok, _ in checks), [("PASS  " if ok else "FAIL  ") + text for ok, text in checks], mem
 
 
+def portable(text: str, work: str) -> str:
+    """The report without this machine's paths: the scratch folder as $WORK, the checkout as relative paths."""
+    return text.replace(work, "$WORK").replace(ROOT + os.sep, "")
+
+
 def to_markdown(r: Dict[str, Any], args: argparse.Namespace, ok: bool, lines: List[str],
                 mem: Dict[str, float]) -> str:
     md = [f"# Records soak: {args.minutes:g} min of demo://?fps={args.fps:g} ({'PASS' if ok else 'FAIL'})", "",
           f"Made by `python benchmarks/soak.py --minutes {args.minutes:g}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.", "",
-          f"- command: `python {' '.join(r['cmd'][1:])}`",
+          f"- command: `python {' '.join(r['cmd'][1:])}` (`$WORK`: the run's scratch folder, removed afterwards)",
           f"- database locked by a second process for {args.lock_s:g} s every minute (at second {args.lock_at:g})",
           f"- full disk once for {args.full_s:g} s: {r['disk_full_how']}", "", "## Checks", ""]
     md += [f"- {line}" for line in lines]
@@ -260,7 +265,7 @@ def to_markdown(r: Dict[str, Any], args: argparse.Namespace, ok: bool, lines: Li
     md += ["", "## What the station said (stderr, warnings)", "", "```"]
     md += [ln for ln in r["stderr"].splitlines() if "records" in ln or "warning" in ln or "error" in ln][:40]
     md += ["```", ""]
-    return "\n".join(md)
+    return portable("\n".join(md), r["work"])
 
 
 def main() -> int:
