@@ -16,7 +16,6 @@ import logging
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent  # this checkout's ds2a first; no script here may shadow a module
@@ -41,8 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calib-images", type=int, default=16, help="calibration images per INT8 model (default 16)")
     p.add_argument("--limit", type=int, default=50, help="test images scored for mIoU (default 50)")
     p.add_argument("--parity-frames", type=int, default=2, help="frames compared with PyTorch (default 2)")
-    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "ds2a_bench_work"),
-                   help="exported/calibrated files, cached between runs (default: a temp folder)")
+    p.add_argument("--work", default=os.path.join("runs", "bench_work"),
+                   help="exported/calibrated files, cached between runs (default: runs/bench_work)")
     p.add_argument("--rebuild", action="store_true", help="export and calibrate again even when files exist")
     p.add_argument("--out", default=os.path.join("benchmarks", "results", "cpu_matrix"), help="output prefix")
     p.add_argument("--merge", action="store_true", help="keep groups of an existing OUT.json not measured now")
