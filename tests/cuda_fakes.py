@@ -86,8 +86,9 @@ class Machine:
     """The driver: GPUs, memory, streams, and CUDA's per-thread state."""
 
     def __init__(self, gpus: Sequence[Tuple[str, Tuple[int, int]]] = (("NVIDIA Orin", (8, 7)),),
-                 sm_count: int = 16) -> None:
+                 sm_count: int = 16, driver_cuda: int = 11040) -> None:
         self.gpus = list(gpus)
+        self.driver_cuda = driver_cuda  # cuDriverGetVersion: 11040 is JetPack 5's CUDA 11.4
         self.sm_count = sm_count  # 16 on an AGX Orin, 8 on an Orin NX 16GB: same name and cc
         self._tls = threading.local()
         self.stacks: Dict[int, List["Context"]] = {}  # pycuda context stack per thread
@@ -568,6 +569,10 @@ def pycuda_modules(machine: Machine) -> Tuple[types.ModuleType, types.ModuleType
     drv.Error, drv.LogicError = PycudaError, LogicError
     drv.Context, drv.Device, drv.Stream, drv.Event = Context, Device, PycudaStream, PycudaEvent
     drv.init = lambda flags=0: None
+    # pycuda src/wrapper/wrap_cudadrv.cpp: get_version() is the CUDA pycuda was built against (a tuple),
+    # get_driver_version() the driver's cuDriverGetVersion (an int)
+    drv.get_version = lambda: (machine.driver_cuda // 1000, machine.driver_cuda % 1000 // 10, 0)
+    drv.get_driver_version = lambda: machine.driver_cuda
     drv.device_attribute = types.SimpleNamespace(MULTIPROCESSOR_COUNT="MULTIPROCESSOR_COUNT")
     drv.mem_alloc = DeviceAllocation
 

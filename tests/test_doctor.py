@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, List
 
 import pytest
+from cuda_fakes import Machine, pycuda_entries
 
 from ds2a.cli import doctor as command
 from ds2a.cli import main
@@ -58,9 +59,14 @@ def machine(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pycuda", None)
     monkeypatch.setattr(probe, "cameras", lambda pattern="/dev/video*": [])
 
-    def configure(trt=None, driver=0, runtime=12060, gpus=(), board=None):
+    def configure(trt=None, driver=0, runtime=12060, gpus=(), board=None, pycuda=None):
+        """`pycuda`: a tests/cuda_fakes.py Machine whose fake pycuda is the only CUDA layer (JetPack 5)."""
         monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=trt) if trt else None)
         monkeypatch.setattr(probe, "load_cudart", lambda: FakeCudart(driver, runtime, list(gpus)))
+        if pycuda is not None:
+            for name, module in pycuda_entries(pycuda):
+                monkeypatch.setitem(sys.modules, name, module)
+            monkeypatch.setattr(probe, "load_cudart", lambda: None)
         board_file = tmp_path / "model"
         board_file.write_bytes((board or "").encode() + b"\x00")
         monkeypatch.setattr(probe.platform_info, "__defaults__", (str(tmp_path / "no_tegra"), str(board_file)))
@@ -228,3 +234,32 @@ def test_doctor_reports_a_missing_opencv_instead_of_failing_on_it():
     assert proc.returncode == report["exit_code"] and report["opencv"] == {**report["opencv"], "installed": False,
                                                                            "fix": MISSING}
     assert "installed" in report["cuda_python"]
+
+
+# --- pycuda-only machines and --device ----------------------------------------------------------------------
+def test_engine_on_a_pycuda_only_jetson_is_checked_against_pycudas_gpu(machine, capsys, tmp_path):
+    """JetPack 5 has pycuda and no cuda-python: the GPU list comes from pycuda, as `ds2a inspect` would use it."""
+    jetson = Machine([("NVIDIA Orin", (8, 7))], sm_count=16)
+    machine(trt="8.5.2.2", pycuda=jetson)
+    code, out, _ = doctor(capsys, "--model", _engine(tmp_path, trt="8.5.2.2", gpu=("NVIDIA Orin", (8, 7), 16, 8 << 30)))
+    assert "gpu 0         NVIDIA Orin, compute capability 8.7, 16 SMs, 8.0 GiB" in out
+    assert code == 0 and "loads here: yes" in out, out
+
+
+def test_no_gpu_reason_reads_as_a_sentence(machine, capsys, tmp_path):
+    machine(trt="10.3.0", driver=12060, gpus=[])
+    _, out, _ = doctor(capsys, "--model", _engine(tmp_path))
+    assert "this machine has no CUDA GPU, so no engine loads here" in out
+
+
+def test_model_is_checked_on_the_gpu_given_with_device(machine, capsys, tmp_path):
+    ampere = ("NVIDIA RTX A2000", (8, 6), 26, 6 << 30)
+    hopper = ("NVIDIA H100 80GB HBM3", (9, 0), 132, 80 << 30)
+    machine(trt="10.3.0.26", driver=12060, gpus=[ampere, hopper])
+    engine = _engine(tmp_path, gpu=hopper)
+    code, out, _ = doctor(capsys, "--model", engine, "--device", "1")
+    assert code == 0 and "loads here: yes" in out, out
+    code, out, _ = doctor(capsys, "--model", engine)  # GPU 0 is the A2000: refused with the reason
+    assert code == 3 and "compute capability 9.0" in out
+    code, out, _ = doctor(capsys, "--model", engine, "--device", "2")
+    assert code == 3 and "GPU 2 does not exist here (CUDA lists GPU 0, 1)" in out

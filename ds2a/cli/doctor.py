@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--smoke", action="store_true", help="also run the hardware checks (TensorRT + GPU, a few "
                         "minutes); each check that cannot run here is skipped with its reason")
-    parser.add_argument("--device", type=int, default=0, help="CUDA device for --smoke (default 0)")
+    parser.add_argument("--device", type=int, default=0, help="CUDA device that --model is checked on and --smoke "
+                        "runs on (default 0)")
 
 
 def messages_to_stderr(args: argparse.Namespace) -> bool:
@@ -35,7 +36,7 @@ def messages_to_stderr(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = collect(args.model)
+    report = collect(args.model, device=args.device)
     if args.smoke:
         if args.json:  # the report is the only output; main() puts the level back
             logging.getLogger("ds2a").setLevel(logging.WARNING)

@@ -24,13 +24,13 @@ def _stem(path: str) -> str:
     return os.path.splitext(path)[0]
 
 
-def check_model(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """{"loads": bool, "reason": ..., "fix": command or None} for `path` on this machine."""
+def check_model(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, Any]], device: int = 0) -> Dict[str, Any]:
+    """{"loads": bool, "reason": ..., "fix": command or None} for `path` on GPU `device` of this machine."""
     if not os.path.isfile(path):
         raise UserError(f"--model {path} does not exist; give the .onnx or .engine you want to run here")
     suffix = os.path.splitext(path)[1].lower()
     if suffix in ENGINE_SUFFIXES:
-        return _check_engine(path, tensorrt, devices)
+        return _check_engine(path, tensorrt, devices, device)
     if suffix == ".onnx":
         return _check_onnx(path, tensorrt, devices)
     if suffix in (".pt", ".pth"):
@@ -55,7 +55,7 @@ def _check_onnx(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, Any
     return result
 
 
-def _check_engine(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, Any]]) -> Dict[str, Any]:
+def _check_engine(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, Any]], index: int) -> Dict[str, Any]:
     sidecar = _sidecar_module()
     result: Dict[str, Any] = {"kind": "tensorrt"}
     try:
@@ -67,7 +67,7 @@ def _check_engine(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, A
         result["built_for"] = {k: record.get(k) for k in ("tensorrt_version", "gpu_name", "compute_capability",
                                                           "precision", "board", "sm_count")}
     if not tensorrt.get("importable") or not devices:
-        missing = "TensorRT" if not tensorrt.get("importable") else "a CUDA GPU"
+        missing = "TensorRT" if not tensorrt.get("importable") else "CUDA GPU"
         onnx = (record or {}).get("onnx_path") or f"{_stem(path)}.onnx"
         return {**result, "loads": False, "fix": fix,
                 "reason": f"this machine has no {missing}, so no engine loads here; run the ONNX on ONNX Runtime "
@@ -75,7 +75,11 @@ def _check_engine(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, A
     if record is None:
         return {**result, "loads": None, "fix": fix,
                 "reason": f"no sidecar {path}.json: TensorRT version and GPU cannot be checked before loading"}
-    gpu = devices[0]
+    gpu = next((d for d in devices if int(d["index"]) == int(index)), None)
+    if gpu is None:
+        have = ", ".join(str(d["index"]) for d in devices)
+        return {**result, "loads": False, "fix": None,
+                "reason": f"GPU {index} does not exist here (CUDA lists GPU {have}); pick one with --device"}
     device = SimpleNamespace(sm_count=gpu.get("sm_count"), total_memory=gpu.get("total_memory") or 0)
     cc = [int(v) for v in str(gpu["compute_capability"]).split(".")]
     try:

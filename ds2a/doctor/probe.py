@@ -160,7 +160,22 @@ def pycuda_info(driver: Any = None) -> Dict[str, Any]:
         info["device_count"] = int(driver.Device.count())
     except Exception as exc:  # pycuda.driver.Error and friends
         info.update(driver_cuda=None, fits_driver=False, device_count=0, error=f"{type(exc).__name__}: {exc}")
+        return info
+    info["devices"] = [d for d in (_pycuda_device(driver, i) for i in range(info["device_count"])) if d]
     return info
+
+
+def _pycuda_device(driver: Any, index: int) -> Optional[Dict[str, Any]]:
+    """One GPU as pycuda sees it, in the same form as cuda_python_info's (None when it will not answer)."""
+    try:
+        dev = driver.Device(index)
+        attribute = getattr(driver, "device_attribute", None)
+        sms = int(dev.get_attribute(attribute.MULTIPROCESSOR_COUNT)) if attribute is not None else 0
+        major, minor = tuple(dev.compute_capability())[:2]
+        return {"index": index, "name": str(dev.name()).strip(), "compute_capability": f"{int(major)}.{int(minor)}",
+                "sm_count": sms or None, "total_memory": int(dev.total_memory()) or None}
+    except Exception:  # a device pycuda cannot describe is left out, as cuda_python_info does
+        return None
 
 
 def onnxruntime_info() -> Dict[str, Any]:
@@ -176,8 +191,9 @@ def cameras(pattern: str = "/dev/video*") -> List[str]:
     return sorted(glob.glob(pattern), key=lambda p: (len(p), p))
 
 
-def gpus(cuda: Dict[str, Any]) -> List[Dict[str, Any]]:
-    return list(cuda.get("devices") or [])
+def gpus(cuda: Dict[str, Any], pycuda: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """The GPUs the runtime can use: cuda-python's list, else pycuda's (JetPack 5 has only pycuda)."""
+    return list(cuda.get("devices") or (pycuda or {}).get("devices") or [])
 
 
 def cuda_layer_ready(cuda: Dict[str, Any], pycuda: Dict[str, Any]) -> bool:

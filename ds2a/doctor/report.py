@@ -13,16 +13,18 @@ from .model_check import check_model
 OK, NO_GPU, USAGE, MODEL_WONT_LOAD, SMOKE_FAILED = 0, 1, 2, 3, 4
 
 
-def collect(model: Optional[str] = None) -> Dict[str, Any]:
-    """Every probe's findings plus the verdict (see the module docstring for the exit codes)."""
+def collect(model: Optional[str] = None, device: int = 0) -> Dict[str, Any]:
+    """Every probe's findings plus the verdict (see the module docstring for the exit codes);
+    `model` is checked against GPU `device` (`--device`)."""
     cuda, pycuda, trt = probe.cuda_python_info(), probe.pycuda_info(), probe.tensorrt_info()
     report: Dict[str, Any] = {
         "platform": probe.platform_info(), "python": probe.python_info(), "tensorrt": trt,
-        "cuda_python": cuda, "pycuda": pycuda, "gpus": probe.gpus(cuda), "onnxruntime": probe.onnxruntime_info(),
-        "opencv": opencv_info(), "cameras": probe.cameras(), "environment": probe.env_summary(),
+        "cuda_python": cuda, "pycuda": pycuda, "gpus": probe.gpus(cuda, pycuda),
+        "onnxruntime": probe.onnxruntime_info(), "opencv": opencv_info(), "cameras": probe.cameras(),
+        "environment": probe.env_summary(),
     }
     if model:
-        report["model"] = {"path": model, **check_model(model, trt, report["gpus"])}
+        report["model"] = {"path": model, "device": device, **check_model(model, trt, report["gpus"], device)}
     report.update(verdict(report))
     return report
 
