@@ -32,16 +32,16 @@ import numpy as np
 _HERE = Path(__file__).resolve().parent  # this checkout's ds2a first; no script here may shadow a module
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from ds2a.inspect.demo_source import DemoSource  # noqa: E402
 from ds2a.inspect.loop import STAGES, InspectionLoop  # noqa: E402
 from ds2a.inspect.overlay import Renderer  # noqa: E402
 from ds2a.inspect.publish import Publisher  # noqa: E402
-from ds2a.inspect.records import Records  # noqa: E402
 from ds2a.inspect.rules import PartTracker, analyser, default_rules  # noqa: E402
 from ds2a.inspect.sinks import open_sink  # noqa: E402
-from ds2a.inspect.sources import Frame, Source  # noqa: E402
 from ds2a.preprocess import resize_frame  # noqa: E402
+from ds2a.records.database import Records  # noqa: E402
 from ds2a.runtime import open_model  # noqa: E402
+from ds2a.sources import Frame, Source  # noqa: E402
+from ds2a.sources.demo import DemoSource  # noqa: E402
 
 
 class ReplaySource(Source):

@@ -33,9 +33,9 @@ sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resol
 ROOT = str(_HERE.parent)
 sys.path.insert(1, os.path.join(ROOT, "tests"))  # tests/triton_server.py starts and stops the server
 
-from ds2a.inspect.demo_source import DemoSource  # noqa: E402
 from ds2a.preprocess import resize_frame  # noqa: E402
 from ds2a.runtime import open_model  # noqa: E402
+from ds2a.sources.demo import DemoSource  # noqa: E402
 
 DEMO_MODEL = os.path.join(ROOT, "ds2a", "assets", "demo", "ds2a_tiny_synth.int8.onnx")
 CONFIGS = {"1": ("1 instance x 1 thread", ["--instances", "1", "--threads", "1"]),

@@ -22,7 +22,7 @@ _HERE = Path(__file__).resolve().parent  # this checkout's ds2a first; no script
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 ROOT = _HERE.parent
 
-from ds2a.inspect.report import summarise  # noqa: E402
+from ds2a.records.report import summarise  # noqa: E402
 
 
 def browser() -> Any:
@@ -126,10 +126,10 @@ def picture_cost(n: int = 30) -> float:
     """Median ms of CPU for one live picture (draw the overlay, scale to 960 wide, JPEG) of a 1280x720 frame."""
     import numpy as np
 
-    from ds2a.inspect.demo_source import DemoSource
     from ds2a.inspect.loop import Result
     from ds2a.inspect.overlay import Renderer
     from ds2a.meta import default_palette
+    from ds2a.sources.demo import DemoSource
     from ds2a.web.live import LiveView
 
     live = LiveView(Renderer(["background", "damage", "smudge", "dust"], default_palette(4)))

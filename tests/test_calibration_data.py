@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from ds2a.cli import main
+from ds2a.data.calibration import select_calibration_set
 from ds2a.errors import UserError
-from ds2a.precision.calib_data import FrameReader, select_calibration_set
+from ds2a.precision.calib_data import FrameReader
 
 SIZE = (32, 32)
 

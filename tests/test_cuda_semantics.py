@@ -25,9 +25,9 @@ from trt_stubs.onnx_models import make_onnx
 
 from ds2a.errors import UserError
 from ds2a.inspect.loop import InspectionLoop
-from ds2a.inspect.sources import Frame, Source
 from ds2a.runtime import cuda_buffers
 from ds2a.runtime.tensorrt_backend import TensorRTSegmenter
+from ds2a.sources import Frame, Source
 
 TESTS = Path(__file__).resolve().parent
 ORIN = ("NVIDIA Orin", (8, 7))

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from ds2a.data.synth import render_cell
-from ds2a.inspect.demo_source import DemoSource
 from ds2a.inspect.rules import PartVerdict, default_rules
 from ds2a.inspect.truth import TruthTally
+from ds2a.sources.demo import DemoSource
 
 CLASSES = ["background", "damage", "smudge", "dust"]
 
@@ -58,9 +58,9 @@ def test_truth_tally_counts_escapes_and_overkill_and_keeps_them_in_the_records(c
 
 def test_summary_and_report_show_the_truth(tmp_path) -> None:
     from ds2a.inspect.loop import LoopStats
-    from ds2a.inspect.records import Records, connect
-    from ds2a.inspect.report import format_report, summarise
     from ds2a.inspect.summary import summary_text
+    from ds2a.records.database import Records, connect
+    from ds2a.records.report import format_report, summarise
 
     truth = {"total": 10, "defective": 8, "good": 2, "escapes": 1, "overkill": 0, "escape_rate": 0.125,
              "overkill_rate": 0.0, "by_class": {}, "escaped_parts": ["cell-000004"], "overkill_parts": [],

@@ -176,8 +176,8 @@ class _FakeModel:
 
 def _fake_e2e(monkeypatch, frames):
     """Run `bench --source` with a loop that outputs `frames` = [(latency ms, inferred?)]."""
+    from ds2a import sources
     from ds2a.inspect import loop as loop_mod
-    from ds2a.inspect import sources
 
     class FakeLoop:
         def __init__(self, source, model, analyse, output, max_frames=None) -> None:

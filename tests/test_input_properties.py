@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ds2a.errors import UserError
 from ds2a.inspect.quantify import Defect
 from ds2a.inspect.rules import CLASS_KEYS, LIMIT_KEYS, PART_MODES, TOP_KEYS, judge, load_rules, parse_rules
-from ds2a.inspect.sources import CSI_OPTIONS, DEMO_OPTIONS, STREAM_SCHEMES, parse_source
+from ds2a.sources.uri import CSI_OPTIONS, DEMO_OPTIONS, STREAM_SCHEMES, parse_source
 
 CLASSES = ("background", "damage", "smudge", "dust")
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

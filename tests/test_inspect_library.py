@@ -13,8 +13,8 @@ import pytest
 
 from ds2a.errors import UserError
 from ds2a.inspect import InspectOptions, inspect
-from ds2a.inspect.records import connect
-from ds2a.inspect.report import summarise
+from ds2a.records.database import connect
+from ds2a.records.report import summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "ds2a" / "assets" / "demo" / "ds2a_tiny_synth.int8.onnx"
@@ -75,7 +75,16 @@ def test_a_bad_rules_file_is_refused_before_the_model_opens(tmp_path):
 
 
 def test_the_library_never_imports_the_cli():
-    code = ("import sys, ds2a.inspect, ds2a.inspect.report, ds2a.web.data, ds2a.web.station, ds2a.web.server, "
-            "ds2a.doctor.report\nprint(sorted(m for m in sys.modules if m.startswith('ds2a.cli')))")
+    code = ("import sys, ds2a.inspect, ds2a.records.report, ds2a.sources, ds2a.web.data, ds2a.web.station, "
+            "ds2a.web.server, ds2a.doctor.report\nprint(sorted(m for m in sys.modules if m.startswith('ds2a.cli')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_records_and_sources_sit_below_inspection_and_the_page():
+    """Records and sources are shared rooms: they must not reach up into the station, the page or precision."""
+    code = ("import sys, ds2a.records, ds2a.sources, ds2a.data.calibration\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+            "(['ds2a', 'inspect'], ['ds2a', 'web'], ['ds2a', 'precision'], ['ds2a', 'export'])))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"

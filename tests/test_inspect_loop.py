@@ -13,7 +13,7 @@ from fakes.segmenter import ThresholdSegmenter
 from ds2a.errors import UserError
 from ds2a.inspect.loop import InspectionLoop, LatestSlot, Result
 from ds2a.inspect.rules import analyser, default_rules
-from ds2a.inspect.sources import Frame, Source
+from ds2a.sources import Frame, Source
 
 CLASSES = ("background", "damage", "smudge", "dust")
 

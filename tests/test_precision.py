@@ -161,7 +161,7 @@ def test_precision_and_trt_check_import_without_torch():
     import sys
 
     code = ("import sys, ds2a.cli.calibrate, ds2a.precision.int8, ds2a.precision.fp16, "
-            "ds2a.precision.calib_data, ds2a.trt.compat, ds2a.export.metadata; "
+            "ds2a.precision.calib_data, ds2a.data.calibration, ds2a.trt.compat, ds2a.export.metadata; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

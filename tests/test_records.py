@@ -15,10 +15,10 @@ from ds2a.cli import main
 from ds2a.errors import UserError
 from ds2a.inspect.loop import Result
 from ds2a.inspect.quantify import Defect
-from ds2a.inspect.records import SCHEMA_VERSION, Records, connect
-from ds2a.inspect.report import summarise
 from ds2a.inspect.rules import PartVerdict
-from ds2a.inspect.sources import Frame
+from ds2a.records.database import SCHEMA_VERSION, Records, connect
+from ds2a.records.report import summarise
+from ds2a.sources import Frame
 
 CLASSES = ["background", "damage", "smudge", "dust"]
 
@@ -198,7 +198,7 @@ def test_another_applications_or_a_corrupt_file_is_refused_untouched(tmp_path, c
 
 
 def test_our_databases_carry_a_mark_and_older_unmarked_ones_are_adopted(tmp_path):
-    from ds2a.inspect.records import APPLICATION_ID, SCHEMA
+    from ds2a.records.database import APPLICATION_ID, SCHEMA
 
     path = tmp_path / "r.sqlite"
     _fill(path)
@@ -293,7 +293,7 @@ def test_a_locked_database_queues_records_retries_and_reports_the_delay(tmp_path
 
 
 def test_a_full_disk_queues_records_and_a_full_queue_stops_with_an_alarm(tmp_path):
-    from ds2a.inspect.records import RecordsBackedUp
+    from ds2a.records.database import RecordsBackedUp
 
     path = tmp_path / "r.sqlite"
     rec = Records(str(path), max_pending=3, retry_s=0.0)
@@ -328,9 +328,9 @@ def test_the_realtime_loop_keeps_inspecting_while_the_database_is_locked(tmp_pat
 
     from fakes.segmenter import ThresholdSegmenter
 
-    from ds2a.inspect.demo_source import DemoSource
     from ds2a.inspect.loop import InspectionLoop
     from ds2a.inspect.rules import analyser, load_rules
+    from ds2a.sources.demo import DemoSource
 
     path = tmp_path / "r.sqlite"
     rec = Records(str(path), retry_s=0.1)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from ds2a.errors import UserError
-from ds2a.inspect.demo_source import DemoSource
-from ds2a.inspect.sources import CaptureSource, csi_pipeline, open_source
+from ds2a.sources import open_source
+from ds2a.sources.capture import CaptureSource, csi_pipeline
+from ds2a.sources.demo import DemoSource
 
 
 # --- a tiny MJPEG camera: pure Python http.server in a thread ------------------------------

@@ -26,10 +26,10 @@ if serve_skip_reason():
 
 from ds2a.cli import main  # noqa: E402
 from ds2a.errors import UserError  # noqa: E402
-from ds2a.inspect.demo_source import DemoSource  # noqa: E402
 from ds2a.meta import file_sha256  # noqa: E402
 from ds2a.runtime import ModelUnavailable, open_model  # noqa: E402
 from ds2a.runtime.triton_backend import TritonSegmenter  # noqa: E402
+from ds2a.sources.demo import DemoSource  # noqa: E402
 
 DEMO = "demo://?frames={n}&width=320&height=180&speed=48"
 

@@ -26,10 +26,10 @@ from ds2a.cli import main  # noqa: E402
 from ds2a.errors import UserError  # noqa: E402
 from ds2a.inspect.loop import Result  # noqa: E402
 from ds2a.inspect.quantify import Defect  # noqa: E402
-from ds2a.inspect.records import Records  # noqa: E402
-from ds2a.inspect.report import summarise  # noqa: E402
 from ds2a.inspect.rules import PartVerdict  # noqa: E402
-from ds2a.inspect.sources import Frame  # noqa: E402
+from ds2a.records.database import Records  # noqa: E402
+from ds2a.records.report import summarise  # noqa: E402
+from ds2a.sources import Frame  # noqa: E402
 from ds2a.web import data, page  # noqa: E402
 from ds2a.web.server import BackgroundServer, Site, check_exposure, make_app, parse_bind  # noqa: E402
 

@@ -192,7 +192,7 @@ def end_to_end_row(path: str, opts: BenchOptions, echo: Log = _silent) -> Dict[s
     try:
         from ..inspect.loop import InspectionLoop
         from ..inspect.rules import analyser, load_rules
-        from ..inspect.sources import open_source
+        from ..sources import open_source
     except ImportError as exc:
         raise UserError(f"end-to-end mode (--source) needs the inspection loop (ds2a.inspect): {exc}; "
                         "run `ds2a inspect --model M --source URI --headless` instead") from None

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sqlite3
 
-from ..inspect.records import connect
-from ..inspect.report import format_report, run_row, summarise, write_csv
 from ..outputs import check_outputs
+from ..records.database import connect
+from ..records.report import format_report, run_row, summarise, write_csv
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

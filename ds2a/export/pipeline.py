@@ -101,7 +101,7 @@ def export_onnx(checkpoint: PathLike, out: PathLike, options: Optional[ExportOpt
     onnx_model = build_onnx(model, meta, options)
     real = None
     if data:
-        from ..precision.calib_data import select_calibration_set
+        from ..data.calibration import select_calibration_set
 
         n = max(2, options.batch or 2)
         real = select_calibration_set(data, size, num_images=n, num_classes=meta.num_classes, min_images=1).frames

@@ -19,9 +19,9 @@ import numpy as np
 from ..errors import UserError
 from ..preprocess import resize_frame
 from ..runtime import ModelUnavailable
+from ..sources import Frame, Source
 from ..timing import Stopwatch
 from .quantify import Defect
-from .sources import Frame, Source
 
 STAGES = ("capture", "queue", "preprocess", "infer", "postprocess", "output", "latency")
 _END = object()

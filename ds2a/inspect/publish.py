@@ -20,9 +20,9 @@ from typing import IO, Any, Callable, List, Optional, Sequence, Tuple
 import cv2
 
 from ..outputs import check_writable_dir, write_new
+from ..records.database import Records
 from .loop import Result
 from .overlay import Renderer
-from .records import Records
 from .rules import PartTracker, PartVerdict
 from .sinks import Sink
 

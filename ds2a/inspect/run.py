@@ -17,17 +17,17 @@ from typing import IO, Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..records.database import Records
+from ..sources import Source, open_source
 from ..web.station import Station, StationOptions
 from ..web.station import station as open_station
 from .jsonl_out import JsonlOut
 from .loop import InspectionLoop, Region, clip_roi
 from .overlay import MODES, Renderer
 from .publish import Publisher
-from .records import Records
 from .rules import PartTracker, Rules, analyser, bind_rules, check_scale, read_rules
 from .signals import StopSignals
 from .sinks import Sink, check_run_outputs, open_sink
-from .sources import Source, open_source
 from .summary import InspectionSummary, summary_text
 
 logger = logging.getLogger(__name__)

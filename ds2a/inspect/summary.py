@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+from ..records.report import truth_line
 from .loop import STAGES, LoopStats
 from .rules import PartVerdict
 
@@ -51,7 +52,7 @@ def summary_text(stats: LoopStats, publisher: Any, classes: List[str],
         f"verdicts ({parts[0].level if parts else 'part'})      {len(parts)}: {len(parts) - failed} PASS, "
         f"{failed} FAIL" + (f"  (pass rate {100.0 * (len(parts) - failed) / len(parts):.1f}%)" if parts else ""),
         f"frames FAIL           {publisher.frames_failed}",
-        *([f"ground truth          {_truth_line(truth)}"] if truth else []),
+        *([f"ground truth          {truth_line(truth)}"] if truth else []),
         *([f"failure images lost   {publisher.images_failed} (not written: {publisher.image_error})"]
           if publisher.images_failed else []),
         *([f"database outages      {db.outages}, longest {db.max_delay_s:.1f} s, at most {db.max_backlog} rows "
@@ -59,9 +60,3 @@ def summary_text(stats: LoopStats, publisher: Any, classes: List[str],
         f"stopped because       {stats.stop_reason or 'source ended'}",
     ]
     return "\n".join(lines)
-
-
-def _truth_line(truth: Dict[str, Any]) -> str:
-    from .truth import truth_line
-
-    return truth_line(truth)

@@ -7,7 +7,6 @@ verdict. Torch-free.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -98,13 +97,3 @@ class TruthTally:
     def finish(self) -> None:
         if self.records is not None:
             self.records.extra["truth"] = self.summary()
-
-
-def truth_line(t: Dict[str, Any]) -> str:
-    """One line for summaries and reports: escapes and overkill against the source's ground truth."""
-    def pct(x: Optional[float]) -> str:
-        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
-
-    return (f"{t['total']} parts judged against ground truth ({t['defective']} defective): "
-            f"escapes {t['escapes']} ({pct(t['escape_rate'])} of defective), "
-            f"overkill {t['overkill']} ({pct(t['overkill_rate'])} of good)")

@@ -6,7 +6,7 @@ policy (ds2a/precision/pipeline.py; `ds2a calibrate` maps its flags onto it), an
 or ONNX Runtime quantize_static) and `convert_fp16` (ModelOpt AutoCast). ModelOpt is imported
 only inside a worker process.
 """
-from .calib_data import CalibrationSet, select_calibration_set
+from ..data.calibration import CalibrationSet, select_calibration_set
 from .fp16 import convert_fp16
 from .int8 import calibrate_int8
 from .model_info import inspect_model, precision_of

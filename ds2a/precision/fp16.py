@@ -17,8 +17,9 @@ from typing import List, Sequence
 import numpy as np
 import onnx
 
+from ..data.calibration import CalibrationSet
 from ..errors import UserError
-from .calib_data import CalibrationSet, FrameReader
+from .calib_data import FrameReader
 from .isolated import run_isolated
 from .model_info import OnnxModelInfo
 

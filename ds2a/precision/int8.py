@@ -25,10 +25,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import onnx
 
+from ..data.calibration import CalibrationSet
 from ..errors import UserError
 from ..preprocess import normalize
 from .cache import load_ranges, make_key, save_ranges
-from .calib_data import CalibrationSet, FrameReader
+from .calib_data import FrameReader
 from .isolated import run_isolated
 from .model_info import OnnxModelInfo
 from .opset import downgrade_to_17

@@ -107,9 +107,9 @@ def _convert(model: str, final: Path, out: Path, o: CalibrationOptions, cache: O
     """The conversion, written to `out` (a temp file next to `final`)."""
     import onnx
 
+    from ..data.calibration import select_calibration_set
     from ..export.metadata import read_meta, write_meta
     from ..meta import file_sha256
-    from .calib_data import select_calibration_set
     from .model_info import final_compute_nodes, inspect_model, precision_of, resolve_exclusions
 
     method = o.method or DEFAULT_METHOD[o.target]

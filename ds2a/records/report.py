@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sqlite3
 import time
 from typing import Any, Dict, List, Optional
@@ -91,8 +92,6 @@ def format_report(s: Dict[str, Any]) -> str:
     if s["e2e_fps"] is not None:
         lines.append(f"FPS           {s['e2e_fps']:.1f} end-to-end, {s['model_fps']:.1f} model-only")
     if s.get("truth"):
-        from .truth import truth_line
-
         try:
             lines.append(f"ground truth  {truth_line(s['truth'])}")
         except (KeyError, TypeError, ValueError):
@@ -136,3 +135,13 @@ def write_csv(con: sqlite3.Connection, run_id: int, out: str) -> int:
                         v["n_frames"], f"{v['t_start']:.3f}", f"{v['t_end']:.3f}"] +
                        [per_class.get(c, 0) for c in classes])
     return len(rows)
+
+
+def truth_line(t: Dict[str, Any]) -> str:
+    """One line for summaries and reports: escapes and overkill against the source's ground truth."""
+    def pct(x: Optional[float]) -> str:
+        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+    return (f"{t['total']} parts judged against ground truth ({t['defective']} defective): "
+            f"escapes {t['escapes']} ({pct(t['escape_rate'])} of defective), "
+            f"overkill {t['overkill']} ({pct(t['overkill_rate'])} of good)")

@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
-from .sources import Frame, Source, parse_source
+from .base import Frame, Source
+from .uri import parse_source
 
 
 class DemoSource(Source):

@@ -1,4 +1,4 @@
-"""Read-only queries behind the page; the counts come from `ds2a report`'s own summarise() (ds2a/inspect/report.py)."""
+"""Read-only queries behind the page; the counts come from `ds2a report`'s own summarise() (ds2a/records/report.py)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import sqlite3
 from typing import Any, Dict, List, Optional
 
 from ..errors import UserError
-from ..inspect.records import connect
-from ..inspect.report import summarise
+from ..records.database import connect
+from ..records.report import summarise
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)

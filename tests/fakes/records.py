@@ -1,4 +1,4 @@
-"""Read a records database (ds2a/inspect/records.py) with a fresh connection, as another process would."""
+"""Read a records database (ds2a/records/database.py) with a fresh connection, as another process would."""
 from __future__ import annotations
 
 import sqlite3
