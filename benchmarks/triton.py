@@ -9,7 +9,7 @@ from its statistics API). The hop is the station's round trip minus the server's
 time per request (Triton's statistics: queue + compute), i.e. what serving adds.
 
     python benchmarks/triton.py                                 # ~1 minute, the committed result
-    python benchmarks/triton.py --duration 3 --out /tmp/triton.md
+    python benchmarks/triton.py --duration 3 --out runs/triton.md
 """
 from __future__ import annotations
 
@@ -192,6 +192,7 @@ def write(path: str, rows: List[Dict[str, Any]], load_before: Tuple[float, ...],
                      f"{r['fps']:.1f} | {f(r.get('vs_local_ms'), '+.1f')} | {f(r.get('server_ms'))} | "
                      f"{f(r.get('hop_ms'))} | {r['batches']} | "
                      f"{', '.join(f'{k}: {v}' for k, v in sorted(hist.items())) if hist else '-'} |")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
