@@ -3,7 +3,13 @@
 One `Machine` plays the driver: its GPUs, device memory, streams and the state CUDA keeps per
 host thread. The fakes fail where the real thing fails:
 
-- per-thread current device (cudaSetDevice is per thread; a thread starts on device 0);
+- per-thread current context (driver API: cuCtxGetCurrent / cuCtxSetCurrent, cuda-bindings
+  `driver` docstrings): a thread starts with none; a runtime call that needs one then
+  initialises the primary context of the runtime's device (0 unless cudaSetDevice chose
+  another); since CUDA 12 cudaSetDevice initialises the device's primary context at once
+  (cuda-bindings `runtime` docstring of cudaSetDevice), 11.x defers that to the next call.
+  `Machine.primary` lists the GPUs whose primary context exists (what costs memory on that
+  GPU); a GPU in exclusive-process mode owned by another process (`busy`) refuses one;
   a kernel launched into a stream of another device fails (CUDA C Programming Guide,
   "Stream and Event Behavior"); copies do not;
 - pycuda's per-thread context stack (pycuda `src/cpp/cuda.hpp`, `context_stack`): an operation
@@ -39,6 +45,7 @@ class cudaError_t(IntEnum):  # noqa: N801 - cuda-python's name; values are CUDA'
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
+    cudaErrorDevicesUnavailable = 46
     cudaErrorInvalidDevice = 101
     cudaErrorInvalidResourceHandle = 400
     cudaErrorIllegalState = 401
@@ -86,9 +93,11 @@ class Machine:
     """The driver: GPUs, memory, streams, and CUDA's per-thread state."""
 
     def __init__(self, gpus: Sequence[Tuple[str, Tuple[int, int]]] = (("NVIDIA Orin", (8, 7)),),
-                 sm_count: int = 16, driver_cuda: int = 11040) -> None:
+                 sm_count: int = 16, driver_cuda: int = 11040, busy: Sequence[int] = ()) -> None:
         self.gpus = list(gpus)
         self.driver_cuda = driver_cuda  # cuDriverGetVersion: 11040 is JetPack 5's CUDA 11.4
+        self.primary: List[int] = []  # GPUs whose primary context was initialised, in order
+        self.busy = set(busy)  # exclusive-process GPUs another process holds
         self.sm_count = sm_count  # 16 on an AGX Orin, 8 on an Orin NX 16GB: same name and cc
         self._tls = threading.local()
         self.stacks: Dict[int, List["Context"]] = {}  # pycuda context stack per thread
@@ -104,22 +113,58 @@ class Machine:
     # per-thread state -----------------------------------------------------------------------
     def _state(self) -> Any:
         if not hasattr(self._tls, "device"):
-            self._tls.device, self._tls.last_error = 0, E.cudaSuccess
+            self._tls.device, self._tls.ctx, self._tls.last_error = 0, None, E.cudaSuccess
         return self._tls
 
     def stack(self) -> List["Context"]:
         return self.stacks.setdefault(threading.get_ident(), [])
 
-    def current_device(self) -> int:
-        """The CUDA runtime uses the thread's current driver context when one is pushed."""
-        stack = self.stack()
-        return stack[-1].device if stack else self._state().device
+    def init_primary(self, device: int) -> E:
+        """cuDevicePrimaryCtxRetain: the context (and its memory) exists on `device` from now on."""
+        if device in self.busy:
+            return self.fail(E.cudaErrorDevicesUnavailable)
+        if device not in self.primary:
+            self.primary.append(device)
+        return E.cudaSuccess
 
-    def set_device(self, device: int) -> E:
+    def current_context(self) -> Optional[int]:
+        """The device of the context current on this thread (pycuda's pushed one first), None if none."""
+        stack = self.stack()
+        return stack[-1].device if stack else self._state().ctx
+
+    def current_device(self) -> int:
+        """The device a runtime call that needs a context runs on; with none current the runtime
+        initialises its device's primary context first (CUDA's implicit initialisation)."""
+        ctx = self.current_context()
+        if ctx is not None:
+            return ctx
+        st = self._state()
+        if self.init_primary(st.device) == E.cudaSuccess:
+            st.ctx = st.device
+        return st.device
+
+    def runtime_device(self) -> int:
+        """cudaGetDevice: the current context's device, else the runtime's choice; creates nothing."""
+        ctx = self.current_context()
+        return ctx if ctx is not None else self._state().device
+
+    def set_device(self, device: int, eager: bool = True) -> E:
+        """cudaSetDevice; `eager` (CUDA 12+) initialises the primary context and makes it current now."""
         if not 0 <= device < len(self.gpus):
             return self.fail(E.cudaErrorInvalidDevice)
-        self._state().device = device
-        return E.cudaSuccess
+        st = self._state()
+        st.device = device
+        if not eager:
+            st.ctx = device if device in self.primary else None
+            return E.cudaSuccess
+        err = self.init_primary(device)
+        if err == E.cudaSuccess:
+            st.ctx = device
+        return err
+
+    def set_context(self, device: Optional[int]) -> None:
+        """cuCtxSetCurrent: bind the primary context of `device` to this thread, or unbind (None)."""
+        self._state().ctx = device
 
     def fail(self, err: E) -> E:
         self._state().last_error = err
@@ -305,10 +350,10 @@ class FakeCudart:
         return self._ok(prop)
 
     def cudaSetDevice(self, device: int) -> Tuple[Any, ...]:  # noqa: N802
-        return (self.m.set_device(int(device)),)
+        return (self.m.set_device(int(device), eager=self.major >= 12),)
 
     def cudaGetDevice(self) -> Tuple[Any, ...]:  # noqa: N802
-        return self._ok(self.m.current_device())
+        return self._ok(self.m.runtime_device())
 
     def cudaGetLastError(self) -> Tuple[Any, ...]:  # noqa: N802
         return (self.m.take_last_error(),)
@@ -439,6 +484,64 @@ class FakeCudart:
         return (E.cudaSuccess,)
 
 
+class CUresult(IntEnum):  # noqa: N801 - cuda-python's name; values are CUDA's
+    CUDA_SUCCESS = 0
+    CUDA_ERROR_INVALID_VALUE = 1
+    CUDA_ERROR_INVALID_DEVICE = 101
+    CUDA_ERROR_INVALID_CONTEXT = 201
+
+
+class CUcontext(_Handle):  # noqa: N801
+    def __init__(self, value: int = 0) -> None:
+        super().__init__(value)
+
+
+PRIMARY = 0xC0000  # the fake's handle of device d's primary context is PRIMARY + d
+
+
+class FakeCudaDriver:
+    """`cuda.bindings.driver` (older `cuda.cuda`): the context calls the CUDA layer uses, on a Machine.
+
+    Follows the docstrings of cuda-bindings 13.4.4's `driver` module (the same calls exist in
+    11.8 and 12.x): cuCtxGetCurrent() -> (CUresult, CUcontext), a NULL context (int 0) when none
+    is bound; cuCtxSetCurrent(ctx) -> (CUresult,), NULL unbinds; cuCtxGetDevice() -> (CUresult,
+    CUdevice), CUDA_ERROR_INVALID_CONTEXT without a context; cuDevicePrimaryCtxGetState(dev) ->
+    (CUresult, flags, active), which asks without creating anything.
+    """
+
+    CUresult = CUresult
+    CUcontext = CUcontext
+
+    def __init__(self, machine: Machine) -> None:
+        self.m = machine
+        self.calls: List[str] = []
+
+    def cuCtxGetCurrent(self) -> Tuple[Any, ...]:  # noqa: N802
+        self.calls.append("cuCtxGetCurrent")
+        ctx = self.m.current_context()
+        return CUresult.CUDA_SUCCESS, CUcontext(0 if ctx is None else PRIMARY + ctx)
+
+    def cuCtxSetCurrent(self, ctx: Any) -> Tuple[Any, ...]:  # noqa: N802
+        self.calls.append("cuCtxSetCurrent")
+        value = 0 if ctx is None else _handle(ctx, CUcontext, "ctx")
+        if value and not 0 <= value - PRIMARY < len(self.m.gpus):
+            return (CUresult.CUDA_ERROR_INVALID_CONTEXT,)
+        self.m.set_context(value - PRIMARY if value else None)
+        return (CUresult.CUDA_SUCCESS,)
+
+    def cuCtxGetDevice(self) -> Tuple[Any, ...]:  # noqa: N802
+        self.calls.append("cuCtxGetDevice")
+        ctx = self.m.current_context()
+        if ctx is None:
+            return CUresult.CUDA_ERROR_INVALID_CONTEXT, 0
+        return CUresult.CUDA_SUCCESS, ctx
+
+    def cuDevicePrimaryCtxGetState(self, dev: int) -> Tuple[Any, ...]:  # noqa: N802
+        if not 0 <= int(dev) < len(self.m.gpus):
+            return CUresult.CUDA_ERROR_INVALID_DEVICE, 0, 0
+        return CUresult.CUDA_SUCCESS, 0, int(int(dev) in self.m.primary)
+
+
 # --- pycuda ---------------------------------------------------------------------------------
 class PycudaError(Exception):
     pass
@@ -512,6 +615,8 @@ class Device:
         return Context.machine.sm_count
 
     def retain_primary_context(self) -> Context:
+        if Context.machine.init_primary(self.index):
+            raise LogicError("cuDevicePrimaryCtxRetain failed: all CUDA-capable devices are busy or unavailable")
         return Context(self.index)
 
 
@@ -691,6 +796,15 @@ class DeviceEngine(fake_trt.FakeEngine):
         return DeviceContext(self._fake, self, self._device)
 
 
+class DeviceBuilder(fake_trt._Builder):
+    """trt.Builder: builds on the device current on the calling thread (TensorRT calls the CUDA runtime,
+    which initialises device 0's primary context when none is current); records it in state.built_on."""
+
+    def build_serialized_network(self, network: Any, config: Any) -> Optional[bytes]:
+        self._fake.state.built_on = self._fake.state.cuda.current_device()
+        return super().build_serialized_network(network, config)
+
+
 class DeviceRuntime(fake_trt._Runtime):
     """trt.Runtime: engines live on the device current on the loading thread; records DLA_core."""
 
@@ -710,4 +824,6 @@ def attach_tensorrt(fake: Any, machine: Machine) -> Any:
     state.reject_address = state.reject_shape = state.uncapturable = state.out_of_memory = False
     fake.state.loaded_dla_core = None
     fake._classes["Runtime"] = lambda f, logger: DeviceRuntime(f)
+    fake._classes["Builder"] = lambda f, logger: DeviceBuilder(f)
+    fake.state.built_on = None
     return fake

@@ -18,16 +18,18 @@ from typing import Any, List, Optional
 
 import numpy as np
 import pytest
-from cuda_fakes import FakeCudart, LogicError, Machine, attach_tensorrt, pycuda_entries
+from cuda_fakes import FakeCudaDriver, FakeCudart, LogicError, Machine, attach_tensorrt, pycuda_entries
 from trt_stubs import wheels
 from trt_stubs.helpers import NEWEST_10, build, fake_for
 from trt_stubs.onnx_models import make_onnx
 
+from ds2a.engine.builder import BuildOptions, build_engine
 from ds2a.errors import UserError
 from ds2a.inspect.loop import InspectionLoop
 from ds2a.runtime import cuda_buffers
 from ds2a.runtime.tensorrt_backend import TensorRTSegmenter
 from ds2a.sources import Frame, Source
+from ds2a.trt.sidecar import read_sidecar
 
 TESTS = Path(__file__).resolve().parent
 ORIN = ("NVIDIA Orin", (8, 7))
@@ -52,7 +54,7 @@ def make_engine(tmp_path: Path, name: str = "m", **options: Any) -> Any:
 
 
 def cudart_api(machine: Machine, device: int = 0, major: int = 13) -> cuda_buffers.CudaPythonApi:
-    return cuda_buffers.CudaPythonApi(device, cudart=FakeCudart(machine, major))
+    return cuda_buffers.CudaPythonApi(device, cudart=FakeCudart(machine, major), driver=FakeCudaDriver(machine))
 
 
 def pycuda_api(machine: Machine, monkeypatch: Any, device: int = 0) -> cuda_buffers.PycudaApi:
@@ -167,8 +169,8 @@ def test_cuda_graphs_work_with_each_cuda_python_major(tmp_path, major):
     machine = Machine([ORIN])
     attach_tensorrt(fake, machine)
     rt = FakeCudart(machine, major)
-    with TensorRTSegmenter(engine, trt_module=fake, cuda_api=cuda_buffers.CudaPythonApi(0, cudart=rt),
-                           cuda_graph=True) as seg:
+    api = cuda_buffers.CudaPythonApi(0, cudart=rt, driver=FakeCudaDriver(machine))
+    with TensorRTSegmenter(engine, trt_module=fake, cuda_api=api, cuda_graph=True) as seg:
         for seed in range(4):
             x = frames(1, seed=seed)
             assert seg.infer(x[0]).class_map.tolist() == expected(x)[0]
@@ -228,9 +230,38 @@ def test_cuda_python_device_1_infers_on_another_thread(tmp_path):
     with TensorRTSegmenter(engine, device=1, trt_module=fake, cuda_api=cudart_api(machine, device=1),
                            cuda_graph=True) as seg:
         x = frames(3, seed=4)
-        assert on_thread(lambda: [seg.infer(f).class_map.tolist() for f in x]) == expected(x)
-        assert on_thread(machine.current_device) == 0  # the thread is left as it was found
+        maps, left = on_thread(lambda: ([seg.infer(f).class_map.tolist() for f in x], machine.current_context()))
+        assert maps == expected(x) and left is None  # the thread is left as it was found: no context bound
     assert machine.mem == {}
+
+
+# --- a model on GPU 1 never creates a context on GPU 0 ----------------------------------------------
+@pytest.mark.parametrize("major", [11, 12, 13])
+@pytest.mark.parametrize("busy", [(), (0,)])
+def test_a_model_on_gpu_1_leaves_gpu_0_without_a_context(tmp_path, major, busy):
+    """Since CUDA 12 cudaSetDevice(0) creates GPU 0's primary context at once (memory on GPU 0, and an
+    error when GPU 0 is exclusive-process and taken): the inference thread must not restore device 0.
+    `busy`: GPU 0 belongs to another process in exclusive-process mode."""
+    fake, engine = make_engine(tmp_path)
+    machine = Machine([ORIN, ORIN], busy=busy)
+    attach_tensorrt(fake, machine)
+    with TensorRTSegmenter(engine, device=1, trt_module=fake, cuda_api=cudart_api(machine, 1, major)) as seg:
+        seg.warmup(2)  # on this thread, as `ds2a inspect` does
+        x = frames(4, seed=6)
+        assert on_thread(lambda: [[r.class_map.tolist() for r in seg.infer_batch(x[i:i + 2])]
+                                  for i in (0, 2)]) == [expected(x[:2]), expected(x[2:])]
+        assert [seg.infer(f).class_map.tolist() for f in x] == expected(x)
+    assert machine.primary == [1]
+
+
+def test_activate_puts_back_the_context_that_was_current(tmp_path):
+    machine = Machine([ORIN, ORIN])
+    api0, api1 = cudart_api(machine, 0), cudart_api(machine, 1)
+    with api0.activate():
+        with api1.activate():
+            assert machine.current_context() == 1
+        assert machine.current_context() == 0  # GPU 0's context, which this block found, is current again
+    assert machine.current_context() is None and machine.primary == [0, 1]
 
 
 # --- the inspection loop's inference thread, under both memory layers ---------------------------------
@@ -307,3 +338,23 @@ def test_an_engine_built_on_another_orin_module_is_refused_at_load(tmp_path, mon
     with pytest.raises(UserError, match="SM"):
         TensorRTSegmenter(engine, trt_module=fake, cuda_api=api)
     assert machine.pushed() == {} and machine.mem == {}
+
+
+# --- build-engine --device N builds on GPU N under both CUDA layers ---------------------------------------
+@pytest.mark.parametrize("layer", ["cuda-python", "pycuda"])
+def test_build_engine_builds_on_the_gpu_given_with_device(tmp_path, monkeypatch, layer):
+    """TensorRT builds on the thread's current context; with none, the CUDA runtime picks GPU 0."""
+    fake, _ = fake_for(NEWEST_10)
+    machine = Machine([("NVIDIA A2", (8, 6)), ORIN])
+    attach_tensorrt(fake, machine)
+    if layer == "pycuda":
+        for name, module in pycuda_entries(machine):
+            monkeypatch.setitem(sys.modules, name, module)
+        monkeypatch.setattr(cuda_buffers, "load_cudart", lambda: None)
+    else:
+        monkeypatch.setattr(cuda_buffers, "load_cudart", lambda: FakeCudart(machine))
+        monkeypatch.setattr(cuda_buffers, "load_cuda_driver", lambda: FakeCudaDriver(machine))
+    engine = str(tmp_path / "m.engine")
+    build_engine(make_onnx(tmp_path / "m.onnx"), engine, BuildOptions(device=1), trt=fake)
+    assert fake.state.built_on == 1 and read_sidecar(engine)["gpu_name"] == "NVIDIA Orin"
+    assert machine.primary == [1] and machine.pushed() == {} and machine.current_context() is None

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from cuda_fakes import Machine, pycuda_entries
+from cuda_fakes import FakeCudaDriver, Machine, pycuda_entries
 from trt_stubs.fake_trt import MAGIC
 from trt_stubs.helpers import NEWEST_10, build, fake_for
 from trt_stubs.onnx_models import CLASSES, make_onnx
@@ -323,7 +323,8 @@ def real_cudart():
 
 def test_cuda_python_layer_uses_only_names_cuda_python_has(real_cudart):
     rt = RecordingCudart(real_cudart)
-    api = cuda_buffers.CudaPythonApi(0, cudart=rt)
+    drv = FakeCudaDriver(Machine())
+    api = cuda_buffers.CudaPythonApi(0, cudart=rt, driver=drv)
     info = api.device_info()
     assert (info.name, info.compute_capability, info.cc_text) == ("NVIDIA H100 80GB HBM3", (9, 0), "9.0")
     stream = api.create_stream()
@@ -346,8 +347,10 @@ def test_cuda_python_layer_uses_only_names_cuda_python_has(real_cudart):
     api.destroy_graph(graph)
     buf.free()
     assert {"cudaMallocHost", "cudaMemcpyAsync", "cudaStreamBeginCapture", "cudaGraphInstantiateWithFlags",
-            "cudaGraphLaunch", "cudaGetLastError", "cudaGetDevice", "cudaSetDevice", "cudaFreeHost",
-            "cudaFree"} <= set(rt.calls)
+            "cudaGraphLaunch", "cudaGetLastError", "cudaSetDevice", "cudaFreeHost", "cudaFree"} <= set(rt.calls)
+    real_driver = cuda_buffers.load_cuda_driver()
+    assert {"cuCtxGetCurrent", "cuCtxSetCurrent"} <= set(drv.calls)
+    assert all(hasattr(real_driver, name) for name in set(drv.calls) | {"CUcontext"})  # the driver-API names too
 
 
 @pytest.mark.parametrize("error,driver,message", [
@@ -357,12 +360,12 @@ def test_cuda_python_layer_uses_only_names_cuda_python_has(real_cudart):
 ])
 def test_cuda_python_layer_explains_a_missing_gpu(real_cudart, error, driver, message):
     with pytest.raises(UserError, match=message):
-        cuda_buffers.CudaPythonApi(0, cudart=RecordingCudart(real_cudart, error, driver))
+        cuda_buffers.CudaPythonApi(0, cudart=RecordingCudart(real_cudart, error, driver), driver=FakeCudaDriver(Machine()))
 
 
 def test_cuda_python_layer_refuses_a_gpu_index_that_does_not_exist(real_cudart):
     with pytest.raises(UserError, match="GPU 3 does not exist: this machine has 1"):
-        cuda_buffers.CudaPythonApi(3, cudart=RecordingCudart(real_cudart))
+        cuda_buffers.CudaPythonApi(3, cudart=RecordingCudart(real_cudart), driver=FakeCudaDriver(Machine()))
 
 
 # --- pycuda fallback ------------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import UserError
 from ..meta import ModelMeta, file_sha256
@@ -446,14 +447,13 @@ def _load_timing_cache(config: Any, path: Optional[str]) -> Any:
     return cache
 
 
-def _save_timing_cache(config: Any, path: str) -> None:
-    """Write the build's timing cache; a failure costs the next build time, never the engine."""
-    cache = config.get_timing_cache()
+def _save_timing_cache(cache: Optional[bytes], path: str) -> None:
+    """Write the build's timing cache (serialized); a failure costs the next build time, never the engine."""
     if cache is None:
         logger.warning(f"warning: TensorRT kept no timing cache; {path} not written")
         return
     try:
-        _write_atomic(path, bytes(cache.serialize()), "timing cache")
+        _write_atomic(path, cache, "timing cache")
     except (OSError, UserError) as exc:
         logger.warning(f"warning: timing cache {path} not written ({exc})")
         return
@@ -578,17 +578,66 @@ def _write_atomic(path: str, data: Any, label: str) -> None:
         f.write(data)
 
 
-def _device_info(index: int) -> Any:
-    """The GPU the build runs on; the CUDA layer is released at once (TensorRT keeps its own context)."""
+@contextmanager
+def _build_device(index: int, device: Any, cuda_api: Any) -> Iterator[Any]:
+    """GPU `index` current on this thread for the whole build; yields its DeviceInfo.
+
+    TensorRT builds on the thread's current CUDA context, so the device is selected first, for
+    both CUDA layers, as trtexec does (samples/common/sampleDevice.h, setCudaDevice); without it
+    a pycuda-only machine builds on GPU 0 whatever --device says. A given `device` without a
+    `cuda_api` (tests) opens nothing.
+    """
+    if device is not None and cuda_api is None:
+        yield device
+        return
     from ..runtime.cuda_buffers import open_cuda  # the GPU memory layer, not the TensorRT backend
 
-    api = open_cuda(index)
+    api = cuda_api or open_cuda(index)
     try:
-        return api.device_info()
+        with api.activate():
+            yield device if device is not None else api.device_info()
     finally:
         close = getattr(api, "close", None)
         if close is not None:
             close()
+
+
+@dataclass
+class _Compiled:
+    """What a build leaves once TensorRT's objects are gone (they go while the GPU is still current)."""
+
+    plan: bytes
+    inputs: List[Dict[str, Any]]
+    outputs: List[Dict[str, Any]]
+    profile: Optional[List[int]]
+    timing_cache: Optional[bytes]
+    seconds: float
+
+
+def _compile(trt: Any, info: OnnxInfo, opts: BuildOptions, plan: PrecisionPlan, feats: TrtFeatures, version: str,
+             device: Any) -> _Compiled:
+    """Parse, configure and build; TensorRT's builder, network, parser and config live only in here."""
+    trt_logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    logger.info("parsing ONNX")
+    native_in = opts.version_compatible and feats.native_instancenorm
+    network, _parser = _parse(trt, builder, trt_logger, plan, info, version, native_in)  # must outlive the build
+    config, profile, _keep = _configure(trt, builder, network, opts, plan, feats, info)
+    for note in plan.notes:
+        logger.info(note)
+    logger.info(f"building {plan.precision.upper()} engine on {device.name} (compute {device.cc_text}); this takes minutes")
+    t_build = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None or memoryview(serialized).nbytes == 0:
+        what = "failed to build" if serialized is None else "returned an empty engine for"
+        raise UserError(f"TensorRT {version} {what} {info.path} (see its log above); nothing was written: "
+                        "rerun with --verbose, or try --workspace 4 / a lower --builder-optimization-level")
+    seconds = time.perf_counter() - t_build
+    cache = config.get_timing_cache() if opts.timing_cache else None
+    return _Compiled(bytes(memoryview(serialized)),
+                     [_tensor_record(trt, network.get_input(i)) for i in range(network.num_inputs)],
+                     [_tensor_record(trt, network.get_output(i)) for i in range(network.num_outputs)],
+                     profile, bytes(cache.serialize()) if cache is not None else None, seconds)
 
 
 def _write_engine_and_sidecar(out_path: str, serialized: Any, record: EngineRecord) -> str:
@@ -607,12 +656,13 @@ def default_engine_path(onnx_path: str) -> str:
 
 
 def build_engine(onnx_path: str, out_path: Optional[str] = None, opts: Optional[BuildOptions] = None,
-                 trt: Any = None, device: Any = None) -> BuildReport:
+                 trt: Any = None, device: Any = None, cuda_api: Any = None) -> BuildReport:
     """Build `out_path` (default: the ONNX name with .engine) and its sidecar from `onnx_path` with
     the running TensorRT release. The output paths are checked before minutes of building.
 
-    `trt` and `device` (a cuda_buffers.DeviceInfo) are injectable for tests; by default the
-    installed tensorrt and the GPU `opts.device` are used. Progress goes to this module's logger.
+    `trt`, `device` (a cuda_buffers.DeviceInfo) and `cuda_api` (the CUDA layer that makes the GPU
+    current) are injectable for tests; by default the installed tensorrt and the GPU `opts.device`
+    are used. Progress goes to this module's logger.
     """
     opts = opts or BuildOptions()
     out_path = out_path or default_engine_path(onnx_path)
@@ -629,32 +679,14 @@ def build_engine(onnx_path: str, out_path: Optional[str] = None, opts: Optional[
     check_dla(opts, plan)
     logger.info(f"checking {onnx_path} ({info.precision} graph) for TensorRT {version}")
     _run_compat_check(info, feats.version)
-    if device is None:
-        device = _device_info(opts.device)
-
-    trt_logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
-    builder = trt.Builder(trt_logger)
-    logger.info("parsing ONNX")
-    native_in = opts.version_compatible and feats.native_instancenorm
-    network, _parser = _parse(trt, builder, trt_logger, plan, info, version, native_in)  # must outlive the build
-    config, profile, _keep = _configure(trt, builder, network, opts, plan, feats, info)
-    for note in plan.notes:
-        logger.info(note)
-    logger.info(f"building {plan.precision.upper()} engine on {device.name} (compute {device.cc_text}); this takes minutes")
-    t_build = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None or memoryview(serialized).nbytes == 0:
-        what = "failed to build" if serialized is None else "returned an empty engine for"
-        raise UserError(f"TensorRT {version} {what} {onnx_path} (see its log above); nothing was written: "
-                        "rerun with --verbose, or try --workspace 4 / a lower --builder-optimization-level")
-    build_s = time.perf_counter() - t_build
+    with _build_device(opts.device, device, cuda_api) as device:
+        built = _compile(trt, info, opts, plan, feats, version, device)
+    build_s = built.seconds
     record = EngineRecord(
         tensorrt_version=version, gpu_name=device.name, compute_capability=device.cc_text,
         **platform.device_identity(device, board),
         precision=plan.precision, strongly_typed=plan.strongly_typed, builder_flags=plan.flags,
-        inputs=[_tensor_record(trt, network.get_input(i)) for i in range(network.num_inputs)],
-        outputs=[_tensor_record(trt, network.get_output(i)) for i in range(network.num_outputs)],
-        batch_profile=profile, meta=info.meta.to_dict() if info.meta else None,
+        inputs=built.inputs, outputs=built.outputs, batch_profile=built.profile, meta=info.meta.to_dict() if info.meta else None,
         onnx_path=os.path.abspath(onnx_path), onnx_sha256=info.sha256,
         build_options=asdict(opts), build_args=opts.to_args(),
         version_compatible=opts.version_compatible, hardware_compat=opts.hardware_compat,
@@ -662,9 +694,9 @@ def build_engine(onnx_path: str, out_path: Optional[str] = None, opts: Optional[
         calibration_cache_sha256=file_sha256(opts.calib_cache) if plan.calibrator else None,  # type: ignore[arg-type]
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    side = _write_engine_and_sidecar(out_path, serialized, record)
+    side = _write_engine_and_sidecar(out_path, built.plan, record)
     if opts.timing_cache:
-        _save_timing_cache(config, opts.timing_cache)
+        _save_timing_cache(built.timing_cache, opts.timing_cache)
     size = os.path.getsize(out_path)
     total = time.perf_counter() - t0
     logger.info(f"wrote {out_path} ({size / 1e6:.1f} MB) and {sidecar_path(out_path)} in {total:.1f} s "

@@ -5,11 +5,14 @@ samples use since 10.x; pycuda is the fallback on older JetPacks where it is wha
 installed. Both sit behind the same small API so the backend never branches on which one.
 `cuda_call` turns cuda-python's (error, value) tuples into exceptions.
 
-CUDA state is per host thread (cuda-python's current device, pycuda's context stack), and
-the inspection loop opens a model on one thread and infers on another. So each API has
+CUDA state is per host thread (the current context; pycuda's context stack), and the
+inspection loop opens a model on one thread and infers on another. So each API has
 `activate()`: a `with` block that makes this GPU current on the calling thread and leaves
-the thread as it found it. pycuda aborts the process at exit if a context is still pushed,
-so PycudaApi never leaves one pushed outside such a block.
+the thread as it found it, without touching any other GPU: since CUDA 12, cudaSetDevice(N)
+creates GPU N's primary context at once (hundreds of MB, and an error on an exclusive-process
+GPU another program holds), so CudaPythonApi asks the driver which context was current and
+puts back exactly that one, or none. pycuda aborts the process at exit if a context is still
+pushed, so PycudaApi never leaves one pushed outside such a block.
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ import numpy as np
 from ..errors import UserError
 
 ONNX_HINT = "or run the .onnx model with the ONNX Runtime backend (--backend onnxruntime)"
+CUDA_ERROR_NOT_INITIALIZED = 3  # CUresult: cuInit has not run in this process
+# cuda-python's major must be the driver's CUDA major (cuda-bindings support policy): one extra per major
+CUDA_PYTHON_FIX = "pip install 'ds2a-edge[cu12]' on a CUDA 12 driver, 'ds2a-edge[cu13]' on CUDA 13 (`ds2a doctor` says which)"
 
 
 class CudaError(RuntimeError):
@@ -55,6 +61,18 @@ def load_cudart() -> Any:
         except ImportError:
             return None
     return cudart
+
+
+def load_cuda_driver() -> Any:
+    """cuda-python's driver-API module (`cuda.bindings.driver`, older `cuda.cuda`), None when absent."""
+    try:
+        from cuda.bindings import driver  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cuda as driver  # type: ignore[no-redef]  # older cuda-python
+        except ImportError:
+            return None
+    return driver
 
 
 def _error_code(err: Any) -> int:
@@ -108,13 +126,13 @@ class CudaPythonApi:
     name = "cuda-python"
     supports_graphs = True
 
-    def __init__(self, device: int = 0, cudart: Any = None) -> None:
+    def __init__(self, device: int = 0, cudart: Any = None, driver: Any = None) -> None:
         self.cudart = cudart or load_cudart()
         if self.cudart is None:
-            raise UserError(f"cuda-python is not installed: pip install 'ds2a-edge[trt]' {ONNX_HINT}")
+            raise UserError(f"cuda-python is not installed: {CUDA_PYTHON_FIX} {ONNX_HINT}")
+        self.driver = driver if driver is not None else load_cuda_driver()
         self.device = int(device)
-        self._check_device()
-        cuda_call(self.cudart.cudaSetDevice(self.device))
+        self._check_device()  # nothing is made current here: activate() does that, per block
 
     def _check_device(self) -> None:
         rt = self.cudart
@@ -132,15 +150,40 @@ class CudaPythonApi:
 
     @contextmanager
     def activate(self) -> Iterator[None]:
-        """Run the block with this GPU current on the calling thread (cudaSetDevice is per thread)."""
-        before = int(cuda_call(self.cudart.cudaGetDevice()))
-        if before != self.device:
-            cuda_call(self.cudart.cudaSetDevice(self.device))
+        """Run the block with this GPU current on the calling thread, then put back the context that
+        was current before, or none: never cudaSetDevice(other), which would create a context there.
+
+        The driver says what is current (cuCtxGetCurrent; cudaGetDevice answers 0 on a fresh thread
+        whether or not GPU 0 has a context), as trtexec selects the device before any work
+        (samples/common/sampleDevice.h, setCudaDevice).
+        """
+        before = self._current_context()
+        if before is not None and self._context_device() == self.device:
+            yield  # this GPU's context is already current: nothing to change or restore
+            return
+        cuda_call(self.cudart.cudaSetDevice(self.device))
         try:
             yield
         finally:
-            if before != self.device:
-                self.cudart.cudaSetDevice(before)
+            self._restore_context(before)
+
+    def _current_context(self) -> Any:
+        """The context bound to this thread (a CUcontext), None when none is."""
+        if self.driver is None:
+            raise UserError("cuda-python's driver module (cuda.bindings.driver) is missing: reinstall "
+                            f"cuda-python ({CUDA_PYTHON_FIX})")
+        err, ctx = self.driver.cuCtxGetCurrent()
+        if _error_code(err) == CUDA_ERROR_NOT_INITIALIZED:  # no CUDA call yet in this process: nothing bound
+            return None
+        cuda_call((err, ctx))
+        return ctx if ctx is not None and int(ctx) != 0 else None
+
+    def _context_device(self) -> int:
+        return int(cuda_call(self.driver.cuCtxGetDevice()))
+
+    def _restore_context(self, ctx: Any) -> None:
+        """Bind `ctx` again (None: unbind what the block made current); CUDA's own result is kept."""
+        cuda_call(self.driver.cuCtxSetCurrent(ctx if ctx is not None else self.driver.CUcontext(0)))
 
     def device_info(self) -> DeviceInfo:
         prop = cuda_call(self.cudart.cudaGetDeviceProperties(self.device))
@@ -361,7 +404,7 @@ def open_cuda(device: int = 0, prefer: Optional[str] = None) -> Any:
         import pycuda.driver  # noqa: F401, PLC0415
     except ImportError:
         raise UserError(
-            "the TensorRT backend needs cuda-python (pip install 'ds2a-edge[trt]') or pycuda for "
+            f"the TensorRT backend needs cuda-python ({CUDA_PYTHON_FIX}) or pycuda (JetPack 5) for "
             f"GPU memory; neither is installed {ONNX_HINT}"
         ) from None
     return PycudaApi(device)
