@@ -444,6 +444,16 @@ def test_tensorrt_8_6_version_compatible_engine_runs_on_a_10_x_runtime(tmp_path)
         assert seg.infer(x[0]).class_map.tolist() == ((x[0, ..., 0] // 64) % 4).tolist()
 
 
+@pytest.mark.parametrize("hw", ["ampere+"])
+def test_tensorrt_8_6_hardware_compatible_build_imports_instancenorm_natively(tmp_path, hw):
+    """NvOnnxParser.h: NATIVE_INSTANCENORM "is required when building version-compatible or
+    hardware-compatible engines"; the demo ONNX has InstanceNormalization nodes (from GroupNorm)."""
+    fake, cuda = fake_for("8.6.1")
+    build(fake, cuda, make_onnx(tmp_path / "m.onnx"), str(tmp_path / "hc.engine"), hardware_compat=hw)
+    assert fake.state.parser_flags == ["NATIVE_INSTANCENORM"]
+    assert fake.state.builds[-1]["attrs"]["hardware_compatibility_level"].name == "AMPERE_PLUS"
+
+
 def test_standard_build_leaves_the_parser_flags_alone(tmp_path):
     fake, cuda = fake_for("8.6.1")
     build(fake, cuda, make_onnx(tmp_path / "m.onnx"), str(tmp_path / "m.engine"))

@@ -554,7 +554,7 @@ def _parse(trt: Any, builder: Any, trt_logger: Any, plan: PrecisionPlan, info: O
            native_instancenorm: bool) -> Tuple[Any, Any]:
     """(network, parser): a network with the plan's creation flags, filled by the ONNX parser.
 
-    `native_instancenorm`: a version-compatible plan cannot carry the InstanceNormalization
+    `native_instancenorm`: a version- or hardware-compatible plan cannot carry the InstanceNormalization
     plugin, so the parser must import that op natively (8.6 defaults to the plugin, 10.0+ to native).
     """
     net_flags = 0
@@ -620,7 +620,8 @@ def _compile(trt: Any, info: OnnxInfo, opts: BuildOptions, plan: PrecisionPlan, 
     trt_logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)
     logger.info("parsing ONNX")
-    native_in = opts.version_compatible and feats.native_instancenorm
+    # NvOnnxParser.h, kNATIVE_INSTANCENORM: "required when building version-compatible or hardware-compatible engines"
+    native_in = (opts.version_compatible or opts.hardware_compat != "none") and feats.native_instancenorm
     network, _parser = _parse(trt, builder, trt_logger, plan, info, version, native_in)  # must outlive the build
     config, profile, _keep = _configure(trt, builder, network, opts, plan, feats, info)
     for note in plan.notes:
