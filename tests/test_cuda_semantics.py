@@ -222,6 +222,19 @@ def test_dynamic_batch_with_graphs_matches_plain_execution_for_alternating_sizes
     assert results[True] == results[False] == [expected(x) for x in inputs]
 
 
+def test_dynamic_engine_whose_profile_starts_above_one_takes_single_frames(tmp_path):
+    """`--batch 2:3:4`: TensorRT refuses a batch of 1 (outside the profile), so one frame is padded to 2."""
+    fake, engine = make_engine(tmp_path, "dyn2", batch=(2, 3, 4))
+    machine = Machine([ORIN])
+    attach_tensorrt(fake, machine)
+    with TensorRTSegmenter(engine, trt_module=fake, cuda_api=cudart_api(machine), cuda_graph=True) as seg:
+        seg.warmup(3)  # batches of one frame, as `ds2a inspect` sends them
+        for i, n in enumerate([1, 5, 1, 4, 2, 1]):
+            x = frames(n, seed=20 + i)
+            assert [r.class_map.tolist() for r in seg.infer_batch(x)] == expected(x)
+        assert seg.context._in_shape["images"][0] >= 2
+
+
 # --- 7. cuda-python on GPU 1: the inference thread runs on GPU 1 too ------------------------------
 def test_cuda_python_device_1_infers_on_another_thread(tmp_path):
     fake, engine = make_engine(tmp_path)

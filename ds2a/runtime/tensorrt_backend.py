@@ -179,10 +179,12 @@ class TensorRTSegmenter(Segmenter):
         self._outputs = outputs
         if layout.batch is not None:
             self._fixed_batch: Optional[int] = layout.batch
-            self._max_batch = layout.batch
+            self._min_batch = self._max_batch = layout.batch
         else:
             self._fixed_batch = None
-            self._max_batch = int(tuple(eng.get_tensor_profile_shape(self._input, 0)[2])[0])
+            profile = eng.get_tensor_profile_shape(self._input, 0)  # (min, opt, max) shapes of profile 0
+            self._min_batch = max(1, int(tuple(profile[0])[0]))
+            self._max_batch = int(tuple(profile[2])[0])
 
     def _meta(self, record: Optional[EngineRecord]) -> ModelMeta:
         if record is not None and record.meta:
@@ -225,16 +227,20 @@ class TensorRTSegmenter(Segmenter):
 
     def infer_batch(self, frames: Frames) -> List[InferResult]:
         batch = self.prepare_batch(frames)
-        if self._fixed_batch is None:
-            chunks = [(batch[i:i + self._max_batch], len(batch[i:i + self._max_batch]))
-                      for i in range(0, len(batch), self._max_batch)]
-        else:
-            chunks = fit_batch(batch, self._fixed_batch)
         results: List[InferResult] = []
         with self._on_device():  # the caller may be another thread than the one that opened the model
-            for chunk, count in chunks:
+            for chunk, count in self._chunks(batch):
                 results.extend(self._run(chunk, count))
         return results
+
+    def _chunks(self, batch: np.ndarray) -> List[Tuple[np.ndarray, int]]:
+        """[(chunk, real frames)] the engine accepts: a fixed batch is padded to it; a dynamic batch is
+        split at the profile's maximum and a chunk below its minimum is padded up to it (TensorRT
+        runs only shapes within the profile: NvInferRuntime.h, IOptimizationProfile / setInputShape)."""
+        if self._fixed_batch is not None:
+            return fit_batch(batch, self._fixed_batch)
+        parts = [batch[i:i + self._max_batch] for i in range(0, len(batch), self._max_batch)]
+        return [fit_batch(p, self._min_batch)[0] if len(p) < self._min_batch else (p, len(p)) for p in parts]
 
     def _run(self, chunk: np.ndarray, count: int) -> List[InferResult]:
         """One chunk: plain enqueue at a new shape, then capture once, then replay the graph.
