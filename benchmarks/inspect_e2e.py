@@ -34,8 +34,9 @@ sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resol
 
 from ds2a.inspect.loop import STAGES, InspectionLoop  # noqa: E402
 from ds2a.inspect.overlay import Renderer  # noqa: E402
+from ds2a.inspect.parts import PartTracker  # noqa: E402
 from ds2a.inspect.publish import Publisher  # noqa: E402
-from ds2a.inspect.rules import PartTracker, analyser, default_rules  # noqa: E402
+from ds2a.inspect.rules import analyser, default_rules  # noqa: E402
 from ds2a.inspect.sinks import open_sink  # noqa: E402
 from ds2a.preprocess import resize_frame  # noqa: E402
 from ds2a.records.database import Records  # noqa: E402

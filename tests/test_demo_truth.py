@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from ds2a.data.synth import render_cell
-from ds2a.inspect.rules import PartVerdict, default_rules
+from ds2a.inspect.parts import PartVerdict
+from ds2a.inspect.rules import default_rules
 from ds2a.inspect.truth import TruthTally
 from ds2a.sources.demo import DemoSource
 

@@ -138,11 +138,29 @@ def test_frames_without_a_part_are_shown_but_not_inspected_when_the_source_locat
     assert len(stats.timings.samples["infer"]) == 6  # model-only FPS counts real inferences only
 
 
-def test_corrupt_frames_are_skipped_and_counted():
+def test_corrupt_frames_are_recorded_as_not_inspected_and_counted():
+    """A corrupt frame is never skipped silently: it reaches the outputs as NONE with the reason, so its
+    part cannot PASS and the records show it."""
     out = Collect()
     stats = _loop(CounterSource(6, live=False, bad={1, 4}), ThresholdSegmenter((16, 16)), out).run()
-    assert stats.frames == 4 and stats.corrupt == 2
-    assert [r.frame.index for r in out.results] == [0, 2, 3, 5]
+    assert stats.frames == 6 and stats.corrupt == 2 and stats.inspected == 4
+    assert [r.frame.index for r in out.results] == [0, 1, 2, 3, 4, 5]
+    bad = [r for r in out.results if r.frame.index in (1, 4)]
+    assert all(r.verdict == "NONE" and r.unreadable and r.in_view and r.frame.image.ndim == 3 for r in bad)
+    assert all(r.verdict != "NONE" for r in out.results if r.frame.index not in (1, 4))
+
+
+def test_a_region_smaller_than_the_minimum_defect_area_is_not_judged():
+    """A 4x4 frame under a 64 px minimum area can never fail: NONE with the reason, never PASS."""
+    out = Collect()
+    source = CounterSource(2, live=False)
+    loop = _loop(source, ThresholdSegmenter((16, 16)), out, min_region_px=64, roi=(0, 0, 4, 4))
+    stats = loop.run()
+    assert [r.verdict for r in out.results] == ["NONE", "NONE"] and stats.too_small == 2 and stats.inspected == 0
+    assert "smaller than the rules' minimum defect area 64 px" in out.results[0].reasons[0]
+    out2 = Collect()
+    _loop(CounterSource(2, live=False), ThresholdSegmenter((16, 16)), out2, min_region_px=64, roi=(0, 0, 8, 8)).run()
+    assert all(r.inspected and r.class_map is not None for r in out2.results)  # exactly the minimum area: judged
 
 
 def test_max_frames_stops_an_endless_source():

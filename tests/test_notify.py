@@ -23,7 +23,7 @@ import pytest
 
 from ds2a.cli import main
 from ds2a.errors import UserError
-from ds2a.inspect.rules import PartVerdict
+from ds2a.inspect.parts import PartVerdict
 from ds2a.notify import Notifier, parse_notify_url
 from ds2a.notify.outbox import NotDelivered, Outbox
 

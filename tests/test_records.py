@@ -14,8 +14,8 @@ import pytest
 from ds2a.cli import main
 from ds2a.errors import UserError
 from ds2a.inspect.loop import Result
+from ds2a.inspect.parts import PartVerdict
 from ds2a.inspect.quantify import Defect
-from ds2a.inspect.rules import PartVerdict
 from ds2a.records.database import SCHEMA_VERSION, Records, connect
 from ds2a.records.report import summarise
 from ds2a.sources import Frame
@@ -316,8 +316,9 @@ def test_a_full_disk_queues_records_and_a_full_queue_stops_with_an_alarm(tmp_pat
 
 def _publisher(tmp_path, records, save_fail=None):
     from ds2a.inspect.overlay import Renderer
+    from ds2a.inspect.parts import PartTracker
     from ds2a.inspect.publish import Publisher
-    from ds2a.inspect.rules import PartTracker, load_rules
+    from ds2a.inspect.rules import load_rules
 
     return Publisher(Renderer(CLASSES, [(0, 0, 0)] * 4), [], PartTracker(load_rules(None, CLASSES), True),
                      records, save_fail)

@@ -196,16 +196,19 @@ def test_video_file_written_by_opencv_gives_every_frame_in_order(tmp_path):
         assert levels == sorted(levels) and levels[-1] - levels[0] > 150
 
 
-def test_folder_and_glob_skip_unreadable_images(tmp_path):
+def test_folder_and_glob_give_unreadable_images_as_parts_without_a_picture(tmp_path):
+    """An unreadable file is still a part that reached the station: a frame with image None (the loop
+    records it as NONE and counts it as corrupt), never a silent skip."""
     for k in range(3):
         cv2.imwrite(str(tmp_path / f"img_{k}.png"), np.full((8, 8), k * 50, np.uint8))
     (tmp_path / "img_1b.png").write_bytes(b"not a png")
     (tmp_path / "notes.txt").write_text("ignored")
     src = open_source(str(tmp_path))
     frames = list(src)
-    assert [f.name for f in frames] == ["img_0.png", "img_1.png", "img_2.png"]
-    assert [f.part_id for f in frames] == ["img_0.png", "img_1.png", "img_2.png"]  # one part per photo
-    assert src.stats.corrupt == 1
+    assert [f.name for f in frames] == ["img_0.png", "img_1.png", "img_1b.png", "img_2.png"]
+    assert [f.part_id for f in frames] == ["img_0.png", "img_1.png", "img_1b.png", "img_2.png"]  # one part per photo
+    assert frames[2].image is None and all(f.image is not None for f in frames[:2] + frames[3:])
+    assert any("img_1b.png is not an image" in e for e in src.stats.events)
     assert [f.name for f in open_source(str(tmp_path / "img_[02].png"))] == ["img_0.png", "img_2.png"]
     single = list(open_source(str(tmp_path / "img_2.png")))
     assert len(single) == 1 and single[0].image.shape == (8, 8)

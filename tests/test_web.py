@@ -25,8 +25,8 @@ pytest.importorskip("matplotlib", reason="the web page's charts need matplotlib:
 from ds2a.cli import main  # noqa: E402
 from ds2a.errors import UserError  # noqa: E402
 from ds2a.inspect.loop import Result  # noqa: E402
+from ds2a.inspect.parts import PartVerdict  # noqa: E402
 from ds2a.inspect.quantify import Defect  # noqa: E402
-from ds2a.inspect.rules import PartVerdict  # noqa: E402
 from ds2a.records.database import Records  # noqa: E402
 from ds2a.records.report import summarise  # noqa: E402
 from ds2a.sources import Frame  # noqa: E402

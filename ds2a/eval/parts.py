@@ -20,8 +20,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import UserError
+from ..inspect.parts import PartTracker
 from ..inspect.quantify import Defect, quantify
-from ..inspect.rules import CLASS_KEYS, ClassRule, PartTracker, Rules, judge
+from ..inspect.rules import CLASS_KEYS, ClassRule, Rules, judge
 from ..inspect.truth import IGNORE_INDEX, failing_classes
 
 SWEEP_TOP = ("min_area_px", "mm_per_pixel")

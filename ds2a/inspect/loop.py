@@ -7,6 +7,7 @@ every frame and capture simply waits when the model is slower.
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -40,11 +41,17 @@ class Result:
     ms: Dict[str, float] = field(default_factory=dict)
     roi: Optional[Tuple[int, int, int, int]] = None  # x, y, w, h the model looked at; None = whole frame
     behind: bool = False  # the output thread is behind a live source: draw nothing, record everything
-    inspected: bool = True  # False: the source said no part is in view, the model was not run
+    inspected: bool = True  # False: not judged (no part in view, model unavailable, unreadable, too small)
+    in_view: bool = True  # False: the source said no part is in view (reasons empty); else the frame is a part's
 
     @property
     def verdict(self) -> str:
         return "NONE" if not self.inspected else "PASS" if self.passed else "FAIL"
+
+    @property
+    def unreadable(self) -> bool:
+        """The source gave no usable image (its picture here is a grey placeholder)."""
+        return UNREADABLE in self.reasons
 
 
 @dataclass
@@ -56,6 +63,8 @@ class LoopStats:
     dropped: int = 0
     corrupt: int = 0
     no_part: int = 0  # frames with no part in view (sources with part boxes): not inspected
+    inspected: int = 0  # frames the model judged (PASS or FAIL); the rest are NONE
+    too_small: int = 0  # frames whose inspected region is smaller than the rules' minimum defect area: NONE
     model_away: int = 0  # frames dropped while a served model was unreachable: not inspected, also in dropped
     reconnects: int = 0
     wall_s: float = 0.0
@@ -79,6 +88,7 @@ class LoopStats:
     def to_dict(self) -> Dict[str, Any]:
         return {"frames": self.frames, "captured": self.captured, "dropped": self.dropped,
                 "corrupt": self.corrupt, "no_part": self.no_part, "model_away": self.model_away,
+                "inspected": self.inspected, "too_small": self.too_small,
                 "reconnects": self.reconnects,
                 "wall_s": round(self.wall_s, 3),
                 "e2e_fps": round(self.e2e_fps, 2), "model_fps": round(self.model_fps, 2),
@@ -120,16 +130,22 @@ class LatestSlot:
 
 
 Region = Tuple[int, int, int, int]  # x, y, w, h in frame pixels
+_PLACEHOLDER = np.full((48, 64, 3), 96, np.uint8)  # what the outputs show for an unreadable frame
 
 
 @dataclass
 class _Prepared:
-    """A frame cropped and resized for the model (small None: no part in view, not inspected)."""
+    """A frame cropped and resized for the model (small None: not inspected, `why` says why; no
+    `why`: no part in view)."""
 
     small: Optional[np.ndarray]
     region: Region
     roi: Optional[Region]
     preprocess_ms: float
+    why: str = ""
+
+
+UNREADABLE = "not inspected: unreadable or corrupt image"
 Analyse = Callable[[np.ndarray, Optional[np.ndarray], Region], Tuple[List[Defect], bool, List[str]]]
 
 
@@ -156,14 +172,16 @@ class InspectionLoop:
     """Runs source -> model -> analyse -> output until the source ends, max_frames, or stop().
 
     The model sees `roi` (a fixed inspection window) if given, else the part box the source
-    reports (demo://), else the whole frame.
+    reports (demo://), else the whole frame. Every frame that reaches the station becomes one
+    Result, judged or not: an unreadable frame is a NONE result, never a silent skip, and a region
+    smaller than `min_region_px` (where no defect could reach the rules' minimum area) is not judged.
     """
 
     def __init__(self, source: Source, model: Any, analyse: Analyse, output: Callable[[Result], None],
                  max_frames: Optional[int] = None, queue_size: int = 4, output_queue_size: int = 8,
-                 roi: Optional[Region] = None) -> None:
+                 roi: Optional[Region] = None, min_region_px: float = 0.0) -> None:
         self.source, self.model, self.analyse, self.output = source, model, analyse, output
-        self.max_frames, self.roi = max_frames, roi
+        self.max_frames, self.roi, self.min_region_px = max_frames, roi, float(min_region_px)
         self.stats = LoopStats()
         self._stop = threading.Event()
         self._abort = threading.Event()
@@ -262,8 +280,8 @@ class InspectionLoop:
                 if self._capture_done.is_set() and self._in.empty():
                     return _END
 
-    def _prepare(self, frame: Frame, size: Tuple[int, int]) -> Optional[_Prepared]:
-        """Crop to the region and resize to the model size; None for a corrupt frame.
+    def _prepare(self, frame: Frame, size: Tuple[int, int]) -> _Prepared:
+        """Crop to the region and resize to the model size (`why` set for a corrupt frame).
 
         Runs on the capture thread for file sources (pipelined with the model), on the model
         thread for live ones (only the newest frame is worth resizing).
@@ -272,7 +290,7 @@ class InspectionLoop:
         image = frame.image
         if image is None or not getattr(image, "size", 0):
             self.stats.corrupt += 1
-            return None
+            return _Prepared(None, (0, 0, 0, 0), None, 0.0, UNREADABLE)
         if self.roi is None and self.source.gives_roi and frame.roi is None:  # no part in view
             return _Prepared(None, (0, 0, 0, 0), None, 0.0)
         roi = clip_roi(self.roi or frame.roi, image.shape[:2])  # UserError: --roi is outside the frame
@@ -286,17 +304,26 @@ class InspectionLoop:
             small = resize_frame(image, size)
         except (ValueError, TypeError, IndexError, cv2.error):  # odd shape or type
             self.stats.corrupt += 1
-            return None
+            return _Prepared(None, (0, 0, 0, 0), None, 0.0, UNREADABLE)
         return _Prepared(small, region, roi, (time.perf_counter() - t0) * 1e3)
 
     def _inspect(self, frame: Frame, prep: _Prepared, seq: int, queue_ms: float) -> Result:
         """One prepared frame through the model and the analysis."""
         sw = self.stats.timings
         ms = {"queue": max(0.0, queue_ms)}
+        if prep.small is None and prep.why:  # unreadable: recorded as NONE for its part, drawn as a grey frame
+            image = frame.image if getattr(frame.image, "ndim", 0) == 3 and frame.image.size else _PLACEHOLDER
+            shown = dataclasses.replace(frame, image=image)
+            return Result(seq, shown, None, [], False, [prep.why], ms, None, inspected=False)
         if prep.small is None:
             self.stats.no_part += 1
-            return Result(seq, frame, None, [], True, [], ms, None, inspected=False)
+            return Result(seq, frame, None, [], True, [], ms, None, inspected=False, in_view=False)
         small, region, roi = prep.small, prep.region, prep.roi
+        if region[2] * region[3] < self.min_region_px:  # no region could reach the minimum area: cannot fail
+            self.stats.too_small += 1
+            why = (f"not inspected: the inspected region is {region[2]}x{region[3]} px, smaller than the rules' "
+                   f"minimum defect area {self.min_region_px:g} px, so no defect could be found")
+            return Result(seq, frame, None, [], False, [why], ms, roi, inspected=False)
         t1 = time.perf_counter()
         c1 = time.thread_time()
         try:
@@ -317,6 +344,7 @@ class InspectionLoop:
         ms.update(preprocess=prep.preprocess_ms, infer=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
         for k in ("queue", "preprocess", "infer", "postprocess"):
             sw.add(k, ms[k])
+        self.stats.inspected += 1
         return Result(seq, frame, out.class_map, defects, passed, reasons, ms, roi)
 
     def _note_clip(self, frame_hw: Tuple[int, int], roi: Optional[Region]) -> None:
@@ -339,11 +367,9 @@ class InspectionLoop:
                 t_take = time.perf_counter()
                 if isinstance(item, tuple):  # prepared on the capture thread
                     frame, prep = item
-                    ahead = prep.preprocess_ms if prep is not None else 0.0
+                    ahead = prep.preprocess_ms
                 else:
                     frame, prep, ahead = item, self._prepare(item, size), 0.0
-                if prep is None:
-                    continue
                 res = self._inspect(frame, prep, seq, (t_take - frame.t_perf) * 1e3 - ahead)
                 seq += 1
                 while not self._abort.is_set():  # blocks only on a slow output; abort frees it

@@ -23,7 +23,7 @@ from ..outputs import check_writable_dir, write_new
 from ..records.database import Records
 from .loop import Result
 from .overlay import Renderer
-from .rules import PartTracker, PartVerdict
+from .parts import PartTracker, PartVerdict
 from .sinks import Sink
 
 logger = logging.getLogger(__name__)
@@ -71,8 +71,10 @@ class Publisher:
         t1 = time.perf_counter()  # output done: one reading for the database, the loop's table and JSON lines
         res.ms["output"] = (t1 - t0) * 1e3
         res.ms["latency"] = (t1 - res.frame.t_perf) * 1e3
-        closed = self.tracker.feed(res.seq, res.frame.part_id, res.passed, res.reasons, res.frame.t_wall) \
-            if res.inspected else self.tracker.feed_gap()
+        # the part verdicts are made in one place, the tracker (ds2a/inspect/parts.py): a frame not judged
+        # (model away, unreadable, too small) still belongs to its part, which then cannot PASS
+        closed = self.tracker.feed(res.seq, res.frame.part_id, res.passed, res.reasons, res.frame.t_wall,
+                                   inspected=res.inspected) if res.in_view else self.tracker.feed_gap()
         self._record(res, closed, image_path, raw_path)
 
     def _draw(self, res: Result):

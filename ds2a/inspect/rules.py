@@ -265,76 +265,6 @@ def judge(rules: Rules, defects: Sequence[Defect]) -> Tuple[bool, List[str]]:
     return not reasons, reasons
 
 
-@dataclass
-class PartVerdict:
-    """The verdict of one part (or one frame when rules.level is 'frame')."""
-
-    part_id: str
-    level: str
-    passed: bool
-    reasons: List[str]
-    first_seq: int
-    last_seq: int
-    n_frames: int
-    t_start: float
-    t_end: float
-
-    @property
-    def verdict(self) -> str:
-        return "PASS" if self.passed else "FAIL"
-
-
-class PartTracker:
-    """Groups frame verdicts into parts: by the source's part ids, or N consecutive frames."""
-
-    def __init__(self, rules: Rules, source_gives_parts: bool, source: str = "this source") -> None:
-        self.rules = rules
-        self.by = rules.part_by
-        if self.by == "source" and rules.level == "part" and not source_gives_parts:
-            # every frame would wait for a part id that never comes: FAIL frames, no part verdict
-            raise UserError(f"rules file {rules.origin}: part.by is 'source' but {source} gives no part ids "
-                            "(only demo:// and image folders do); use `part: {by: frames, frames: N}` to group "
-                            "N consecutive frames per part, or `by: auto`")
-        if self.by == "auto":
-            self.by = "source" if source_gives_parts else "frames"
-        self._open: Optional[PartVerdict] = None
-        self._count = 0
-
-    def feed(self, seq: int, part_id: Optional[str], passed: bool, reasons: List[str], t: float) -> List[PartVerdict]:
-        """Add one frame; returns the parts this frame closed (zero, one, or two)."""
-        if self.rules.level == "frame":
-            return [PartVerdict(part_id or f"frame-{seq:06d}", "frame", passed, list(reasons), seq, seq, 1, t, t)]
-        closed: List[PartVerdict] = []
-        if self.by == "frames":
-            part_id = f"part-{self._count // self.rules.part_frames:06d}"
-            self._count += 1
-        cur = self._open
-        if cur is not None and cur.part_id != part_id:
-            closed.append(cur)
-            self._open = cur = None
-        if part_id is None:
-            return closed
-        if cur is None:
-            self._open = cur = PartVerdict(part_id, "part", True, [], seq, seq, 0, t, t)
-        cur.passed = cur.passed and passed
-        cur.reasons += [r for r in reasons if r not in cur.reasons]
-        cur.last_seq, cur.t_end = seq, t
-        cur.n_frames += 1
-        if self.by == "frames" and cur.n_frames >= self.rules.part_frames:
-            closed.append(cur)
-            self._open = None
-        return closed
-
-    def feed_gap(self) -> List[PartVerdict]:
-        """A frame with no part in view: ends the open part (when parts come from the source)."""
-        return self.flush() if self.by == "source" else []
-
-    def flush(self) -> List[PartVerdict]:
-        """The part still open at the end of the run (it may be incomplete)."""
-        cur, self._open = self._open, None
-        return [cur] if cur is not None else []
-
-
 def analyser(rules: Rules, classes: Sequence[str]):
     """(class map, confidence, region x,y,w,h) -> (defects, passed, reasons): quantify at model size,
     scale to the inspected region of the frame, judge."""
@@ -347,3 +277,6 @@ def analyser(rules: Rules, classes: Sequence[str]):
         return defects, passed, reasons
 
     return analyse
+
+
+from .parts import PartTracker, PartVerdict  # noqa: E402,F401 - part verdicts live in parts.py

@@ -24,8 +24,9 @@ from ..web.station import station as open_station
 from .jsonl_out import JsonlOut
 from .loop import InspectionLoop, Region, clip_roi
 from .overlay import MODES, Renderer
+from .parts import PartTracker
 from .publish import Publisher
-from .rules import PartTracker, Rules, analyser, bind_rules, check_scale, read_rules
+from .rules import Rules, analyser, bind_rules, check_scale, read_rules
 from .signals import StopSignals
 from .sinks import Sink, check_run_outputs, open_sink
 from .summary import InspectionSummary, summary_text
@@ -129,7 +130,7 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         signals.install()  # before warm-up, kept until the records are flushed
         _warm_up(model, rules, options.model)
         loop = InspectionLoop(source, model, analyser(rules, classes), publisher, max_frames=options.max_frames,
-                              roi=options.roi)
+                              roi=options.roi, min_region_px=_smallest_area(rules))
         publisher.on_stop = loop.stop
         signals.attach(loop)
         run_id = None
@@ -156,6 +157,11 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
                             f"(stopped because {stats.stop_reason or 'source ended'}); check --source")
         return InspectionSummary(status, run_id, stats, list(publisher.parts), publisher.frames_failed,
                                  truth_numbers, text)
+
+
+def _smallest_area(rules: Rules) -> float:
+    """The smallest defect area any rule counts: a region smaller than this can never fail a part."""
+    return min([rules.min_area_px] + [rules.min_area_for(name) for name in rules.classes])
 
 
 def _open_model(options: InspectOptions, confidence: bool) -> Any:
@@ -224,7 +230,7 @@ def _end_run(loop: InspectionLoop, publisher: Publisher, station: Optional[Stati
         status = "error"
     elif st.stop_reason in ("SIGINT", "SIGTERM", "aborted"):
         status = "interrupted"
-    elif st.frames - st.no_part - st.model_away == 0:
+    elif st.inspected == 0:
         status = "empty"
     else:
         status = "finished"
@@ -232,7 +238,8 @@ def _end_run(loop: InspectionLoop, publisher: Publisher, station: Optional[Stati
         st.events.append(jsonl.stopped)
     if records is not None:
         records.finish_run(status, {**st.to_dict(), "parts": len(publisher.parts),
-                                    "parts_failed": sum(1 for p in publisher.parts if not p.passed),
+                                    "parts_failed": sum(1 for p in publisher.parts if p.verdict == "FAIL"),
+                                    "parts_none": sum(1 for p in publisher.parts if p.verdict == "NONE"),
                                     "notes": loop.notes + ([jsonl.stopped] if jsonl and jsonl.stopped else [])})
     return status
 

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 
 from ..records.report import truth_line
 from .loop import STAGES, LoopStats
-from .rules import PartVerdict
+from .parts import PartVerdict
 
 
 @dataclass
@@ -23,11 +23,16 @@ class InspectionSummary:
 
     @property
     def parts_failed(self) -> int:
-        return sum(1 for p in self.parts if not p.passed)
+        return sum(1 for p in self.parts if p.verdict == "FAIL")
+
+    @property
+    def parts_none(self) -> int:
+        """Parts not fully inspected (model unavailable, unreadable image): neither passed nor failed."""
+        return sum(1 for p in self.parts if p.verdict == "NONE")
 
     @property
     def parts_passed(self) -> int:
-        return len(self.parts) - self.parts_failed
+        return sum(1 for p in self.parts if p.passed)
 
 
 def summary_text(stats: LoopStats, publisher: Any, classes: List[str],
@@ -38,7 +43,9 @@ def summary_text(stats: LoopStats, publisher: Any, classes: List[str],
             "latency = capture to output done):")
     lines = ["", head, stats.timings.table(STAGES)]
     parts = publisher.parts
-    failed = sum(1 for p in parts if not p.passed)
+    failed = sum(1 for p in parts if p.verdict == "FAIL")
+    none = sum(1 for p in parts if p.verdict == "NONE")
+    passed = len(parts) - failed - none
     lines += [
         "",
         (f"frames processed      {stats.frames}   (captured {stats.captured}, dropped {stats.dropped}, "
@@ -47,10 +54,13 @@ def summary_text(stats: LoopStats, publisher: Any, classes: List[str],
           if stats.no_part else []),
         *([f"model unavailable     {stats.model_away} frames (dropped, recorded as NONE, not inspected)"]
           if stats.model_away else []),
+        *([f"region too small      {stats.too_small} frames (smaller than the rules' minimum defect area, "
+           "recorded as NONE)"] if stats.too_small else []),
         f"end-to-end FPS        {stats.e2e_fps:.1f}   (frames out / wall time, capture to output)",
         f"model-only FPS        {stats.model_fps:.1f}   (1000 / mean infer ms inside the loop)",
-        f"verdicts ({parts[0].level if parts else 'part'})      {len(parts)}: {len(parts) - failed} PASS, "
-        f"{failed} FAIL" + (f"  (pass rate {100.0 * (len(parts) - failed) / len(parts):.1f}%)" if parts else ""),
+        f"verdicts ({parts[0].level if parts else 'part'})      {len(parts)}: {passed} PASS, {failed} FAIL"
+        + (f", {none} NONE (not inspected)" if none else "")
+        + (f"  (pass rate {100.0 * passed / len(parts):.1f}%)" if parts else ""),
         f"frames FAIL           {publisher.frames_failed}",
         *([f"ground truth          {truth_line(truth)}"] if truth else []),
         *([f"failure images lost   {publisher.images_failed} (not written: {publisher.image_error})"]

@@ -239,7 +239,7 @@ class Records:
     def add_frame(self, res: Any, image_path: Optional[str] = None, raw_path: Optional[str] = None) -> None:
         """Queue one Result (frame, its defects, its timings); written by the next commit()."""
         f = res.frame
-        h, w = f.image.shape[:2]
+        h, w = (None, None) if getattr(res, "unreadable", False) else f.image.shape[:2]
         row = (self.run_id, res.seq, f.index, f.t_wall, f.part_id, f.name or None, w, h, res.verdict,
                json.dumps(res.reasons) if res.reasons else None, len(res.defects), image_path, raw_path)
         defects = [(self.run_id, d.class_id, d.class_name, d.area_px, d.area_mm2, *d.bbox,

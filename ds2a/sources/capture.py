@@ -8,6 +8,7 @@ import time
 from typing import Callable, List, Optional, Tuple
 
 import cv2
+import numpy as np
 
 from ..errors import UserError
 from .base import IMAGE_EXTS, VIDEO_EXTS, Frame, Source
@@ -104,11 +105,38 @@ class VideoFileSource(Source):
             self._cap = None
 
 
+def read_image(path: str) -> Tuple[Optional[np.ndarray], str]:
+    """(image, '') or (None, why): an image file decoded only when it is complete.
+
+    libjpeg decodes a truncated JPEG without failing (it fills the lost part with grey and only
+    warns on stderr), and libpng may do the same: a defect in the lost part would PASS. So a JPEG
+    must end with its end-of-image marker (FF D9; trailing zero padding allowed) and a PNG with its
+    IEND chunk before it is decoded (libjpeg jdmarker.c, the PNG specification section 11.2.5).
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror or exc}"
+    if not data:
+        return None, f"{path} is empty (0 bytes)"
+    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return None, f"{path} is a truncated JPEG (no end-of-image marker)"
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-12:]:
+        return None, f"{path} is a truncated PNG (no IEND chunk)"
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or not image.size:
+        return None, f"{path} is not an image OpenCV can decode"
+    return image, ""
+
+
 class ImageFilesSource(Source):
-    """Images (and videos) from a list of files; unreadable images are skipped and counted.
+    """Images (and videos) from a list of files.
 
     Each still image is its own part, named after its file, so a folder of part photos gets
-    one verdict per photo.
+    one verdict per photo. An unreadable image (empty, truncated, not an image) or video is still
+    a part that reached the station: it is given as a frame without a picture (image None), which
+    the loop records as NONE with the reason and counts as corrupt.
     """
 
     gives_parts = True
@@ -135,20 +163,19 @@ class ImageFilesSource(Source):
                 return None
             path = self.paths[self._pos]
             self._pos += 1
+            name = os.path.basename(path)
             if os.path.splitext(path)[1].lower() in VIDEO_EXTS:
                 try:
                     self._video = VideoFileSource(path, path)
+                    continue
                 except UserError:
-                    self.stats.corrupt += 1
-                continue
-            image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-            if image is None or not image.size:
-                self.stats.corrupt += 1
-                self.stats.events.append(f"skipped unreadable image {path}")
-                continue
+                    image, why = None, f"{path}: OpenCV (FFmpeg) cannot open this video"
+            else:
+                image, why = read_image(path)
+            if image is None:
+                self.stats.events.append(f"unreadable: {why}")
             self._index += 1
-            name = os.path.basename(path)
-            return self._frame(image, self._index - 1, name=name, part_id=name)
+            return self._frame(image, self._index - 1, name=name, part_id=name)  # type: ignore[arg-type]
         return None
 
     def close(self) -> None:
