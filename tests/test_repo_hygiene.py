@@ -187,3 +187,39 @@ def test_script_check_reads_fenced_blocks_of_markdown() -> None:
 ])
 def test_script_check_allows_present_and_foreign_scripts(text: str) -> None:
     assert missing_scripts(text, TRACKED) == []
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_soak_report_names_no_machine_path() -> None:
+    """benchmarks/soak.py rewrites benchmarks/results/soak.md: its scratch folder and the checkout's
+    absolute paths (in the command and the station's warnings) come out as $WORK and relative paths."""
+    import argparse
+
+    soak = _benchmark("soak")
+    work = str(Path(tempfile.gettempdir()) / "ds2a-soak-lyzmwb16")  # a name only: nothing is written
+    db = f"{work}/db/soak.sqlite"
+    cmd = ["/usr/bin/python3", "-m", "ds2a", "inspect", "--model", soak.DEMO_MODEL, "--db", db]
+    r = {"cmd": cmd, "work": work, "disk_full_how": "a tmpfs", "inspected": 9, "recorded": 9, "dropped": 0,
+         "parts": 2, "stats": {}, "events": [(1.0, "lock released")], "rss": [(0.0, 200.0)],
+         "stderr": f"warning: records: cannot write {db} (database is locked)\n"
+                   f"records: {db} writable again after 15.0 s; 12 queued rows written, nothing lost\n"}
+    args = argparse.Namespace(minutes=1, fps=30, lock_s=15, lock_at=10, full_s=15)
+    mem = {"first_quarter_mb": 200.0, "last_quarter_mb": 200.0, "max_mb": 200.0}
+    text = soak.to_markdown(r, args, True, ["PASS  x"], mem)
+    assert machine_paths(text) == [] and str(ROOT) not in text
+    assert "--model ds2a/assets/demo/ds2a_tiny_synth.int8.onnx --db $WORK/db/soak.sqlite" in text
+    assert "cannot write $WORK/db/soak.sqlite" in text
+
+
+def test_benchmark_matrix_works_inside_the_checkout_by_default() -> None:
+    """Its files' paths end up in the committed results (cpu_matrix.json), so the default is relative."""
+    work = _benchmark("run_matrix").parse_args([]).work
+    assert not Path(work).is_absolute() and machine_paths(work) == []
