@@ -18,8 +18,14 @@ host thread. The fakes fail where the real thing fails:
   pycuda's message (`install(..., abort_at_exit=True)`, for subprocess tests);
 - stream capture: work on a capturing stream is recorded, not run; a synchronize or an
   invalid operation invalidates the capture; an invalidated stream refuses all work until
-  cudaStreamEndCapture, which then returns cudaErrorStreamCaptureInvalidated; every failed
-  call leaves a per-thread sticky error for cudaGetLastError;
+  cudaStreamEndCapture, which then returns cudaErrorStreamCaptureInvalidated and an empty
+  cudaGraph_t (handle 0), not None;
+- last errors: each CUDA runtime keeps its own. cuda-python's is process-global in 11.8 (its
+  own cudart in Cython: cuda/_lib/ccudart/ccudart.pyx, `_setLastError`) and per thread in
+  12.x/13.x (a statically linked cudart); TensorRT's is that of the cudart it links, which it
+  reads (and so clears) after its own launches. Neither sees the other's: cuda-python's
+  cudaGetLastError cannot clear an error for TensorRT. A sticky error (`Machine.corrupt`, e.g.
+  an illegal address) is returned by every later call of every runtime and is never cleared;
 - the cudaGraphInstantiate signature of each cuda-python major: see `FakeCudart`.
 
 `attach_tensorrt(fake_trt, machine)` makes a tests/trt_stubs FakeTensorRT execute on this
@@ -50,6 +56,7 @@ class cudaError_t(IntEnum):  # noqa: N801 - cuda-python's name; values are CUDA'
     cudaErrorInvalidResourceHandle = 400
     cudaErrorIllegalState = 401
     cudaErrorNotReady = 600
+    cudaErrorIllegalAddress = 700
     cudaErrorStreamCaptureUnsupported = 900
     cudaErrorStreamCaptureInvalidated = 901
     cudaErrorStreamCaptureWrongThread = 908
@@ -98,6 +105,7 @@ class Machine:
         self.driver_cuda = driver_cuda  # cuDriverGetVersion: 11040 is JetPack 5's CUDA 11.4
         self.primary: List[int] = []  # GPUs whose primary context was initialised, in order
         self.busy = set(busy)  # exclusive-process GPUs another process holds
+        self.sticky: Optional[E] = None  # see corrupt()
         self.sm_count = sm_count  # 16 on an AGX Orin, 8 on an Orin NX 16GB: same name and cc
         self._tls = threading.local()
         self.stacks: Dict[int, List["Context"]] = {}  # pycuda context stack per thread
@@ -113,7 +121,7 @@ class Machine:
     # per-thread state -----------------------------------------------------------------------
     def _state(self) -> Any:
         if not hasattr(self._tls, "device"):
-            self._tls.device, self._tls.ctx, self._tls.last_error = 0, None, E.cudaSuccess
+            self._tls.device, self._tls.ctx = 0, None
         return self._tls
 
     def stack(self) -> List["Context"]:
@@ -167,13 +175,12 @@ class Machine:
         self._state().ctx = device
 
     def fail(self, err: E) -> E:
-        self._state().last_error = err
+        """A failed operation's error; the runtime that made the call records it (FakeCudart, DeviceContext)."""
         return err
 
-    def take_last_error(self) -> E:
-        st = self._state()
-        err, st.last_error = st.last_error, E.cudaSuccess
-        return err
+    def corrupt(self, err: E = None) -> None:  # type: ignore[assignment]
+        """A sticky error (the context is corrupt): every later call fails with it, nothing clears it."""
+        self.sticky = err if err is not None else E.cudaErrorIllegalAddress
 
     def pushed(self) -> Dict[int, int]:
         """Threads that still have a pycuda context pushed -> how many."""
@@ -256,9 +263,9 @@ class Machine:
 
 # --- cuda-python ----------------------------------------------------------------------------
 class _Handle:
-    """cudaStream_t, cudaEvent_t, cudaGraph_t, cudaGraphExec_t: opaque objects with int()."""
+    """cudaStream_t, cudaEvent_t, cudaGraph_t, cudaGraphExec_t: opaque objects with int() (0 when empty)."""
 
-    def __init__(self, value: int) -> None:
+    def __init__(self, value: int = 0) -> None:
         self.value = int(value)
 
     def __int__(self) -> int:
@@ -302,11 +309,12 @@ class FakeCudart:
     """`cuda.bindings.runtime` / `cuda.cudart` of one cuda-python major, on a Machine.
 
     Every function returns (cudaError_t, *values) like the real bindings. Signatures from
-    the real wheels' runtime .pyx (pip download --no-deps, read, not installed):
+    the real wheels (pip download --no-deps, read, not installed):
       - cuda-python 11.8.0 (`cuda/cudart.pyx`) and cuda-bindings 11.8.7 (`cuda/bindings/runtime.pyx`):
         cudaGraphInstantiate(graph, char* pLogBuffer, size_t bufferSize)
         -> (err, pGraphExec, pErrorNode)
-      - cuda-bindings 12.9.0 and 13.4.4 (`cuda/bindings/runtime.pyx`):
+      - cuda-bindings 12.9.0 (`cuda/bindings/runtime.pyx`) and 13.4.4 (which ships no .pyx: the
+        compiled `cuda/bindings/runtime` module's docstrings and `runtime.pxd`):
         cudaGraphInstantiate(graph, unsigned long long flags) -> (err, pGraphExec)
       - all of them: cudaGraphInstantiateWithFlags(graph, unsigned long long flags) -> (err, pGraphExec),
         cudaStreamEndCapture(stream) -> (err, pGraph), cudaGetLastError() -> (err,),
@@ -321,12 +329,26 @@ class FakeCudart:
     def __init__(self, machine: Machine, major: int = 13) -> None:
         self.m, self.major = machine, major
         self.calls: List[str] = []
+        # this runtime's own last error: process-global in 11.8, per thread in 12.x/13.x
+        self._errors: Any = types.SimpleNamespace() if major == 11 else threading.local()
 
     def __getattribute__(self, name: str) -> Any:
         attr = object.__getattribute__(self, name)
-        if name.startswith("cuda") and isinstance(attr, types.MethodType):
-            object.__getattribute__(self, "calls").append(name)
-        return attr
+        if not (name.startswith("cuda") and isinstance(attr, types.MethodType)):
+            return attr
+        object.__getattribute__(self, "calls").append(name)
+        if name in ("cudaGetLastError", "cudaGetErrorString"):
+            return attr
+        m, errors = self.m, object.__getattribute__(self, "_errors")
+
+        def call(*args: Any, **kw: Any) -> Any:
+            result = attr(*args, **kw)
+            if m.sticky is not None:  # a corrupt context fails every call
+                result = (m.sticky,) + tuple(None for _ in result[1:])
+            if int(result[0]) != 0:
+                errors.last = result[0]
+            return result
+        return call
 
     def _ok(self, *values: Any) -> Tuple[Any, ...]:
         return (E.cudaSuccess,) + values
@@ -356,7 +378,11 @@ class FakeCudart:
         return self._ok(self.m.runtime_device())
 
     def cudaGetLastError(self) -> Tuple[Any, ...]:  # noqa: N802
-        return (self.m.take_last_error(),)
+        """This runtime's last error, cleared unless sticky (TensorRT's runtime has its own)."""
+        if self.m.sticky is not None:
+            return (self.m.sticky,)
+        err, self._errors.last = getattr(self._errors, "last", E.cudaSuccess), E.cudaSuccess
+        return (err,)
 
     def cudaGetErrorString(self, err: Any) -> Tuple[Any, ...]:  # noqa: N802
         return self._ok(E(int(err)).name.encode())
@@ -432,8 +458,9 @@ class FakeCudart:
         return (self.m.begin_capture(_handle(stream, cudaStream_t, "stream")),)
 
     def cudaStreamEndCapture(self, stream: Any) -> Tuple[Any, ...]:  # noqa: N802
+        """(err, cudaGraph_t): on failure the graph is an empty cudaGraph_t (handle 0), as the bindings return."""
         err, graph = self.m.end_capture(_handle(stream, cudaStream_t, "stream"))
-        return err, (cudaGraph_t(graph) if graph is not None else None)
+        return err, cudaGraph_t(graph or 0)
 
     def cudaStreamIsCapturing(self, stream: Any) -> Tuple[Any, ...]:  # noqa: N802
         return self._ok(self.m.streams[_handle(stream, cudaStream_t, "stream")].capture)
@@ -492,8 +519,7 @@ class CUresult(IntEnum):  # noqa: N801 - cuda-python's name; values are CUDA's
 
 
 class CUcontext(_Handle):  # noqa: N801
-    def __init__(self, value: int = 0) -> None:
-        super().__init__(value)
+    pass
 
 
 PRIMARY = 0xC0000  # the fake's handle of device d's primary context is PRIMARY + d
@@ -726,7 +752,10 @@ class DeviceContext(fake_trt.FakeContext):
 
     - enqueue launches kernels: the stream must belong to the calling thread's current device,
       which must be the device the engine was loaded on;
-    - a stale CUDA error on the thread fails the enqueue (TensorRT checks cudaGetLastError);
+    - TensorRT's CUDA runtime is its own: it reads its own last error after its launches and never
+      sees cuda-python's; a sticky error (`Machine.corrupt`) fails every enqueue;
+    - `state.fault_in_capture`: an enqueue into a capturing stream corrupts the context (an illegal
+      address inside the captured work);
     - the first enqueue after a shape change does set-up a capture cannot record: inside a
       capture it invalidates the capture and returns False;
     - set_input_shape outside the profile and set_tensor_address of an unknown name return False;
@@ -756,11 +785,13 @@ class DeviceContext(fake_trt.FakeContext):
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         m: Machine = self._fake.state.cuda
-        if m.take_last_error():  # TensorRT checks for launch errors and finds the stale one
+        if m.sticky is not None:
             return False
         stream = m.streams.get(int(stream_handle))
         if stream is None or m.current_device() != self._device:
-            m.fail(E.cudaErrorInvalidResourceHandle)
+            return False
+        if stream.capture == ACTIVE and getattr(self._fake.state, "fault_in_capture", False):
+            m.corrupt()
             return False
         if self._fresh_shape or self._fake.state.uncapturable:
             m.invalidate_capture(stream_handle)

@@ -189,20 +189,51 @@ def test_the_fake_cudart_has_each_majors_instantiate_signature():
         assert len(rt.cudaGraphInstantiate(graph, *((b"", 0) if major == 11 else (0,)))) == (3 if major == 11 else 2)
 
 
-# --- 4. a failed capture is ended, cleared, and inference goes on without graphs ---------------------
-def test_failed_capture_ends_the_capture_and_falls_back_to_plain_execution(tmp_path, caplog):
+# --- 4. a failed capture is ended and inference goes on without graphs ------------------------------
+@pytest.mark.parametrize("major", [11, 12, 13])
+def test_failed_capture_ends_the_capture_and_falls_back_to_plain_execution(tmp_path, caplog, major):
+    """The invalidated capture is ended, so the stream takes plain work again; TensorRT's enqueue does not
+    depend on cuda-python clearing anything (each CUDA runtime keeps its own last error)."""
     fake, engine = make_engine(tmp_path)
     machine = Machine([ORIN])
     attach_tensorrt(fake, machine)
     fake.state.uncapturable = True  # an engine holding operations a capture cannot record
-    seg = TensorRTSegmenter(engine, trt_module=fake, cuda_api=cudart_api(machine), cuda_graph=True)
+    seg = TensorRTSegmenter(engine, trt_module=fake, cuda_api=cudart_api(machine, major=major), cuda_graph=True)
     x = frames(4, seed=3)
     got = [seg.infer(f).class_map.tolist() for f in x]
     assert "CUDA graph capture failed" in caplog.text and "running without CUDA graphs" in caplog.text
     assert got == expected(x)
     assert machine.capturing() == [] and machine.graph_launches == 0 and not seg.cuda_graph
-    assert machine.take_last_error() == 0  # the sticky error was cleared
     seg.close()
+
+
+def test_a_sticky_error_during_capture_is_raised_not_run_past(tmp_path):
+    """A corrupt context cannot be cleared: after the failed capture the plain run fails and says so."""
+    fake, engine = make_engine(tmp_path)
+    machine = Machine([ORIN])
+    attach_tensorrt(fake, machine)
+    seg = TensorRTSegmenter(engine, trt_module=fake, cuda_api=cudart_api(machine), cuda_graph=True)
+    x = frames(2, seed=7)
+    assert seg.infer(x[0]).class_map.tolist() == expected(x)[0]  # plain run; the next one captures
+    fake.state.fault_in_capture = True
+    with pytest.raises(RuntimeError, match="cudaErrorIllegalAddress|failed to enqueue"):
+        seg.infer(x[1])
+    assert seg.cuda.cudart.cudaGetLastError()[0] == machine.sticky  # still there: sticky errors stay
+
+
+def test_the_fake_keeps_each_runtimes_last_error_apart():
+    """cuda-python's cudaGetLastError reports only its own calls' errors, and clears a non-sticky one."""
+    machine = Machine([ORIN])
+    for major in (11, 12, 13):
+        rt = FakeCudart(machine, major)
+        assert rt.cudaSetDevice(5)[0] == rt.cudaError_t.cudaErrorInvalidDevice
+        assert rt.cudaGetLastError()[0] == rt.cudaError_t.cudaErrorInvalidDevice
+        assert rt.cudaGetLastError()[0] == 0 and FakeCudart(machine, major).cudaGetLastError()[0] == 0
+        stream = rt.cudaStreamCreate()[1]
+        rt.cudaStreamBeginCapture(stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+        machine.invalidate_capture(int(stream))
+        err, graph = rt.cudaStreamEndCapture(stream)
+        assert err == rt.cudaError_t.cudaErrorStreamCaptureInvalidated and int(graph) == 0
 
 
 # --- 5. dynamic batch with graphs -------------------------------------------------------------------

@@ -252,10 +252,13 @@ class CudaPythonApi:
 
         cudaGraphInstantiateWithFlags(graph, flags) has the same signature on cuda-python 11.4+,
         12 and 13 (cudaGraphInstantiate does not: 11.x takes a log buffer). On failure the
-        capture is already ended and the error cleared, so the stream works without graphs.
+        capture is already ended (the stream takes plain work again) and CudaError is raised.
+        cudaGetLastError here only resets cuda-python's own record of the error: TensorRT's CUDA
+        runtime keeps its own, and a sticky error (a corrupt context) cannot be cleared at all;
+        the next plain run then fails loudly instead.
         """
         rt = self.cudart
-        err, graph = rt.cudaStreamEndCapture(stream)
+        err, graph = rt.cudaStreamEndCapture(stream)  # on failure `graph` is an empty cudaGraph_t
         if _error_code(err) != 0:
             rt.cudaGetLastError()
             cuda_call((err,))
@@ -268,10 +271,13 @@ class CudaPythonApi:
         return graph, exe
 
     def abort_capture(self, stream: Any) -> None:
-        """End a capture whose work failed and clear the error (as trtexec does on a failed capture)."""
+        """End a capture whose work failed, so the stream takes plain work again (as trtexec does).
+
+        The partial graph is destroyed; cuda-python's own last error is reset (see end_capture
+        for why that is all it does)."""
         rt = self.cudart
         err, graph = rt.cudaStreamEndCapture(stream)
-        if _error_code(err) == 0 and graph is not None:
+        if _error_code(err) == 0 and graph is not None and int(graph) != 0:
             rt.cudaGraphDestroy(graph)
         rt.cudaGetLastError()
 

@@ -301,7 +301,9 @@ class TensorRTSegmenter(Segmenter):
         """The chunk's work as a CUDA graph, or None (graphs then stay off) when capture fails.
 
         Some engines hold operations a capture cannot record; as trtexec does, the capture is
-        ended, the error cleared and inference goes on without graphs.
+        ended and inference goes on without graphs. Nothing here relies on clearing CUDA's error
+        state (TensorRT's runtime keeps its own; a sticky error cannot be cleared): if the GPU is
+        really broken the plain run that follows raises.
         """
         cuda, stream = self.cuda, self._stream
         cuda.begin_capture(stream)
@@ -312,7 +314,7 @@ class TensorRTSegmenter(Segmenter):
             return self._without_graphs(exc)
         try:
             return cuda.end_capture(stream)
-        except CudaError as exc:  # end_capture has ended the capture and cleared the error
+        except CudaError as exc:  # end_capture has ended the capture
             return self._without_graphs(exc)
 
     def _without_graphs(self, exc: BaseException) -> None:
