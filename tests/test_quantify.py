@@ -68,3 +68,28 @@ def test_totals_cover_every_defect_class():
 
 def test_empty_map_has_no_defects():
     assert quantify(np.zeros((8, 8), np.uint8), CLASSES) == []
+
+
+def test_regions_touching_at_a_corner_are_one_region():
+    """8-connectivity: a one-pixel diagonal crack is one defect, not specks below the minimum area."""
+    cm = np.zeros((16, 16), np.uint8)
+    for i in range(12):
+        cm[2 + i, 2 + i] = 1
+    defects = quantify(cm, CLASSES, min_area_px=10)
+    assert [(d.class_name, d.area_px, d.bbox) for d in defects] == [("damage", 12, (2, 2, 12, 12))]
+    anti = np.fliplr(cm)
+    assert [d.area_px for d in quantify(anti, CLASSES)] == [12]
+
+
+def test_a_region_of_exactly_the_minimum_area_is_kept():
+    cm = np.zeros((16, 16), np.uint8)
+    cm[0:5, 0:4] = 2  # 20 px
+    assert [d.area_px for d in quantify(cm, CLASSES, min_area_px=20)] == [20]
+    assert quantify(cm, CLASSES, min_area_px=20.5) == []
+
+
+def test_a_class_id_equal_to_the_class_count_is_refused():
+    cm = np.zeros((8, 8), np.uint8)
+    cm[0, 0] = len(CLASSES)
+    with pytest.raises(Exception, match="class id 4 but lists 4 classes"):
+        quantify(cm, CLASSES)

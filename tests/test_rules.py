@@ -211,3 +211,167 @@ def test_parts_by_source_on_a_source_without_part_ids_is_refused_with_the_fix():
     assert PartTracker(rules, source_gives_parts=True).by == "source"
     frame_level = parse_rules({"level": "frame", "part": {"by": "source"}, **LIMIT}, CLASSES)
     assert PartTracker(frame_level, source_gives_parts=False).feed(0, None, False, ["r"], 0.0)[0].verdict == "FAIL"
+
+
+# --- rules that could never fail a part are refused -----------------------------------------------
+@pytest.mark.parametrize("text, words", [
+    ("classes:\n  damage: {max_count: 0}\n  damage:\n    max_count: 100\n",
+     "line 3: key 'damage' is given twice (first on line 2)"),
+    ("classes:\n  damage:\n    max_count: 0\n    max_count: 100\n", "line 4: key 'max_count' is given twice"),
+    ("min_area_px: 16\nmin_area_px: 4000\nclasses: {damage: {max_count: 0}}\n", "key 'min_area_px' is given twice"),
+    ("classes: {damage: {max_count: 0, max_count: 9}}\n", "line 1: key 'max_count' is given twice"),
+])
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path, text, words):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as exc:
+        load_rules(str(path), CLASSES)
+    assert str(path) in str(exc.value) and words in str(exc.value)
+
+
+@pytest.mark.parametrize("text", [
+    "limit: &z 0\nclasses: {damage: {max_count: *z}}\n",
+    "classes: {damage: &l {max_count: 0}, dust: *l}\n",
+    "classes:\n  damage: {max_count: 0}\n  <<: {dust: {max_count: 0}}\n",  # merge key: needs no anchor, is a key
+])
+def test_anchors_aliases_and_merge_keys_are_refused(tmp_path, text):
+    path = tmp_path / "alias.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="(anchors and aliases|merge keys).* not allowed in a rules file"):
+        load_rules(str(path), CLASSES)
+
+
+def test_a_yaml_alias_bomb_ends_in_one_short_line(tmp_path):
+    lines = ["a0: &a0 [x,x,x,x,x,x,x,x,x]"] + [
+        f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    text = "\n".join(lines) + "\nclasses: {damage: {max_count: *a9}}\n"
+    assert 400 < len(text) < 600  # a few hundred bytes expanding to 9**10 entries
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as exc:
+        load_rules(str(path), CLASSES)
+    message = str(exc.value)
+    assert "anchors and aliases" in message and "line 1" in message and len(message) < 250 and "\n" not in message
+
+
+@pytest.mark.parametrize("doc", [
+    {"classes": {"damage": {"max_count": "x" * 100_000}}},
+    {"classes": {"damage": {"max_count": 0}, "d" * 100_000: {"max_count": 0}}},
+    {"classes": {"damage": {"max_count": 0, **{f"k{i}": 1 for i in range(5000)}}}},
+    {"version": ["v"] * 100_000, **LIMIT},
+])
+def test_error_text_is_bounded_whatever_the_file_holds(tmp_path, doc):
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError) as exc:
+        load_rules(str(path), CLASSES)
+    assert str(path) in str(exc.value) and len(str(exc.value)) < 400
+
+
+@pytest.mark.parametrize("text", ["x: [" + "a," * 50_000 + "\n", "a: b: c" + "d" * 100_000 + "\n"])
+def test_invalid_yaml_is_one_bounded_line(tmp_path, text):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="not valid YAML") as exc:
+        load_rules(str(path), CLASSES)
+    assert len(str(exc.value)) < 300 and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("value", [10 ** 400, -(10 ** 400)])
+def test_numbers_beyond_float_range_are_refused_not_overflowed(tmp_path, value):
+    path = tmp_path / "huge.yaml"
+    path.write_text(f"classes: {{damage: {{max_count: {value}}}}}\n")
+    with pytest.raises(UserError, match="must be a whole number"):
+        load_rules(str(path), CLASSES)
+    with pytest.raises(UserError, match="finite, positive"):
+        load_rules(None, CLASSES, mm_per_pixel=value)
+
+
+def test_a_zero_scale_in_the_rules_file_is_refused_like_the_flag(tmp_path):
+    path = tmp_path / "scale.yaml"
+    path.write_text("mm_per_pixel: 0\nclasses: {damage: {max_count: 0}}\n")
+    with pytest.raises(UserError, match="mm_per_pixel is 0; give the finite, positive size"):
+        load_rules(str(path), CLASSES)
+    with pytest.raises(UserError, match="finite, positive"):
+        load_rules(None, CLASSES, mm_per_pixel=0)
+
+
+def test_the_smallest_failing_area_follows_every_limit():
+    assert rules_module.smallest_failing_area(default_rules(CLASSES)) == 64  # any region of 64 px fails
+    counted = parse_rules({"min_area_px": 10, "classes": {"damage": {"max_count": 2}}}, CLASSES)
+    assert rules_module.smallest_failing_area(counted) == 30  # three regions of 10 px
+    sized = parse_rules({"min_area_px": 10, "classes": {"damage": {"max_area_px": 100}}}, CLASSES)
+    assert rules_module.can_fail(sized, 100.01) and not rules_module.can_fail(sized, 100)  # more than the limit
+    mm = parse_rules({"mm_per_pixel": 0.1, "min_area_px": 0, "classes": {"dust": {"max_total_area_mm2": 2}}},
+                     CLASSES)
+    assert rules_module.can_fail(mm, 201) and not rules_module.can_fail(mm, 199)  # 2 mm2 = 200 px
+    own = parse_rules({"min_area_px": 500, "classes": {"dust": {"max_count": 0, "min_area_px": 4}}}, CLASSES)
+    assert rules_module.smallest_failing_area(own) == 4  # the class's own minimum counts
+    assert not rules_module.can_fail(own, 0)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (7, 9)])
+def test_tiny_frames_cannot_be_judged_by_the_default_rules(hw):
+    rules = default_rules(CLASSES)
+    with pytest.raises(UserError, match=f"the frame of x.png is {hw[1]}x{hw[0]} .*could never FAIL"):
+        rules_module.check_region(rules, None, hw, "x.png")
+    rules_module.check_region(rules, None, (8, 8), "x.png")  # 64 px: a defect of 64 px fails
+
+
+def test_min_area_larger_than_the_frame_or_roi_is_refused():
+    rules = parse_rules({"min_area_px": 1_000_000, **LIMIT}, CLASSES, "big.yaml")
+    with pytest.raises(UserError, match=r"720x480 = 345600 px: the rules \(big.yaml\) ignore regions under 1e\+06 px"):
+        rules_module.check_region(rules, None, (480, 720), "cam")
+    small = parse_rules({"min_area_px": 400, **LIMIT}, CLASSES)
+    rules_module.check_region(small, None, (480, 720), "cam")
+    with pytest.raises(UserError, match="--roi 0,0,10,10 is 10x10 = 100 px"):
+        rules_module.check_region(small, (0, 0, 10, 10), None, "cam")
+    with pytest.raises(UserError, match="--roi 700,0,100,10 is 20x10"):  # clipped by the 720 px wide frame
+        rules_module.check_region(small, (700, 0, 100, 10), (480, 720), "cam")
+    rules_module.check_region(small, (0, 0, 20, 20), (480, 720), "cam")
+    unreachable = parse_rules({"min_area_px": 100, "classes": {"damage": {"max_count": 9}}}, CLASSES)
+    with pytest.raises(UserError, match="no limit of the rules .* can be exceeded"):
+        rules_module.check_region(unreachable, None, (30, 30), "cam")  # 900 px: ten 100 px regions need 1000
+
+
+# --- boundaries and the frame analyser --------------------------------------------------------------
+def test_a_region_of_exactly_the_minimum_area_counts():
+    rules = parse_rules({"min_area_px": 50, **LIMIT}, CLASSES)
+    assert judge(rules, [d("damage", 49.9)]) == (True, [])
+    assert judge(rules, [d("damage", 50)]) == (False, ["damage: 1 region(s) > max_count 0"])
+    own = parse_rules({"min_area_px": 50, "classes": {"dust": {"max_count": 0, "min_area_px": 8}}}, CLASSES)
+    assert not judge(own, [d("dust", 8)])[0] and judge(own, [d("dust", 7.9)])[0]
+
+
+def test_a_region_of_exactly_min_confidence_counts():
+    rules = parse_rules({"min_area_px": 0, "classes": {"damage": {"max_count": 0, "min_confidence": 0.6}}}, CLASSES)
+    assert not judge(rules, [d("damage", 10, conf=0.6)])[0]
+    assert judge(rules, [d("damage", 10, conf=0.59)])[0]
+
+
+def test_exact_limits_pass_and_one_more_fails():
+    rules = parse_rules({"min_area_px": 0, "classes": {"damage": {"max_count": 2, "max_area_px": 40,
+                                                                   "max_total_area_px": 70}}}, CLASSES)
+    assert judge(rules, [d("damage", 40), d("damage", 30)]) == (True, [])
+    assert not judge(rules, [d("damage", 40.1)])[0]
+    assert not judge(rules, [d("damage", 40), d("damage", 30.1)])[0]
+    assert not judge(rules, [d("damage", 1)] * 3)[0]
+
+
+def test_the_analyser_applies_a_class_minimum_below_the_file_wide_one():
+    rules = parse_rules({"min_area_px": 50, "classes": {"damage": {"max_count": 0},
+                                                        "dust": {"max_count": 0, "min_area_px": 5}}}, CLASSES)
+    cm = np.zeros((32, 32), np.uint8)
+    cm[4:8, 4:9] = 3  # dust, 20 px: under the file-wide 50, over dust's own 5
+    cm[20:24, 20:25] = 1  # damage, 20 px: under the file-wide 50 that damage uses
+    defects, passed, reasons = analyser(rules, CLASSES)(cm, None, (0, 0, 32, 32))
+    assert not passed and reasons == ["dust: 1 region(s) > max_count 0"]
+
+
+def test_a_thin_diagonal_crack_is_one_region_and_fails():
+    rules = parse_rules({"min_area_px": 20, **LIMIT}, CLASSES)
+    cm = np.zeros((32, 32), np.uint8)
+    idx = np.arange(2, 30)
+    cm[idx, idx] = 1  # 28 px touching only at corners
+    defects, passed, reasons = analyser(rules, CLASSES)(cm, None, (0, 0, 32, 32))
+    assert [dd.area_px for dd in defects] == [28] and not passed

@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import yaml
 
 from ..errors import UserError
@@ -20,6 +21,7 @@ CLASS_KEYS = LIMIT_KEYS + ("min_confidence", "min_area_px")
 TOP_KEYS = ("version", "level", "part", "min_area_px", "mm_per_pixel", "classes")
 PART_MODES = ("auto", "source", "frames")
 DEFAULT_MIN_AREA_PX = 64.0
+SHOW_MAX = 60  # characters of a key or value quoted in a message: an error stays one short line
 
 
 @dataclass
@@ -72,37 +74,49 @@ def default_rules(classes: Sequence[str]) -> Rules:
     return Rules(classes={str(c): ClassRule(max_count=0) for c in classes[1:]})
 
 
+def _finite(value: Any) -> bool:
+    """A number (not a bool) that a float holds exactly enough to compare: not NaN, infinite or > 1e308."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range (99...9 with 400 digits)
+        return False
+
+
 def _number(value: Any, where: str, path: str, integer: bool = False) -> float:
     """A finite number >= 0: NaN or infinity would turn a limit (or the noise floor) off silently."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    ok = _finite(value) and value >= 0
     if integer:
         ok = ok and float(value).is_integer()
     if not ok:
         kind = "a whole number >= 0" if integer else "a finite number >= 0"
         hint = "; omit the key for no limit" if value is None else ""
-        raise UserError(f"rules file {path}: {where} is {value!r}, it must be {kind}{hint}")
+        raise UserError(f"rules file {path}: {where} is {_show(repr(value))}, it must be {kind}{hint}")
     return int(value) if integer else float(value)
 
 
 def check_scale(mm_per_pixel: Any, where: str = "--mm-per-pixel") -> float:
     """The image scale must be finite and positive: NaN compares false and would disable every mm2 limit."""
-    ok = isinstance(mm_per_pixel, (int, float)) and not isinstance(mm_per_pixel, bool)
-    if not ok or not math.isfinite(mm_per_pixel) or mm_per_pixel <= 0:
-        raise UserError(f"{where} {mm_per_pixel}: give the finite, positive size of one pixel in mm (e.g. 0.05)")
+    if not _finite(mm_per_pixel) or mm_per_pixel <= 0:
+        raise UserError(f"{where} {_show(mm_per_pixel)}: give the finite, positive size of one pixel in mm "
+                        "(e.g. 0.05)")
     return float(mm_per_pixel)
 
 
 def _show(key: Any) -> str:
-    """A key as typed, on one line (repr when it holds control characters)."""
+    """A key or value as typed, on one short line (repr when it holds control characters, cut at SHOW_MAX)."""
     text = str(key)
-    return text if text.isprintable() else repr(text)
+    text = text if text.isprintable() else repr(text)
+    return text if len(text) <= SHOW_MAX else text[:SHOW_MAX - 3] + "..."
 
 
 def _reject_unknown(mapping: Dict[Any, Any], valid: Sequence[str], where: str, path: str) -> None:
     """A misspelt key would silently disable a limit: refuse it and list the valid ones."""
-    unknown = set(mapping) - set(valid)
+    unknown = sorted(map(_show, set(mapping) - set(valid)))
     if unknown:
-        raise UserError(f"rules file {path}: {where}unknown key(s) {', '.join(sorted(map(_show, unknown)))}; "
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise UserError(f"rules file {path}: {where}unknown key(s) {', '.join(unknown[:5])}{more}; "
                         f"valid keys: {', '.join(valid)}")
 
 
@@ -127,7 +141,7 @@ def _parse(data: Any, path: str, mm_per_pixel: Optional[float], classes: Optiona
         raise UserError(f"rules file {path}: the top level must be a mapping with keys {', '.join(TOP_KEYS)}")
     _reject_unknown(data, TOP_KEYS, "", path)
     if data.get("version", 1) != 1:
-        raise UserError(f"rules file {path}: version {data['version']!r} is not supported; use version: 1")
+        raise UserError(f"rules file {path}: version {_show(repr(data['version']))} is not supported; use version: 1")
     rules = Rules(origin=path)
     rules.level = str(data.get("level", "part"))
     if rules.level not in ("frame", "part"):
@@ -145,7 +159,10 @@ def _parse(data: Any, path: str, mm_per_pixel: Optional[float], classes: Optiona
         raise UserError(f"rules file {path}: part.frames must be at least 1")
     rules.min_area_px = _number(data.get("min_area_px", DEFAULT_MIN_AREA_PX), "min_area_px", path)
     if data.get("mm_per_pixel") is not None:
-        rules.mm_per_pixel = _number(data["mm_per_pixel"], "mm_per_pixel", path) or None
+        rules.mm_per_pixel = _number(data["mm_per_pixel"], "mm_per_pixel", path)
+        if rules.mm_per_pixel == 0:  # as --mm-per-pixel 0: a zero scale is a typo, not "no scale"
+            raise UserError(f"rules file {path}: mm_per_pixel is 0; give the finite, positive size of one pixel "
+                            "in mm (e.g. 0.05), or omit the key when the scale is unknown")
     if mm_per_pixel is not None:
         rules.mm_per_pixel = check_scale(mm_per_pixel)
     cls_data = data.get("classes")
@@ -162,15 +179,15 @@ def _parse(data: Any, path: str, mm_per_pixel: Optional[float], classes: Optiona
         _reject_unknown(limits, CLASS_KEYS, f"classes.{_show(name)} has ", path)
         rule = ClassRule()
         for key, value in limits.items():
-            val = _number(value, f"classes.{name}.{key}", path, integer=(key == "max_count"))
+            val = _number(value, f"classes.{_show(name)}.{key}", path, integer=(key == "max_count"))
             if key == "min_confidence" and val > 1:
-                raise UserError(f"rules file {path}: classes.{name}.min_confidence must be between 0 and 1")
+                raise UserError(f"rules file {path}: classes.{_show(name)}.min_confidence must be between 0 and 1")
             if key.endswith("_mm2") and not rules.mm_per_pixel:
-                raise UserError(f"rules file {path}: classes.{name}.{key} needs the image scale; add "
+                raise UserError(f"rules file {path}: classes.{_show(name)}.{key} needs the image scale; add "
                                 "mm_per_pixel to the rules file or pass --mm-per-pixel")
             setattr(rule, key, val)
         if not set(limits) & set(LIMIT_KEYS):
-            raise UserError(f"rules file {path}: classes.{name} states no limit; give at least one of "
+            raise UserError(f"rules file {path}: classes.{_show(name)} states no limit; give at least one of "
                             f"{', '.join(LIMIT_KEYS)} (for example max_count: 0), or remove the class")
         rules.classes[str(name)] = rule
     return rules
@@ -182,11 +199,61 @@ def parse_rules(data: Any, classes: Sequence[str], path: str = "<rules>",
     return _parse(data, path, mm_per_pixel, classes)
 
 
+class _RulesYamlError(yaml.YAMLError):
+    """A rules-specific refusal raised while the document is composed (before anything is built)."""
+
+
+class _RulesLoader(yaml.SafeLoader):
+    """safe_load that refuses what rules never need and what would let a file pass parts silently.
+
+    Anchors and aliases are refused before they are expanded: a few hundred bytes of nested aliases
+    ("billion laughs") would otherwise take minutes and gigabytes. A key given twice is refused:
+    YAML keeps the last one, so `max_count: 0` followed by `max_count: 100` would loosen a limit
+    without a word.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            line = event.start_mark.line + 1
+            raise _RulesYamlError(f"line {line}: YAML anchors and aliases (&name, *name) are not allowed in a "
+                                  "rules file; write each limit out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise _RulesYamlError(f"line {line}: YAML merge keys (<<) are not allowed in a rules file; "
+                                      "write each limit out")
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeConstructor refuses it with its own message
+                continue
+            if first is not None:
+                raise _RulesYamlError(f"line {line}: key '{_show(key)}' is given twice (first on line {first}); "
+                                      "YAML would keep only the last value")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's problem and line, on one line of bounded length (its message can quote the whole input)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    text = str(problem) if problem else (str(exc).splitlines() or [type(exc).__name__])[0]
+    where = f" (line {mark.line + 1})" if mark is not None else ""
+    return (text if len(text) <= 120 else text[:117] + "...") + where
+
+
 def _read_yaml(path: str) -> Any:
     """The YAML document in `path`; every way of failing to read it is a one-line UserError."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_RulesLoader)  # noqa: S506 - a SafeLoader subclass
+    except _RulesYamlError as exc:
+        raise UserError(f"rules file {path}: {exc}") from None
     except FileNotFoundError:
         raise UserError(f"rules file {path} does not exist; start from deploy/rules.example.yaml") from None
     except IsADirectoryError:
@@ -197,7 +264,7 @@ def _read_yaml(path: str) -> Any:
     except OSError as exc:
         raise UserError(f"cannot read rules file {path}: {exc.strerror or exc}; check its permissions") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"rules file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        raise UserError(f"rules file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     except RecursionError:
         raise UserError(f"rules file {path} is nested too deeply to be a rules file") from None
 
@@ -263,6 +330,58 @@ def judge(rules: Rules, defects: Sequence[Defect]) -> Tuple[bool, List[str]]:
             if limit is not None and value > limit:
                 reasons.append(f"{name}: {what} {value:.4g} {unit} > {key} {limit:g}")
     return not reasons, reasons
+
+
+def smallest_failing_area(rules: Rules) -> float:
+    """The fewest frame pixels in which some defect could fail a part under `rules` (inf: none could).
+
+    A region counts only from its class's minimum area and a limit fails only when exceeded, so in a
+    frame (or ROI) smaller than this every part would PASS by construction: it cannot be judged.
+    """
+    scale2 = rules.mm_per_pixel ** 2 if rules.mm_per_pixel else None
+    best = math.inf
+    for name, rule in rules.classes.items():
+        floor = rules.min_area_for(name)
+        if rule.max_count is not None:  # max_count + 1 regions of at least the minimum area
+            best = min(best, (rule.max_count + 1) * floor)
+        limits = [rule.max_area_px, rule.max_total_area_px]
+        if scale2:
+            limits += [v / scale2 for v in (rule.max_area_mm2, rule.max_total_area_mm2) if v is not None]
+        for limit in limits:
+            if limit is not None:  # one counted region larger than the limit
+                best = min(best, max(floor, float(np.nextafter(limit, np.inf))))
+    return best
+
+
+def can_fail(rules: Rules, area_px: float) -> bool:
+    """Whether some defect inside `area_px` frame pixels could fail a part under `rules`."""
+    return area_px > 0 and area_px >= smallest_failing_area(rules)
+
+
+def check_can_fail(rules: Rules, w: int, h: int, what: str) -> None:
+    """UserError when no defect in a `w` x `h` region could fail a part: it cannot be judged."""
+    area = float(w) * float(h)
+    if can_fail(rules, area):
+        return
+    floor = min(rules.min_area_for(name) for name in rules.classes) if rules.classes else rules.min_area_px
+    why = (f"the rules ({rules.origin}) ignore regions under {floor:g} px (min_area_px)" if area < floor else
+           f"no limit of the rules ({rules.origin}) can be exceeded in so few pixels")
+    raise UserError(f"{what} is {w}x{h} = {area:g} px: {why}, so it could never FAIL and cannot be judged; "
+                    "inspect a larger frame or ROI, or lower min_area_px / the limits")
+
+
+def check_region(rules: Rules, roi: Optional[Tuple[int, int, int, int]], frame_hw: Optional[Tuple[int, int]],
+                 source: str) -> None:
+    """Before the run: the region the model will judge (the ROI inside the frame, else the frame), when
+    its size is known, must be one in which the rules can fail a part."""
+    if roi is not None:
+        x, y, w, h = (int(v) for v in roi)
+        if frame_hw is not None:
+            fh, fw = frame_hw
+            w, h = min(fw, x + w) - max(0, x), min(fh, y + h) - max(0, y)
+        check_can_fail(rules, max(w, 0), max(h, 0), f"--roi {','.join(map(str, roi))}")
+    elif frame_hw is not None:
+        check_can_fail(rules, frame_hw[1], frame_hw[0], f"the frame of {source}")
 
 
 def analyser(rules: Rules, classes: Sequence[str]):

@@ -26,7 +26,7 @@ from .loop import InspectionLoop, Region, clip_roi
 from .overlay import MODES, Renderer
 from .parts import PartTracker
 from .publish import Publisher
-from .rules import Rules, analyser, bind_rules, check_scale, read_rules
+from .rules import Rules, analyser, bind_rules, check_region, check_scale, read_rules
 from .signals import StopSignals
 from .sinks import Sink, check_run_outputs, open_sink
 from .summary import InspectionSummary, summary_text
@@ -200,6 +200,7 @@ def _log_setup(options: InspectOptions, model: Any, classes: List[str], source: 
                 f"model sees {region})")
     if roi and source.frame_hw:
         clip_roi(roi, source.frame_hw)  # a window outside the frame is refused before the run
+    check_region(rules, roi, source.frame_hw, options.source)  # a region where no defect could FAIL a part
     logger.info(f"outputs {', '.join(s.uri for s in sinks) or 'none'}; db {options.db or 'none'}; "
                 f"failures {options.save_fail or 'not saved'}")
     logger.info(f"rules   ({rules.origin}; parts: "
