@@ -211,7 +211,7 @@ def test_workspace_limit_and_optimization_level_reach_the_config(tmp_path):
 
 
 def test_dla_core_with_gpu_fallback(tmp_path):
-    fake, cuda = fake_for("8.6.1")
+    fake, cuda = fake_for(NEWEST_10)  # 8.x's DLA takes no Q/DQ network (see the refusal test below)
     build(fake, cuda, make_onnx(tmp_path / "m.onnx", "int8"), str(tmp_path / "m.engine"), dla_core=1, gpu_fallback=True)
     rec = fake.state.builds[-1]
     assert rec["attrs"]["DLA_core"] == 1 and str(rec["attrs"]["default_device_type"]) == "DeviceType.DLA"
@@ -219,7 +219,7 @@ def test_dla_core_with_gpu_fallback(tmp_path):
 
 
 def test_dla_core_the_device_lacks_or_fp32_on_dla_is_refused(tmp_path):
-    fake, cuda = fake_for("8.6.1")
+    fake, cuda = fake_for(NEWEST_10)
     fake.state.num_dla_cores = 0
     with pytest.raises(UserError, match="has 0 DLA core"):
         build(fake, cuda, make_onnx(tmp_path / "i.onnx", "int8"), str(tmp_path / "m.engine"), dla_core=0)
@@ -538,15 +538,34 @@ def test_empty_serialized_engine_is_a_user_error_and_writes_nothing(tmp_path):
 
 
 # --- DLA, hardware compatibility and Jetson modules ------------------------------------------------------
-@pytest.mark.parametrize("graph,fp16", [("fp16", False), ("int8", True), ("fp32", True)])
-def test_dla_with_layers_pinned_to_fp32_needs_gpu_fallback_before_the_build(tmp_path, graph, fp16):
-    fake, cuda = fake_for("8.6.1")
+@pytest.mark.parametrize("graph,fp16,version", [("fp16", False, "8.6.1"), ("int8", True, NEWEST_10),
+                                               ("fp32", True, "8.6.1")])
+def test_dla_with_layers_pinned_to_fp32_needs_gpu_fallback_before_the_build(tmp_path, graph, fp16, version):
+    fake, cuda = fake_for(version)
     onnx_path = make_onnx(tmp_path / "m.onnx", graph)
     with pytest.raises(UserError, match=r"keeps normalization, softmax, reduce layers in FP32.*add --gpu-fallback"):
         build(fake, cuda, onnx_path, str(tmp_path / "m.engine"), dla_core=0, fp16=fp16)
     assert "OnnxParser.parse" not in fake.used
     build(fake, cuda, onnx_path, str(tmp_path / "m.engine"), dla_core=0, fp16=fp16, gpu_fallback=True)
     assert "GPU_FALLBACK" in fake.state.builds[-1]["config_flags"]
+
+
+@pytest.mark.parametrize("version", ["8.5.2", "8.6.1"])
+@pytest.mark.parametrize("fallback", [False, True])
+def test_dla_with_a_qdq_onnx_on_tensorrt_8_is_refused_before_the_build(tmp_path, version, fallback):
+    """TensorRT 8's DLA does not support explicit quantization: refuse instead of a GPU-only 'DLA' engine."""
+    fake, cuda = fake_for("8.6.1", as_version=version) if version.startswith("8.5") else fake_for(version)
+    with pytest.raises(UserError, match=r"does not run explicitly quantized \(Q/DQ\).*--precision fp16.*--calib-cache"):
+        build(fake, cuda, make_onnx(tmp_path / "m.onnx", "int8"), str(tmp_path / "m.engine"), dla_core=0,
+              gpu_fallback=fallback)
+    assert "OnnxParser.parse" not in fake.used
+
+
+def test_dla_with_a_qdq_onnx_on_tensorrt_10_still_builds(tmp_path):
+    fake, cuda = fake_for(NEWEST_10)
+    build(fake, cuda, make_onnx(tmp_path / "m.onnx", "int8"), str(tmp_path / "m.engine"), dla_core=0,
+          gpu_fallback=True)
+    assert fake.state.builds[-1]["attrs"]["DLA_core"] == 0
 
 
 @pytest.fixture

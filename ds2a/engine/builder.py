@@ -340,9 +340,24 @@ def check_options(opts: BuildOptions, f: TrtFeatures, version: str, jetson: bool
         raise UserError(f"--dla-core {opts.dla_core} must be 0 or 1 (Jetson AGX/NX have DLA cores 0 and 1)")
 
 
-def check_dla(opts: BuildOptions, plan: PrecisionPlan) -> None:
-    """DLA runs FP16/INT8 layers only: refuse, before the minutes-long build, a plan DLA cannot run alone."""
-    if opts.dla_core is None or opts.gpu_fallback:
+def check_dla(opts: BuildOptions, plan: PrecisionPlan, feats: Optional[TrtFeatures] = None,
+              has_qdq: bool = False) -> None:
+    """DLA runs FP16/INT8 layers only: refuse, before the minutes-long build, a plan DLA cannot run alone.
+
+    TensorRT 8.x's DLA takes no explicitly quantized (Q/DQ) network at all (TensorRT 8 developer
+    guide, "Working with DLA": DLA does not support explicit quantization): with --gpu-fallback
+    every layer would silently run on the GPU, without it the build fails after minutes.
+    """
+    if opts.dla_core is None:
+        return
+    if has_qdq and feats is not None and feats.version < (10, 0):
+        ver = ".".join(str(v) for v in feats.version)
+        raise UserError(f"--dla-core {opts.dla_core}: DLA in TensorRT {ver} does not run explicitly quantized "
+                        "(Q/DQ) INT8 networks, and this ONNX is one (with --gpu-fallback every layer would run on "
+                        "the GPU); put the FP16 ONNX on DLA (`ds2a calibrate ... --precision fp16`), or the FP32 "
+                        "ONNX with --int8 --calib-cache CACHE (implicit INT8, which DLA runs), or drop --dla-core "
+                        "to run this INT8 engine on the GPU")
+    if opts.gpu_fallback:
         return
     fix = f"add --gpu-fallback (those layers then run on the GPU) or drop --dla-core {opts.dla_core}"
     if plan.precision == "fp32":
@@ -677,7 +692,7 @@ def build_engine(onnx_path: str, out_path: Optional[str] = None, opts: Optional[
     board = platform.board_model()
     check_options(opts, feats, version, jetson=platform.is_jetson(board))
     plan = plan_precision(info, opts, feats)
-    check_dla(opts, plan)
+    check_dla(opts, plan, feats, info.has_qdq)
     logger.info(f"checking {onnx_path} ({info.precision} graph) for TensorRT {version}")
     _run_compat_check(info, feats.version)
     with _build_device(opts.device, device, cuda_api) as device:
