@@ -5,6 +5,7 @@ examples:
   ds2a export best.pt --out model_b4.onnx --batch 4 --outputs both
   ds2a export best.pt --out model_dyn.onnx --dynamic-batch --input float
   ds2a export best.pt --out model_jp5.onnx --trt 8.5 --check-trt 8.5
+  ds2a export best.pt --out model_plugin.onnx --deform-attn trt-plugin --check-trt 10
 """
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="images for the parity check (dataset dir, image folder or manifest); "
                                        "default: synthetic battery-cell frames")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
+    parser.add_argument("--deform-attn", choices=("grid-sample", "gather", "trt-plugin"), default=None,
+                        help="how deformable attention is written (docs/DEFORM_ATTN.md): gather (default: no "
+                             "GridSample, runs everywhere), grid-sample (GridSample ops, reported miscompiled by "
+                             "TensorRT 10.14+), trt-plugin (NVIDIA's MultiscaleDeformableAttnPlugin_TRT, "
+                             "TensorRT only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     opts = ExportOptions(size=parse_size(args.size) if args.size else None, force_size=args.force_size,
                          batch=None if args.dynamic_batch else args.batch, outputs=args.outputs,
-                         uint8_input=args.input == "uint8", trt=args.trt, opset=args.opset)
+                         uint8_input=args.input == "uint8", trt=args.trt, opset=args.opset,
+                         deform_attn=args.deform_attn)
     result = export_onnx(args.checkpoint, args.out, opts, data=args.data, check_trt=args.check_trt or ())
     for line in result.lines():
         print(line)

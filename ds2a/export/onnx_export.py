@@ -40,6 +40,20 @@ class ExportOptions:
     uint8_input: bool = True
     trt: Optional[str] = None  # oldest TensorRT to support: "8.5" decomposes LayerNormalization
     opset: int = OPSET
+    # how deformable attention is written: grid-sample, gather or trt-plugin (docs/DEFORM_ATTN.md);
+    # None = ds2a.trt.deform_attn.default_variant(trt)
+    deform_attn: Optional[str] = None
+
+
+def resolve_deform_attn(opts: ExportOptions) -> str:
+    """The variant to export (the default for the target release when none was asked); UserError if unknown."""
+    from ..trt.deform_attn import VARIANTS, default_variant
+
+    variant = opts.deform_attn or default_variant(opts.trt)
+    if variant not in VARIANTS:
+        raise UserError(f"--deform-attn {variant} is unknown; choose one of {', '.join(VARIANTS)} "
+                        "(see docs/DEFORM_ATTN.md)")
+    return variant
 
 
 def check_size(size: Tuple[int, int], meta_size: Tuple[int, int], force: bool) -> None:
@@ -73,6 +87,8 @@ def torch_export(model, meta: ModelMeta, opts: ExportOptions) -> onnx.ModelProto
     """Trace the wrapped model (both outputs) into an in-memory ONNX model."""
     import torch
 
+    from ..model.ms_deform_attn import deform_attn_variant
+    from ..trt.deform_attn import PLUGIN_DOMAIN, plugin_version_for
     from .wrapper import FrameModel, einsum_as_matmul
 
     wrapper = FrameModel(model, meta.mean, meta.std, uint8_input=opts.uint8_input, outputs="both").eval()
@@ -83,12 +99,15 @@ def torch_export(model, meta: ModelMeta, opts: ExportOptions) -> onnx.ModelProto
     dyn = None
     if opts.batch is None:
         dyn = {INPUT_NAME: {0: "batch"}, OUTPUT_CLASS_MAP: {0: "batch"}, OUTPUT_LOGITS: {0: "batch"}}
+    variant = resolve_deform_attn(opts)
     buf = io.BytesIO()
-    with torch.no_grad(), einsum_as_matmul(), warnings.catch_warnings():
+    with torch.no_grad(), einsum_as_matmul(), deform_attn_variant(variant, plugin_version_for(opts.trt)), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, (dummy,), buf, opset_version=opts.opset, input_names=[INPUT_NAME],
                           output_names=[OUTPUT_CLASS_MAP, OUTPUT_LOGITS], dynamic_axes=dyn,
-                          do_constant_folding=True, dynamo=False)
+                          do_constant_folding=True, dynamo=False,
+                          custom_opsets={PLUGIN_DOMAIN: 1} if variant == "trt-plugin" else None)
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -168,6 +187,9 @@ def build_onnx(model, meta: ModelMeta, opts: ExportOptions) -> onnx.ModelProto:
     if opts.size is None:
         opts = replace(opts, size=tuple(meta.input_size))
     onnx_model = slim(torch_export(model, meta, opts))
+    from ..trt.deform_attn import drop_untyped_value_info
+
+    drop_untyped_value_info(onnx_model)  # left by shape inference after the plugin node
     if opts.trt is not None:
         from ..trt.versions import target_version
 
@@ -176,6 +198,7 @@ def build_onnx(model, meta: ModelMeta, opts: ExportOptions) -> onnx.ModelProto:
     out_meta = ModelMeta.from_dict(meta.to_dict())
     out_meta.input_size = tuple(opts.size)
     out_meta.extra = {**out_meta.extra, "precision": "fp32", "opset": opts.opset,
+                      "deform_attn": resolve_deform_attn(opts),
                       "input": "uint8_nhwc_bgr" if opts.uint8_input else "float_nchw_rgb"}
     write_meta(onnx_model, out_meta)
     onnx_model.producer_name = "ds2a"

@@ -62,7 +62,10 @@ def compare(onnx_model: onnx.ModelProto, torch_model, frames: np.ndarray, kind: 
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(onnx_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    from ..trt.deform_attn import expand_plugin_nodes  # a TensorRT plugin node runs as its CPU reference
+
+    sess = ort.InferenceSession(expand_plugin_nodes(onnx_model).SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     names = [o.name for o in sess.get_outputs()]
     if OUTPUT_LOGITS not in names:

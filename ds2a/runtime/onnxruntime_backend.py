@@ -86,7 +86,15 @@ class OnnxRuntimeSegmenter(Segmenter):
         if not os.path.isfile(self.path):
             raise UserError(f"ONNX file {self.path} does not exist; {FIX}")
         try:
-            self.session = ort.InferenceSession(self.path, sess_options=opts, providers=resolve_providers(device))
+            try:
+                self.session = ort.InferenceSession(self.path, sess_options=opts, providers=resolve_providers(device))
+            except Exception as exc:  # a TensorRT plugin node: run its CPU reference (ds2a/trt/deform_attn.py)
+                from ..trt.deform_attn import PLUGIN_OP, cpu_model_bytes
+
+                if PLUGIN_OP not in str(exc):
+                    raise
+                self.session = ort.InferenceSession(cpu_model_bytes(self.path), sess_options=opts,
+                                                    providers=resolve_providers(device))
         except UserError:
             raise
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types

@@ -1,0 +1,102 @@
+"""CPU cost of each deformable-attention export variant (docs/DEFORM_ATTN.md), ONNX Runtime FP32.
+
+Exports the demo checkpoint once per variant (the trt-plugin file runs as its CPU reference
+expansion, ds2a/trt/deform_attn.py) and times one frame at the model size with one intra-op
+thread. Prints a markdown table and the machine's load (`uptime`): rerun on a quiet machine.
+
+    python benchmarks/deform_attn.py [--repeats 60] [--out benchmarks/results/deform_attn.md]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CHECKPOINT = ROOT / "ds2a" / "assets" / "demo" / "ds2a_tiny_synth.pt"
+
+
+def _time(path: str, frame: np.ndarray, repeats: int) -> list:
+    import onnxruntime as ort
+
+    from ds2a.trt.deform_attn import cpu_model_bytes
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(cpu_model_bytes(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    for _ in range(5):
+        sess.run(None, {name: frame})
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, {name: frame})
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=60)
+    ap.add_argument("--out", help="also write the markdown here")
+    args = ap.parse_args()
+    import onnx
+    import onnxruntime as ort
+
+    from ds2a.export.onnx_export import ExportOptions, build_onnx
+    from ds2a.model import load_model
+    from ds2a.trt.deform_attn import VARIANTS
+
+    model = load_model(str(CHECKPOINT))
+    size = tuple(model.meta.input_size)
+    frame = np.random.default_rng(0).integers(0, 256, (1, *size, 3), dtype=np.uint8)
+    load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for v in VARIANTS:
+            paths[v] = os.path.join(tmp, f"{v}.onnx")
+            onnx.save(build_onnx(model, model.meta, ExportOptions(deform_attn=v)), paths[v])
+        results = {v: [] for v in VARIANTS}
+        for _ in range(3):  # interleaved rounds: a load change hits every variant alike
+            for v in VARIANTS:
+                results[v] += _time(paths[v], frame, args.repeats // 3)
+        for v in VARIANTS:
+            t = sorted(results[v])
+            ops = {n.op_type for n in onnx.load(paths[v]).graph.node}
+            rows.append((v, statistics.median(t), t[int(0.9 * (len(t) - 1))], os.path.getsize(paths[v]),
+                         "GridSample" in ops))
+    load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        f"Demo model {CHECKPOINT.name} at {size[0]}x{size[1]}, batch 1, ONNX Runtime {ort.__version__} FP32 "
+        f"CPUExecutionProvider, 1 intra-op thread, {args.repeats} runs per variant in 3 interleaved rounds "
+        f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs).",
+        f"Load before: `{load_before}`; after: `{load_after}`.",
+        "",
+        "| --deform-attn | median ms | p90 ms | file MB | GridSample nodes |",
+        "|---|---|---|---|---|",
+    ]
+    for v, med, p90, nbytes, gs in rows:
+        lines.append(f"| {v} | {med:.1f} | {p90:.1f} | {nbytes / 1e6:.2f} | {'yes' if gs else 'no'} |")
+    lines.append("")
+    lines.append("trt-plugin runs here as its standard-op CPU reference (GatherND), not as NVIDIA's CUDA kernel.")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
