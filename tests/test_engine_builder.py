@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -258,10 +259,11 @@ def test_sidecar_records_what_the_engine_is_tied_to(tmp_path):
     assert rec["build_options"]["workspace_gib"] == 2 and rec["build_seconds"] >= 0
     assert rebuild_command(rec, engine).endswith(f"--out {engine} --workspace 2")
     assert rec.precision == "fp16" and rec.build_args == ["--workspace", "2"]  # typed, too
+    assert (rec["os"], rec["cpu_arch"]) == (platform.system(), platform.machine())
     on_disk = json.loads(Path(engine + ".json").read_text())
     assert set(on_disk) == {  # the file format: the keys every sidecar has carried
         "format", "format_version", "tensorrt_version", "gpu_name", "compute_capability", "sm_count", "total_memory",
-        "board", "precision", "strongly_typed", "builder_flags", "inputs", "outputs", "batch_profile", "meta",
+        "board", "module", "os", "cpu_arch", "precision", "strongly_typed", "builder_flags", "inputs", "outputs", "batch_profile", "meta",
         "onnx_path", "onnx_sha256", "build_options", "build_args", "version_compatible", "hardware_compat",
         "dla_core", "build_seconds", "calibration_cache_sha256", "built_at", "engine_sha256"}
     assert EngineRecord.from_json(rec.to_json()) == rec and json.loads(rec.to_json()) == on_disk
@@ -628,6 +630,58 @@ def test_jetson_module_identity_is_recorded_and_checked(tmp_path, board, board_n
         verify_sidecar(rec, engine, NEWEST_10, "Orin", (8, 7), device=module, board=board_name)
     notes = verify_sidecar(rec, engine, NEWEST_10, "Orin", (8, 7), device=module, board=board_name, allow_other_gpu=True)
     assert len(notes) == 1 and why in notes[0]  # the runtime logs them (ds2a/runtime/tensorrt_backend.py)
+
+
+ORIN_64_COMPATIBLE = b"nvidia,p3737-0000+p3701-0005\x00nvidia,p3701-0005\x00nvidia,tegra234\x00"
+ORIN_NX_COMPATIBLE = b"nvidia,p3768-0000+p3767-0000\x00nvidia,p3767-0000\x00nvidia,tegra234\x00"
+
+
+@pytest.fixture
+def module(tmp_path, monkeypatch):
+    """Pretend to be a Jetson module: write the device-tree compatible list ds2a reads."""
+    path = tmp_path / "compatible"
+    monkeypatch.setattr(trt_platform, "COMPATIBLE_FILE", str(path))
+    return path.write_bytes
+
+
+def test_the_same_module_on_another_carrier_board_loads(tmp_path, board, module):
+    """The model string names the carrier kit; the module's part number decides."""
+    board(AGX_ORIN_64[0])
+    module(ORIN_64_COMPATIBLE)
+    fake, _ = fake_for(NEWEST_10, gpu="Orin")
+    engine = str(tmp_path / "m.engine")
+    build_engine(make_onnx(tmp_path / "m.onnx"), engine, BuildOptions(), trt=fake, device=AGX_ORIN_64[1])
+    rec = read_sidecar(engine)
+    assert rec["module"] == "p3701-0005" and trt_platform.module_identity() == "p3701-0005"
+    carrier = "Seeed reComputer Industrial J4012 (AGX Orin 64GB)"
+    assert verify_sidecar(rec, engine, NEWEST_10, "Orin", (8, 7), device=AGX_ORIN_64[1], board=carrier,
+                          module="p3701-0005") == []
+    with pytest.raises(UserError, match=r"module p3701-0005 .*this is module p3767-0000.*--allow-other-gpu"):
+        verify_sidecar(rec, engine, NEWEST_10, "Orin", (8, 7), device=AGX_ORIN_64[1], board=ORIN_NX_16[0],
+                       module="p3767-0000")
+
+
+def test_module_part_number_is_read_from_the_device_tree(module):
+    assert trt_platform.module_identity() is None
+    module(ORIN_NX_COMPATIBLE)
+    assert trt_platform.module_identity() == "p3767-0000"
+    module(b"nvidia,p3767-0005\x00nvidia,tegra234\x00")
+    assert trt_platform.module_identity() == "p3767-0005"
+
+
+@pytest.mark.parametrize("flags", [{"version_compatible": True}, {"hardware_compat": "ampere+"}, {}])
+def test_an_engine_from_another_cpu_architecture_is_refused_with_the_rebuild_command(tmp_path, flags):
+    """NVIDIA: serialized engines are not portable across platforms, compatible ones included."""
+    fake, cuda = fake_for(NEWEST_10, gpu="NVIDIA RTX A6000", cc=(8, 6))
+    engine = str(tmp_path / "m.engine")
+    build(fake, cuda, make_onnx(tmp_path / "m.onnx"), engine, **flags)
+    rec = read_sidecar(engine)
+    here = {"os": platform.system(), "cpu_arch": platform.machine()}
+    assert verify_sidecar(rec, engine, NEWEST_10, "NVIDIA RTX A6000", (8, 6), host=here, board=None) == []
+    other = dict(here, cpu_arch="aarch64" if platform.machine() != "aarch64" else "x86_64")
+    with pytest.raises(UserError, match=rf"built on {here['os']} {here['cpu_arch']} but this machine is "
+                                        rf"{other['os']} {other['cpu_arch']}.*rebuild it on this device: ds2a build-engine"):
+        verify_sidecar(rec, engine, NEWEST_10, "NVIDIA RTX A6000", (8, 6), host=other, board=None)
 
 
 def test_board_model_is_read_from_the_device_tree(board):

@@ -6,7 +6,9 @@ size or address shows up as a wrong class map. The no-driver case uses the real 
 """
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import sys
 import warnings
 
@@ -20,6 +22,7 @@ from trt_stubs.onnx_models import CLASSES, make_onnx
 from ds2a.errors import UserError
 from ds2a.runtime import cuda_buffers, open_model
 from ds2a.runtime.cuda_buffers import CudaError, cuda_call, explain_no_gpu
+from ds2a.runtime.options import add_backend_arguments, options_from_args
 from ds2a.runtime.tensorrt_backend import TensorRTSegmenter
 
 
@@ -130,6 +133,25 @@ def test_engine_from_another_gpu_model_of_the_same_capability_needs_consent(buil
         TensorRTSegmenter(engine, trt_module=fake, cuda_api=cuda)
     TensorRTSegmenter(engine, trt_module=fake, cuda_api=cuda, allow_other_gpu=True).close()
     assert "slow kernels" in caplog.text
+
+
+def test_allow_other_gpu_is_a_command_line_flag_too(built, caplog):
+    """`ds2a inspect/bench/eval --allow-other-gpu`: the refusal names it, and it runs with a warning."""
+    fake, _, engine = built
+    _, cuda = fake_for(NEWEST_10, gpu="NVIDIA Jetson AGX Orin", cc=(8, 7))
+    fake.state.cuda = cuda
+    with pytest.raises(UserError, match="--allow-other-gpu"):
+        TensorRTSegmenter(engine, trt_module=fake, cuda_api=cuda)
+    parser = argparse.ArgumentParser()
+    add_backend_arguments(parser)
+    args = parser.parse_args(["--allow-other-gpu"])
+    options = options_from_args(args, "tensorrt", engine)
+    assert options == {"allow_other_gpu": True}
+    with pytest.raises(UserError, match="--allow-other-gpu only applies to TensorRT models"):
+        options_from_args(args, "onnxruntime", "m.onnx")
+    caplog.set_level(logging.WARNING)
+    open_model(engine, trt_module=fake, cuda_api=cuda, **options).close()
+    assert any(r.levelno == logging.WARNING and "slow kernels" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("cc,ok", [((8, 9), True), ((7, 2), False)])

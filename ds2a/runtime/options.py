@@ -37,7 +37,8 @@ OPTIONS: Dict[str, Tuple[BackendOption, ...]] = {
         BackendOption("device", "GPU index: 0 (default), 1, 'cuda:N'", "--device"),
         BackendOption("cuda_graph", "capture the work once a batch size repeats, then replay it", "--cuda-graph"),
         BackendOption("return_logits", "also copy back the logits output"),
-        BackendOption("allow_other_gpu", "same compute capability but another GPU model: warn instead of refuse"),
+        BackendOption("allow_other_gpu", "same compute capability but another GPU model or Jetson module: warn "
+                      "instead of refuse", "--allow-other-gpu"),
         BackendOption("trt_module", "a stand-in for the tensorrt module (tests)"),
         BackendOption("cuda_api", "a stand-in for the CUDA layer (tests)"),
     ),
@@ -65,6 +66,7 @@ HINTS: Dict[str, str] = {
     "--size": "drop it: ONNX files and engines have their size built in (export it again with "
               "`ds2a export CKPT --size HxW`)",
     "--device": "drop it: the server chooses its device (`ds2a serve --device`)",
+    "--allow-other-gpu": "drop it (only TensorRT engines are tied to the GPU that built them)",
 }
 
 _TORCH_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -148,6 +150,9 @@ def add_backend_arguments(parser: Any, *, cuda_graph: bool = False, size: bool =
         parser.add_argument("--cuda-graph", action="store_true", help=cuda_graph_help)
     if size:
         parser.add_argument("--size", metavar="HxW", help=size_help)
+    parser.add_argument("--allow-other-gpu", action="store_true",
+                        help="TensorRT: run an engine built on another GPU model or Jetson module of the same "
+                             "compute capability (logged as a warning; it may be slow or fail)")
     parser.set_defaults(zero_threads_is_all=zero_threads_is_all)
 
 
@@ -183,6 +188,8 @@ def options_from_args(args: Any, backend: str, model: str = "") -> Dict[str, Any
         take("--device", device)
     if getattr(args, "cuda_graph", False):
         take("--cuda-graph", True)
+    if getattr(args, "allow_other_gpu", False):
+        take("--allow-other-gpu", True)
     size = getattr(args, "size", None)
     if size:  # refused before it is parsed when the backend has its size built in
         take("--size", parse_size(str(size)) if "--size" in flags else None)

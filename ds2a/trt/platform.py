@@ -7,10 +7,15 @@ board model (`/proc/device-tree/model`), the SM count and the memory size tell t
 from __future__ import annotations
 
 import os
+import platform
+import re
 from typing import Any, Dict, Optional
 
 MODEL_FILE = "/proc/device-tree/model"  # e.g. "NVIDIA Jetson AGX Orin Developer Kit"
+# NUL-separated, carrier+module first: "nvidia,p3737-0000+p3701-0005", "nvidia,p3701-0005", "nvidia,tegra234"
+COMPATIBLE_FILE = "/proc/device-tree/compatible"
 TEGRA_RELEASE = "/etc/nv_tegra_release"
+_PART = re.compile(r"^p\d{4}-\d{4}$")  # an NVIDIA board part number: p3701-0005 = AGX Orin 64GB module
 
 
 def board_model() -> Optional[str]:
@@ -21,6 +26,29 @@ def board_model() -> Optional[str]:
     except OSError:
         return None
     return text.replace("\x00", "").strip() or None
+
+
+def module_identity() -> Optional[str]:
+    """The Jetson module's part number (e.g. "p3701-0005") from the device tree, None where there is none.
+
+    The model string names the carrier kit ("... Developer Kit", or a third-party carrier's name),
+    so the same module on another carrier reads differently there; the module's part number does
+    not. In a "carrier+module" entry the module is the part after "+".
+    """
+    try:
+        with open(COMPATIBLE_FILE, "rb") as f:
+            entries = [e.split(",", 1)[-1] for e in f.read().decode(errors="replace").split("\x00") if e]
+    except OSError:
+        return None
+    for entry in entries:
+        if "+" in entry and _PART.match(entry.rsplit("+", 1)[1]):
+            return entry.rsplit("+", 1)[1]
+    return next((e for e in entries if _PART.match(e)), None)
+
+
+def host_identity() -> Dict[str, str]:
+    """OS and CPU architecture: serialized engines do not move between platforms (NVIDIA's TensorRT docs)."""
+    return {"os": platform.system(), "cpu_arch": platform.machine()}
 
 
 def is_jetson(board: Optional[str] = None) -> bool:
@@ -39,6 +67,7 @@ def sm_count(device: Any) -> Optional[int]:
 
 
 def device_identity(device: Any, board: Optional[str]) -> Dict[str, Any]:
-    """What the sidecar records about the GPU beyond its name and compute capability."""
+    """What the sidecar records about the GPU beyond its name and compute capability, and the platform."""
     memory = int(getattr(device, "total_memory", 0) or 0)
-    return {"sm_count": sm_count(device), "total_memory": memory or None, "board": board}
+    return {"sm_count": sm_count(device), "total_memory": memory or None, "board": board,
+            "module": module_identity(), **host_identity()}

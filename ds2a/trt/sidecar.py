@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import UserError
 from ..meta import file_sha256
-from .platform import board_model, sm_count
+from .platform import board_model, host_identity, module_identity, sm_count
 from .versions import same_release, vc_loadable, vc_runtimes
 
 FORMAT = "ds2a-engine"
@@ -44,6 +44,9 @@ class EngineRecord:
     sm_count: Optional[int] = None
     total_memory: Optional[int] = None
     board: Optional[str] = None
+    module: Optional[str] = None  # Jetson module part number (device tree), e.g. "p3701-0005"
+    os: Optional[str] = None  # platform.system() of the building machine, e.g. "Linux"
+    cpu_arch: Optional[str] = None  # platform.machine(), e.g. "aarch64", "x86_64"
     strongly_typed: Optional[bool] = None
     builder_flags: Optional[List[str]] = None
     batch_profile: Optional[List[int]] = None  # (min, opt, max) batch of a dynamic engine
@@ -183,10 +186,29 @@ def _check_release(record: EngineRecord, engine_path: str, tensorrt_version: str
                         f"--version-compatible for one that later releases load): {fix}")
 
 
-def _module_mismatch(record: EngineRecord, device: Any, board: Optional[str]) -> Optional[str]:
-    """How this device differs from the one that built the engine, beyond name and compute capability."""
+def _check_platform(record: EngineRecord, engine_path: str, host: Dict[str, str], fix: str) -> None:
+    """Refuse an engine built on another OS or CPU architecture (NVIDIA: serialized engines are not portable
+    across platforms), before TensorRT's generic "truncated or corrupt" failure on load."""
+    built = [record.os, record.cpu_arch]
+    here = [host.get("os"), host.get("cpu_arch")]
+    if any(b and h and b != h for b, h in zip(built, here)):
+        raise UserError(f"{engine_path} was built on {' '.join(str(b) for b in built if b)} but this machine is "
+                        f"{' '.join(str(h) for h in here if h)}; an engine never moves between platforms "
+                        f"(even version- or hardware-compatible ones): {fix}")
+
+
+def _module_mismatch(record: EngineRecord, device: Any, board: Optional[str],
+                     module: Optional[str] = None) -> Optional[str]:
+    """How this device differs from the one that built the engine, beyond name and compute capability.
+
+    Where both sides know the Jetson module's part number, that decides (the board model string
+    also names the carrier board, which does not matter to an engine); else the board model does.
+    """
     built_board, built_sms, built_mem = record.board, record.sm_count, record.total_memory
-    if built_board and board and built_board != board:
+    if record.module and module:
+        if record.module != module:
+            return f"built on Jetson module {record.module} ({built_board}), this is module {module} ({board})"
+    elif built_board and board and built_board != board:
         return f"built on a {built_board}, this is a {board}"
     sms = sm_count(device) if device is not None else None
     if built_sms and sms and int(built_sms) != sms:
@@ -199,7 +221,8 @@ def _module_mismatch(record: EngineRecord, device: Any, board: Optional[str]) ->
 
 def verify_sidecar(record: Record, engine_path: str, tensorrt_version: str, gpu_name: str,
                    compute_capability: Sequence[int], allow_other_gpu: bool = False,
-                   check_hash: bool = True, device: Any = None, board: Any = _UNSET) -> List[str]:
+                   check_hash: bool = True, device: Any = None, board: Any = _UNSET, module: Any = _UNSET,
+                   host: Any = _UNSET) -> List[str]:
     """Refuse an engine built for another TensorRT release or GPU; returns the near misses (the runtime logs them).
 
     Version-compatible engines load where NVIDIA's matrix says (`ds2a.trt.versions.vc_loadable`);
@@ -210,6 +233,7 @@ def verify_sidecar(record: Record, engine_path: str, tensorrt_version: str, gpu_
     record = as_record(record)
     fix = f"rebuild it on this device: {rebuild_command(record, engine_path)}"
     notes: List[str] = []
+    _check_platform(record, engine_path, host_identity() if host is _UNSET else host, fix)
     _check_release(record, engine_path, tensorrt_version, fix)
     built_cc, run_cc = _cc(record.compute_capability), (int(compute_capability[0]), int(compute_capability[1]))
     hw = record.hardware_compat or "none"
@@ -222,14 +246,15 @@ def verify_sidecar(record: Record, engine_path: str, tensorrt_version: str, gpu_
         raise UserError(f"{engine_path} was built for {record.gpu_name} (compute capability "
                         f"{built_cc[0]}.{built_cc[1]}) but this GPU is {gpu_name} ({cc_text}); {fix}")
     elif hw != "same-cc":
-        other = _module_mismatch(record, device, board_model() if board is _UNSET else board)
+        other = _module_mismatch(record, device, board_model() if board is _UNSET else board,
+                                 module_identity() if module is _UNSET else module)
         if record.gpu_name != gpu_name:
             other = f"built on {record.gpu_name} but runs on {gpu_name}" + (f"; {other}" if other else "")
         if other:
             msg = (f"{engine_path} was {other} (same compute capability {cc_text}); TensorRT may pick slow "
                    f"kernels or fail: {fix}")
             if not allow_other_gpu:
-                raise UserError(msg + " (or pass allow_other_gpu=True to run it anyway)")
+                raise UserError(msg + " (or run it anyway with --allow-other-gpu, allow_other_gpu=True in Python)")
             notes.append(msg)
     if check_hash and record.engine_sha256 and os.path.isfile(engine_path):
         if file_sha256(engine_path) != record.engine_sha256:
