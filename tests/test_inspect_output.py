@@ -112,3 +112,33 @@ def test_run_outputs_are_checked_against_the_inputs_before_the_run(tmp_path):
     with pytest.raises(UserError, match="--db .* same file as the input --model"):
         check_run_outputs([], str(clip), [("--model", str(clip))])
     assert clip.read_bytes() == b"video"
+
+
+_FULL_DISK = """
+import logging, resource, signal, sys
+import numpy as np
+from ds2a.inspect.sinks import VideoSink
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+sink = VideoSink(sys.argv[1], fps=10)
+rng = np.random.default_rng(0)
+for _ in range(20):
+    sink.write(rng.integers(0, 256, (120, 160, 3), np.uint8))
+sink.close()
+"""
+
+
+@pytest.mark.parametrize("limit, warned", [(30_000, True), (2**40, False)])
+def test_a_video_left_unplayable_by_a_full_disk_is_warned_about(tmp_path, limit, warned):
+    """OpenCV's VideoWriter never reports a failed write: an mp4 whose writes fail (a file-size limit
+    stands in for a full disk) ends without its index. The sink reads it back and warns."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "out.mp4"
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(out), str(limit)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert ("cannot be read back after 20 frame(s)" in proc.stderr) == warned, proc.stderr

@@ -178,7 +178,37 @@ def _corrupt_sqlite(path):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("make, words", [(_foreign_runs, "runs` table of another layout"),
+def _foreign_same_names(path, app_id: int = 0, version: int = 0):
+    """All of ds2a's table names, other columns: another program's file (or, marked, a damaged one)."""
+    con = sqlite3.connect(path)
+    for t in ("runs", "frames", "defects", "verdicts", "timings"):
+        con.execute(f"CREATE TABLE {t} (id INTEGER PRIMARY KEY, note TEXT)")
+    con.execute(f"PRAGMA application_id={app_id}")
+    con.execute(f"PRAGMA user_version={version}")
+    con.commit()
+    con.close()
+
+
+def _ours_marked_other_columns(path):
+    _foreign_same_names(path, app_id=0x44533241, version=1)
+
+
+def _ours_newer_schema(path):
+    from ds2a.records.database import _create
+
+    _create(str(path))
+    con = sqlite3.connect(path)
+    con.execute("ALTER TABLE runs ADD COLUMN operator TEXT")
+    con.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize("make, words", [(_foreign_runs, "table.s. runs with other columns than ds2a's"),
+                                         (_foreign_same_names, "frames, runs, timings, verdicts with other columns"),
+                                         (_ours_marked_other_columns, "with other columns than ds2a's"),
+                                         (_ours_newer_schema, f"schema version {SCHEMA_VERSION + 1}, written by a "
+                                                              "newer ds2a.*left untouched"),
                                          (_foreign_other, "no ds2a tables"),
                                          (_foreign_app_id, "another application"),
                                          (_not_sqlite, "not a SQLite file"),
@@ -504,3 +534,100 @@ def test_a_log_on_the_full_disk_does_not_stop_the_records(tmp_path, monkeypatch)
     rec.commit()
     assert rec.pending == 0 and rec.outages == 1
     rec.close()
+
+
+def _full(rec: Records) -> None:
+    pages = rec.con.execute("PRAGMA page_count").fetchone()[0]
+    rec.con.execute(f"PRAGMA max_page_count={pages}")  # sqlite's own 'database or disk is full'
+
+
+def _stats_of_run(path, dumps) -> dict:
+    """The run's end stats: from the database, or from the unsaved file when even that row was refused."""
+    status, stats = sqlite3.connect(path).execute("SELECT status, stats FROM runs").fetchone()
+    if status != "running":
+        return json.loads(stats)
+    ends = [json.loads(line) for d in dumps for line in d.read_text().splitlines()]
+    return [e for e in ends if e["table"] == "runs"][-1]["row"]["stats"]
+
+
+def test_a_full_disk_counts_every_row_it_lost_in_the_run_record(tmp_path):
+    """The queue used to be cleared before the health was read: 'finished' with db_unwritten 0."""
+    path = tmp_path / "r.sqlite"
+    rec = Records(str(path), retry_s=0.0)
+    rec.start_run("m", "b", "s", CLASSES, {}, None)
+    _full(rec)
+    big = [Defect(1, "damage", 1.0, None, (0, 0, 1, 1), (0.5, 0.5), None)] * 400
+    for seq in range(4):
+        rec.add_frame(_result(seq, "a", big))
+        rec.commit()
+    rec.add_verdict(PartVerdict("a", "part", False, ["damage"], 0, 3, 4, 0.0, 1.0))
+    rec.finish_patience_s = 0.1
+    with pytest.raises(UserError, match="records incomplete: 5 records could not be written"):
+        rec.finish_run("finished", {"frames": 4, "parts": 1})
+    rec.close()
+    dumps = list(tmp_path.glob("r.sqlite.unsaved-run1-*.jsonl"))
+    stats = _stats_of_run(path, dumps)
+    assert (stats["db_unwritten"], stats["db_unwritten_frames"], stats["db_unwritten_verdicts"]) == (5, 4, 1)
+    assert stats["db_unsaved_file"] == str(dumps[0])
+
+
+def test_unsaved_rows_go_to_a_fallback_folder_when_the_database_folder_refuses_them(tmp_path, monkeypatch):
+    import errno
+
+    import ds2a.records.database as database
+
+    real = database.write_new
+
+    def full_beside_db(path, data):
+        if os.path.dirname(path) == str(tmp_path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(database, "write_new", full_beside_db)
+    monkeypatch.setenv("DS2A_UNSAVED_DIR", str(tmp_path / "elsewhere"))
+    path = tmp_path / "r.sqlite"
+    rec = Records(str(path), retry_s=0.0)
+    rec.start_run("m", "b", "s", CLASSES, {}, None)
+    other = _locked(path)
+    for seq in range(3):
+        rec.add_frame(_result(seq, "a", []))
+        rec.commit()
+    rec.finish_patience_s = 0.1
+    with pytest.raises(UserError, match=r"3 records could not be written.*saved to .*elsewhere"):
+        rec.finish_run("finished", {"frames": 3})
+    other.execute("ROLLBACK")
+    rec.close()
+    dumps = list((tmp_path / "elsewhere").glob("r.sqlite.unsaved-run1-*.jsonl"))
+    assert len(dumps) == 1 and len(dumps[0].read_text().splitlines()) == 3
+    assert not list(tmp_path.glob("*.jsonl"))
+
+
+def test_a_killed_run_does_not_show_as_running_forever(tmp_path, capsys):
+    """A run whose process was SIGKILLed keeps status 'running' in the file; report shows it killed."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "r.sqlite"
+    code = ("import sys, time\nfrom ds2a.records.database import Records\n"
+            "r = Records(sys.argv[1]); r.start_run('m', 'b', 's', ['bg', 'd'], {}, None)\n"
+            "print('started', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    assert main(["report", str(path)]) == 0
+    assert "(running, started" in capsys.readouterr().out  # alive: running
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert sqlite3.connect(path).execute("SELECT status FROM runs").fetchone()[0] == "running"
+    assert main(["report", str(path)]) == 0
+    assert "(killed, started" in capsys.readouterr().out
+
+
+def test_run_status_of_a_running_run_on_another_host_goes_stale_without_heartbeat():
+    from ds2a.records.database import STALE_S, run_status
+
+    stats = json.dumps({"pid": 1, "host": "another-host", "heartbeat": 1000.0})
+    assert run_status("running", stats, 990.0, now=1000.0 + STALE_S - 1) == "running"
+    assert run_status("running", stats, 990.0, now=1000.0 + STALE_S + 1) == "stale"
+    assert run_status("running", None, 990.0, now=990.0 + STALE_S + 1) == "stale"  # runs from before the heartbeat
+    assert run_status("finished", stats, 990.0) == "finished"

@@ -5,8 +5,10 @@ Torch-free: calibration, the engine builder and the runtimes read it.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import onnx
 
@@ -14,8 +16,6 @@ from ..errors import UserError
 from ..meta import ONNX_META_KEY, ModelMeta
 
 PathLike = Union[str, Path]
-
-
 
 def load_onnx(path: PathLike) -> onnx.ModelProto:
     """onnx.load with a readable error for a missing or non-ONNX file."""
@@ -51,3 +51,40 @@ def read_meta(model: onnx.ModelProto, path: PathLike = "model.onnx", required: b
     except (ValueError, TypeError) as exc:
         raise UserError(f"'{path}' has unreadable '{ONNX_META_KEY}' metadata ({exc}); "
                         "re-export it with `ds2a export`") from None
+
+
+def attach_golden(model: onnx.ModelProto, candidates: Sequence, source: str, path: PathLike = "model.onnx"):
+    """Run `model` with ONNX Runtime (CPU, default settings) on the candidate frames, keep the few richest in
+    defects and store them with the class maps it gave in its ds2a metadata (ds2a/runtime/selftest.py).
+
+    The model runs through the same OnnxRuntimeSegmenter a station uses, so the stored maps are
+    what `open_model` will compare against. Returns the Golden.
+    """
+    import onnxruntime as ort
+
+    from ..meta import guess_precision
+    from ..runtime.onnxruntime_backend import OnnxRuntimeSegmenter
+    from ..runtime.selftest import make_golden, set_golden
+
+    meta = read_meta(model, path)
+    with tempfile.TemporaryDirectory(prefix="ds2a-golden-") as tmp:
+        file = os.path.join(tmp, "model.onnx")
+        onnx.save(model, file)
+        seg = OnnxRuntimeSegmenter(file)
+        try:
+            golden = make_golden(
+                [seg.prepare(f) for f in candidates], lambda batch: [r.class_map for r in seg.infer_batch(batch)],
+                f"onnxruntime {ort.__version__} CPU ({guess_precision(str(path), meta)})", source, meta.num_classes)
+        finally:
+            seg.close()
+    set_golden(meta, golden)
+    write_meta(model, meta)
+    return golden
+
+
+def attach_golden_file(path: PathLike, candidates: Sequence, source: str):
+    """`attach_golden` on an ONNX file, rewritten in place (callers pass a temp file they publish later)."""
+    model = load_onnx(path)
+    golden = attach_golden(model, candidates, source, path)
+    onnx.save(model, str(path))
+    return golden

@@ -30,6 +30,7 @@ class ExportResult:
     parity: List[ParityResult]
     trt_findings: Dict[str, Any] = field(default_factory=dict)  # TensorRT version -> ds2a.trt.compat findings
     blocked: List[str] = field(default_factory=list)  # TensorRT versions that cannot parse the file
+    golden: str = ""  # the golden frames stored for the self-test (ds2a/runtime/selftest.py)
 
     def summary(self) -> str:
         o = self.options
@@ -37,7 +38,7 @@ class ExportResult:
         batch = "dynamic" if o.batch is None else o.batch
         return (f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB): input images "
                 f"{'uint8' if o.uint8_input else 'float'} batch {batch} {size[0]}x{size[1]}, "
-                f"outputs {o.outputs}, opset {o.opset}")
+                f"outputs {o.outputs}, opset {o.opset}" + (f"; {self.golden}" if self.golden else ""))
 
     def lines(self) -> List[str]:
         """Parity lines, the summary and (when TensorRT versions were checked) their report."""
@@ -104,13 +105,30 @@ def export_onnx(checkpoint: PathLike, out: PathLike, options: Optional[ExportOpt
         from ..data.calibration import select_calibration_set
 
         n = max(2, options.batch or 2)
-        real = select_calibration_set(data, size, num_images=n, num_classes=meta.num_classes, min_images=1).frames
-    parity = check_parity(onnx_model, model, size, meta.mean, meta.std, options.batch, real_frames=real)
+        real = select_calibration_set(data, size, num_images=max(n, GOLDEN_CANDIDATES), num_classes=meta.num_classes,
+                                      min_images=1).frames
+    parity = check_parity(onnx_model, model, size, meta.mean, meta.std, options.batch,
+                          real_frames=None if real is None else real[:n])
     keep_outputs(onnx_model, options.outputs)
+    golden = _attach_golden(onnx_model, out, real, data, size)
     save(onnx_model, out)
     findings = check_versions(onnx_model, check) if check else {}
     blocked = [v for v, f in findings.items() if blockers(f)]
-    return ExportResult(out, out.stat().st_size, options, parity, findings, blocked)
+    return ExportResult(out, out.stat().st_size, options, parity, findings, blocked, golden)
+
+
+GOLDEN_CANDIDATES = 12  # frames run to pick the golden ones (ds2a/runtime/selftest.py)
+
+
+def _attach_golden(onnx_model: Any, out: Path, real: Any, data: Optional[str], size: Tuple[int, int]) -> str:
+    """Store golden frames (from --data, else the built-in cell generator) and the ONNX's answers for them."""
+    from ..runtime.selftest import demo_frames
+    from .metadata import attach_golden
+
+    frames = list(real) if real is not None else demo_frames(size, GOLDEN_CANDIDATES)
+    source = f"--data {data}" if real is not None else "ds2a/data/synth.py cells"
+    golden = attach_golden(onnx_model, frames, source, out)
+    return f"golden frames: {len(golden.frames)} from {source}, class maps by {golden.produced_by}"
 
 
 __all__ = ["ExportOptions", "ExportResult", "export_onnx", "trt_versions"]

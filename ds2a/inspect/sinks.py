@@ -5,6 +5,7 @@ before the first frame, not an hour into a shift.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -16,6 +17,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..outputs import check_outputs, check_writable_dir, write_new
+
+logger = logging.getLogger(__name__)
 
 VIDEO_EXTS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
@@ -95,6 +98,29 @@ class VideoSink(Sink):
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+            self._check_playable()
+
+    def _check_playable(self) -> None:
+        """OpenCV's VideoWriter reports no write error: a full disk leaves an mp4 without its index
+        (unplayable) in silence. Reopen the file and warn when it does not give its frames back."""
+        cap = cv2.VideoCapture(self.path)
+        try:
+            ok = cap.isOpened() and cap.read()[0]
+        finally:
+            cap.release()
+        if not ok:
+            free = _free_bytes(os.path.dirname(os.path.abspath(self.path)))
+            disk = f"; {free // 2**20} MiB free on its disk" if free is not None else ""
+            logger.warning(f"warning: output video {self.path} cannot be read back after {self.frames} frame(s): it is "
+                           f"probably incomplete and unplayable (disk full?{disk}); the records are not affected")
+
+
+def _free_bytes(folder: str) -> Optional[int]:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 class ImageFolderSink(Sink):

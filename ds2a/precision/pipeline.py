@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 # Measured on the demo model: ModelOpt with entropy lost 8.8 mIoU points, with minmax 0.2;
 # ORT quantize_static with entropy lost 0.7.
 DEFAULT_METHOD = {"tensorrt": "minmax", "onnxruntime": "entropy"}
+GOLDEN_CANDIDATES = 12  # calibration frames run to pick the golden ones
 
 
 @dataclass
@@ -63,12 +64,14 @@ class CalibrationResult:
     cache_reused: bool
     agreement: float  # share of calibration pixels whose class equals the FP32 model's
     seconds: float
+    golden_frames: int = 0  # frames stored for the self-test at every start (ds2a/runtime/selftest.py)
 
     def summary(self) -> str:
         return (f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB, {self.precision}"
                 f"{', ' + self.target if self.target else ''}) in {self.seconds:.1f} s"
                 f"{' (calibration cache reused)' if self.cache_reused else ''}; class maps agree with FP32 on "
-                f"{100 * self.agreement:.2f}% of calibration pixels")
+                f"{100 * self.agreement:.2f}% of calibration pixels; {self.golden_frames} golden frames stored "
+                f"for the self-test")
 
 
 def default_cache_path(out: PathLike) -> Path:
@@ -108,7 +111,7 @@ def _convert(model: str, final: Path, out: Path, o: CalibrationOptions, cache: O
     import onnx
 
     from ..data.calibration import select_calibration_set
-    from ..export.metadata import read_meta, write_meta
+    from ..export.metadata import attach_golden_file, read_meta, write_meta
     from ..meta import file_sha256
     from .model_info import final_compute_nodes, inspect_model, precision_of, resolve_exclusions
 
@@ -146,13 +149,15 @@ def _convert(model: str, final: Path, out: Path, o: CalibrationOptions, cache: O
     if precision_of(result) != o.precision:
         raise UserError(f"{final} came out as {precision_of(result)}, not {o.precision}: nothing was converted; "
                         f"check --exclude (it may exclude every convertible op)")
+    # the converted model's own answers on a few calibration frames: its self-test (ds2a/runtime/selftest.py)
+    golden = attach_golden_file(out, list(calib.frames[:GOLDEN_CANDIDATES]), f"calibration images from {o.data}")
     agreement = _agreement(model, str(out), calib.frames[: max(info.batch, 4)], info)
     return CalibrationResult(
         path=final, size_bytes=out.stat().st_size, precision=o.precision, target=target, method=method,
         images=list(calib.names), skipped=list(calib.skipped), class_counts=dict(calib.class_counts or {}),
         exclude_ops=list(exclude_ops), exclude_nodes=list(exclude_nodes),
         cache=cache if o.precision == "int8" else None, cache_reused=reused, agreement=agreement,
-        seconds=time.perf_counter() - t0)
+        seconds=time.perf_counter() - t0, golden_frames=len(golden.frames))
 
 
 def _agreement(fp32_path: str, new_path: str, frames: np.ndarray, info) -> float:

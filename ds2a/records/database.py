@@ -5,7 +5,12 @@ loses at most the frames in flight. A database that is locked by another process
 full disk does not stop the line: records wait in a bounded in-memory queue and are
 retried; only when that queue is full does the run stop (an error, never unrecorded PASSes).
 Our files carry PRAGMA application_id (and the schema version in user_version); any other
-SQLite file is refused before it is touched. `ds2a report` reads the same tables, read-only.
+SQLite file, one of a newer schema, or one whose tables have other columns, is refused before
+anything writes to it (not even the switch to WAL). A running run keeps its pid, host and a
+heartbeat in its stats, so a killed process shows as `killed`/`stale`, never `running` forever
+(`run_status`). Rows the database never takes are counted in the run's stats and saved as JSON
+lines beside it, else in a fallback folder (`unsaved_dirs`). `ds2a report` reads the same
+tables, read-only.
 """
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ import collections
 import json
 import logging
 import os
+import socket
 import sqlite3
+import tempfile
 import time
 import urllib.parse
 from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
@@ -25,6 +32,9 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x44533241  # "DS2A" in the SQLite file header (offset 68)
 TABLES = ("runs", "frames", "defects", "verdicts", "timings")
 BUSY_MS = 100  # how long one write waits for another process's lock before the rows are queued
+HEARTBEAT_S = 5.0  # a running run's heartbeat (in its stats) is renewed this often while frames are written
+STALE_S = 120.0  # a `running` run on another host with no heartbeat for this long is shown as `stale`
+UNSAVED_ENV = "DS2A_UNSAVED_DIR"  # where unwritable rows go when the database's own folder refuses them
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -99,24 +109,38 @@ def identify(path: str) -> str:
     if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
         raise _not_ours(path, "is not a SQLite file")
     app_id = int.from_bytes(header[68:72], "big")
-    if app_id == APPLICATION_ID:
-        return "ours"
-    if app_id != 0:
+    if app_id not in (0, APPLICATION_ID):
         raise _not_ours(path, f"belongs to another application (SQLite application_id 0x{app_id:08x})")
-    try:  # no mark: ours only if it has exactly our tables (files written before the mark existed)
+    try:  # read-only: the version and the tables are checked before anything may write to the file
         con = sqlite3.connect(_ro_uri(path), uri=True)
         try:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             tables.discard("sqlite_sequence")
             cols = {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in tables if t in TABLES}
         finally:
             con.close()
     except sqlite3.Error as exc:
+        if app_id == APPLICATION_ID:  # ours, but SQLite cannot read it: connect() says it is damaged
+            return "ours"
         raise _not_ours(path, f"cannot be read as SQLite ({exc})") from None
+    if app_id == APPLICATION_ID or (tables & set(TABLES) and version):
+        if version > SCHEMA_VERSION:
+            raise UserError(f"inspection database {path} has schema version {version}, written by a newer ds2a; "
+                            f"this ds2a reads version {SCHEMA_VERSION}: left untouched. Upgrade ds2a to read it, "
+                            "or give --db a new file")
     if tables == set(TABLES) and cols == _expected_columns():
-        return "legacy"
-    if "runs" in tables:
-        raise _not_ours(path, "has a `runs` table of another layout")
+        return "ours" if app_id == APPLICATION_ID else "legacy"
+    if app_id == APPLICATION_ID and not tables:
+        return "ours"  # marked but empty (a creation cut short): the schema is created on connect
+    mine = sorted(t for t in tables if t in TABLES)
+    if mine:
+        want = _expected_columns()
+        odd = [t for t in mine if cols.get(t) != want[t]]
+        missing = sorted(set(TABLES) - tables)
+        what = (f"table(s) {', '.join(odd)} with other columns than ds2a's" if odd else
+                f"ds2a's table names but not {', '.join(missing)}" if missing else "tables ds2a does not write")
+        raise _not_ours(path, f"has {what} (SQLite file of another program, or damaged)")
     raise _not_ours(path, f"has no ds2a tables (tables: {', '.join(sorted(tables)) or 'none'})")
 
 
@@ -143,11 +167,13 @@ def connect(path: str, create: bool = True, readonly: bool = False) -> sqlite3.C
     if not create and not os.path.isfile(path):
         raise UserError(f"inspection database {path} does not exist; run `ds2a inspect ... --db {path}` first")
     try:
-        kind = identify(path)
+        kind = identify(path)  # read-only: a file we must refuse is refused here, unchanged
         if kind == "new":
             if not create:
                 raise UserError(f"inspection database {path} is empty; run `ds2a inspect ... --db {path}` first")
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            _create(path)
+        elif kind == "ours" and not readonly and _empty_schema(path):
             _create(path)
         if readonly:
             con = _connect_ro(path)
@@ -170,6 +196,55 @@ def connect(path: str, create: bool = True, readonly: bool = False) -> sqlite3.C
         raise UserError(f"inspection database {path} is damaged ({exc}); keep it for recovery and pass a new "
                         "--db file") from None
     return con
+
+
+def _empty_schema(path: str) -> bool:
+    con = sqlite3.connect(_ro_uri(path), uri=True)
+    try:
+        return con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+    except sqlite3.Error:
+        return False
+    finally:
+        con.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by another user
+    return True
+
+
+def run_status(status: str, stats: Any, started_at: Optional[float] = None, now: Optional[float] = None) -> str:
+    """What a run's stored status means now: a `running` run whose process is gone is `killed` (same host,
+    its pid no longer exists) or `stale` (no heartbeat for STALE_S seconds); other statuses as stored."""
+    if status != "running":
+        return status
+    try:
+        info = json.loads(stats) if isinstance(stats, str) else dict(stats or {})
+    except (ValueError, TypeError):
+        info = {}
+    now = time.time() if now is None else now
+    pid, host = info.get("pid"), info.get("host")
+    if isinstance(pid, int) and host == socket.gethostname():
+        return "running" if _alive(pid) else "killed"
+    beat = info.get("heartbeat", started_at)
+    if not isinstance(beat, (int, float)) or now - beat > STALE_S:
+        return "stale"
+    return "running"
+
+
+def unsaved_dirs(db_path: str) -> List[str]:
+    """Where rows the database refused are saved, in order: beside the database, $DS2A_UNSAVED_DIR,
+    ~/.ds2a/unsaved, the temporary folder (a full disk may be only the database's disk)."""
+    dirs = [os.path.dirname(os.path.abspath(db_path))]
+    if os.environ.get(UNSAVED_ENV):
+        dirs.append(os.environ[UNSAVED_ENV])
+    dirs += [os.path.join(os.path.expanduser("~"), ".ds2a", "unsaved"), tempfile.gettempdir()]
+    return list(dict.fromkeys(dirs))
 
 
 def _connect_ro(path: str) -> sqlite3.Connection:
@@ -215,7 +290,11 @@ class Records:
         self.max_delay_s = 0.0
         self.max_backlog = 0
         self.written = 0
+        self.unwritten: Dict[str, int] = {"frames": 0, "verdicts": 0}  # rows given up on (saved elsewhere or lost)
+        self.unsaved_file = ""  # where they were saved ('' when nowhere)
         self.extra: Dict[str, Any] = {}  # more facts for the run's stats (e.g. unsaved failure images)
+        self._alive: Dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
+        self._beat = 0.0
 
     @property
     def pending(self) -> int:
@@ -223,16 +302,19 @@ class Records:
 
     def start_run(self, model: str, backend: str, source: str, classes: Iterable[str], rules: Dict[str, Any],
                   mm_per_pixel: Optional[float]) -> int:
+        now = time.time()
         try:
             cur = self.con.execute(
-                "INSERT INTO runs (started_at, status, model, backend, source, classes, rules, mm_per_pixel) "
-                "VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
-                (time.time(), model, backend, source, json.dumps(list(classes)), json.dumps(rules), mm_per_pixel))
+                "INSERT INTO runs (started_at, status, model, backend, source, classes, rules, mm_per_pixel, stats) "
+                "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                (now, model, backend, source, json.dumps(list(classes)), json.dumps(rules), mm_per_pixel,
+                 json.dumps({**self._alive, "heartbeat": now})))
             self.con.commit()
         except sqlite3.Error as exc:
             raise UserError(f"cannot write inspection database {self.path}: {exc}; free the disk or stop the "
                             "process holding it, or pass another --db") from None
         self.run_id = int(cur.lastrowid)
+        self._beat = time.monotonic()
         self.con.execute(f"PRAGMA busy_timeout={BUSY_MS}")  # from now on a lock queues records, never stalls the loop
         return self.run_id
 
@@ -278,6 +360,10 @@ class Records:
         try:
             for item in self._pending:
                 self._apply(item)
+            if self.run_id is not None and time.monotonic() - self._beat >= HEARTBEAT_S:  # the run is alive
+                self.con.execute("UPDATE runs SET stats=? WHERE id=? AND status='running'",
+                                 (json.dumps({**self._alive, "heartbeat": time.time()}), self.run_id))
+                self._beat = time.monotonic()
             self.con.commit()
         except sqlite3.OperationalError as exc:  # locked, busy, disk full, I/O error: keep and retry
             try:
@@ -329,9 +415,14 @@ class Records:
                 "station so that no part passes unrecorded. Free the disk or the lock, then restart")
 
     def health(self) -> Dict[str, Any]:
-        """What the run's stats keep about database outages."""
+        """What the run's stats keep about database outages; db_unwritten counts every row the database
+        did not take (still queued, saved to db_unsaved_file, or lost when that is empty)."""
+        queued = collections.Counter("frames" if k == "frame" else "verdicts" for k, *_ in self._pending)
+        frames, verdicts = self.unwritten["frames"] + queued["frames"], self.unwritten["verdicts"] + queued["verdicts"]
         return {"db_outages": self.outages, "db_max_delay_s": round(self.max_delay_s, 2),
-                "db_max_backlog": self.max_backlog, "db_unwritten": len(self._pending),
+                "db_max_backlog": self.max_backlog, "db_unwritten": frames + verdicts,
+                "db_unwritten_frames": frames, "db_unwritten_verdicts": verdicts,
+                **({"db_unsaved_file": self.unsaved_file} if self.unsaved_file else {}),
                 **({"db_last_error": self.last_error} if self.last_error else {})}
 
     def drain(self, patience_s: float = 10.0) -> str:
@@ -349,40 +440,83 @@ class Records:
             self._since = None
         return ""
 
-    def _dump(self) -> str:
-        """Last resort: the unwritten rows as JSON lines beside the database (a new file, never replacing)."""
+    def _dump(self, end_row: Optional[Dict[str, Any]] = None) -> str:
+        """Last resort: the unwritten rows (and, when even the run's end could not be written, the run's
+        end row) as JSON lines in a new file beside the database, else in the first of unsaved_dirs that
+        takes it. The rows are counted in `unwritten` before the queue is cleared."""
         n, err = len(self._pending), self.last_error
-        path = f"{self.path}.unsaved-run{self.run_id}-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+        name = f"{os.path.basename(self.path)}.unsaved-run{self.run_id}-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
         lines = "".join(json.dumps({"table": "frames" if k == "frame" else "verdicts", "row": row,
                                     "defects": d, "timing": t}) + "\n" for k, row, d, t in self._pending)
-        try:
-            write_new(path, lines.encode("utf-8"))
-            where = f"saved to {path}"
-        except OSError as exc:
-            where = f"they could not be saved elsewhere either ({exc.strerror or exc}): LOST"
+        if end_row is not None:
+            lines += json.dumps({"table": "runs", "row": end_row}) + "\n"
+        for kind, *_ in self._pending:
+            self.unwritten["frames" if kind == "frame" else "verdicts"] += 1
         self._pending.clear()
-        msg = f"{n} records could not be written to {self.path} ({err}); {where}"
+        tried = []
+        for folder in unsaved_dirs(self.path):
+            path = os.path.join(folder, name)
+            try:
+                os.makedirs(folder, exist_ok=True)
+                write_new(path, lines.encode("utf-8"))
+            except OSError as exc:
+                tried.append(f"{folder}: {exc.strerror or exc}")
+                continue
+            self.unsaved_file = path
+            where = f"saved to {path}"
+            break
+        else:
+            where = f"they could not be saved anywhere ({'; '.join(tried)}): LOST"
+        what = f"{n} records" if end_row is None or n else "the run's end"
+        msg = f"{what} could not be written to {self.path} ({err}); {where}"
         logger.error(f"ERROR: records: {msg}")
         return msg
 
     finish_patience_s = 10.0  # how long the end of a run waits for a locked or full database
 
     def finish_run(self, status: str, stats: Dict[str, Any]) -> None:
-        """Write what is queued, then the run's end row; UserError when records could not be written."""
+        """Write what is queued, then the run's end row (whose stats count what was not written);
+        UserError when records could not be written. If even the end row is refused, it is saved with
+        the rows (see _dump) and the run stays `running` in the file: `run_status` shows it `killed`."""
         unwritten = self.drain(self.finish_patience_s)
-        stats = {**stats, **self.extra, **self.health()}
+        stats = {**stats, **self.extra, **self.health(), **self._alive}
+        row = (time.time(), status, stats.get("frames"), stats.get("dropped"), stats.get("corrupt"),
+               stats.get("reconnects"), stats.get("e2e_fps"), stats.get("model_fps"), json.dumps(stats), self.run_id)
         try:
             self.con.execute(
                 "UPDATE runs SET ended_at=?, status=?, frames=?, dropped=?, corrupt=?, reconnects=?, e2e_fps=?, "
-                "model_fps=?, stats=? WHERE id=?",
-                (time.time(), status, stats.get("frames"), stats.get("dropped"), stats.get("corrupt"),
-                 stats.get("reconnects"), stats.get("e2e_fps"), stats.get("model_fps"), json.dumps(stats),
-                 self.run_id))
+                "model_fps=?, stats=? WHERE id=?", row)
             self.con.commit()
-        except sqlite3.OperationalError as exc:
-            logger.error(f"ERROR: records: cannot mark run {self.run_id} {status} in {self.path}: {exc}")
+        except sqlite3.Error as exc:
+            self.last_error = str(exc)
+            if not self._mark_compact(status, stats, row[0]):
+                logger.error(f"ERROR: records: cannot mark run {self.run_id} {status} in {self.path}: {exc}")
+                ended = self._dump({"id": self.run_id, "ended_at": row[0], "status": status, "stats": stats})
+                unwritten = f"{unwritten}; {ended}" if unwritten else ended
         if unwritten and not self._halted:  # after the alarm, the alarm stays the error the user sees
             raise UserError(f"records incomplete: {unwritten}")
+
+    def _mark_compact(self, status: str, stats: Dict[str, Any], ended_at: float) -> bool:
+        """A full disk may refuse the end row with all its stats but take a few bytes: the status, the
+        counts of what was not written and where it went. False when even that is refused."""
+        try:
+            self.con.rollback()
+        except sqlite3.Error:
+            pass
+        keep = ("frames", "dropped", "corrupt", "parts", "db_unwritten", "db_unwritten_frames",
+                "db_unwritten_verdicts", "db_unsaved_file", "db_last_error", "pid", "host")
+        small = {k: stats[k] for k in keep if k in stats}
+        try:
+            self.con.execute("UPDATE runs SET ended_at=?, status=?, frames=?, stats=? WHERE id=?",
+                             (ended_at, status, stats.get("frames"), json.dumps(small), self.run_id))
+            self.con.commit()
+            return True
+        except sqlite3.Error:
+            try:
+                self.con.rollback()
+            except sqlite3.Error:
+                pass
+            return False
 
     def close(self) -> None:
         try:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 from ..errors import UserError
 from ..outputs import atomic_write
 from ..timing import summarize
+from .database import run_status
 
 LATENCY_COLUMNS = ("queue_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "output_ms", "latency_ms")
 
@@ -40,7 +41,9 @@ def summarise(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
                            (run_id,)).fetchall()
     counts = {v: n for v, n in verdicts}
     parts = sum(counts.values())
-    frames = con.execute("SELECT COUNT(*), SUM(verdict='FAIL'), MIN(t), MAX(t), SUM(verdict='NONE') FROM frames "
+    # NONE without reasons: no part in view; NONE with reasons: not inspected (model unavailable, unreadable)
+    frames = con.execute("SELECT COUNT(*), SUM(verdict='FAIL'), MIN(t), MAX(t), SUM(verdict='NONE' AND reasons IS NULL), "
+                         "SUM(verdict='NONE' AND reasons IS NOT NULL) FROM frames "
                          "WHERE run_id=?", (run_id,)).fetchone()
     defects = {name: {"regions": n, "frames": nf, "area_px": round(a or 0.0, 1),
                       "area_mm2": None if m is None else round(m, 3)}
@@ -61,11 +64,13 @@ def summarise(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
     except (ValueError, TypeError, AttributeError):
         truth = None
     return {
-        "run": run_id, "status": run["status"], "model": run["model"], "source": run["source"],
+        "run": run_id, "status": run_status(run["status"], run["stats"], run["started_at"]),
+        "model": run["model"], "source": run["source"],
         "started": run["started_at"], "ended": run["ended_at"],
         "level": level[0] if level else None, "parts": parts, "pass": counts.get("PASS", 0),
         "fail": counts.get("FAIL", 0), "pass_rate": counts.get("PASS", 0) / parts if parts else None,
         "frames": frames[0] or 0, "frames_fail": frames[1] or 0, "frames_no_part": frames[4] or 0,
+        "frames_not_inspected": frames[5] or 0, "none": counts.get("NONE", 0),
         "span_s": (frames[3] - frames[2]) if frames[0] else 0.0,
         "dropped": run["dropped"], "corrupt": run["corrupt"], "reconnects": run["reconnects"],
         "e2e_fps": run["e2e_fps"], "model_fps": run["model_fps"],
@@ -82,8 +87,10 @@ def format_report(s: Dict[str, Any]) -> str:
         f"run {s['run']}  ({s['status']}, started {t0})",
         f"  model {s['model']}",
         f"  source {s['source']}",
-        f"{s['level'] or 'part'}s         {s['parts']}: {s['pass']} PASS, {s['fail']} FAIL, pass rate {rate}",
-        (f"frames        {s['frames']} ({s['frames_no_part']} with no part in view), {s['frames_fail']} FAIL, "
+        (f"{s['level'] or 'part'}s         {s['parts']}: {s['pass']} PASS, {s['fail']} FAIL, "
+         + (f"{s['none']} NONE (not inspected), " if s.get("none") else "") + f"pass rate {rate}"),
+        (f"frames        {s['frames']} ({s['frames_no_part']} with no part in view, "
+         f"{s.get('frames_not_inspected', 0)} not inspected), {s['frames_fail']} FAIL, "
          f"over {s['span_s']:.1f} s"),
         (f"dropped       {s['dropped'] if s['dropped'] is not None else 'unknown (run did not finish)'}"
          f"   corrupt/skipped {s['corrupt'] if s['corrupt'] is not None else '?'}"

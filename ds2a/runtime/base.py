@@ -5,6 +5,7 @@ Torch-free: only numpy/OpenCV here.
 """
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -15,6 +16,9 @@ from ..errors import UserError
 from ..meta import ModelMeta
 from ..preprocess import resize_frame
 from .io_layout import SHAPE_FIX
+from .selftest import SelfTestResult, run_selftest
+
+logger = logging.getLogger(__name__)
 
 Frames = Union[np.ndarray, Sequence[np.ndarray]]
 
@@ -38,6 +42,7 @@ class Segmenter(ABC):
 
     backend: str = "base"
     meta: ModelMeta
+    selftest: Optional[SelfTestResult] = None  # set once the golden frames ran (ds2a/runtime/selftest.py)
 
     def __init__(self, meta: ModelMeta) -> None:
         self.meta = meta
@@ -84,9 +89,20 @@ class Segmenter(ABC):
     def infer_batch(self, frames: Frames) -> List[InferResult]:
         """Several frames -> one result each, in order."""
 
+    def run_selftest(self) -> SelfTestResult:
+        """Run the golden frames the model carries and compare with the class maps stored with them;
+        SelfTestFailed (a UserError) when the answers changed. `open_model` calls it."""
+        self.selftest = run_selftest(self)
+        if self.selftest.status == "passed":
+            logger.info(f"{getattr(self, 'path', self.backend)}: {self.selftest.line()}")
+        return self.selftest
+
     def warmup(self, n: int = 3) -> None:
         """Run a few dummy frames so lazy allocation and autotuning are out of the timed path, and
-        check what comes out against the metadata (a model that disagrees is refused, not run)."""
+        check what comes out against the metadata (a model that disagrees is refused, not run).
+        A model that has not run its self-test yet (one not opened by `open_model`) runs it first."""
+        if self.selftest is None:
+            self.run_selftest()
         h, w = self.input_size
         batch = max(1, self.batch_size or 1)
         frames = [np.zeros((h, w, 3), np.uint8), np.full((h, w, 3), 255, np.uint8)]

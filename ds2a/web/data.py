@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any, Dict, List, Optional
 
 from ..errors import UserError
-from ..records.database import connect
+from ..records.database import connect, run_status
 from ..records.report import summarise
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -22,10 +22,12 @@ def open_readonly(path: str) -> sqlite3.Connection:
 
 
 def runs(con: sqlite3.Connection, limit: int = 200) -> List[Dict[str, Any]]:
-    rows = con.execute("SELECT r.id, r.started_at, r.status, r.source, r.model, "
+    rows = con.execute("SELECT r.id, r.started_at, r.status, r.stats, r.source, r.model, "
                        "(SELECT COUNT(*) FROM verdicts v WHERE v.run_id=r.id) AS parts "
                        "FROM runs r ORDER BY r.id DESC LIMIT ?", (limit,)).fetchall()
-    return [dict(r) for r in rows]
+    # a killed run keeps 'running' in the file: show what it means now (killed/stale)
+    return [{**{k: r[k] for k in r.keys() if k != "stats"},
+             "status": run_status(r["status"], r["stats"], r["started_at"])} for r in rows]
 
 
 def pick_run(con: sqlite3.Connection, run: Optional[str], path: str) -> Optional[int]:
