@@ -9,7 +9,7 @@ install-runtime:
 
 install-dev:
 	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e '.[opencv,train,export,calib,bench,trt,web,notify,serve,dev]'
+	$(PYTHON) -m pip install -q -e '.[opencv,train,export,calib,bench,trt,cu13,web,notify,serve,dev]'
 
 # Debian packages the browser and MQTT tests drive (as root; elsewhere they skip with the reason)
 install-debian:

@@ -263,3 +263,48 @@ def test_model_is_checked_on_the_gpu_given_with_device(machine, capsys, tmp_path
     assert code == 3 and "compute capability 9.0" in out
     code, out, _ = doctor(capsys, "--model", engine, "--device", "2")
     assert code == 3 and "GPU 2 does not exist here (CUDA lists GPU 0, 1)" in out
+
+
+# --- which cuda-python fits the driver ------------------------------------------------------------------------
+def test_cuda_python_newer_than_the_driver_gets_the_pip_line_of_the_drivers_major(machine, capsys):
+    """pip's newest cuda-python is 13.x; a CUDA 12 driver refuses it: the fix pins the driver's major."""
+    machine(trt="10.3.0", driver=12060, runtime=13040, gpus=[ORIN])
+    code, out, _ = doctor(capsys, "--json")
+    cuda = json.loads(out)["cuda_python"]
+    assert cuda["fits_driver"] is False and "pip install 'cuda-python==12.*'" in cuda["fix"]
+    _, out, _ = doctor(capsys)
+    assert "fix: pip uninstall cuda-python cuda-bindings, then pip install 'cuda-python==12.*'" in out
+
+
+@pytest.mark.parametrize("driver,line", [(12020, "pip install 'cuda-python==12.*' (the ds2a-edge[cu12] extra"),
+                                         (13000, "pip install 'cuda-python==13.*' (the ds2a-edge[cu13] extra"),
+                                         (11040, "pip install pycuda"),
+                                         (None, "'ds2a-edge[cu12]' on a CUDA 12 driver, 'ds2a-edge[cu13]' on CUDA 13")])
+def test_missing_cuda_python_names_the_install_line_for_the_drivers_cuda(machine, capsys, monkeypatch, driver, line):
+    machine(trt="10.3.0", driver=0)
+    monkeypatch.setattr(probe, "load_cudart", lambda: None)
+    monkeypatch.setattr(probe, "driver_cuda_version", lambda lib=None: driver)
+    _, out, _ = doctor(capsys)
+    assert "cuda-python   not installed; " in out and line in out
+
+
+def test_the_drivers_cuda_is_read_from_libcuda_itself():
+    class LibCuda:  # libcuda's cuDriverGetVersion(int*) -> CUresult
+        def __init__(self, version, result=0):
+            self.version, self.result = version, result
+
+        def cuDriverGetVersion(self, pointer):  # noqa: N802
+            pointer._obj.value = self.version
+            return self.result
+
+    assert probe.driver_cuda_version(LibCuda(12060)) == 12060
+    assert probe.driver_cuda_version(LibCuda(0, result=100)) is None  # CUDA_ERROR_NO_DEVICE
+
+
+def test_the_cuda_layer_extras_pin_cuda_python_to_one_cuda_major():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    extras = cfg["options.extras_require"]
+    assert "cuda-python" not in extras["trt"]
+    assert extras["cu12"].split() == ["cuda-python>=12.0,<13"] and extras["cu13"].split() == ["cuda-python>=13.0,<14"]
+    assert ",cu13," in (ROOT / "Makefile").read_text()  # make test installs one, to import the real bindings

@@ -5,6 +5,7 @@ Each probe returns a plain dict (JSON-ready) with what it found or why it found 
 """
 from __future__ import annotations
 
+import ctypes
 import glob
 import importlib.util
 import os
@@ -109,11 +110,42 @@ def _ok(result: Any) -> bool:
     return int(getattr(result[0], "value", result[0])) == 0
 
 
-def cuda_python_info(cudart: Any = None) -> Dict[str, Any]:
-    """cuda-python: driver and runtime CUDA versions, whether they fit, and the GPUs it sees."""
+def driver_cuda_version(lib: Any = None) -> Optional[int]:
+    """The driver's CUDA version (e.g. 12060), asked from libcuda itself (cuDriverGetVersion), so it is
+    known before any CUDA layer is installed; None without an NVIDIA driver."""
+    try:
+        lib = lib if lib is not None else ctypes.CDLL("libcuda.so.1")
+        version = ctypes.c_int(0)
+        if lib.cuDriverGetVersion(ctypes.byref(version)) != 0:
+            return None
+        return int(version.value) or None
+    except (OSError, AttributeError):
+        return None
+
+
+def cuda_python_install(driver_version: Optional[int]) -> str:
+    """The pip line for the cuda-python that fits a driver of `driver_version` (cuDriverGetVersion).
+
+    cuda-bindings X.y supports CUDA X.y' of the same major only (NVIDIA's cuda-bindings support
+    policy: minor version compatibility within a major), and pip's newest is 13.x: on a CUDA 12
+    driver that fails with "insufficient driver". So the major is pinned to the driver's.
+    """
+    if not driver_version:
+        return ("pip install 'ds2a-edge[cu12]' on a CUDA 12 driver, 'ds2a-edge[cu13]' on CUDA 13 (`nvidia-smi` "
+                "shows the driver's CUDA)")
+    major = driver_version // 1000
+    if major < 12:
+        return (f"the driver has CUDA {major}: pip install pycuda (what ds2a uses on JetPack 5), or "
+                "pip install 'cuda-python==11.8.*'")
+    return f"pip install 'cuda-python=={major}.*' (the ds2a-edge[cu{major}] extra; the driver has CUDA {major})"
+
+
+def cuda_python_info(cudart: Any = None, driver_version: Optional[int] = None) -> Dict[str, Any]:
+    """cuda-python: driver and runtime CUDA versions, whether they fit, the GPUs it sees, and the
+    pip line that fixes a missing or mismatched one (`driver_version`: libcuda's, asked when absent)."""
     rt = cudart if cudart is not None else load_cudart()
     if rt is None:
-        return {"installed": False, "fix": "pip install 'ds2a-edge[trt]' (cuda-python matching the driver's CUDA)"}
+        return {"installed": False, "fix": cuda_python_install(driver_version or driver_cuda_version())}
     info: Dict[str, Any] = {"installed": True, "version": _dist_version("cuda-python", "cuda-bindings")}
     drv, run = rt.cudaDriverGetVersion(), rt.cudaRuntimeGetVersion()
     dv = int(drv[1]) if _ok(drv) and drv[1] else 0
@@ -121,6 +153,8 @@ def cuda_python_info(cudart: Any = None) -> Dict[str, Any]:
     text = cuda_helpers()._cuda_text
     info.update(driver_cuda=text(dv) if dv else None, runtime_cuda=text(rv) if rv else None,
                 fits_driver=bool(dv) and dv // 1000 >= rv // 1000, devices=[])
+    if dv and not info["fits_driver"]:
+        info["fix"] = f"pip uninstall cuda-python cuda-bindings, then {cuda_python_install(dv)}"
     count = rt.cudaGetDeviceCount()
     if not _ok(count):
         name = getattr(count[0], "name", str(count[0]))

@@ -76,6 +76,8 @@ def render(report: Dict[str, Any]) -> str:
         row("cuda driver", f"CUDA {cuda['driver_cuda']}" if cuda.get("driver_cuda") else "no NVIDIA driver")
         if cuda.get("error"):
             row("", cuda["error"])
+        if cuda.get("fix"):
+            row("", f"fix: {cuda['fix']}")
     else:
         row("cuda-python", f"not installed; {cuda['fix']}")
     if pyc.get("installed"):
