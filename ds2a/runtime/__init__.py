@@ -68,11 +68,14 @@ def backend_for(path: str, backend: Optional[str] = None) -> str:
     return SUFFIXES[suffix]
 
 
-def open_model(path: str, backend: Optional[str] = None, **options: Any) -> Segmenter:
+def open_model(path: str, backend: Optional[str] = None, *, selftest: bool = True, **options: Any) -> Segmenter:
     """Load a model file into the matching `Segmenter`; options go to the backend's constructor.
 
     The options each backend takes are in ds2a/runtime/options.py (OPTIONS); one it lacks is
-    refused there before anything loads, None means the backend's default.
+    refused there before anything loads, None means the backend's default. The model then runs
+    its golden frames (ds2a/runtime/selftest.py): one whose answers changed since it was made is
+    closed and refused with SelfTestFailed; the result is `model.selftest`. `selftest=False` is
+    for tools that compare the model themselves (the engine build's accuracy gate).
     """
     name = backend_for(path, backend)
     options = check_options(name, options, str(path))
@@ -91,4 +94,11 @@ def open_model(path: str, backend: Optional[str] = None, **options: Any) -> Segm
                 "pytorch": "PyTorch (pip install 'ds2a-edge[train]')",
                 "triton": "tritonclient (pip install 'tritonclient[grpc,http]')"}[name]
         raise UserError(f"the {name} backend for {path} needs {need}: {exc}") from None
-    return getattr(module, class_name)(str(path), **options)
+    model = getattr(module, class_name)(str(path), **options)
+    if selftest:
+        try:
+            model.run_selftest()
+        except BaseException:
+            model.close()
+            raise
+    return model
