@@ -14,6 +14,7 @@ import os
 
 from ..inspect.overlay import MODES
 from ..inspect.run import InspectOptions, inspect, parse_roi
+from ..inspect.signals import exit_code
 from ..runtime import backend_for
 from ..runtime.options import add_backend_arguments, options_from_args
 from ..web.station import StationOptions
@@ -74,5 +75,5 @@ def messages_to_stderr(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    inspect(options_from(args))
-    return 0
+    """0 for a run that ended by itself; 130/143/129 when SIGINT/SIGTERM/SIGHUP stopped it (records flushed)."""
+    return exit_code(inspect(options_from(args)).stats.stop_reason)

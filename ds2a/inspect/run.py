@@ -150,7 +150,10 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
             logger.info(f"event   {event}")
         truth_numbers = truth.summary() if truth is not None else None
         text = summary_text(stats, publisher, classes, truth_numbers)
-        print(text, file=table)
+        try:
+            print(text, file=table)
+        except (OSError, ValueError):  # the terminal is gone (SIGHUP): the records are already flushed
+            pass
         if status == "empty":
             raise UserError(f"nothing was inspected: {options.source} gave {stats.captured} frame(s), "
                             f"{stats.corrupt} unreadable or corrupt, {stats.no_part} without a part in view "
@@ -229,7 +232,7 @@ def _end_run(loop: InspectionLoop, publisher: Publisher, station: Optional[Stati
     st = loop.stats
     if failed:
         status = "error"
-    elif st.stop_reason in ("SIGINT", "SIGTERM", "aborted"):
+    elif st.stop_reason in ("SIGINT", "SIGTERM", "SIGHUP", "aborted"):
         status = "interrupted"
     elif st.inspected == 0:
         status = "empty"

@@ -1,4 +1,5 @@
-"""SIGINT/SIGTERM during an inspection: stop cleanly, and never leave a run without its records."""
+"""SIGINT/SIGTERM/SIGHUP during an inspection: stop cleanly, never leave a run without its records, and
+exit with the signal's conventional code (128 + its number) so a script can tell it from a complete run."""
 from __future__ import annotations
 
 import logging
@@ -10,9 +11,18 @@ from .loop import InspectionLoop
 
 logger = logging.getLogger(__name__)
 
+# SIGHUP: the ssh session or terminal went away; flushed like SIGTERM (its default would kill without the records)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal number, as a shell reports it
+
+
+def exit_code(stop_reason: str) -> int:
+    """The exit status of `ds2a inspect` for a run that ended normally: 0, or 128+N when a signal stopped it."""
+    return EXIT_CODES.get(stop_reason, 0)
+
 
 class StopSignals:
-    """SIGINT/SIGTERM handling from before warm-up until the records are flushed.
+    """SIGINT/SIGTERM/SIGHUP handling from before warm-up until the records are flushed.
 
     Before the loop exists the first signal is remembered (the loop stops as soon as it is
     made) and a second aborts start-up, when nothing is recorded yet. While the loop runs the
@@ -31,7 +41,7 @@ class StopSignals:
 
     def install(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
