@@ -54,6 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--notify", action="append", default=[], metavar="URL",
                    help="send part verdicts to the line, repeatable: mqtt://BROKER:1883/line1/station3 (JSON, QoS 1) "
                    "or modbus://PLC:502?unit=1&coil=12 (pulse per FAIL; register=N counts FAILs)")
+    p.add_argument("--trigger", metavar="URL", help="inspect one frame per trigger from the line and answer each one: "
+                   "mqtt://BROKER:1883/PREFIX (PREFIX/trigger in, PREFIX/result out) or modbus://PLC:502?unit=1 "
+                   "(trigger coil, serial, busy/done, result registers; map in deploy/README.md)")
+    p.add_argument("--trigger-timeout", type=float, default=1.0, metavar="S",
+                   help="seconds from a trigger to its answer; a part not judged by then is answered NONE (default 1)")
 
 
 def options_from(args: argparse.Namespace) -> InspectOptions:
@@ -66,7 +71,8 @@ def options_from(args: argparse.Namespace) -> InspectOptions:
         mode=args.mode, alpha=args.alpha, backend=args.backend,
         backend_options=options_from_args(args, backend, args.model), fps=args.fps,
         station=StationOptions(web=args.web, web_token=args.web_token, web_insecure=args.web_insecure,
-                               notify=list(args.notify)))
+                               notify=list(args.notify)),
+        trigger=args.trigger, trigger_timeout=args.trigger_timeout)
 
 
 def messages_to_stderr(args: argparse.Namespace) -> bool:

@@ -30,6 +30,7 @@ from .rules import Rules, analyser, bind_rules, check_region, check_scale, read_
 from .signals import StopSignals
 from .sinks import Sink, check_run_outputs, open_sink
 from .summary import InspectionSummary, summary_text
+from .triggered import TriggerParts, check_trigger_option, open_trigger_line
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class InspectOptions:
     backend_options: Dict[str, Any] = field(default_factory=dict)  # the backend's keywords (ds2a/runtime/options.py)
     fps: Optional[float] = None  # frame rate of output videos; None: the source's, else 30
     station: StationOptions = field(default_factory=StationOptions)  # live page and line notifiers
+    trigger: Optional[str] = None  # mqtt://BROKER/PREFIX or modbus://PLC?unit=1: one part per trigger, one answer
+    trigger_timeout: float = 1.0  # seconds from a trigger to its answer (NONE when it cannot be judged in time)
 
 
 def parse_roi(text: str) -> Region:
@@ -101,6 +104,7 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
     check_run_outputs(options.outputs, options.db, [("--model", options.model), ("--rules", options.rules),
                                                     ("--source", options.source)])
     station = open_station(options.station, options.db)  # --web/--notify checked before the model opens
+    trigger = check_trigger_option(options)  # --trigger too (ds2a/notify/handshake.py)
     draft = read_rules(options.rules, options.mm_per_pixel)  # checked as far as it can be without the model
     with contextlib.ExitStack() as stack:
         signals = StopSignals()
@@ -110,12 +114,14 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         classes = list(model.meta.classes)
         rules = bind_rules(draft, classes, options.mm_per_pixel)
         source = open_source(options.source)
+        line = stack.enter_context(contextlib.closing(open_trigger_line(trigger, options))) if trigger else None
+        source = line.source(source) if line else source  # one frame per trigger, named by the line
         until_running = stack.enter_context(contextlib.ExitStack())  # the capture thread closes it once running
         until_running.callback(source.close)
         sinks = _open_sinks(options, options.fps or source.fps or 30.0, stack)
         records = stack.enter_context(contextlib.closing(Records(options.db))) if options.db else None
         jsonl = JsonlOut(out) if options.jsonl else None
-        tracker = PartTracker(rules, source.gives_parts, options.source)
+        tracker = TriggerParts(rules) if line else PartTracker(rules, source.gives_parts, options.source)
         publisher = Publisher(_renderer(options, classes, model), sinks, tracker, records, options.save_fail, jsonl)
         truth = None
         if getattr(source, "gives_truth", False):  # demo://: escapes and overkill against its own labels
@@ -123,6 +129,8 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
 
             truth = TruthTally(rules, classes, source.truth, records)
             publisher.observers.append(truth)
+        if line is not None:
+            publisher.observers.append(line)  # answers each trigger after its part is recorded
         if station is not None:
             stack.callback(station.close)
             station.start(publisher, lambda: _renderer(options, classes, model), records)
@@ -139,6 +147,8 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
                                        rules.mm_per_pixel)
             logger.info(f"run     {run_id} in {options.db}")
         until_running.pop_all()  # handed over to the capture thread
+        if line is not None:
+            line.start(records)  # listens only now: no trigger waits for the warm-up
         try:
             loop.run(duration=options.duration)
         except BaseException:

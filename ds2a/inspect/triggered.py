@@ -1,0 +1,50 @@
+"""Inspection driven by the line (`ds2a inspect --trigger URL`): the parts are the triggers.
+
+Each trigger is one part of one frame (ds2a/sources/trigger.py), so its verdict is decided by
+that frame and closed at once: the records, `--notify` and the page get the part under the id
+the line gave, without waiting for the next part to arrive. The answer to the line goes out
+through ds2a/notify/handshake.py.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from .parts import PartVerdict
+from .rules import Rules
+
+
+class TriggerParts:
+    """A PartTracker for triggered runs: one frame, one part, closed as soon as it is judged."""
+
+    by = "trigger"
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+
+    def feed(self, seq: int, part_id: Optional[str], passed: bool, reasons: List[str], t: float,
+             inspected: bool = True) -> List[PartVerdict]:
+        """The triggered frame is the part: PASS only when it was inspected and passed, NONE when not inspected."""
+        return [PartVerdict(part_id or f"frame-{seq:06d}", "part", inspected and passed, list(reasons), seq, seq, 1,
+                            t, t, none=not inspected, uninspected=int(not inspected))]
+
+    def feed_gap(self) -> List[PartVerdict]:
+        return []  # the part locator saw no part in the triggered frame: the line is answered NONE (no_part)
+
+    def flush(self) -> List[PartVerdict]:
+        return []
+
+
+def check_trigger_option(options: Any) -> Any:
+    """`--trigger` checked before the model opens (URL, timeout, client library); None without it."""
+    if not options.trigger:
+        return None
+    from ..notify.handshake import check_trigger
+
+    return check_trigger(options.trigger, options.trigger_timeout)
+
+
+def open_trigger_line(target: Any, options: Any) -> Any:
+    """The line for a checked target: nothing connects before `start()`."""
+    from ..notify.handshake import TriggerLine
+
+    return TriggerLine(target, options.trigger_timeout)
