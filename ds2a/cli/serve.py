@@ -12,6 +12,7 @@ import sys
 
 from ..cli.types import int_range
 from ..runtime import triton_protocol as protocol
+from ..runtime.options import MAX_THREADS
 from ..serve.server import ServeOptions, serve_forever
 
 
@@ -30,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long Triton may hold a frame to batch it with others (default 2000 us)")
     p.add_argument("--instances", type=int_range(1), default=1,
                    help="model copies running batches in parallel (default 1)")
-    p.add_argument("--threads", type=int_range(0), default=0,
+    p.add_argument("--threads", type=int_range(0, MAX_THREADS), default=0,
                    help="intra-op threads per instance for ONNX Runtime / PyTorch (default 0: the backend's own)")
     p.add_argument("--device", help="device for the runtime: cpu, cuda, tensorrt, auto (ONNX Runtime)")
     p.add_argument("--backend", help="force a runtime backend: onnxruntime, tensorrt, pytorch")

@@ -17,6 +17,8 @@ from ..outputs import atomic_write
 from ..timing import summarize
 from .database import run_status
 
+SQLITE_MIN_INT, SQLITE_MAX_INT = -(2 ** 63), 2 ** 63 - 1  # a larger id cannot be bound: OverflowError
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet would run as a formula (OWASP)
 LATENCY_COLUMNS = ("queue_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "output_ms", "latency_ms")
 
 
@@ -27,10 +29,13 @@ def run_row(con: sqlite3.Connection, run_id: Optional[int], path: str) -> sqlite
         if row is None:
             raise UserError(f"inspection database {path} has no runs yet; run `ds2a inspect ... --db {path}`")
         return row
-    row = con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+    in_range = isinstance(run_id, int) and SQLITE_MIN_INT <= run_id <= SQLITE_MAX_INT  # SQLite ids are 64-bit
+    row = con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone() if in_range else None
     if row is None:
         ids = [r[0] for r in con.execute("SELECT id FROM runs ORDER BY id")]
-        raise UserError(f"run {run_id} is not in {path}; runs there: {', '.join(map(str, ids)) or 'none'}")
+        shown = (["..."] if len(ids) > 20 else []) + [str(i) for i in ids[-20:]]
+        what = str(run_id) if len(str(run_id)) <= 30 else str(run_id)[:27] + "..."
+        raise UserError(f"run {what} is not in {path}; runs there: {', '.join(shown) or 'none'}")
     return row
 
 
@@ -123,6 +128,17 @@ def format_report(s: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cell(value: Any) -> Any:
+    """A text cell a spreadsheet shows as text: one starting with = + - @ tab or CR gets a leading quote.
+
+    Part ids come from file names and sources (`=HYPERLINK(...)`, `@SUM(...)`): written raw they would
+    run as formulas when the CSV is opened (OWASP "CSV Injection"). Numbers are left as numbers.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def write_csv(con: sqlite3.Connection, run_id: int, out: str) -> int:
     """One row per part verdict with its defect counts per class; returns the row count."""
     names = con.execute("SELECT classes FROM runs WHERE id=?", (run_id,)).fetchone()[0]
@@ -131,14 +147,15 @@ def write_csv(con: sqlite3.Connection, run_id: int, out: str) -> int:
     with atomic_write(out, "w", label="--csv", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["run", "part_id", "level", "verdict", "reasons", "first_seq", "last_seq", "n_frames",
-                    "t_start", "t_end"] + [f"{c}_regions" for c in classes])
+                    "t_start", "t_end"] + [cell(f"{c}_regions") for c in classes])
         for v in rows:
             per_class = dict(con.execute(
                 "SELECT d.class_name, COUNT(*) FROM defects d JOIN frames f ON d.frame_id=f.id "
                 "WHERE f.run_id=? AND f.seq BETWEEN ? AND ? GROUP BY d.class_name",
                 (run_id, v["first_seq"], v["last_seq"])).fetchall())
             reasons = "; ".join(json.loads(v["reasons"] or "[]"))
-            w.writerow([run_id, v["part_id"], v["level"], v["verdict"], reasons, v["first_seq"], v["last_seq"],
+            w.writerow([run_id, cell(v["part_id"]), cell(v["level"]), cell(v["verdict"]), cell(reasons),
+                        v["first_seq"], v["last_seq"],
                         v["n_frames"], f"{v['t_start']:.3f}", f"{v['t_end']:.3f}"] +
                        [per_class.get(c, 0) for c in classes])
     return len(rows)

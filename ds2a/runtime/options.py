@@ -7,6 +7,7 @@ comes from. Torch-free (no backend is imported here).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -69,6 +70,19 @@ HINTS: Dict[str, str] = {
     "--allow-other-gpu": "drop it (only TensorRT engines are tied to the GPU that built them)",
 }
 
+THREAD_OPTIONS = ("intra_op_threads", "inter_op_threads", "threads")
+MAX_THREADS = 1024  # far above any core count here; 100000 made ONNX Runtime try to start 100000 threads
+
+
+def check_threads(value: Any, label: str) -> int:
+    """A thread count from 0 to MAX_THREADS (0: the backend's default); UserError naming `label` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_THREADS:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise UserError(f"{label} {shown}: give a whole number of threads from 1 to {MAX_THREADS} "
+                        f"(this machine has {os.cpu_count() or '?'} cores)")
+    return int(value)
+
+
 _TORCH_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -117,15 +131,22 @@ def check_options(backend: str, options: Mapping[str, Any], model: str = "") -> 
             same = next((o.name for o in OPTIONS[backend] if flag and o.flag == flag), None)
             hint = f"pass {same}= instead (what {flag} sets there)" if same else HINTS.get(flag or "", "")
             raise refuse(f"option '{key}'", backend, model, takers, hint)
+        if key in THREAD_OPTIONS:
+            check_threads(given[key], f"option {key}")
     return given
 
 
 # --- the shared CLI flags ----------------------------------------------------------------------
 def _whole_number(text: str) -> int:
+    """--threads: a whole number up to MAX_THREADS (below 1 is refused later, naming the flag)."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"'{text}' is too many threads: give 1 to {MAX_THREADS} (this machine "
+                                         f"has {os.cpu_count() or '?'} cores)")
+    return value
 
 
 def add_backend_arguments(parser: Any, *, cuda_graph: bool = False, size: bool = False,

@@ -72,6 +72,41 @@ def check_exposure(host: str, port: int, token: Optional[str], insecure: bool, f
                         f"127.0.0.1:{port}")
 
 
+def host_allowed(request: Any) -> bool:
+    """Without a token, a connection to a loopback address must name the host as localhost or an IP address.
+
+    A web page the station's browser opens can point its own DNS name at 127.0.0.1 (DNS rebinding) and read
+    the records through that browser; its requests carry that name in Host, which is refused here.
+    """
+    transport = getattr(request, "transport", None)
+    sock = transport.get_extra_info("sockname") if transport is not None else None
+    if not sock or not isinstance(sock, tuple) or not is_loopback(str(sock[0])):
+        return True  # reachable beyond this machine only with a token or --web-insecure (check_exposure)
+    try:
+        host = request.headers.get("Host")
+        name = urllib.parse.urlsplit("//" + host).hostname or "" if host else None
+    except ValueError:
+        return False
+    if name is None or name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def record_id(text: str, what: str) -> int:
+    """A frame or run id from a URL; one SQLite cannot hold (above 2**63 - 1) is not in the records."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"{what} '{text[:30]}' is not a number") from None
+    if not 0 <= value < 2 ** 63:
+        raise UserError(f"{what} {text[:30]}{'...' if len(text) > 30 else ''} is not in the records")
+    return value
+
+
 class Site:
     """The state the handlers share: the read-only connection, the live view, a chart cache."""
 
@@ -134,11 +169,17 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
 
     @web.middleware
     async def guard(request: Any, handler: Any) -> Any:
+        if not token and not host_allowed(request):
+            return web.Response(status=403, content_type="text/html", headers=HEADERS,
+                                text=page.message_page("ds2a station: unknown host name",
+                                                       "Without a token this page answers only to localhost or an "
+                                                       "IP address; open it as http://127.0.0.1:PORT/."))
         if token:
             given = request.query.get("token")
             if given is not None and hmac.compare_digest(given.encode(), token.encode()):
                 query = {k: v for k, v in request.query.items() if k != "token"}
-                target = request.path + ("?" + urllib.parse.urlencode(query) if query else "")
+                # one leading slash: '//evil.example/x' (or '/\\evil...') would send the viewer off this site
+                target = "/" + request.path.lstrip("/\\") + ("?" + urllib.parse.urlencode(query) if query else "")
                 resp = web.HTTPFound(target)
                 resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
                 raise resp
@@ -160,7 +201,10 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
         return resp
 
     def _run(con: sqlite3.Connection, request: Any) -> Optional[int]:
-        return data.pick_run(con, request.query.get("run"), site.db or "")
+        run = request.query.get("run")
+        if run:
+            record_id(run, "run")  # an id SQLite cannot hold is not in the records (not an OverflowError)
+        return data.pick_run(con, run, site.db or "")
 
     async def index(request: Any) -> Any:
         con = site.con()
@@ -183,14 +227,15 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
 
     async def failure(request: Any) -> Any:
         con = site.con()
-        f = data.failure(con, int(request.match_info["frame"])) if con is not None else None
+        f = data.failure(con, record_id(request.match_info["frame"], "frame")) if con is not None else None
         if f is None:
             raise UserError(f"frame {request.match_info['frame']} is not in the records")
         return web.Response(content_type="text/html", text=page.failure_page(f))
 
     async def image(request: Any) -> Any:
         con = site.con()
-        path = data.image_file(con, int(request.match_info["frame"]), request.match_info["kind"], site.db or "") \
+        path = data.image_file(con, record_id(request.match_info["frame"], "frame"), request.match_info["kind"],
+                               site.db or "") \
             if con is not None else None
         if path is None:
             raise UserError("that image is not in the records or its file is gone")
