@@ -8,6 +8,7 @@ TensorRT.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -526,6 +527,7 @@ class BuildReport:
     build_seconds: float
     engine_bytes: int
     notes: List[str]
+    verification: Optional[Dict[str, Any]] = None  # the accuracy gate's report (ds2a/engine/verify.py)
 
 
 def _configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, plan: PrecisionPlan,
@@ -633,6 +635,7 @@ def _compile(trt: Any, info: OnnxInfo, opts: BuildOptions, plan: PrecisionPlan, 
              device: Any) -> _Compiled:
     """Parse, configure and build; TensorRT's builder, network, parser and config live only in here."""
     trt_logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(trt_logger, "")  # the parser finds plugin nodes (--deform-attn trt-plugin) here
     builder = trt.Builder(trt_logger)
     logger.info("parsing ONNX")
     # NvOnnxParser.h, kNATIVE_INSTANCENORM: "required when building version-compatible or hardware-compatible engines"
@@ -710,11 +713,56 @@ def build_engine(onnx_path: str, out_path: Optional[str] = None, opts: Optional[
         calibration_cache_sha256=file_sha256(opts.calib_cache) if plan.calibrator else None,  # type: ignore[arg-type]
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    side = _write_engine_and_sidecar(out_path, built.plan, record)
     if opts.timing_cache:
         _save_timing_cache(built.timing_cache, opts.timing_cache)
+    gate = _verify(out_path, built.plan, record, info, opts, trt, cuda_api)  # installs only an engine that passes
+    side = _write_engine_and_sidecar(out_path, built.plan, record)
     size = os.path.getsize(out_path)
     total = time.perf_counter() - t0
     logger.info(f"wrote {out_path} ({size / 1e6:.1f} MB) and {sidecar_path(out_path)} in {total:.1f} s "
                 f"(TensorRT build {build_s:.1f} s)")
-    return BuildReport(out_path, side, plan.precision, version, build_s, size, plan.notes)
+    return BuildReport(out_path, side, plan.precision, version, build_s, size, plan.notes, gate)
+
+
+def _verify(out_path: str, plan: bytes, record: EngineRecord, info: OnnxInfo, opts: BuildOptions, trt: Any,
+            cuda_api: Any) -> Dict[str, Any]:
+    """The accuracy gate (ds2a/engine/verify.py) on the new engine, written beside `out_path` meanwhile.
+
+    Passed (or --accept-mismatch): the report and the engine's own golden class maps go into
+    `record`. Failed: the engine stays as a rejected file with its report, and UserError.
+    """
+    from .verify import failure_message, rejected_path, report_path, verify_engine
+
+    stem, ext = os.path.splitext(out_path)
+    candidate = f"{stem}.verifying{ext or '.engine'}"
+    _write_engine_and_sidecar(candidate, plan, record)
+    try:
+        report, golden = verify_engine(candidate, info.path, info.meta, record.precision, opts.verify,
+                                       record.tensorrt_version, trt=trt, cuda_api=cuda_api, device=opts.device)
+    except BaseException:
+        _remove(candidate, sidecar_path(candidate))
+        raise
+    result = report.to_dict()
+    record.extra["verification"] = result
+    if golden is not None and record.meta is not None:
+        record.meta = {**record.meta, "extra": {**record.meta.get("extra", {}), "golden": golden.to_dict()}}
+    logger.info(report.line())
+    if report.passed or report.accepted_mismatch:
+        if not report.passed:
+            logger.warning(f"warning: installing an engine that failed the accuracy gate (--accept-mismatch): "
+                           f"{'; '.join(report.failures)}")
+        _remove(candidate, sidecar_path(candidate))
+        return result
+    rejected = rejected_path(out_path)
+    _remove(sidecar_path(candidate))
+    os.replace(candidate, rejected)
+    write_sidecar(rejected, record)
+    with atomic_write(report_path(rejected), label="accuracy report") as f:
+        f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    raise UserError(failure_message(report, info.path, out_path, rejected))
+
+
+def _remove(*paths: str) -> None:
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)

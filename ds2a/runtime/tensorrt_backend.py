@@ -132,6 +132,7 @@ class TensorRTSegmenter(Segmenter):
     def _load_engine(self, record: Optional[EngineRecord]) -> None:
         trt = self.trt
         self._logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(self._logger, "")  # plugin layers (--deform-attn trt-plugin) deserialize by name
         self.runtime = trt.Runtime(self._logger)
         if record is not None and record.version_compatible:
             self.runtime.engine_host_code_allowed = True  # the lean runtime is embedded in the plan

@@ -34,6 +34,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import onnx
 from onnx import TensorProto
 
+from . import deform_attn
 from .versions import JETPACK, TARGETS, Version, parse_version, version_text
 
 SUPPORTED = TARGETS  # the TensorRT lines `ds2a export --check-trt all` checks
@@ -158,6 +159,13 @@ def _node_findings(node: onnx.NodeProto, g: _Graph, v: Version, vs: str) -> Iter
     def f(sev: str, reason: str, fix: str) -> Finding:
         return Finding(vs, name, op, sev, reason, fix)
 
+    if op == deform_attn.PLUGIN_OP:  # NVIDIA's plugin, imported by the parser's plugin fallback
+        for problem in deform_attn.interface_problems(g.model, node, vs):
+            yield f("blocker", problem, deform_attn.FIX_VARIANT)
+        yield f("warning", "needs libnvinfer_plugin loaded (ds2a build-engine and the runtime do); "
+                "ONNX Runtime runs it only as ds2a's CPU reference", "none needed with ds2a; elsewhere call "
+                "trt.init_libnvinfer_plugins(logger, '') before parsing and loading")
+        return
     if node.domain not in ("", "ai.onnx"):
         yield f("blocker", f"custom-domain op '{node.domain}::{op}' needs a TensorRT plugin",
                 "export without custom ops, or load a plugin library that implements it")
@@ -174,6 +182,9 @@ def _node_findings(node: onnx.NodeProto, g: _Graph, v: Version, vs: str) -> Iter
     if op == "LayerNormalization" and len([o for o in node.output if o]) > 1:
         yield f("blocker", "only the first output Y is supported", "drop the Mean/InvStdDev outputs")
     if op == "GridSample":
+        gv = deform_attn.verdict("grid-sample", vs, g.opset)
+        if gv.status != "ok":
+            yield f("blocker" if gv.status == "blocked" else "warning", gv.reason, deform_attn.FIX_VARIANT)
         rank = g.ranks.get(node.input[0])
         if rank is not None and rank != 4 and v < (11, 2):
             yield f("blocker", f"{rank}-D GridSample; only 4-D before TensorRT 11.2", "use 4-D sampling")

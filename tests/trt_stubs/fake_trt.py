@@ -38,6 +38,8 @@ class FakeState:
         self.parser_flags: List[str] = []  # OnnxParser.set_flag calls
         self.cuda: Optional["FakeCuda"] = None
         self.executions = 0
+        # trt.init_libnvinfer_plugins calls (namespace each); a parse or load of a plugin node needs one
+        self.plugin_inits: List[str] = []
 
 
 class EnumValue:
@@ -163,6 +165,8 @@ class FakeTensorRT:
             return FakeClass(self, name, self._classes[name])
         if name == "IProgressMonitor":
             return FakeProgressMonitorBase
+        if name == "init_libnvinfer_plugins":
+            return self._init_plugins
         if name.startswith("IInt8") and name.endswith("Calibrator2"):
             return FakeCalibratorBase
         if name in self._surface["classes"]:  # e.g. trt.IExecutionContext, for attribute probes only
@@ -171,6 +175,21 @@ class FakeTensorRT:
 
     def enum(self, enum: str, member: str) -> EnumValue:
         return getattr(getattr(self, enum), member)
+
+    def _init_plugins(self, logger: Any, namespace: str) -> bool:
+        """tensorrt.init_libnvinfer_plugins(logger, namespace): registers libnvinfer_plugin's creators."""
+        self.state.plugin_inits.append(namespace)
+        return True
+
+    def plugin_registered(self, op_type: str, version: str, namespace: str) -> bool:
+        """Whether the registry has the creator (onnx-tensorrt FallbackPluginImporter's lookup);
+        MultiscaleDeformableAttnPlugin_TRT v1 ships from 8.4.1, v2 from 10.11 (TensorRT CHANGELOG)."""
+        from ds2a.trt.deform_attn import PLUGIN_OP, PLUGIN_SINCE
+        from ds2a.trt.versions import parse_version
+
+        if op_type != PLUGIN_OP or namespace not in self.state.plugin_inits or version not in PLUGIN_SINCE:
+            return False
+        return parse_version(self.__version__) >= PLUGIN_SINCE[version]
 
 
 # --- builder side -------------------------------------------------------------------------------
@@ -237,6 +256,7 @@ class FakeNetwork(Checked):
         object.__setattr__(self, "_inputs", [])
         object.__setattr__(self, "_outputs", [])
         object.__setattr__(self, "_layers", [])
+        object.__setattr__(self, "_plugins", [])  # op types imported through the plugin registry
 
     def _flag_names(self) -> List[str]:
         members = self._fake._surface["enums"]["NetworkDefinitionCreationFlag"]
@@ -295,6 +315,15 @@ class _Parser(Checked):
         for vi in proto.graph.output:
             net._outputs.append(FakeTensor(fake, vi.name, _dims(vi), ONNX_TYPES[vi.type.tensor_type.elem_type]))
         for i, node in enumerate(proto.graph.node):
+            if node.domain not in ("", "ai.onnx"):  # ModelImporter: no importer -> plugin registry lookup
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                version = attrs.get("plugin_version", b"1").decode()
+                namespace = attrs.get("plugin_namespace", b"").decode()
+                if not fake.plugin_registered(node.op_type, version, namespace):
+                    self._errors.append(FakeParserError(fake, i, "Plugin not found, are the plugin name, "
+                                                                 "version, and namespace correct?"))
+                    continue
+                net._plugins.append(node.op_type)
             out = FakeTensor(fake, node.output[0], (), "FLOAT")
             net._layers.append(FakeLayer(fake, node.name or f"n{i}", LAYER_OF_OP.get(node.op_type, "ELEMENTWISE"), out))
         for idx, desc in fake.state.parse_errors.items():
@@ -411,7 +440,7 @@ class _Builder(Checked):
         for t, mode in [(t, "INPUT") for t in network._inputs] + [(t, "OUTPUT") for t in network._outputs]:
             io.append({"name": t.name, "shape": list(t.shape), "dtype": t._dtype, "mode": mode,
                        "profile": [list(s) for s in profile.get(t.name, ())]})
-        return MAGIC + json.dumps({"version": fake.__version__, "io": io}).encode()
+        return MAGIC + json.dumps({"version": fake.__version__, "io": io, "plugins": network._plugins}).encode()
 
 
 def FakeBuilder(fake: FakeTensorRT, logger: Any) -> _Builder:  # noqa: N802
@@ -504,6 +533,8 @@ class _Runtime(Checked):
             plan = json.loads(data[len(MAGIC):])
         except ValueError:
             return None  # truncated
+        if plan.get("plugins") and not self._fake.state.plugin_inits:
+            return None  # a plugin layer's creator is looked up at deserialization
         host_code = self.__dict__.get("engine_host_code_allowed", False)
         if plan["version"] != self._fake.__version__ and not host_code:
             return None  # a standard engine only loads in the release that built it
