@@ -5,6 +5,7 @@ import configparser
 import json
 import subprocess
 import sys
+import threading
 import types
 from enum import Enum
 from pathlib import Path
@@ -308,3 +309,95 @@ def test_the_cuda_layer_extras_pin_cuda_python_to_one_cuda_major():
     assert "cuda-python" not in extras["trt"]
     assert extras["cu12"].split() == ["cuda-python>=12.0,<13"] and extras["cu13"].split() == ["cuda-python>=13.0,<14"]
     assert ",cu13," in (ROOT / "Makefile").read_text()  # make test installs one, to import the real bindings
+
+
+# --- the --smoke parts for items that need real GPUs: their logic on the fakes ------------------------------------
+class LibCudaOn:
+    """libcuda's cuInit / cuDeviceGet / cuDevicePrimaryCtxGetState (cuda-bindings `driver` docstrings) over a
+    tests/cuda_fakes.py Machine: `active` is whether the device's primary context exists; nothing is created."""
+
+    def __init__(self, machine):
+        self.machine = machine
+
+    def cuInit(self, flags):  # noqa: N802
+        return 0
+
+    def cuDeviceGet(self, device, ordinal):  # noqa: N802
+        if not 0 <= ordinal < len(self.machine.gpus):
+            return 101  # CUDA_ERROR_INVALID_DEVICE
+        device._obj.value = ordinal
+        return 0
+
+    def cuDevicePrimaryCtxGetState(self, device, flags, active):  # noqa: N802
+        active._obj.value = int(device.value in self.machine.primary)
+        return 0
+
+
+def test_smoke_gpu0_check_passes_a_model_on_gpu_1_and_fails_one_that_touches_gpu_0(tmp_path):
+    """What `--smoke` asks the driver in its fresh process, here on the fake machine (no GPU on this host)."""
+    from cuda_fakes import FakeCudaDriver, FakeCudart, attach_tensorrt
+    from trt_stubs.helpers import NEWEST_10, build, fake_for
+    from trt_stubs.onnx_models import make_onnx
+
+    from ds2a.runtime.cuda_buffers import CudaPythonApi
+    from ds2a.runtime.tensorrt_backend import TensorRTSegmenter
+
+    fake, cuda = fake_for(NEWEST_10)
+    engine = str(tmp_path / "m.engine")
+    build(fake, cuda, make_onnx(tmp_path / "m.onnx"), engine)
+    machine = Machine([("NVIDIA Orin", (8, 7)), ("NVIDIA Orin", (8, 7))])
+    attach_tensorrt(fake, machine)
+    lib, memory = LibCudaOn(machine), iter([1000.0, 1000.0, 1000.0, 1000.0])
+    before = smoke.gpu_state(0, lib=lib, smi=lambda i: next(memory))
+    api = CudaPythonApi(1, cudart=FakeCudart(machine), driver=FakeCudaDriver(machine))
+    with TensorRTSegmenter(engine, device=1, trt_module=fake, cuda_api=api) as seg:
+        seg.warmup(1)
+        out = {}
+        thread = threading.Thread(target=lambda: out.update(r=seg.infer_batch(smoke.frames(2)[:, :8, :8])))
+        thread.start()
+        thread.join(30)
+        assert len(out["r"]) == 2
+    after = smoke.gpu_state(0, lib=lib, smi=lambda i: next(memory))
+    assert before == {"context": False, "used_mib": 1000.0} and after["context"] is False
+    assert "no context on GPU 0; GPU 0 memory used 1000 -> 1000 MiB" in smoke.judge_gpu0(
+        {"codes": [0, 0], "before": before, "after": after}, "GPU 1")
+    machine.init_primary(0)  # what cudaSetDevice(0) on the loop thread did before
+    touched = smoke.gpu_state(0, lib=lib, smi=lambda i: 1300.0)
+    with pytest.raises(AssertionError, match="created a context on GPU 0"):
+        smoke.judge_gpu0({"codes": [0, 0], "before": before, "after": touched}, "GPU 1")
+    with pytest.raises(AssertionError, match=r"exit statuses \[0, 2\]"):
+        smoke.judge_gpu0({"codes": [0, 2], "before": before, "after": after}, "GPU 1")
+    with pytest.raises(smoke.Skip, match="libcuda"):
+        smoke.judge_gpu0({"codes": [0], "before": before, "after": smoke.gpu_state(0, lib=object(), smi=lambda i: None)},
+                         "GPU 1")
+
+
+@pytest.mark.parametrize("trt,jetson,cc,reason", [
+    ("8.5.2.2", False, "8.6", "cannot build hardware-compatible engines"),
+    ("10.3.0", True, "8.7", "this is a Jetson"),
+    ("10.3.0", False, "7.5", "needs 8.0 or newer"),
+    ("8.6.1", False, "8.6", None),
+])
+def test_smoke_hardware_compatible_part_runs_only_where_it_can_build(trt, jetson, cc, reason):
+    report = {"tensorrt": {"version": trt}, "platform": {"jetson": jetson},
+              "gpus": [{"index": 0, "compute_capability": cc}]}
+    got = smoke.hardware_compat_blocker(report, 0)
+    assert (got is None) if reason is None else (reason in got)
+
+
+def test_smoke_instance_norm_model_runs_on_onnxruntime_at_any_batch(tmp_path):
+    """The hardware-compatible part's model: an InstanceNormalization that ONNX Runtime runs as the reference."""
+    pytest.importorskip("onnx")
+    import onnx
+
+    path = smoke.write_tiny_onnx(str(tmp_path / "t.onnx"), "N", instance_norm=True)
+    assert "InstanceNormalization" in [n.op_type for n in onnx.load(path).graph.node]
+    maps = smoke.reference(path, smoke.frames(3))
+    assert maps.shape == (3,) + smoke.SIZE and len(set(maps.ravel().tolist())) > 1
+
+
+def test_smoke_lists_the_parts_for_items_that_need_real_gpus():
+    needs = {name: parts[0] for name, parts in smoke.PARTS.items()}
+    assert needs["--device 1 under pycuda, GPU 0 alone"] == ("tensorrt", "pycuda", "two-gpus", "onnx")
+    assert "two-gpus" in needs["GPU 1 leaves GPU 0 alone (cuda-python)"]
+    assert {"hardware-compatible build (InstanceNormalization)", "profile minimum batch above 1"} <= set(needs)

@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--sweep-out needs --sweep FIELD=V1,V2,... (example: --sweep min_area_px=16,32,64,128)")
     sweep_files = [f"{args.sweep_out}.{ext}" for ext in ("md", "csv", "png")] if args.sweep_out else []
     check_outputs([("--json", args.json_out)] + [("--sweep-out", f) for f in sweep_files],
-                  [("--model", args.model), ("--data", args.data), ("--rules", args.rules)])
+                  [("--model", args.model), ("--data", args.data), ("--rules", args.rules),
+                   ("--pred-dir", args.pred_dir)])  # folders: every file in them is an input
     opts = EvalOptions(split=args.split, backend=args.backend, batch_size=args.batch_size, limit=args.limit,
                        rules=args.rules, mm_per_pixel=args.mm_per_pixel, sweep=args.sweep)
     if args.pred_dir and (args.device or args.threads is not None):

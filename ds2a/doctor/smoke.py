@@ -3,7 +3,9 @@
 Every part runs against the public runtime API (`open_model`, `open_cuda`, `ds2a build-engine`)
 on a tiny 1x1-conv model written here, and compares TensorRT's class map with ONNX Runtime's.
 A part needs some of: TensorRT, a GPU, onnx, cuda-python, pycuda, two GPUs, an AGX Orin; where
-a need is missing the part reports `skipped` and why, never `passed`.
+a need is missing the part reports `skipped` and why, never `passed`. The `--device 1` parts run
+in a fresh process and ask the driver whether GPU 0 got a context (cuDevicePrimaryCtxGetState,
+which creates none) and how much of GPU 0's memory is used (nvidia-smi), before and after.
 """
 from __future__ import annotations
 
@@ -51,8 +53,11 @@ def _importable(name: str) -> bool:
 
 
 # --- the tiny model and helpers the parts share ---------------------------------------------
-def write_tiny_onnx(path: str, batch: Any = 1) -> str:
-    """uint8 NHWC frames -> 1x1 conv -> logits + class_map, with ds2a metadata (`batch` may be 'N')."""
+def write_tiny_onnx(path: str, batch: Any = 1, instance_norm: bool = False) -> str:
+    """uint8 NHWC frames -> 1x1 conv -> logits + class_map, with ds2a metadata (`batch` may be 'N').
+
+    `instance_norm`: an InstanceNormalization on the conv output (what GroupNorm exports to), the
+    op TensorRT 8.6 turns into a plugin unless told to import it natively."""
     import onnx  # noqa: PLC0415
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
 
@@ -63,16 +68,21 @@ def write_tiny_onnx(path: str, batch: Any = 1) -> str:
     rng = np.random.default_rng(0)
     weight = rng.normal(0, 0.02, (k, 3, 1, 1)).astype(np.float32)
     bias = rng.normal(0, 0.5, k).astype(np.float32)
+    conv_out = "conv" if instance_norm else "logits"
     nodes = [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
              helper.make_node("Transpose", ["f"], ["x"], perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["x", "W", "B"], ["logits"]),
+             helper.make_node("Conv", ["x", "W", "B"], [conv_out]),
              helper.make_node("ArgMax", ["logits"], ["am"], axis=1, keepdims=0),
              helper.make_node("Cast", ["am"], ["class_map"], to=TensorProto.UINT8)]
+    inits = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")]
+    if instance_norm:
+        nodes.insert(3, helper.make_node("InstanceNormalization", ["conv", "S", "T"], ["logits"], epsilon=1e-5))
+        inits += [numpy_helper.from_array(rng.uniform(0.5, 1.5, k).astype(np.float32), "S"),
+                  numpy_helper.from_array(rng.normal(0, 0.5, k).astype(np.float32), "T")]
     graph = helper.make_graph(
         nodes, "ds2a_smoke", [helper.make_tensor_value_info("images", TensorProto.UINT8, [batch, h, w, 3])],
         [helper.make_tensor_value_info("class_map", TensorProto.UINT8, [batch, h, w]),
-         helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, k, h, w])],
-        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")])
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, k, h, w])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     helper.set_model_props(model, {"ds2a": ModelMeta(arch="smoke", classes=list(CLASSES), input_size=SIZE).to_json()})
@@ -124,17 +134,19 @@ class Workspace:
     def path(self, name: str) -> str:
         return os.path.join(self.root, name)
 
-    def onnx(self, dynamic: bool = False) -> str:
-        name = "tiny_dyn.onnx" if dynamic else "tiny.onnx"
+    def onnx(self, dynamic: bool = False, instance_norm: bool = False) -> str:
+        name = ("tiny_dyn" if dynamic else "tiny") + ("_in" if instance_norm else "") + ".onnx"
         if not os.path.isfile(self.path(name)):
-            write_tiny_onnx(self.path(name), "N" if dynamic else 1)
+            write_tiny_onnx(self.path(name), "N" if dynamic else 1, instance_norm=instance_norm)
         return self.path(name)
 
-    def engine(self, name: str = "tiny.engine", *build_args: str, dynamic: bool = False) -> str:
+    def engine(self, name: str = "tiny.engine", *build_args: str, dynamic: bool = False,
+               instance_norm: bool = False) -> str:
         """Build (once per name) with `ds2a build-engine`; a non-zero exit or a missing sidecar fails the part."""
         if name not in self._built:
             out = self.path(name)
-            proc = ds2a_cli("build-engine", self.onnx(dynamic), "--out", out, "--device", str(self.device), *build_args)
+            proc = ds2a_cli("build-engine", self.onnx(dynamic, instance_norm), "--out", out, "--device",
+                            str(self.device), *build_args)
             if proc.returncode != 0 or not os.path.isfile(out + ".json"):
                 raise AssertionError(f"ds2a build-engine {name} exited {proc.returncode}: {proc.stderr[-800:]}")
             self._built[name] = out
@@ -312,16 +324,16 @@ def part_device_1(ws: Workspace) -> str:
     return "--device 1: " + _loop_thread_on(ws1, engine)
 
 
-def _loop_thread_on(ws: Workspace, engine: str) -> str:
+def _loop_thread_on(ws: Workspace, engine: str, layer: Optional[str] = None) -> str:
     batch = frames(2)
-    model = _open(ws, engine)
+    model = _open(ws, engine, layer)
     try:
         out: Dict[str, Any] = {}
         thread = threading.Thread(target=lambda: out.update(maps=class_maps(model, batch)))
         thread.start()
         thread.join(60)
         if "maps" not in out:
-            raise AssertionError("inference on the loop thread failed")
+            raise AssertionError(f"inference on the loop thread failed{f' under {layer}' if layer else ''}")
         return _same(ws, out["maps"], batch)
     finally:
         model.close()
@@ -364,6 +376,142 @@ def part_open_close(ws: Workspace, cycles: int = 100) -> str:
     return f"{cycles} open/close cycles, GPU memory change {lost / 2**20:+.1f} MiB"
 
 
+def part_hardware_compatible(ws: Workspace) -> str:
+    """An ampere+ build of a model with InstanceNormalization (8.6 needs the native import for it)."""
+    reason = hardware_compat_blocker(ws.report, ws.device)
+    if reason:
+        raise Skip(reason)
+    engine = ws.engine("tiny_hc.engine", "--hardware-compat", "ampere+", instance_norm=True)
+    record = json.load(open(engine + ".json"))
+    if record.get("hardware_compat") != "ampere+":
+        raise AssertionError(f"the sidecar says hardware_compat={record.get('hardware_compat')!r}, not ampere+")
+    model = _open(ws, engine)
+    try:
+        batch = frames(2)
+        detail = _same(ws, class_maps(model, batch), batch, ws.onnx(instance_norm=True))
+    finally:
+        model.close()
+    return f"a hardware-compatible (ampere+) engine with InstanceNormalization builds and runs: {detail}"
+
+
+def hardware_compat_blocker(report: Dict[str, Any], device: int) -> Optional[str]:
+    """Why `--hardware-compat ampere+` cannot be built here (None: it can): TensorRT 8.6+, a discrete GPU
+    of compute capability 8.0 or newer (ds2a build-engine refuses it on a Jetson)."""
+    from ..trt.versions import parse_version  # noqa: PLC0415
+
+    version = str(report.get("tensorrt", {}).get("version", "0"))
+    if parse_version(version) < (8, 6):
+        return f"TensorRT {version} cannot build hardware-compatible engines (8.6+)"
+    if report.get("platform", {}).get("jetson"):
+        return "hardware-compatible engines are for discrete GPUs; this is a Jetson"
+    gpu = next((g for g in report.get("gpus") or [] if int(g.get("index", -1)) == device), None)
+    if gpu is None:
+        return f"GPU {device} is not listed"
+    major = int(str(gpu.get("compute_capability", "0")).split(".")[0])
+    if major < 8:
+        return f"GPU {device} has compute capability {gpu.get('compute_capability')}; ampere+ needs 8.0 or newer"
+    return None
+
+
+def part_profile_min_above_one(ws: Workspace) -> str:
+    """`--batch 2:2:4`: single frames (the inspection loop's) are padded up to the profile's minimum."""
+    engine = ws.engine("tiny_min2.engine", "--batch", "2:2:4", dynamic=True)
+    model = _open(ws, engine)
+    try:
+        model.warmup(2)  # batches of one frame
+        for i, n in enumerate((1, 3, 5)):
+            batch = frames(n, seed=30 + i)
+            _same(ws, class_maps(model, batch), batch, ws.onnx(dynamic=True))
+    finally:
+        model.close()
+    return "a profile with minimum batch 2 takes 1, 3 and 5 frames, each matching ONNX Runtime"
+
+
+# A fresh interpreter (no context anywhere yet) that runs ds2a commands and reports GPU 0 around them
+GPU0_CHILD = """import json, sys
+layer, commands = sys.argv[1], json.loads(sys.argv[2])
+if layer == "pycuda":
+    import importlib.abc
+    class HideCudaPython(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "cuda":
+                raise ImportError("cuda-python hidden by ds2a doctor --smoke")
+    sys.meta_path.insert(0, HideCudaPython())
+from ds2a.cli import main
+from ds2a.doctor.smoke import gpu_state
+before = gpu_state(0)
+codes = [main(argv) for argv in commands]
+print("DS2A_GPU0 " + json.dumps({"codes": codes, "before": before, "after": gpu_state(0)}))
+"""
+
+
+def gpu_state(index: int, lib: Any = None, smi: Optional[Callable[[int], Optional[float]]] = None) -> Dict[str, Any]:
+    """{"context": whether GPU `index`'s primary context exists in this process, "used_mib": GPU memory used
+    by everyone}. Asked without creating a context: cuInit, cuDeviceGet, cuDevicePrimaryCtxGetState
+    (libcuda; cuda-bindings `driver` docstrings), and nvidia-smi for the memory."""
+    import ctypes  # noqa: PLC0415
+
+    context: Optional[bool] = None
+    try:
+        lib = lib if lib is not None else ctypes.CDLL("libcuda.so.1")
+        dev, flags, active = ctypes.c_int(0), ctypes.c_uint(0), ctypes.c_int(0)
+        if (lib.cuInit(0) == 0 and lib.cuDeviceGet(ctypes.byref(dev), index) == 0
+                and lib.cuDevicePrimaryCtxGetState(dev, ctypes.byref(flags), ctypes.byref(active)) == 0):
+            context = bool(active.value)
+    except (OSError, AttributeError):
+        context = None
+    return {"context": context, "used_mib": (smi or _smi_used_mib)(index)}
+
+
+def _smi_used_mib(index: int) -> Optional[float]:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i",
+                              str(index)], capture_output=True, text=True, timeout=30).stdout
+        return float(out.strip().splitlines()[0])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def judge_gpu0(result: Dict[str, Any], what: str) -> str:
+    """The verdict on a GPU0_CHILD run: every command exited 0 and GPU 0 got no context from it."""
+    if any(code != 0 for code in result["codes"]):
+        raise AssertionError(f"{what}: exit statuses {result['codes']}")
+    before, after = result["before"], result["after"]
+    if after.get("context") is None:
+        raise Skip(f"{what} ran, but the driver could not be asked about GPU 0's context (libcuda not loadable)")
+    if after["context"] and not before.get("context"):
+        raise AssertionError(f"{what} created a context on GPU 0, which the model does not use")
+    mem = ""
+    if before.get("used_mib") is not None and after.get("used_mib") is not None:
+        mem = f"; GPU 0 memory used {before['used_mib']:.0f} -> {after['used_mib']:.0f} MiB (all processes)"
+    return f"{what}: exit 0, no context on GPU 0{mem}"
+
+
+def _run_on_gpu1(ws: Workspace, layer: str) -> Dict[str, Any]:
+    """build-engine --device 1 and inspect --device 1 (loop thread) in one fresh process under `layer`."""
+    onnx, engine = ws.onnx(), ws.path(f"tiny_gpu1_{layer}.engine")
+    commands = [["build-engine", onnx, "--out", engine, "--device", "1"],
+                ["inspect", "--model", engine, "--source", "demo://?frames=40", "--headless", "--max-frames", "40",
+                 "--device", "1"]]
+    proc = subprocess.run([sys.executable, "-c", GPU0_CHILD, layer, json.dumps(commands)], capture_output=True,
+                          text=True, timeout=600)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("DS2A_GPU0 ")), None)
+    if line is None:
+        raise AssertionError(f"the --device 1 run under {layer} exited {proc.returncode}: {proc.stderr[-800:]}")
+    return json.loads(line[len("DS2A_GPU0 "):])
+
+
+def part_gpu1_leaves_gpu0_cuda_python(ws: Workspace) -> str:
+    return judge_gpu0(_run_on_gpu1(ws, "cuda-python"), "build and inspect on GPU 1 under cuda-python")
+
+
+def part_gpu1_pycuda(ws: Workspace) -> str:
+    detail = judge_gpu0(_run_on_gpu1(ws, "pycuda"), "build and inspect on GPU 1 under pycuda")
+    ws1 = Workspace(ws.root, 1, ws.report)
+    engine = ws.path("tiny_gpu1_pycuda.engine")
+    return f"{detail}; on the loop thread: " + _loop_thread_on(ws1, engine, "pycuda")
+
+
 # name -> (needs, function)
 PARTS: Dict[str, Tuple[Tuple[str, ...], Callable[[Workspace], str]]] = {
     "build-engine exit status (cuda-python)": (("tensorrt", "cuda-python", "onnx"), part_build_exit_cuda_python),
@@ -380,6 +528,11 @@ PARTS: Dict[str, Tuple[Tuple[str, ...], Callable[[Workspace], str]]] = {
     "corrupt and fresh timing caches": (("tensorrt", "gpu", "onnx"), part_timing_caches),
     "DLA placement": (("tensorrt", "agx-orin", "onnx"), part_dla),
     "100 open/close cycles": (("tensorrt", "cuda-python", "onnx"), part_open_close),
+    "hardware-compatible build (InstanceNormalization)": (("tensorrt", "gpu", "onnx"), part_hardware_compatible),
+    "profile minimum batch above 1": (("tensorrt", "gpu", "onnx"), part_profile_min_above_one),
+    "GPU 1 leaves GPU 0 alone (cuda-python)": (("tensorrt", "cuda-python", "two-gpus", "onnx"),
+                                               part_gpu1_leaves_gpu0_cuda_python),
+    "--device 1 under pycuda, GPU 0 alone": (("tensorrt", "pycuda", "two-gpus", "onnx"), part_gpu1_pycuda),
 }
 
 
