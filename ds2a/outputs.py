@@ -1,9 +1,12 @@
 """Output files: checked before the work starts, never the same file as an input, written atomically.
 
 Every command that writes a file the user named (`--json`, `--csv`, `--out`, `--markdown`,
-`--plot`, `--db`, `--output`) calls `check_outputs` before its first minute of work, so a
-typo that points an output at an input (or a hard link or symlink of it) or at a folder it
-cannot write fails at once with a one-line error. Files are then written through
+`--plot`, `--db`, `--output`) calls `check_outputs` before its first minute of work, with every
+input it reads, so a typo that points an output at an input (or a hard link or symlink of it)
+or at a folder it cannot write fails at once with a one-line error. This is the one place that
+keeps an output from replacing an input: an input given as a folder (a dataset, an image
+folder) or a glob stands for every file in it, so an existing output inside an input folder,
+or matched by an input glob, or a hard link of a file there, is refused too. Files are then written through
 `atomic_write` / `atomic_path`: a temp file in the same folder, renamed over the target only
 when complete, so a crash or a full disk never leaves half a file in place of a good one.
 This is the only atomic writer: checkpoints, calibration caches, engines and their sidecars,
@@ -12,6 +15,7 @@ Triton repositories and every command's output files go through it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import stat
 import uuid
@@ -63,14 +67,68 @@ def check_writable_dir(folder: str, label: str) -> None:
         raise UserError(f"cannot write {label}: folder {folder}: {_why(exc)}; choose a writable folder") from None
 
 
+def _is_glob(path: str) -> bool:
+    return any(c in path for c in "*?[") and not os.path.lexists(path)
+
+
+def _input_files(label: str, path: str) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
+    """(files, folders) one input stands for, resolved: a file itself, a folder (read recursively), or a glob
+    (each match; a matched folder as a folder). URIs (demo://, rtsp://, triton://...) read no local file."""
+    if "://" in path and not path.startswith("file://"):
+        return [], []
+    path = path[len("file://"):] if path.startswith("file://") else path
+    names = sorted(glob.glob(path)) if _is_glob(path) else [path]
+    files, folders = [], []
+    for name in names:
+        real = _resolve(label, name) if os.path.basename(os.path.realpath(name)) else os.path.realpath(name)
+        (folders if os.path.isdir(real) else files).append((label if name == path else f"{label} {name}", real))
+    return files, folders
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([os.path.normcase(path), os.path.normcase(folder)]) == os.path.normcase(folder)
+    except ValueError:  # other drive (Windows)
+        return False
+
+
+def _linked_into(real: str, folders: Sequence[Tuple[str, str]]) -> Optional[Tuple[str, str]]:
+    """(label, file) of a file in an input folder that is a hard link of `real` (only looked for when
+    `real` has more than one link, so the walk is the rare case)."""
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    if st.st_nlink < 2:
+        return None
+    for label, folder in folders:
+        for root, _, names in os.walk(folder):
+            for n in names:
+                try:
+                    other = os.stat(os.path.join(root, n))
+                except OSError:
+                    continue
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    return label, os.path.join(root, n)
+    return None
+
+
 def check_outputs(outputs: Sequence[Named], inputs: Sequence[Named] = ()) -> List[str]:
     """Check output files before any work; returns their resolved absolute paths (None ones skipped).
 
+    `inputs` are every file the command reads: files, folders (every file below them) and globs.
     Refused with a UserError naming the option: an empty path, a folder, a path whose folder
     cannot be created or written, an output that is the same file as an input (compared with
-    os.path.samefile, so hard links and symlinks count) or as another output.
+    os.path.samefile, so hard links and symlinks count), an existing file inside an input folder
+    (or a hard link of one), or the same file as another output.
     """
-    ins = [(label, _resolve(label, p)) for label, p in inputs if p is not None]
+    ins: List[Tuple[str, str]] = []
+    folders: List[Tuple[str, str]] = []
+    for in_label, p in inputs:
+        if p is not None:
+            files, dirs = _input_files(in_label, os.fspath(p))
+            ins += files
+            folders += dirs
     done: List[Tuple[str, str]] = []
     for label, path in outputs:
         if path is None:
@@ -82,6 +140,15 @@ def check_outputs(outputs: Sequence[Named], inputs: Sequence[Named] = ()) -> Lis
             if _same(real, in_real):
                 raise UserError(f"{label} {path} is the same file as the input {in_label}; writing it would "
                                 "destroy the input: choose another output path")
+        if os.path.lexists(real):  # a new file cannot be an input; an existing one may be read from a folder
+            for in_label, folder in folders:
+                if _inside(real, folder):
+                    raise UserError(f"{label} {path} is a file inside the input {in_label} {folder}, which is read: "
+                                    "writing it would replace an input; choose an output path outside that folder")
+            linked = _linked_into(real, folders)
+            if linked:
+                raise UserError(f"{label} {path} is the same file as {linked[1]} in the input {linked[0]} (a hard "
+                                "link); writing it would destroy the input: choose another output path")
         for out_label, out_real in done:
             if _same(real, out_real):
                 raise UserError(f"{label} {path} is the same file as {out_label}; give each output its own path")

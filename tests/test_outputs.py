@@ -212,3 +212,53 @@ def test_unwritable_outputs_are_found_before_the_model_is_opened(files, capsys):
     _refused(["build-engine", missing, "--out", bad], "--out", capsys)
     _refused(["inspect", "--model", missing, "--output", str(blocker / "v.mp4"), "--headless"], "--output", capsys)
     _refused(["report", missing, "--csv", bad], "--csv", capsys)
+
+
+# -- folder and glob inputs stand for every file in them ------------------------------------------------------
+
+@pytest.fixture()
+def dataset(tmp_path):
+    data = tmp_path / "data"
+    for sub in ("images/val", "masks/val"):
+        (data / sub).mkdir(parents=True)
+    (data / "classes.txt").write_text("background\ndamage\n")
+    (data / "images" / "val" / "a.png").write_bytes(b"image")
+    (data / "masks" / "val" / "a.png").write_bytes(b"mask")
+    return data
+
+
+@pytest.mark.parametrize("inside", ["classes.txt", "images/val/a.png", "masks/val/a.png"])
+def test_eval_json_onto_a_file_inside_data_is_refused(tmp_path, dataset, capsys, inside):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"never opened")
+    target = dataset / inside
+    before = target.read_bytes()
+    _refused(["eval", "--model", str(model), "--data", str(dataset), "--json", str(target)],
+             "is a file inside the input --data", capsys)
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("source", ["{d}", "{d}/*.mp4", "file://{d}"])
+def test_inspect_output_onto_a_video_of_a_folder_or_glob_source_is_refused(tmp_path, capsys, source):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"never opened")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "line.mp4").write_bytes(b"video")
+    words = "inside the input --source" if "*" not in source else "same file as the input --source"
+    _refused(["inspect", "--model", str(model), "--source", source.format(d=clips), "--output",
+              str(clips / "line.mp4"), "--headless"], words, capsys)
+    assert (clips / "line.mp4").read_bytes() == b"video"
+
+
+def test_folder_inputs_refuse_existing_files_and_hard_links_but_allow_new_files(tmp_path, dataset):
+    os.link(dataset / "classes.txt", tmp_path / "linked.txt")
+    with pytest.raises(UserError, match=r"same file as .*classes.txt in the input --data \(a hard link\)"):
+        check_outputs([("--json", str(tmp_path / "linked.txt"))], [("--data", str(dataset))])
+    new = dataset / "report.json"  # a new file cannot be an input of this command
+    assert check_outputs([("--json", str(new))], [("--data", str(dataset))]) == [os.path.realpath(new)]
+    (tmp_path / "old.json").write_text("{}")  # an existing file outside every input folder
+    assert check_outputs([("--json", str(tmp_path / "old.json"))], [("--data", str(dataset)),
+                                                                    ("--source", "demo://?frames=3")])
+    with pytest.raises(UserError, match="same file as the input --data"):
+        check_outputs([("--json", str(dataset / "images" / "val" / "a.png"))], [("--data", f"{dataset}/*/val/*.png")])

@@ -152,15 +152,15 @@ def _file_uri(uri: str) -> str:
 
 
 def check_run_outputs(outputs: Sequence[str], db: Optional[str], inputs: Sequence[Tuple[str, Optional[str]]]) -> None:
-    """Before the model opens: no video --output or --db may be an input (model, rules, source file) or
-    each other, and their folders must be writable."""
+    """Before the model opens: no video --output or --db may be an input (model, rules, the source: a file, or
+    any file of a folder or glob source) or each other, and their folders must be writable."""
     files: List[Tuple[str, Optional[str]]] = [("--db", db)]
     for uri in outputs:
         path = _file_uri(uri)
         if os.path.splitext(path)[1].lower() in VIDEO_EXTS:
             files.append(("the output video --output", path))
     ins = [(label, _file_uri(p)) for label, p in inputs if p is not None]
-    check_outputs(files, [(label, p) for label, p in ins if os.path.isfile(p)])
+    check_outputs(files, ins)  # URIs (demo://, csi://, triton://) read no local file and are skipped there
 
 
 def open_sink(uri: str, fps: float = 30.0) -> Sink:
