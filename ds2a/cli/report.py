@@ -3,6 +3,7 @@
 examples:
   ds2a report runs/demo/inspect.sqlite
   ds2a report runs/demo/inspect.sqlite --run 3 --csv parts.csv
+  ds2a report runs/demo/inspect.sqlite --check    # exit 1 and list them if any invariant is broken
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 import sqlite3
 
 from ..outputs import check_outputs
+from ..records.check import check_database, format_check
 from ..records.database import connect
 from ..records.report import format_report, run_row, summarise, write_csv
 
@@ -20,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("db", help="the SQLite file written by `ds2a inspect --db`")
     p.add_argument("--run", type=int, help="run id (default: the latest run)")
     p.add_argument("--csv", metavar="OUT", help="write one row per part verdict to this CSV file")
+    p.add_argument("--check", action="store_true",
+                   help="verify every run (or --run N): one verdict per part, PASS only for fully inspected parts, "
+                   "run status and counts consistent, no killed run left `running`; exit 1 listing any violation")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     con = connect(args.db, create=False, readonly=True)
     con.row_factory = sqlite3.Row
     try:
+        if args.check:
+            only = run_row(con, args.run, args.db)["id"] if args.run is not None else None
+            runs, violations = check_database(con, only)
+            print(format_check(args.db, runs, violations))
+            return 1 if violations else 0
         run_id = run_row(con, args.run, args.db)["id"]
         print(format_report(summarise(con, run_id)))
         if args.csv:
