@@ -325,25 +325,28 @@ def test_live_view_draws_only_when_asked_and_once_per_frame(tmp_path):
     assert 20 < st["fps"] < 120  # about one frame per 10 ms, not a burst's instantaneous rate
 
 
-def test_charts_of_a_running_run_are_redrawn_at_most_every_min_age(tmp_path, monkeypatch):
+def test_charts_are_drawn_once_per_snapshot_and_a_snapshot_serves_a_refresh_period(tmp_path, monkeypatch):
     import ds2a.web.charts as charts
     import ds2a.web.server as server
 
     db = make_db(tmp_path / "i.sqlite", parts=4)
     drawn: List[int] = []
     real = charts.defects_svg
-    monkeypatch.setattr(charts, "defects_svg", lambda trend: drawn.append(1) or real(trend))
+    monkeypatch.setattr(charts, "defects_svg", lambda trend, colours=None: drawn.append(1) or real(trend, colours))
     site = Site(str(db))
-    first = site.chart("defects", 1)
-    assert site.chart("defects", 1) is first and len(drawn) == 1  # unchanged data: cached
-    make_db(db, parts=3, seed=9)  # run 2 appears; run 1's own rows do not change
+    snap = site.snapshot(1)
+    first = site.chart("defects", 1, snap["version"])
+    assert site.chart("defects", 1, snap["version"]) is first and len(drawn) == 1  # same snapshot: cached
     con = sqlite3.connect(str(db))  # a frame added to run 1, as during a live run
     con.execute("INSERT INTO frames (run_id, seq, t, verdict, n_defects) VALUES (1, 999, ?, 'PASS', 0)", (time.time(),))
     con.commit()
     con.close()
-    assert site.chart("defects", 1) is first and len(drawn) == 1  # changed, but drawn less than 30 s ago
-    monkeypatch.setattr(server, "CHART_MIN_AGE_S", 0.0)
-    assert site.chart("defects", 1) is not first and len(drawn) == 2
+    assert site.snapshot(1) is snap and site.chart("defects", 1) is first  # within REFRESH_S: the same read
+    monkeypatch.setattr(server, "REFRESH_S", 0.0)
+    newer = site.snapshot(1)
+    assert newer["version"] != snap["version"] and newer["summary"]["frames"] == snap["summary"]["frames"] + 1
+    assert site.chart("defects", 1, snap["version"]) is first  # the page's numbers came from that snapshot
+    assert site.chart("defects", 1, newer["version"]) is not first and len(drawn) == 2
     site.close()
 
 

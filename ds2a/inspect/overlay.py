@@ -1,11 +1,11 @@
-"""Draw a result for people: class colours (overlay, mask or side by side), legend, verdict, FPS.
+"""Draw a result for people: class colours (overlay, mask or side by side), legend, verdict, every reason, FPS.
 
 Runs in the output thread only. Colours are looked up at model resolution and scaled once
 with nearest neighbour, so drawing costs a few cv2 calls per frame.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -15,6 +15,8 @@ from .quantify import Defect
 
 MODES = ("overlay", "mask", "side")
 PASS_BGR, FAIL_BGR, NONE_BGR = (60, 180, 60), (40, 40, 220), (110, 110, 110)
+# painted pixels without a box are regions smaller than the rules' minimum area: shown, not counted
+SPECKS_NOTE = "no box: below min. area, not counted"
 
 
 class Renderer:
@@ -25,8 +27,9 @@ class Renderer:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.classes, self.mode, self.alpha = list(classes), mode, float(alpha)
+        self.palette = [tuple(int(v) for v in c) for c in palette][:256]  # BGR per class id: the page's too
         self.lut = np.zeros((256, 3), np.uint8)
-        self.lut[: len(palette)] = np.asarray(palette, np.uint8)[:256]
+        self.lut[: len(self.palette)] = np.asarray(self.palette, np.uint8).reshape(-1, 3)
 
     def colorize(self, class_map: np.ndarray, frame_hw: Tuple[int, int]) -> np.ndarray:
         """Class colours at frame size (background black)."""
@@ -62,13 +65,14 @@ class Renderer:
         for d in defects:
             bx, by, bw, bh = d.bbox
             cv2.rectangle(out, (bx, by), (bx + bw - 1, by + bh - 1), tuple(int(v) for v in self.lut[d.class_id]), 1)
-        self._annotate(out, passed, reasons, fps, part_id)
+        self._annotate(out, passed, reasons, fps, part_id, specks=bool(class_map.any()))
         if self.mode == "side":
             out = np.hstack([frame, out])
         return out
 
     def _annotate(self, img: np.ndarray, passed: bool, reasons: Sequence[str], fps: Optional[float],
-                  part_id: Optional[str], label: Optional[str] = None) -> None:
+                  part_id: Optional[str], label: Optional[str] = None, specks: bool = False) -> None:
+        """specks: something is painted, so the legend says what an unboxed painted region is."""
         h, w = img.shape[:2]
         scale = max(0.4, min(w, h) / 720.0 * 0.7)
         thick = max(1, round(scale * 2))
@@ -79,7 +83,11 @@ class Renderer:
             cv2.rectangle(img, (8, y), (8 + line - 8, y + line - 8), tuple(int(v) for v in self.lut[i]), -1)
             cv2.putText(img, name, (8 + line, y + line - 10), cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8,
                         (255, 255, 255), thick, cv2.LINE_AA)
-        # verdict (top right) and its first reason
+        if specks:
+            y = 8 + max(len(self.classes) - 1, 0) * line
+            cv2.putText(img, SPECKS_NOTE, (8, y + line - 10), cv2.FONT_HERSHEY_SIMPLEX, scale * 0.6,
+                        (255, 255, 255), thick, cv2.LINE_AA)
+        # verdict (top right) and every reason below it
         text = label or ("PASS" if passed else "FAIL")
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale * 1.6, thick + 1)
         x0 = w - tw - 24
@@ -87,11 +95,21 @@ class Renderer:
         cv2.rectangle(img, (x0 - 8, 8), (w - 8, 8 + th + 20), color, -1)
         cv2.putText(img, text, (x0, 8 + th + 10), cv2.FONT_HERSHEY_SIMPLEX, scale * 1.6, (255, 255, 255),
                     thick + 1, cv2.LINE_AA)
-        info = [part_id or ""] + list(reasons[:2])
-        for i, r in enumerate(t for t in info if t):
+        top = 8 + th + 20
+        rows = max(1, (h - 40 - top) // line)  # what fits above the FPS line
+        for i, r in enumerate(info_lines(part_id, reasons, rows)):
             (rw, _), _ = cv2.getTextSize(r, cv2.FONT_HERSHEY_SIMPLEX, scale * 0.7, thick)
-            cv2.putText(img, r, (max(4, w - rw - 12), 8 + th + 20 + line * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX,
+            cv2.putText(img, r, (max(4, w - rw - 12), top + line * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX,
                         scale * 0.7, (255, 255, 255), thick, cv2.LINE_AA)
         if fps is not None:
             cv2.putText(img, f"{fps:.1f} FPS (end-to-end)", (8, h - 12), cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8,
                         (255, 255, 255), thick, cv2.LINE_AA)
+
+
+def info_lines(part_id: Optional[str], reasons: Sequence[str], rows: int) -> List[str]:
+    """The part id and every reason; when they do not fit in `rows`, the last row says how many are left out."""
+    lines = [t for t in [part_id or ""] + [str(r) for r in reasons] if t]
+    if len(lines) <= rows:
+        return lines
+    keep = max(rows - 1, 0)
+    return lines[:keep] + [f"+{len(lines) - keep} more reason(s)"]

@@ -1,9 +1,18 @@
-"""Trend charts drawn on the server as SVG with matplotlib (no browser library, no CDN)."""
+"""Trend charts drawn on the server as SVG with matplotlib (no browser library, no CDN).
+
+Class colours are the model's palette, the same the video's overlay paints (ds2a/inspect/overlay.py).
+"""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 UNITS: Tuple[Tuple[int, str], ...] = ((3600, "h"), (60, "min"), (1, "s"))
+
+
+def class_colours(classes: Sequence[str], palette_bgr: Sequence[Sequence[int]]) -> Dict[str, str]:
+    """'#rrggbb' per defect class (background left out) from the model's BGR palette."""
+    return {str(name): "#{2:02x}{1:02x}{0:02x}".format(*(int(v) for v in palette_bgr[i]))
+            for i, name in enumerate(classes) if 0 < i < len(palette_bgr)}
 
 
 def _figure(title: str) -> Tuple[Any, Any]:
@@ -55,12 +64,13 @@ def pass_rate_svg(trend: Dict[str, Any]) -> bytes:
     return _svg(fig)
 
 
-def defects_svg(trend: Dict[str, Any]) -> bytes:
+def defects_svg(trend: Dict[str, Any], colours: Optional[Dict[str, str]] = None) -> bytes:
     x, width, unit = _axis(trend)
     fig, ax = _figure(f"defect regions per class per {trend['interval_s']} s")
     bottom = [0] * trend["n"]
     for name, counts in trend["defects"].items():
-        ax.bar(x, counts, width=width * 0.8, align="edge", bottom=bottom, label=name)
+        ax.bar(x, counts, width=width * 0.8, align="edge", bottom=bottom, label=name,
+               color=(colours or {}).get(name), edgecolor="#57606a", linewidth=0.4)
         bottom = [b + c for b, c in zip(bottom, counts)]
     if trend["defects"]:
         ax.legend(fontsize=7, loc="upper left", frameon=False)

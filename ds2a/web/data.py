@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import UserError
+from ..meta import default_palette
 from ..records.database import connect, run_status
 from ..records.report import summarise
 
@@ -79,7 +80,7 @@ def trend(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
     for b, total, ok in con.execute(
             "SELECT CAST((t_end - ?) / ? AS INTEGER) AS b, COUNT(*), SUM(verdict='PASS') FROM verdicts "
             "WHERE run_id=? GROUP BY b", (t0, step, run_id)):
-        b = min(max(int(b), 0), n - 1)
+        b = n - 1 if b is None else min(max(int(b), 0), n - 1)  # no end time: counted in the last interval
         parts[b] += total
         passed[b] += ok or 0
     defects: Dict[str, List[int]] = {}
@@ -90,6 +91,67 @@ def trend(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
     rate = [None if p == 0 else ok / p for ok, p in zip(passed, parts)]
     return {"interval_s": step, "t0": t0, "n": n, "parts": parts, "passed": passed, "pass_rate": rate,
             "defects": dict(sorted(defects.items()))}
+
+
+def palette(con: sqlite3.Connection, run_id: int) -> Tuple[List[str], List[Tuple[int, int, int]]]:
+    """The run's classes and the model's BGR palette: kept in the run's stats (ds2a/inspect/run.py), else the
+    palette a model without its own colours gets (ds2a/meta.py default_palette), as the overlay painted it."""
+    row = con.execute("SELECT classes, stats FROM runs WHERE id=?", (run_id,)).fetchone()
+    try:
+        classes = [str(c) for c in json.loads(row[0] or "[]")] if row else []
+    except ValueError:
+        classes = []
+    try:
+        stats = json.loads(row[1]) if row and row[1] else {}
+        kept = stats.get("palette") if isinstance(stats, dict) else None
+        colours = [(int(c[0]), int(c[1]), int(c[2])) for c in kept] if isinstance(kept, list) else []
+    except (ValueError, TypeError, IndexError):
+        colours = []
+    if len(colours) < len(classes):
+        colours = colours + default_palette(len(classes))[len(colours):]
+    return classes, colours
+
+
+def failed_parts(con: sqlite3.Connection, run_id: int, limit: int = 12, frames_per_part: int = 6
+                 ) -> List[Dict[str, Any]]:
+    """The most recent FAIL parts, newest first, each with its FAIL frames (up to `frames_per_part`, in order)."""
+    parts = con.execute("SELECT id, part_id, reasons, first_seq, last_seq, n_frames, t_start, t_end FROM verdicts "
+                        "WHERE run_id=? AND verdict='FAIL' ORDER BY id DESC LIMIT ?", (run_id, limit)).fetchall()
+    out = []
+    for p in parts:
+        if p["first_seq"] is not None and p["last_seq"] is not None:
+            where, args = "seq BETWEEN ? AND ?", (p["first_seq"], p["last_seq"])
+        else:
+            where, args = "part_id IS ?", (p["part_id"],)
+        frames = con.execute(f"SELECT id, seq, t, part_id, reasons, n_defects, image_path, raw_path FROM frames "
+                             f"WHERE run_id=? AND verdict='FAIL' AND {where} ORDER BY seq", (run_id, *args)).fetchall()
+        out.append({**dict(p), "reasons": json.loads(p["reasons"] or "[]"), "n_fail_frames": len(frames),
+                    "frames": [{**dict(f), "reasons": json.loads(f["reasons"] or "[]")}
+                               for f in frames[:frames_per_part]]})
+    return out
+
+
+def version(con: sqlite3.Connection, run_id: int) -> str:
+    """Changes whenever the run's records change (a part decided, a frame written, the run ended)."""
+    row = con.execute("SELECT (SELECT COUNT(*) FROM verdicts WHERE run_id=?), (SELECT MAX(id) FROM frames WHERE "
+                      "run_id=?), (SELECT status FROM runs WHERE id=?)", (run_id, run_id, run_id)).fetchone()
+    return f"{row[0]}-{row[1] or 0}-{row[2]}"
+
+
+def snapshot(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
+    """Everything the page shows of a run, read in ONE read transaction: tiles, charts' data, failures and
+    colours all describe the same moment, however the run writes meanwhile (SQLite WAL snapshot isolation)."""
+    began = not con.in_transaction
+    if began:
+        con.execute("BEGIN")
+    try:
+        classes, colours = palette(con, run_id)
+        return {"run": run_id, "version": version(con, run_id), "summary": summary(con, run_id),
+                "trend": trend(con, run_id), "failed_parts": failed_parts(con, run_id),
+                "classes": classes, "palette": colours}
+    finally:
+        if began:
+            con.execute("COMMIT")
 
 
 def failures(con: sqlite3.Connection, run_id: int, limit: int = 24) -> List[Dict[str, Any]]:

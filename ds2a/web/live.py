@@ -1,6 +1,7 @@
 """The live view: the Publisher's observer keeps a reference to the newest result; the picture is drawn
 and JPEG-encoded only when a viewer asks for it, on the web server's thread, so the loop pays nothing
-for the page (see benchmarks/results/web.md)."""
+for the page (see benchmarks/results/web.md). When the run ends, the view keeps the run's summary for
+the pages still open (ds2a/web/station.py waits briefly until they have seen it)."""
 from __future__ import annotations
 
 import collections
@@ -14,8 +15,11 @@ import cv2
 class LiveView:
     """`publish(res, closed)` from the output thread; `jpeg()` and `state()` from the web thread."""
 
-    def __init__(self, renderer: Any, max_width: int = 960, quality: int = 80) -> None:
+    def __init__(self, renderer: Any, max_width: int = 960, quality: int = 80, records: Any = None) -> None:
         self.renderer, self.max_width, self.quality = renderer, int(max_width), int(quality)
+        self.records = records  # the run's writer: its run id says which run of the database this view shows
+        self.classes: List[str] = list(getattr(renderer, "classes", []))
+        self.palette: List[Tuple[int, int, int]] = list(getattr(renderer, "palette", []))  # the overlay's colours
         self._lock = threading.Lock()
         self._res: Any = None
         self._jpeg: Tuple[int, Optional[bytes]] = (-1, None)
@@ -25,6 +29,13 @@ class LiveView:
         self.last_part: Dict[str, Any] = {}
         self._times: "collections.deque[float]" = collections.deque(maxlen=30)  # frame rate over the last frames
         self.viewers_last = 0.0  # monotonic time of the last picture served
+        self.polled_last = 0.0  # monotonic time of the last state served
+        self.ended: Optional[Dict[str, Any]] = None  # the run's summary once it ended
+        self.end_seen = False  # a viewer was told that the run ended
+
+    @property
+    def run_id(self) -> Optional[int]:
+        return getattr(self.records, "run_id", None)
 
     def publish(self, res: Any, closed: List[Any]) -> None:
         with self._lock:
@@ -37,14 +48,21 @@ class LiveView:
                 self.failed += 0 if pv.passed else 1
                 self.last_part = {"part_id": pv.part_id, "verdict": pv.verdict, "reasons": list(pv.reasons)}
 
-    def close(self) -> None:
-        self.running = False
+    def close(self, ended: Optional[Dict[str, Any]] = None) -> None:
+        """The run ended; `ended` (status and counts, as `ds2a report` gives them) is what open pages show."""
+        with self._lock:
+            self.ended = dict(ended or {"run": self.run_id, "status": None, "parts": self.parts,
+                                        "pass": self.parts - self.failed, "fail": self.failed, "frames": self.frames})
+            self.running = False
 
     def state(self) -> Dict[str, Any]:
         with self._lock:
             res = self._res
+            self.polled_last = time.monotonic()
+            self.end_seen = self.end_seen or not self.running
             return {
-                "running": self.running, "seq": -1 if res is None else res.seq, "frames": self.frames,
+                "running": self.running, "run": self.run_id, "ended": self.ended,
+                "seq": -1 if res is None else res.seq, "frames": self.frames,
                 "verdict": None if res is None else res.verdict, "part_id": None if res is None else res.frame.part_id,
                 "reasons": [] if res is None else list(res.reasons), "fps": round(self._rate(), 1),
                 "parts": self.parts, "pass": self.parts - self.failed, "fail": self.failed,

@@ -3,10 +3,12 @@ style are static files, and the Content-Security-Policy header forbids any other
 from __future__ import annotations
 
 import html
+import re
 import time
 import urllib.parse
 from typing import Any, Dict, List, Optional
 
+REFRESH_S = 5  # the page's one refresh period: numbers, charts and tables together (ds2a/web/static/page.js)
 STAGES = ("queue_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "output_ms", "latency_ms")
 
 
@@ -18,13 +20,21 @@ def _when(t: Optional[float]) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
 
 
-def _doc(title: str, body: str, live: bool = False, root: str = "") -> str:
+def _doc(title: str, body: str, live: bool = False, root: str = "", db: bool = False) -> str:
     """root: the way back to the site's top from this page ('' or '../'); links stay relative for proxies."""
     return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
             "<meta name=viewport content='width=device-width, initial-scale=1'>"
             f"<title>{e(title)}</title><link rel=stylesheet href='{root}static/page.css'>"
-            f"<script src='{root}static/page.js' defer></script></head><body data-live='{1 if live else 0}'>"
-            f"{body}</body></html>")
+            f"<script src='{root}static/page.js' defer></script></head><body data-live='{1 if live else 0}' "
+            f"data-db='{1 if db else 0}' data-refresh='{REFRESH_S}'>{body}</body></html>")
+
+
+def swatch(colour: Optional[str]) -> str:
+    """A class's colour as a small SVG square (a fill attribute: the page's CSP allows no inline style)."""
+    if not colour or not re.fullmatch(r"#[0-9a-f]{6}", colour):
+        return ""
+    return (f"<svg class=sw width=12 height=12 aria-hidden=true><rect width=12 height=12 fill='{colour}' "
+            "stroke='#57606a' stroke-width=1 /></svg> ")
 
 
 def _run_picker(runs: List[Dict[str, Any]], run_id: Optional[int]) -> str:
@@ -52,16 +62,18 @@ def _counts(s: Dict[str, Any]) -> str:
             + "</section>")
 
 
-def _defects(s: Dict[str, Any]) -> str:
-    rows = "".join(f"<tr><td>{e(name)}</td><td data-k='regions:{e(name)}'>{e(d['regions'])}</td><td>{e(d['frames'])}</td>"
-                   f"<td>{e(round(d['area_px']))}</td>"
+def defects_section(s: Dict[str, Any], colours: Optional[Dict[str, str]] = None) -> str:
+    """The per-class table; each class with the colour the video and the chart give it."""
+    colours = colours or {}
+    rows = "".join(f"<tr data-class='{e(name)}'><td>{swatch(colours.get(name))}{e(name)}</td>"
+                   f"<td>{e(d['regions'])}</td><td>{e(d['frames'])}</td><td>{e(round(d['area_px']))}</td>"
                    f"<td>{e('-' if d['area_mm2'] is None else format(d['area_mm2'], '.2f'))}</td></tr>"
                    for name, d in s["defects"].items()) or "<tr><td colspan=5>no defects</td></tr>"
     reasons = "".join(f"<li><b>{e(n)}</b> {e(r)}</li>" for r, n in sorted(s["fail_reasons"].items(),
                                                                         key=lambda kv: -kv[1]))
-    return ("<section id=defects><h2>Defects per class</h2><table><thead><tr><th>class</th><th>regions</th>"
+    return ("<h2>Defects per class</h2><table><thead><tr><th>class</th><th>regions</th>"
             f"<th>frames</th><th>area px</th><th>area mm²</th></tr></thead><tbody>{rows}</tbody></table>"
-            + (f"<h2>Why parts failed</h2><ul id=reasons>{reasons}</ul>" if reasons else "") + "</section>")
+            + (f"<h2>Why parts failed</h2><ul id=reasons>{reasons}</ul>" if reasons else ""))
 
 
 def _latency(s: Dict[str, Any]) -> str:
@@ -77,23 +89,34 @@ def _latency(s: Dict[str, Any]) -> str:
             f"<th>p90</th><th>p99</th><th>max</th></tr></thead><tbody>{rows}</tbody></table></section>")
 
 
-def _gallery(fails: List[Dict[str, Any]]) -> str:
+def gallery(parts: List[Dict[str, Any]]) -> str:
+    """The latest FAIL parts, one entry each, with the part's FAIL frames (data.failed_parts)."""
     items = ""
-    for f in fails:
-        pic = (f"<img src='image/{e(f['id'])}/annotated' loading=lazy alt='frame {e(f['seq'])}'>" if f["image_path"]
-               else "<div class=noimg>no image saved</div>")
-        items += (f"<a class=fail href='failure/{e(f['id'])}' data-frame='{e(f['id'])}'>{pic}<span>{e(f['part_id'] or '')} "
-                  f"· frame {e(f['seq'])} · {e(_when(f['t']))}</span><small>{e('; '.join(f['reasons']))}</small></a>")
-    return (f"<section id=failures><h2>Recent failures</h2><div class=gallery>{items or 'none'}</div></section>")
+    for p in parts:
+        frames = ""
+        for f in p["frames"]:
+            pic = (f"<img src='image/{e(f['id'])}/annotated' loading=lazy alt='frame {e(f['seq'])}'>"
+                   if f["image_path"] else "<div class=noimg>no image saved</div>")
+            frames += (f"<a class=fail href='failure/{e(f['id'])}' data-frame='{e(f['id'])}' "
+                       f"title='{e('; '.join(f['reasons']))}'>{pic}<span>frame {e(f['seq'])}</span></a>")
+        more = p["n_fail_frames"] - len(p["frames"])
+        frames += f"<span class=more>+{e(more)} more FAIL frame(s)</span>" if more > 0 else ""
+        frames = frames or "<span class=more>no FAIL frame recorded for this part</span>"
+        items += (f"<div class=part data-part='{e(p['part_id'] or '')}'><h3>{e(p['part_id'] or 'part')} · FAIL "
+                  f"<small>{e(_when(p['t_end']))} · {e(p['n_fail_frames'])} of {e(p['n_frames'])} frames FAIL"
+                  f"</small></h3><p class=why>{e('; '.join(p['reasons']))}</p><div class=frames>{frames}</div></div>")
+    return f"<h2>Recent failures <small>(latest FAIL parts)</small></h2><div class=gallery>{items or 'none'}</div>"
 
 
 def _live() -> str:
     return ("<section id=live><h2>Live</h2><div class=livebox><img id=live-img src='live.jpg' alt='live view'>"
-            "<div><div id=live-verdict class=verdict>waiting for the first part</div>"
-            "<p>frame <b id=live-seq>-</b> (<b id=live-frame-verdict>-</b>) · part in view <b id=live-part>-</b> · "
-            "<b id=live-fps>-</b> FPS</p>"
+            "<div><div id=live-verdict class=verdict><small>last decided part</small> <span id=live-last-part>"
+            "waiting for the first part</span> <b id=live-last-verdict></b></div>"
+            "<p id=live-last class=meta></p>"
+            "<p><small>in view</small> part <b id=live-part>-</b> · frame <b id=live-seq>-</b>: "
+            "<b id=live-frame-verdict>-</b> · <b id=live-fps>-</b> FPS</p>"
             "<p>this run: <b id=live-parts>0</b> parts, <b id=live-fail>0</b> FAIL</p>"
-            "<p id=live-last class=meta></p></div></div></section>")
+            "<p id=live-ended class=ended hidden></p></div></div></section>")
 
 
 def _notify(notify: List[Dict[str, Any]]) -> str:
@@ -104,23 +127,32 @@ def _notify(notify: List[Dict[str, Any]]) -> str:
     return f"<ul id=notify>{items}</ul>" if items else ""
 
 
+def chart_urls(run_id: int, version: str) -> Dict[str, str]:
+    """The charts of one snapshot: the version makes a new picture exactly when the numbers change."""
+    return {name: f"chart/{name}.svg?" + urllib.parse.urlencode({"run": run_id, "v": version})
+            for name in ("pass_rate", "defects")}
+
+
 def overview(db: Optional[str], runs: List[Dict[str, Any]], run_id: Optional[int], s: Optional[Dict[str, Any]],
-             fails: List[Dict[str, Any]], live: bool, notify: Optional[List[Dict[str, Any]]] = None) -> str:
+             fails: List[Dict[str, Any]], live: bool, notify: Optional[List[Dict[str, Any]]] = None,
+             colours: Optional[Dict[str, str]] = None, version: str = "") -> str:
+    """fails: data.failed_parts; colours: '#rrggbb' per class (charts.class_colours); version: data.version."""
     head = (f"<header><h1>ds2a station</h1><span class=db>{e(db or 'no --db: records not kept')}</span>"
             f"{_run_picker(runs, run_id) if runs else ''}</header>")
     body = head + (_live() if live else "")
     if s is None:
         body += "<p class=empty>No runs recorded yet.</p>" if db else ""
-        return _doc("ds2a station", body, live)
-    q = urllib.parse.urlencode({"run": run_id})
+        return _doc("ds2a station", body, live, db=False)
     rate = "n/a" if s["pass_rate"] is None else f"{100.0 * s['pass_rate']:.1f}%"
-    body += (f"<section id=run data-run='{e(run_id)}'><h2>Run {e(run_id)} <small>{e(s['status'])}, started "
-             f"{e(_when(s['started']))}</small></h2><p class=meta>model {e(s['model'])} · source {e(s['source'])}</p>"
-             f"{_notify(notify or [])}</section>{_counts(s)}"
-             f"<section id=trend><h2>Trend</h2><img id=chart-pass src='chart/pass_rate.svg?{e(q)}' alt='pass rate "
-             f"{e(rate)}'><img id=chart-defects src='chart/defects.svg?{e(q)}' alt='defects per class'></section>"
-             + _defects(s) + _latency(s) + _gallery(fails))
-    return _doc(f"ds2a · run {run_id} · {rate}", body, live)
+    urls = chart_urls(run_id or 0, version)
+    body += (f"<section id=run data-run='{e(run_id)}' data-version='{e(version)}'><h2>Run {e(run_id)} <small "
+             f"id=run-status><span data-k=status>{e(s['status'])}</span>, started {e(_when(s['started']))}</small></h2><p class=meta>model "
+             f"{e(s['model'])} · source {e(s['source'])}</p>{_notify(notify or [])}</section>{_counts(s)}"
+             f"<section id=trend><h2>Trend</h2><img id=chart-pass src='{e(urls['pass_rate'])}' alt='pass rate "
+             f"{e(rate)}'><img id=chart-defects src='{e(urls['defects'])}' alt='defects per class'></section>"
+             f"<section id=defects>{defects_section(s, colours)}</section>" + _latency(s)
+             + f"<section id=failures>{gallery(fails)}</section>")
+    return _doc(f"ds2a · run {run_id} · {rate}", body, live, db=True)
 
 
 def failure_page(f: Dict[str, Any]) -> str:

@@ -27,8 +27,7 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
 }
 MIN_TOKEN = 12
-CHART_MIN_AGE_S = 30.0
-SUMMARY_TTL_S = 5.0
+REFRESH_S = float(page.REFRESH_S)  # the page refreshes from one snapshot; the records are read at most this often
 logger = logging.getLogger(__name__)
 
 
@@ -108,15 +107,16 @@ def record_id(text: str, what: str) -> int:
 
 
 class Site:
-    """The state the handlers share: the read-only connection, the live view, a chart cache."""
+    """The state the handlers share: the read-only connection, the live view, snapshots and their charts."""
 
     def __init__(self, db: Optional[str], live: Any = None) -> None:
         self.db, self.live = db, live
         self._con: Optional[sqlite3.Connection] = None
-        self._charts: Dict[Tuple[Any, ...], bytes] = {}
-        self._drawn: Dict[Tuple[Any, ...], float] = {}
-        self._summaries: Dict[int, Tuple[float, Dict[str, Any]]] = {}
-        self._lock = threading.Lock()  # handlers run on one loop, charts on executor threads
+        self._charts: Dict[Tuple[str, int], Tuple[str, bytes]] = {}  # (chart, run) -> (snapshot version, SVG)
+        self._snaps: Dict[int, Tuple[float, Dict[str, Any]]] = {}  # run -> (when read, snapshot)
+        self._recent: Dict[Tuple[int, str], Dict[str, Any]] = {}  # (run, version) -> snapshot, the last few
+        self._lock = threading.RLock()  # handlers run on one loop, charts on executor threads
+        self._draw_lock = threading.Lock()  # one matplotlib drawing at a time
 
     def con(self) -> Optional[sqlite3.Connection]:
         if self.db is None:
@@ -127,36 +127,61 @@ class Site:
             self._con = data.open_readonly(self.db)
         return self._con
 
-    def summary(self, run_id: int) -> Dict[str, Any]:
-        """`ds2a report`'s numbers, reused for SUMMARY_TTL_S however many viewers poll (it reads every timing row)."""
-        now = time.monotonic()
-        hit = self._summaries.get(run_id)
-        if hit is None or now - hit[0] >= SUMMARY_TTL_S:
-            con = self.con()
-            assert con is not None
-            hit = self._summaries[run_id] = (now, data.summary(con, run_id))
-        return hit[1]
+    def snapshot(self, run_id: int) -> Dict[str, Any]:
+        """One consistent read of a run (data.snapshot), shared for REFRESH_S by every viewer: the tiles, the
+        live count, the tables and the charts of one refresh all come from it."""
+        with self._lock:
+            now = time.monotonic()
+            hit = self._snaps.get(run_id)
+            if hit is None or now - hit[0] >= REFRESH_S:
+                con = self.con()
+                assert con is not None
+                hit = self._snaps[run_id] = (now, data.snapshot(con, run_id))
+                self._recent[(run_id, hit[1]["version"])] = hit[1]
+                while len(self._recent) > 8:
+                    del self._recent[next(iter(self._recent))]
+            return hit[1]
 
-    def chart(self, name: str, run_id: int) -> bytes:
+    def summary(self, run_id: int) -> Dict[str, Any]:
+        """`ds2a report`'s numbers, from the current snapshot."""
+        return self.snapshot(run_id)["summary"]
+
+    def colours(self, snap: Dict[str, Any]) -> Dict[str, str]:
+        """'#rrggbb' per class: the live model's palette for the run it inspects, else the one the run kept."""
+        from .charts import class_colours
+
+        live = self.live
+        if live is not None and getattr(live, "run_id", None) == snap["run"] and getattr(live, "palette", None):
+            return class_colours(live.classes, live.palette)
+        return class_colours(snap["classes"], snap["palette"])
+
+    def view(self, snap: Dict[str, Any]) -> Dict[str, Any]:
+        """What one refresh of the page applies (api/snapshot): numbers, chart addresses, tables."""
+        colours = self.colours(snap)
+        return {"run": snap["run"], "version": snap["version"], "summary": snap["summary"],
+                "charts": page.chart_urls(snap["run"], snap["version"]), "colours": colours,
+                "live_run": getattr(self.live, "run_id", None),
+                "html": {"defects": page.defects_section(snap["summary"], colours),
+                         "failures": page.gallery(snap["failed_parts"])}}
+
+    def chart(self, name: str, run_id: int, version: Optional[str] = None) -> bytes:
+        """The chart of the snapshot `version` (the one the page's numbers came from), else of the current one;
+        drawn once per snapshot whatever the number of viewers."""
         from . import charts
 
         with self._lock:
-            con = self.con()
-            assert con is not None
-            mark = con.execute("SELECT (SELECT COUNT(*) FROM verdicts WHERE run_id=?), (SELECT MAX(id) FROM "
-                               "frames WHERE run_id=?)", (run_id, run_id)).fetchone()
-            key = (name, run_id, mark[0], mark[1])
-            old = next((k for k in self._charts if k[:2] == key[:2]), None)
-            # a run in progress changes every frame: redraw at most every CHART_MIN_AGE_S (matplotlib costs CPU)
-            if old is not None and (old[2:4] == key[2:4] or time.monotonic() - self._drawn[old] < CHART_MIN_AGE_S):
-                return self._charts[old]
-            trend = data.trend(con, run_id)
-            draw = charts.pass_rate_svg if name == "pass_rate" else charts.defects_svg
-            svg = draw(trend)
-            if old is not None:
-                del self._charts[old], self._drawn[old]
-            self._charts[key], self._drawn[key] = svg, time.monotonic()
-            return svg
+            snap = self._recent.get((run_id, version or "")) or self.snapshot(run_id)
+            cached = self._charts.get((name, run_id))
+        if cached is not None and cached[0] == snap["version"]:
+            return cached[1]
+        with self._draw_lock:
+            if name == "pass_rate":
+                svg = charts.pass_rate_svg(snap["trend"])
+            else:
+                svg = charts.defects_svg(snap["trend"], self.colours(snap))
+        with self._lock:
+            self._charts[(name, run_id)] = (snap["version"], svg)
+        return svg
 
     def close(self) -> None:
         if self._con is not None:
@@ -211,12 +236,17 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
         if con is None:
             return web.Response(content_type="text/html", text=page.overview(site.db, [], None, None, [],
                                                                             site.live is not None))
-        run_id = _run(con, request)
-        s = data.summary(con, run_id) if run_id is not None else None
-        fails = data.failures(con, run_id) if run_id is not None else []
-        notify = data.notify_stats(con, run_id) if run_id is not None else []
-        return web.Response(content_type="text/html", text=page.overview(site.db, data.runs(con), run_id, s, fails,
-                                                                        site.live is not None, notify))
+        with site._lock:
+            run_id = _run(con, request)
+            runs = data.runs(con)
+            notify = data.notify_stats(con, run_id) if run_id is not None else []
+            snap = site.snapshot(run_id) if run_id is not None else None
+        if snap is None:
+            return web.Response(content_type="text/html", text=page.overview(site.db, runs, None, None, [],
+                                                                            site.live is not None))
+        return web.Response(content_type="text/html", text=page.overview(
+            site.db, runs, run_id, snap["summary"], snap["failed_parts"], site.live is not None, notify,
+            site.colours(snap), snap["version"]))
 
     async def summary(request: Any) -> Any:
         con = site.con()
@@ -224,6 +254,14 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
         if run_id is None:
             return web.json_response({"run": None})
         return web.json_response(site.summary(run_id))
+
+    async def snapshot(request: Any) -> Any:
+        con = site.con()
+        run_id = _run(con, request) if con is not None else None
+        if run_id is None:
+            return web.json_response({"run": None})
+        snap = await asyncio.get_running_loop().run_in_executor(None, site.snapshot, run_id)
+        return web.json_response(site.view(snap))
 
     async def failure(request: Any) -> Any:
         con = site.con()
@@ -246,7 +284,8 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
         run_id = _run(con, request) if con is not None else None
         if run_id is None or request.match_info["name"] not in ("pass_rate", "defects"):
             raise UserError("no such chart")
-        svg = await asyncio.get_running_loop().run_in_executor(None, site.chart, request.match_info["name"], run_id)
+        svg = await asyncio.get_running_loop().run_in_executor(None, site.chart, request.match_info["name"], run_id,
+                                                               request.query.get("v"))
         return web.Response(body=svg, content_type="image/svg+xml")
 
     async def live_state(_request: Any) -> Any:
@@ -271,6 +310,7 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
     app = web.Application(middlewares=[guard])
     app.router.add_get("/", index)
     app.router.add_get("/api/summary", summary)
+    app.router.add_get("/api/snapshot", snapshot)
     app.router.add_get(r"/failure/{frame:\d+}", failure)
     app.router.add_get(r"/image/{frame:\d+}/{kind:annotated|raw}", image)
     app.router.add_get(r"/chart/{name}.svg", chart)

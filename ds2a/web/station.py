@@ -5,17 +5,24 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sqlite3
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import UserError
+from ..options_check import check_fields
 
 logger = logging.getLogger(__name__)
+END_WAIT_S = 3.0  # at the end, how long a page polled in the last seconds gets to learn that the run ended
 
 
 @dataclass
 class StationOptions:
     """The live view and the line notifiers of one inspection (`ds2a inspect --web/--notify`)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     web: Optional[str] = None  # HOST:PORT for the operator's page with a live view; None: no page
     web_token: Optional[str] = None  # required for a page beyond 127.0.0.1 (unless web_insecure)
@@ -53,6 +60,8 @@ class Station:
         self.live: Any = None
         self.server: Any = None
         self.notifiers: List[Any] = []
+        self.records: Any = None
+        self.site: Any = None
 
     def start(self, publisher: Any, make_renderer: Callable[[], Any], records: Any) -> None:
         from ..notify import open_notifier
@@ -62,30 +71,59 @@ class Station:
             logger.info(f"notify  {self.notifiers[-1].target.label} (through an outbox: a line that is down never "
                         "stalls inspection)")
         publisher.observers += self.notifiers
+        if records is not None:  # `ds2a web DB` later colours the charts as this run's video was painted
+            records.extra.setdefault("palette", [list(c) for c in getattr(make_renderer(), "palette", [])])
         if self.bind is not None:
             from .live import LiveView
             from .server import BackgroundServer, Site, make_app, url_for
 
-            self.live = LiveView(make_renderer())
-            self.server = BackgroundServer(make_app(Site(self.db, self.live), self.token), *self.bind)
+            self.records = records
+            self.live = LiveView(make_renderer(), records=records)
+            self.site = Site(self.db, self.live)
+            self.server = BackgroundServer(make_app(self.site, self.token), *self.bind)
             port = self.server.start()
             publisher.observers.append(self.live)
             logger.info(f"web     {url_for(self.bind[0], port)} (live view{'' if self.db else '; no --db: no records'}"
                         f"{'; token required' if self.token else ''})")
 
     def finish(self) -> None:
-        """End of the run: flush the notifiers (their counts go into the records), mark the live view ended."""
+        """End of the run: flush the notifiers (their counts go into the records, which are marked after)."""
         notifiers, self.notifiers = self.notifiers, []
         for n in notifiers:
             n.close()
-        if self.live is not None:
-            self.live.close()
 
     def close(self) -> None:
+        """After the records are marked: open pages learn that the run ended, with its summary, then the
+        server stops (waiting up to END_WAIT_S for a page that was polling to hear it)."""
         self.finish()
+        if self.live is not None and self.live.running:
+            self.live.close(self._final_summary())
+            if time.monotonic() - self.live.polled_last < END_WAIT_S:
+                end = time.monotonic() + END_WAIT_S
+                while not self.live.end_seen and time.monotonic() < end:
+                    time.sleep(0.05)
         server, self.server = self.server, None
         if server is not None:
             server.stop()
+
+    def _final_summary(self) -> Optional[Dict[str, Any]]:
+        """`ds2a report`'s numbers of the run that ended (status included), or None without records."""
+        run_id = getattr(self.records, "run_id", None)
+        if self.site is None or run_id is None:
+            return None
+        from . import data
+
+        try:  # through the page's own read-only connection (a second one in this process can fail)
+            with self.site._lock:
+                con = self.site.con()
+                s = data.summary(con, run_id) if con is not None else None
+            if s is None:
+                return None
+        except (UserError, sqlite3.Error) as exc:
+            logger.warning(f"web     the page could not read the run's summary: {exc}")
+            return None
+        keys = ("run", "status", "parts", "pass", "fail", "pass_rate", "frames", "frames_fail", "started", "ended")
+        return {k: s[k] for k in keys}
 
 
 def station(options: StationOptions, db: Optional[str] = None) -> Optional[Station]:

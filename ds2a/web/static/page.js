@@ -1,57 +1,102 @@
 // The page's only script (served from the package; the CSP header allows no other).
+// One refresh = one snapshot (api/snapshot): the tiles, the live part count, the tables and the charts
+// of a refresh all come from the same read of the records (ds2a/web/data.py snapshot).
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
+  const set = (id, text) => { const el = $(id); if (el) el.textContent = text; };
   const picker = $("run");
   if (picker) picker.addEventListener("change", () => picker.form.submit());
-  if (document.body.dataset.live !== "1") return;
+  const section = document.querySelector("section#run");
+  const viewedRun = section ? section.dataset.run : null;
+  const hasDb = document.body.dataset.db === "1";
+  const refreshMs = 1000 * Number(document.body.dataset.refresh || "5");
+  const live = document.body.dataset.live === "1";
+  let liveRun = null;
+  let ended = false;
+
+  function applySummary(s) {
+    for (const el of document.querySelectorAll("[data-k]")) {
+      const k = el.dataset.k;
+      if (k === "pass_rate") {
+        if ("pass_rate" in s) el.textContent = s.pass_rate === null ? "n/a" : (100 * s.pass_rate).toFixed(1) + "%";
+      } else if (k in s && s[k] !== null) el.textContent = String(s[k]);
+    }
+  }
+  function liveCounts(parts, fail) { set("live-parts", String(parts)); set("live-fail", String(fail)); }
+
+  function apply(snap) {
+    applySummary(snap.summary);
+    if (live && snap.live_run !== null && String(snap.live_run) === viewedRun) {
+      liveCounts(snap.summary.parts, snap.summary.fail);  // the same numbers as the tiles
+    }
+    if (snap.version !== section.dataset.version) {
+      section.dataset.version = snap.version;
+      const pass = $("chart-pass"), defects = $("chart-defects");
+      if (pass) pass.src = snap.charts.pass_rate;
+      if (defects) defects.src = snap.charts.defects;
+      $("defects").innerHTML = snap.html.defects;  // built and escaped by the server (ds2a/web/page.py)
+      $("failures").innerHTML = snap.html.failures;
+    }
+  }
+  let refreshing = false;
+  async function refresh() {
+    if (!section || refreshing) return;
+    refreshing = true;
+    try {
+      const r = await fetch("api/snapshot?run=" + encodeURIComponent(viewedRun), {cache: "no-store"});
+      if (r.ok) apply(await r.json());
+    } catch (err) { /* the next refresh tries again */ }
+    refreshing = false;
+  }
+  const refreshTimer = section ? setInterval(refresh, refreshMs) : null;
+  if (!live) return;
+
   const img = $("live-img");
-  const runBox = $("run");
-  const set = (id, text) => { const el = $(id); if (el) el.textContent = text; };
   // the live picture: the next one is asked for only after the last arrived (at most ~4 per second)
-  let seq = -1;
-  function nextPicture() { setTimeout(() => { img.src = "live.jpg?t=" + Date.now(); }, 250); }
+  function nextPicture() { if (!ended) setTimeout(() => { if (!ended) img.src = "live.jpg?t=" + Date.now(); }, 250); }
   img.addEventListener("load", nextPicture);
   img.addEventListener("error", () => setTimeout(nextPicture, 1000));
+
+  function showEnded(e) {
+    ended = true;
+    clearInterval(pollTimer);
+    if (refreshTimer !== null) clearInterval(refreshTimer);
+    e = e || {};
+    const rate = e.pass_rate === null || e.pass_rate === undefined ? "" :
+      ", pass rate " + (100 * e.pass_rate).toFixed(1) + "%";
+    const box = $("live-ended");
+    box.textContent = "Run " + (e.run === null || e.run === undefined ? "" : e.run + " ") + "ended" +
+      (e.status ? " (" + e.status + ")" : "") + ": " + e.parts + " parts, " + e.pass + " PASS, " + e.fail +
+      " FAIL" + rate + ", " + e.frames + " frames. The live view stopped with the run; the records stay in " +
+      "the database (ds2a web DB shows them).";
+    box.hidden = false;
+    $("live").classList.add("ended");
+    liveCounts(e.parts, e.fail);
+    if (e.status && e.run !== null && String(e.run) === viewedRun) applySummary(e);  // the final numbers
+  }
+
   async function poll() {
+    if (ended) return;
     try {
       const r = await fetch("api/live", {cache: "no-store"});
       const s = await r.json();
-      seq = s.seq;
-      // the banner is the latest part's verdict (what the line acts on); the picture carries its frame's
-      const v = $("live-verdict");
+      liveRun = s.run;
+      // two parts can be on screen: the last one decided (what the line acts on) and the one in view now
       const lp = s.last_part && s.last_part.part_id ? s.last_part : null;
-      v.textContent = !s.running ? "run ended" : lp ? lp.verdict + " " + lp.part_id : "waiting for the first part";
-      v.className = "verdict " + (lp ? lp.verdict : "");
+      set("live-last-part", lp ? lp.part_id : "waiting for the first part");
+      set("live-last-verdict", lp ? lp.verdict : "");
+      set("live-last", lp ? lp.reasons.join("; ") : "");
+      $("live-verdict").className = "verdict " + (lp ? lp.verdict : "");
       set("live-frame-verdict", s.verdict || "-");
       set("live-seq", String(s.seq)); set("live-part", s.part_id || "-"); set("live-fps", String(s.fps));
-      set("live-parts", String(s.parts)); set("live-fail", String(s.fail));
-      if (s.last_part && s.last_part.part_id) {
-        set("live-last", s.last_part.reasons.join("; "));
-      }
-    } catch (err) { set("live-verdict", "no connection to the station"); }
+      if (!hasDb || liveRun === null || String(liveRun) !== viewedRun) liveCounts(s.parts, s.fail);
+      if (!s.running) showEnded(s.ended);
+    } catch (err) {
+      if (!ended) { set("live-last-part", "no connection to the station"); set("live-last-verdict", ""); }
+    }
   }
-  let chartsAt = Date.now();
-  async function counts() {
-    const run = document.getElementById("run") ? runBox.value : "";
-    try {
-      const r = await fetch("api/summary" + (run ? "?run=" + encodeURIComponent(run) : ""), {cache: "no-store"});
-      if (!r.ok) return;
-      const s = await r.json();
-      for (const el of document.querySelectorAll("[data-k]")) {
-        const k = el.dataset.k;
-        if (k === "pass_rate") el.textContent = s.pass_rate === null ? "n/a" : (100 * s.pass_rate).toFixed(1) + "%";
-        else if (k in s && s[k] !== null) el.textContent = String(s[k]);
-      }
-      if (Date.now() - chartsAt >= 30000) {  // the server redraws charts at most every 30 s
-        chartsAt = Date.now();
-        for (const id of ["chart-pass", "chart-defects"]) {
-          const c = $(id); if (c) c.src = c.src.split("&t=")[0] + "&t=" + Date.now();
-        }
-      }
-    } catch (err) { /* the next poll tries again */ }
-  }
-  setInterval(poll, 500); poll();
-  setInterval(counts, 10000);
-  void seq;
+  const pollTimer = setInterval(poll, 500);
+  poll();
+  refresh();
 })();
