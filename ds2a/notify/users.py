@@ -1,0 +1,171 @@
+"""Named users and their roles for the station's line interfaces (`ds2a inspect --opcua-users FILE`).
+
+A users file is plain text, one user a line, `NAME:ROLE:HASH` (blank lines and `#` comments allowed):
+
+    anna:operator:scrypt$16384$8$1$<salt, base64>$<key, base64>
+    ben:engineer:pbkdf2_sha256$600000$<salt, base64>$<key, base64>
+
+Secrets are never stored, only salted hashes (hashlib.scrypt, or PBKDF2-HMAC-SHA256 where the
+Python's OpenSSL has no scrypt). `python -m ds2a.notify.users NAME ROLE` asks for a password and
+prints the line to add. Roles, each with the rights of the ones before (docs/OPCUA.md):
+`operator` (view, acknowledge alarms), `engineer` (also select recipes), `admin` (everything).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import getpass
+import hashlib
+import hmac
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from ..errors import UserError
+
+ROLES = ("operator", "engineer", "admin")  # in rising order of rights
+# what each action needs at least (the OPC UA methods check these: ds2a/notify/opcua_server.py)
+NEEDS = {"view": "operator", "acknowledge": "operator", "select_recipe": "engineer"}
+SCRYPT = (2 ** 14, 8, 1)  # n, r, p: about 16 MiB and tens of ms per check, once per session
+PBKDF2_ITERATIONS = 600_000
+NAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    secret: str  # the stored hash, never the password
+
+
+def may(role: str, action: str) -> bool:
+    """Whether `role` may do `action` (view, acknowledge, select_recipe)."""
+    return role in ROLES and ROLES.index(role) >= ROLES.index(NEEDS[action])
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def hash_password(password: str, method: str = "scrypt", salt: Optional[bytes] = None) -> str:
+    """The stored form of `password` with a fresh random salt (scrypt unless this Python lacks it)."""
+    salt = os.urandom(16) if salt is None else salt
+    if method == "scrypt" and hasattr(hashlib, "scrypt"):
+        n, r, p = SCRYPT
+        key = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=64 * 1024 * 1024, dklen=32)
+        return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(key)}"
+    key = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, PBKDF2_ITERATIONS)
+    return f"pbkdf2_sha256${PBKDF2_ITERATIONS}${_b64(salt)}${_b64(key)}"
+
+
+def _check_hash(secret: str) -> str:
+    """'' when `secret` is a hash this module can verify, else what is wrong with it."""
+    parts = secret.split("$")
+    try:
+        if parts[0] == "scrypt" and len(parts) == 6:
+            n, r, p = (int(v) for v in parts[1:4])
+            if n < 2 or n & (n - 1) or r < 1 or p < 1 or 128 * r * n * p > 1 << 30:
+                return "scrypt parameters n (a power of two), r, p are out of range"
+            if not hasattr(hashlib, "scrypt"):
+                return "this Python's hashlib has no scrypt: use pbkdf2_sha256 hashes"
+        elif parts[0] == "pbkdf2_sha256" and len(parts) == 4:
+            if int(parts[1]) < 100_000:
+                return "pbkdf2_sha256 needs at least 100000 iterations"
+        else:
+            return "not scrypt$N$R$P$SALT$KEY or pbkdf2_sha256$ITERATIONS$SALT$KEY"
+        salt, key = base64.b64decode(parts[-2], validate=True), base64.b64decode(parts[-1], validate=True)
+    except (ValueError, binascii.Error):
+        return "a number or base64 field is malformed"
+    if len(salt) < 8 or len(key) < 16:
+        return "the salt (at least 8 bytes) or key (at least 16 bytes) is too short"
+    return ""
+
+
+def verify_password(secret: str, password: str) -> bool:
+    """Constant-time comparison of `password`'s hash with the stored one."""
+    if _check_hash(secret):
+        return False
+    parts = secret.split("$")
+    salt, key = base64.b64decode(parts[-2]), base64.b64decode(parts[-1])
+    data = password.encode("utf-8")
+    if parts[0] == "scrypt":
+        n, r, p = (int(v) for v in parts[1:4])
+        got = hashlib.scrypt(data, salt=salt, n=n, r=r, p=p, maxmem=2 * 128 * r * n * p + (1 << 20), dklen=len(key))
+    else:
+        got = hashlib.pbkdf2_hmac("sha256", data, salt, int(parts[1]), dklen=len(key))
+    return hmac.compare_digest(got, key)
+
+
+class Users:
+    """The users of one station, read once at start; `check(name, password)` gives the User or None."""
+
+    def __init__(self, users: List[User], origin: str = "") -> None:
+        self.by_name: Dict[str, User] = {u.name: u for u in users}
+        self.origin = origin
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+    def check(self, name: Optional[str], password: Optional[str]) -> Optional[User]:
+        user = self.by_name.get(name or "")
+        if user is None:
+            hash_password(password or "")  # an unknown name costs as long as a wrong password
+            return None
+        return user if password is not None and verify_password(user.secret, password) else None
+
+
+def read_users(path: str) -> Users:
+    """Parse and check a users file; UserError naming the file, line and fix for anything wrong."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"users file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc}); "
+                        "give an existing text file (format: docs/OPCUA.md)") from None
+    users: List[User] = []
+    seen = set()
+    for no, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        where = f"users file {path} line {no}"
+        fields = text.split(":")
+        if len(fields) != 3:
+            raise UserError(f"{where}: write NAME:ROLE:HASH (make a line with `python -m ds2a.notify.users NAME ROLE`)")
+        name, role, secret = (v.strip() for v in fields)
+        if not NAME_RE.match(name):
+            raise UserError(f"{where}: user name '{name[:64]}' must be 1-64 letters, digits or . _ @ -")
+        if name in seen:
+            raise UserError(f"{where}: user '{name}' is listed twice; keep one line per user")
+        if role not in ROLES:
+            raise UserError(f"{where}: role '{role[:32]}' is not one of {', '.join(ROLES)}")
+        problem = _check_hash(secret)
+        if problem:
+            raise UserError(f"{where}: the password hash is unusable ({problem}); make the line again with "
+                            "`python -m ds2a.notify.users NAME ROLE`")
+        seen.add(name)
+        users.append(User(name, role, secret))
+    if not users:
+        raise UserError(f"users file {path} lists no users; add NAME:ROLE:HASH lines "
+                        "(`python -m ds2a.notify.users NAME ROLE`)")
+    return Users(users, path)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """`python -m ds2a.notify.users NAME ROLE`: ask for a password twice, print the users-file line."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[1] not in ROLES or not NAME_RE.match(args[0]):
+        print(f"usage: python -m ds2a.notify.users NAME ROLE   (ROLE: {', '.join(ROLES)})", file=sys.stderr)
+        return 2
+    password = getpass.getpass(f"password for {args[0]}: ")
+    if len(password) < 8 or password != getpass.getpass("again: "):
+        print("error: the passwords differ or are shorter than 8 characters", file=sys.stderr)
+        return 1
+    print(f"{args[0]}:{args[1]}:{hash_password(password)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
