@@ -67,6 +67,7 @@ def test_fixed_batch_engine_pads_and_splits_batches(tmp_path):
     fake, cuda = fake_for(NEWEST_10)
     engine = str(tmp_path / "b2.engine")
     build(fake, cuda, make_onnx(tmp_path / "m.onnx", batch=2), engine)
+    fake.state.executions = 0  # the build's accuracy gate ran the engine too
     with TensorRTSegmenter(engine, trt_module=fake, cuda_api=cuda) as seg:
         x = frames(3, seed=1)
         assert [r.class_map.tolist() for r in seg.infer_batch(x)] == expected(x)
@@ -77,6 +78,7 @@ def test_dynamic_batch_engine_sets_input_shapes_up_to_the_profile_max(tmp_path):
     fake, cuda = fake_for(NEWEST_10)
     engine = str(tmp_path / "dyn.engine")
     build(fake, cuda, make_onnx(tmp_path / "m.onnx", batch="batch"), engine, batch=(1, 2, 4))
+    fake.state.executions = 0  # the build's accuracy gate ran the engine too
     with TensorRTSegmenter(engine, trt_module=fake, cuda_api=cuda) as seg:
         assert seg.batch_size is None
         x = frames(5, seed=2)
@@ -97,6 +99,7 @@ def test_cuda_graph_is_captured_once_then_replayed_with_new_frames(built):
 
 def test_close_frees_every_buffer(built):
     fake, cuda, engine = built
+    cuda.freed = 0  # the build's accuracy gate opened and closed the engine too
     seg = TensorRTSegmenter(engine, trt_module=fake, cuda_api=cuda)
     seg.close()
     seg.close()

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli.types import finite_float, int_range
 from ..engine.builder import HW_COMPAT, BuildOptions, build_engine, parse_batch
+from ..engine.verify import DEFAULT_FRAMES, VerifyOptions
 
 EXAMPLES = """examples:
   ds2a build-engine model.int8.onnx --out model.engine                 # INT8 (Q/DQ from ds2a calibrate)
@@ -11,6 +13,7 @@ EXAMPLES = """examples:
   ds2a build-engine model.onnx --out model.engine --fp16               # TensorRT 8.5-10.x only
   ds2a build-engine model.int8.onnx --out dla.engine --dla-core 0 --gpu-fallback
   ds2a build-engine model.onnx --out model.engine --batch 1:4:8        # dynamic-batch ONNX
+  ds2a build-engine model.int8.onnx --verify-data data/test            # accuracy gate on labelled frames
 """
 
 
@@ -42,6 +45,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "higher builds longer, may run faster)")
     parser.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
     parser.add_argument("--verbose", action="store_true", help="TensorRT's verbose log and detailed layer info")
+    gate = parser.add_argument_group("accuracy gate", "the new engine is compared with ONNX Runtime (CPU) on the same "
+                                     "ONNX and installed only when it agrees (docs/SELFTEST.md)")
+    gate.add_argument("--verify-data", metavar="DIR", help="frames to compare on: a dataset (labelled: mIoU too), an "
+                      "image folder or a manifest (default: the golden frames the ONNX carries)")
+    gate.add_argument("--verify-frames", type=int_range(1), default=DEFAULT_FRAMES,
+                      help=f"frames taken from --verify-data (default {DEFAULT_FRAMES})")
+    share = finite_float(0, 1)
+    gate.add_argument("--min-agreement", type=share, help="share of pixels with the same class, all frames "
+                      "(default 0.995 for FP32/FP16, 0.98 for INT8)")
+    gate.add_argument("--min-frame-agreement", type=share, help="the same on the worst frame (default 0.98 / 0.95)")
+    gate.add_argument("--min-defect-agreement", type=share, help="share of the pixels either calls a defect with the "
+                      "same class (default 0.90 / 0.80)")
+    gate.add_argument("--max-miou-drop", type=share, help="labelled --verify-data: mIoU the engine may lose against "
+                      "ONNX Runtime (default 0.005)")
+    gate.add_argument("--accept-mismatch", action="store_true", help="install an engine that fails the gate anyway "
+                      "(recorded in its sidecar)")
 
 
 def messages_to_stderr(args: argparse.Namespace) -> bool:
@@ -56,8 +75,15 @@ def run(args: argparse.Namespace) -> int:
         fp16=args.fp16, int8=args.int8 or bool(args.calib_cache), calib_cache=args.calib_cache,
         version_compatible=args.version_compatible, hardware_compat=args.hardware_compat,
         optimization_level=args.builder_optimization_level, verbose=args.verbose, device=args.device,
+        verify=VerifyOptions(data=args.verify_data, frames=args.verify_frames, min_agreement=args.min_agreement,
+                             min_frame_agreement=args.min_frame_agreement,
+                             min_defect_agreement=args.min_defect_agreement, max_miou_drop=args.max_miou_drop,
+                             accept_mismatch=args.accept_mismatch),
     )
     report = build_engine(args.onnx, args.out, opts)
+    gate = report.verification or {}
+    verdict = "passed" if gate.get("passed") else "FAILED, installed with --accept-mismatch"
     print(f"{report.engine_path}: {report.precision.upper()} engine, TensorRT {report.tensorrt_version}, "
-          f"built in {report.build_seconds:.1f} s")
+          f"built in {report.build_seconds:.1f} s; accuracy gate {verdict} "
+          f"({100 * gate.get('agreement', 0):.2f} % of pixels agree with {gate.get('reference', '?')})")
     return 0

@@ -43,7 +43,7 @@ def build(fake: FakeTensorRT, cuda: FakeCuda, onnx_path: str, out: str, log: Any
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        return build_engine(onnx_path, out, BuildOptions(**options), trt=fake, device=cuda.info)
+        return build_engine(onnx_path, out, BuildOptions(**options), trt=fake, device=cuda.info, cuda_api=cuda)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -2,7 +2,9 @@
 
 Each one carries the ops the builder cares about (LayerNormalization, Softmax, a reduction)
 and, as asked, Q/DQ nodes (INT8), float16 casts (FP16) or a dynamic batch, so precision
-detection and FP32 pinning can be tested without a real network. ONNX Runtime runs them.
+detection and FP32 pinning can be tested without a real network. ONNX Runtime runs them and gives
+the fake engine's answer (class = blue // 64, tests/trt_stubs/fake_trt.py), so the build's accuracy
+gate (ds2a/engine/verify.py) passes an honest fake build.
 """
 from __future__ import annotations
 
@@ -41,8 +43,15 @@ def make_onnx(path: Union[str, Path], precision: str = "fp32", batch: Union[int,
         helper.make_node("LayerNormalization", ["feat_t", "ln_g", "ln_b"], ["normed"], axis=-1, name="norm")
         if layernorm else helper.make_node("Identity", ["feat_t"], ["normed"], name="no_norm"),
         helper.make_node("Transpose", ["normed"], ["normed_t"], perm=[0, 3, 1, 2], name="to_nchw2"),
-        helper.make_node("Softmax", ["normed_t"], ["logits"], axis=1, name="softmax"),
-        helper.make_node("ReduceMean", ["logits"], ["unused_mean"], keepdims=1, name="reduce"),
+        helper.make_node("Softmax", ["normed_t"], ["soft"], axis=1, name="softmax"),
+        helper.make_node("ReduceMean", ["soft"], ["unused_mean"], keepdims=1, name="reduce"),
+        # the answer the fake engine gives (fake_trt.py: class = blue // 64), so ONNX Runtime agrees with it
+        helper.make_node("Slice", ["x_f", "blue_start", "blue_end", "blue_axis"], ["blue"], name="blue"),
+        helper.make_node("Div", ["blue", "step"], ["blue_steps"], name="blue_div"),
+        helper.make_node("Floor", ["blue_steps"], ["blue_cls"], name="blue_floor"),
+        helper.make_node("Transpose", ["blue_cls"], ["blue_nchw"], perm=[0, 3, 1, 2], name="blue_nchw"),
+        helper.make_node("Equal", ["blue_nchw", "class_ids"], ["onehot"], name="onehot"),
+        helper.make_node("Cast", ["onehot"], ["logits"], to=TensorProto.FLOAT, name="onehot_float"),
         helper.make_node("ArgMax", ["logits"], ["idx"], axis=1, keepdims=0, name="argmax"),
         helper.make_node("Cast", ["idx"], ["idx_f"], to=TensorProto.FLOAT, name="idx_float"),
         helper.make_node("Cast", ["idx_f"], ["class_map"], to=TensorProto.UINT8, name="cast_out"),
@@ -50,6 +59,11 @@ def make_onnx(path: Union[str, Path], precision: str = "fp32", batch: Union[int,
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(size=(k, 3, 1, 1)).astype(np.float32), "w"),
              numpy_helper.from_array(np.zeros(k, np.float32), "b")]
+    inits += [numpy_helper.from_array(np.array([0], np.int64), "blue_start"),
+              numpy_helper.from_array(np.array([1], np.int64), "blue_end"),
+              numpy_helper.from_array(np.array([3], np.int64), "blue_axis"),
+              numpy_helper.from_array(np.array(64.0, np.float32), "step"),
+              numpy_helper.from_array(np.arange(k, dtype=np.float32).reshape(1, k, 1, 1), "class_ids")]
     if layernorm:
         inits += [numpy_helper.from_array(np.ones(k, np.float32), "ln_g"),
                   numpy_helper.from_array(np.zeros(k, np.float32), "ln_b")]

@@ -1,0 +1,212 @@
+"""The accuracy gate of every engine build (ds2a/engine/verify.py) and the engine's self-test at every start.
+
+Engines are built by the real builder against a fake of the newest TensorRT 10 (tests/trt_stubs):
+an honest fake answers like ONNX Runtime on the same ONNX (class = blue // 64), a "miscompiled"
+one loses the defect classes 2 and 3, as a TensorRT release that compiles GridSample wrongly
+loses detections. Neither a build, nor an open, nor an inspection may accept the wrong one.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from trt_stubs.fake_trt import NP, FakeContext
+from trt_stubs.helpers import NEWEST_10, build, fake_for
+from trt_stubs.onnx_models import make_onnx
+
+from ds2a.engine.verify import DEFAULT_THRESHOLDS, VerifyOptions, rejected_path, report_path
+from ds2a.errors import UserError
+from ds2a.export.metadata import attach_golden_file, load_onnx, read_meta
+from ds2a.runtime import open_model
+from ds2a.runtime.selftest import SelfTestFailed, golden_of
+from ds2a.trt.sidecar import read_sidecar
+
+
+def miscompile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fake engine from now on answers background where the right answer is class 2 or 3."""
+    honest = FakeContext._execute
+
+    def wrong(self: FakeContext) -> None:
+        honest(self)
+        io = self._engine._io
+        inp = next(t for t in io.values() if t["mode"] == "INPUT")
+        shape = self._in_shape.get(inp["name"], tuple(inp["shape"]))
+        view = self._fake.state.cuda.view(self._addr["class_map"], tuple(shape[:3]), NP["UINT8"])
+        view[view >= 2] = 0
+
+    monkeypatch.setattr(FakeContext, "_execute", wrong)
+
+
+def frames(n: int = 6, size: int = 8) -> list:
+    """Blue levels spread over all four classes, in blocks."""
+    rng = np.random.default_rng(3)
+    out = []
+    for _ in range(n):
+        small = rng.integers(0, 256, (2, 2, 3), dtype=np.uint8)
+        out.append(cv2.resize(small, (size, size), interpolation=cv2.INTER_NEAREST))
+    return out
+
+
+@pytest.fixture
+def golden_onnx(tmp_path: Path) -> str:
+    """A tiny ONNX (tests/trt_stubs/onnx_models.py) carrying golden frames, as `ds2a export` writes it."""
+    path = make_onnx(tmp_path / "m.onnx")
+    attach_golden_file(path, frames(), "test frames")
+    return path
+
+
+def test_an_honest_engine_passes_and_carries_the_result_and_its_own_golden_maps(tmp_path, golden_onnx):
+    fake, cuda = fake_for(NEWEST_10)
+    engine = str(tmp_path / "m.engine")
+    report = build(fake, cuda, golden_onnx, engine)
+    rec = read_sidecar(engine)
+    gate = rec["verification"]
+    assert report.verification == gate and gate["passed"] and not gate["accepted_mismatch"]
+    assert gate["agreement"] == 1.0 and gate["frames_source"] == "the golden frames in the ONNX"
+    assert gate["reference"].startswith("ONNX Runtime") and gate["onnxruntime_version"]
+    assert gate["tensorrt_version"] == NEWEST_10 and gate["date"] and gate["precision"] == "fp32"
+    golden = golden_of(type("M", (), {"extra": rec["meta"]["extra"]})())
+    assert golden.produced_by.startswith(f"TensorRT {NEWEST_10}")  # the engine's own answers
+    original = golden_of(read_meta(load_onnx(golden_onnx), golden_onnx))
+    assert all((a == b).all() for a, b in zip(golden.frames, original.frames))  # the ONNX's frames, copied
+    with open_model(engine, trt_module=fake, cuda_api=cuda) as model:  # the round trip ends in a passed self-test
+        assert model.selftest.status == "passed" and model.selftest.frames == len(original.frames)
+    assert not Path(rejected_path(engine)).exists() and not list(tmp_path.glob("*.verifying*"))
+
+
+def test_a_miscompiled_engine_is_never_installed_and_is_kept_with_a_report(tmp_path, golden_onnx, monkeypatch):
+    fake, cuda = fake_for(NEWEST_10)
+    miscompile(monkeypatch)
+    engine = str(tmp_path / "m.engine")
+    with pytest.raises(UserError, match=r"does not answer like ONNX Runtime.*not installed.*--deform-attn.*--opset"
+                                        r".*FP32.*--accept-mismatch") as err:
+        build(fake, cuda, golden_onnx, engine)
+    assert not Path(engine).exists() and not Path(engine + ".json").exists()
+    rejected = rejected_path(engine)
+    assert rejected.endswith("m.rejected.engine") and Path(rejected).is_file() and rejected in str(err.value)
+    report = json.loads(Path(report_path(rejected)).read_text())
+    assert not report["passed"] and report["failures"] and report["worst_frames"][0]["agreement"] < 0.95
+    assert report["per_class_iou"]["smudge"] in (0.0, None) and report["verdict_flips"]["escapes"] >= 0
+    assert read_sidecar(rejected)["verification"]["passed"] is False
+    assert not list(tmp_path.glob("*.verifying*"))
+
+
+def test_accept_mismatch_installs_it_and_says_so_in_the_sidecar(tmp_path, golden_onnx, monkeypatch):
+    fake, cuda = fake_for(NEWEST_10)
+    miscompile(monkeypatch)
+    engine = str(tmp_path / "m.engine")
+    build(fake, cuda, golden_onnx, engine, verify=VerifyOptions(accept_mismatch=True))
+    gate = read_sidecar(engine)["verification"]
+    assert gate["accepted_mismatch"] and not gate["passed"] and gate["failures"]
+    with open_model(engine, trt_module=fake, cuda_api=cuda) as model:  # it answers as when it was accepted
+        assert model.selftest.status == "passed"
+
+
+def test_an_engine_whose_answers_changed_after_the_build_is_refused_at_open(tmp_path, golden_onnx, monkeypatch):
+    """Built honestly, then the machine answers differently (another TensorRT, driver or a corrupted plan)."""
+    fake, cuda = fake_for(NEWEST_10)
+    engine = str(tmp_path / "m.engine")
+    build(fake, cuda, golden_onnx, engine)
+    miscompile(monkeypatch)
+    with pytest.raises(SelfTestFailed, match=r"m.engine failed its self-test.*rebuild the engine"):
+        open_model(engine, trt_module=fake, cuda_api=cuda)
+
+
+def test_inspect_never_starts_with_an_engine_that_fails_its_self_test(tmp_path, golden_onnx, monkeypatch):
+    from ds2a.inspect import InspectOptions, inspect
+
+    fake, cuda = fake_for(NEWEST_10)
+    engine = str(tmp_path / "m.engine")
+    build(fake, cuda, golden_onnx, engine)
+    miscompile(monkeypatch)
+    db = tmp_path / "runs.db"
+    options = InspectOptions(model=engine, source="demo://?frames=10", headless=True, db=str(db), jsonl=True,
+                             backend_options={"trt_module": fake, "cuda_api": cuda})
+    out = __import__("io").StringIO()
+    with pytest.raises(SelfTestFailed):
+        inspect(options, out=out)
+    assert "PASS" not in out.getvalue() and '"verdict"' not in out.getvalue()
+    if db.exists():  # nothing judged: no frame, no part
+        with sqlite3.connect(str(db)) as con:
+            tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
+            for table in tables:
+                cols = [c[1] for c in con.execute(f"pragma table_info({table})")]
+                if "verdict" in cols:
+                    assert con.execute(f"select count(*) from {table} where verdict='PASS'").fetchone()[0] == 0
+
+
+def test_an_onnx_edited_after_export_is_refused_before_its_engine_is_compared(tmp_path, golden_onnx):
+    import onnx
+    from onnx import numpy_helper
+
+    model = load_onnx(golden_onnx)
+    for t in model.graph.initializer:
+        if t.name == "step":  # class = blue // 32 now: other answers, same metadata
+            t.CopyFrom(numpy_helper.from_array(np.array(32.0, np.float32), "step"))
+    onnx.save(model, golden_onnx)
+    fake, cuda = fake_for(NEWEST_10)
+    with pytest.raises(SelfTestFailed, match="m.onnx failed its self-test"):
+        build(fake, cuda, golden_onnx, str(tmp_path / "m.engine"))
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_labelled_verify_data_gives_miou_of_engine_and_reference(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    for sub in ("img_dir/test", "ann_dir/test"):
+        (root / sub).mkdir(parents=True)
+    for i, f in enumerate(frames(8)):
+        cv2.imwrite(str(root / "img_dir/test" / f"{i}.png"), f)
+        cv2.imwrite(str(root / "ann_dir/test" / f"{i}.png"), (f[..., 0] // 64).astype(np.uint8))
+    fake, cuda = fake_for(NEWEST_10)
+    onnx_path = make_onnx(tmp_path / "m.onnx")
+    build(fake, cuda, onnx_path, str(tmp_path / "ok.engine"), verify=VerifyOptions(data=str(root), frames=8))
+    gate = read_sidecar(str(tmp_path / "ok.engine"))["verification"]
+    assert gate["frames"] == 8 and gate["miou_engine"] == gate["miou_reference"] == 1.0 and gate["miou_delta"] == 0
+    assert gate["parts_vs_labels"]["engine"]["labelled"] == 8 and gate["frames_source"] == f"--verify-data {root}"
+    miscompile(monkeypatch)
+    with pytest.raises(UserError, match=r"mIoU on the labelled frames drops by"):
+        build(fake, cuda, onnx_path, str(tmp_path / "bad.engine"), verify=VerifyOptions(data=str(root), frames=8))
+
+
+def test_without_onnx_runtime_the_golden_maps_are_the_reference(tmp_path, golden_onnx, monkeypatch):
+    fake, cuda = fake_for(NEWEST_10)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    build(fake, cuda, golden_onnx, str(tmp_path / "m.engine"), verify=VerifyOptions(data=str(tmp_path)))
+    gate = read_sidecar(str(tmp_path / "m.engine"))["verification"]
+    assert gate["reference"].startswith("the golden class maps in m.onnx") and gate["onnxruntime_version"] is None
+    assert any("ONNX Runtime is missing" in n for n in gate["notes"])
+    plain = make_onnx(tmp_path / "plain.onnx")  # no golden frames and no ONNX Runtime: nothing to compare with
+    with pytest.raises(UserError, match="ONNX Runtime is not installed and the ONNX carries no golden frames"):
+        build(fake, cuda, plain, str(tmp_path / "plain.engine"))
+    assert not (tmp_path / "plain.engine").exists()
+
+
+def test_thresholds_per_precision_are_settable():
+    assert DEFAULT_THRESHOLDS["int8"].min_agreement < DEFAULT_THRESHOLDS["fp16"].min_agreement
+    t = VerifyOptions(min_agreement=0.9, max_miou_drop=0.02).thresholds("int8")
+    assert (t.min_agreement, t.max_miou_drop, t.min_frame_agreement) == (0.9, 0.02, DEFAULT_THRESHOLDS["int8"].min_frame_agreement)
+    assert VerifyOptions(data="d", min_agreement=0.9).to_args() == ["--verify-data", "d", "--min-agreement", "0.9"]
+
+
+def test_a_stricter_threshold_rejects_what_the_default_accepts(tmp_path, golden_onnx, monkeypatch):
+    """The gate can fail: with the same slightly wrong engine, the verdict follows the threshold."""
+    honest = FakeContext._execute
+
+    def one_pixel_off(self: FakeContext) -> None:
+        honest(self)
+        inp = next(t for t in self._engine._io.values() if t["mode"] == "INPUT")
+        shape = self._in_shape.get(inp["name"], tuple(inp["shape"]))
+        view = self._fake.state.cuda.view(self._addr["class_map"], tuple(shape[:3]), NP["UINT8"])
+        view[:, 0, 0] = (view[:, 0, 0] + 1) % 4
+
+    monkeypatch.setattr(FakeContext, "_execute", one_pixel_off)
+    fake, cuda = fake_for(NEWEST_10)
+    loose = VerifyOptions(min_agreement=0.98, min_frame_agreement=0.98, min_defect_agreement=0.9)
+    build(fake, cuda, golden_onnx, str(tmp_path / "a.engine"), verify=loose)  # 63 of 64 pixels: 98.4 %
+    with pytest.raises(UserError, match=r"98.44 % of pixels agree \(needs >= 99.5 % for fp32\)"):
+        build(fake, cuda, golden_onnx, str(tmp_path / "b.engine"))
