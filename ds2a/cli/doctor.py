@@ -6,6 +6,7 @@ Exit status (scripts branch on it; `--json` prints the same facts as one object)
   2  usage error (e.g. --model does not exist)
   3  --model will not load here; the report gives the command that fixes it
   4  --smoke: a hardware check failed (skipped checks do not count)
+  5  --source: the camera check found a problem (no frames, corrupt frames, reconnects, a low rate)
 """
 from __future__ import annotations
 
@@ -20,12 +21,17 @@ __all__ = ["MODEL_WONT_LOAD", "NO_GPU", "OK", "SMOKE_FAILED", "USAGE", "add_argu
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (__doc__.split("\n\n", 1)[1] + "\nexamples:\n  ds2a doctor\n  ds2a doctor --model model.engine\n"
-                     "  ds2a doctor --json > doctor.json\n  ds2a doctor --smoke            # hardware checks (GPU)")
+                     "  ds2a doctor --json > doctor.json\n  ds2a doctor --smoke            # hardware checks (GPU)\n"
+                     "  ds2a doctor --source 'csi://0?width=1920&height=1080&fps=30'   # camera check only")
     parser.add_argument("--model", metavar="FILE", help=".engine or .onnx: will it load here, and if not, the command "
                         "that builds the right engine")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--smoke", action="store_true", help="also run the hardware checks (TensorRT + GPU, a few "
                         "minutes); each check that cannot run here is skipped with its reason")
+    parser.add_argument("--source", metavar="URI", help="camera check instead of the report: grab frames from URI "
+                        "(as `ds2a inspect --source` takes it) and report size, measured rate, corrupt frames and "
+                        "reconnects (ds2a/doctor/camera.py)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="how long --source grabs frames (default 5)")
     parser.add_argument("--device", type=int, default=0, help="CUDA device that --model is checked on and --smoke "
                         "runs on (default 0)")
 
@@ -36,6 +42,15 @@ def messages_to_stderr(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "source", None):
+        from ..doctor.camera import check_source, render_check
+        from ..errors import UserError
+
+        if not 0 < args.seconds <= 3600:
+            raise UserError(f"--seconds {args.seconds:g}: give a duration from 0 to 3600 seconds")
+        check = check_source(args.source, args.seconds)
+        print(json.dumps(check, indent=2, sort_keys=True) if args.json else render_check(check))
+        return 0 if check["ok"] else 5
     report = collect(args.model, device=args.device)
     if args.smoke:
         if args.json:  # the report is the only output; main() puts the level back
