@@ -567,3 +567,39 @@ def test_modbus_stalled_camera_answers_none_within_the_deadline(plc, model, tmp_
     cam.stop()
     with pytest.raises(UserError, match="nothing was inspected"):  # a run with a dead camera is not a good run
         st.join()
+
+
+# --- through `ds2a inspect --trigger`: the records, `ds2a report`, the page and --notify name the triggered part
+
+
+def test_cli_trigger_records_report_page_and_notify_use_the_triggered_id(broker, model, tmp_path, capsys):
+    db, csv_out = tmp_path / "i.sqlite", tmp_path / "parts.csv"
+    line = Line(broker, "cli")
+    notified = Subscriber(broker, "cli-notify/part")
+    argv = ["inspect", "--model", str(model), "--source", str(folder(tmp_path / "imgs", [False, True, False])),
+            "--headless", "--db", str(db), "--max-frames", "3", "--trigger", f"mqtt://127.0.0.1:{broker}/cli",
+            "--trigger-timeout", "5", "--notify", f"mqtt://127.0.0.1:{broker}/cli-notify"]
+    rc: Dict[str, int] = {}
+    thread = threading.Thread(target=lambda: rc.update(code=main(argv)), daemon=True)
+    thread.start()
+    assert line.online()
+    for pid in ("SN-1", "SN-2", "SN-3"):
+        line.trigger(pid)
+        assert wait_until(lambda: len(notified.messages) == len(line.results()), 10)  # the part is sent with its answer
+    thread.join(30)
+    out = capsys.readouterr().out
+    assert rc == {"code": 0} and "trigger mqtt://127.0.0.1" in out
+    assert [(r["part_id"], r["verdict"]) for r in line.results()] == [("SN-1", "PASS"), ("SN-2", "FAIL"), ("SN-3", "PASS")]
+    notes = [json.loads(m.payload) for m in notified.messages]
+    assert [(m["part_id"], m["verdict"]) for m in notes] == [("SN-1", "PASS"), ("SN-2", "FAIL"), ("SN-3", "PASS")]
+    line.sub.close()
+    notified.close()
+    assert main(["report", str(db), "--csv", str(csv_out)]) == 0
+    rows = csv_out.read_text().splitlines()[1:]
+    assert [r.split(",")[1:4] for r in rows] == [["SN-1", "part", "PASS"], ["SN-2", "part", "FAIL"], ["SN-3", "part", "PASS"]]
+    pytest.importorskip("aiohttp", reason="the web page needs aiohttp: pip install -e '.[web]'")
+    from test_web import Served
+
+    with Served(db) as s:
+        html = s.get("")[1].decode()
+    assert "SN-2" in html  # the failed part, by the id the line gave

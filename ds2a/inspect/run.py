@@ -146,9 +146,9 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
             run_id = records.start_run(options.model, model.backend, options.source, classes, rules.to_dict(),
                                        rules.mm_per_pixel)
             logger.info(f"run     {run_id} in {options.db}")
-        until_running.pop_all()  # handed over to the capture thread
         if line is not None:
             line.start(records)  # listens only now: no trigger waits for the warm-up
+        until_running.pop_all()  # handed over to the capture thread
         try:
             loop.run(duration=options.duration)
         except BaseException:

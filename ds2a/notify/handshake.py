@@ -98,7 +98,7 @@ class TriggerLedger:
         self.counts: Dict[str, int] = {"triggers": 0, "PASS": 0, "FAIL": 0, "NONE": 0, "late_verdicts": 0}
         self.causes: Dict[str, int] = {}
         self.none_parts: List[Dict[str, Any]] = []  # the first 100 NONE answers, for the run's records
-        self.latencies_ms: List[float] = []
+        self.latencies_ms: Deque[float] = deque(maxlen=10000)  # the latest: p50/p99 of a long run stay bounded
         self._watchdog = threading.Thread(target=self._watch, name="ds2a-trigger-watchdog", daemon=True)
         self._watchdog.start()
 

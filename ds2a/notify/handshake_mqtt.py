@@ -11,6 +11,7 @@ is acknowledged, so the status says when the line may start sending.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Any, Dict
@@ -19,6 +20,8 @@ from .handshake import Answer, TriggerLedger, parse_payload
 from .mqtt import _paho
 from .outbox import NotDelivered, Outbox
 from .urls import TriggerTarget
+
+logger = logging.getLogger(__name__)
 
 
 class MqttTrigger:
@@ -32,6 +35,7 @@ class MqttTrigger:
         self.outbox = Outbox(self._send, f"trigger {target.label}", capacity=10000, max_age_s=60.0)
         self._subscribed = threading.Event()
         self.client: Any = None
+        self._warn: Any = None
 
     def start(self, ledger: TriggerLedger) -> None:
         mqtt, t = self.mqtt, self.target
@@ -50,6 +54,14 @@ class MqttTrigger:
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.connect_async(t.host, t.port, keepalive=10)
         self.client.loop_start()
+        self._warn = threading.Timer(5.0, self._not_yet)
+        self._warn.daemon = True
+        self._warn.start()
+
+    def _not_yet(self) -> None:
+        if not self._subscribed.is_set():
+            logger.warning(f"warning: trigger {self.target.label}: not subscribed to {self.topics['trigger']} after 5 s "
+                           "(broker unreachable?); no trigger can arrive until it is, retrying")
 
     def _status(self, state: str, why: str = "") -> str:
         return json.dumps({"state": state, "t": round(time.time(), 3), "client_id": self.target.client_id,
@@ -92,6 +104,8 @@ class MqttTrigger:
 
     def close(self, patience_s: float = 2.0) -> Dict[str, Any]:
         """Deliver the last answers (up to `patience_s`), say "offline" (retained), disconnect."""
+        if self._warn is not None:
+            self._warn.cancel()
         stats = self.outbox.close(patience_s)
         if self.client is not None:
             try:
