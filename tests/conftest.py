@@ -58,3 +58,40 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     proc = ServeProcess(tmp_path_factory.mktemp("serve") / "serve.log", extra=["--max-batch", "4"]).start()
     yield proc
     assert proc.stop() == 0, proc.log()  # SIGTERM: a clean stop
+
+
+# --- every inspection test ends with `ds2a report DB --check` on the databases it wrote ---------------------
+INSPECTION_TESTS = ("test_inspect_", "test_part_verdicts", "test_triton_station")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "records_check_skip(reason): this test leaves a database that breaks an "
+                                       "invariant on purpose; the end-of-test records check skips it")
+
+
+@pytest.fixture(autouse=True)
+def records_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test of an inspection test file, every ds2a database (*.sqlite) written under its tmp_path
+    must pass ds2a/records/check.py (`ds2a report DB --check`): one verdict per part, PASS only for fully
+    inspected parts, truthful run records. Files that are not ds2a databases (tests of refusals) are skipped."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    if (not name.startswith(INSPECTION_TESTS) or "tmp_path" not in request.fixturenames
+            or request.node.get_closest_marker("records_check_skip") is not None):
+        yield
+        return
+    tmp_path: Path = request.getfixturevalue("tmp_path")  # now: torn down after this fixture
+    yield
+    from ds2a.errors import UserError
+    from ds2a.records.check import check_database, format_check
+    from ds2a.records.database import connect
+
+    for db in sorted(tmp_path.rglob("*.sqlite")):
+        try:
+            con = connect(str(db), create=False, readonly=True)
+        except UserError:
+            continue  # not ours, empty or damaged on purpose: the test itself says what it expects
+        try:
+            runs, violations = check_database(con)
+        finally:
+            con.close()
+        assert not violations, format_check(str(db), runs, violations)
