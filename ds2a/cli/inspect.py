@@ -59,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(trigger coil, serial, busy/done, result registers; map in deploy/README.md)")
     p.add_argument("--trigger-timeout", type=float, default=1.0, metavar="S",
                    help="seconds from a trigger to its answer; a part not judged by then is answered NONE (default 1)")
+    p.add_argument("--opcua", metavar="URL", help="serve state, part results and counters over OPC UA, e.g. "
+                   "opc.tcp://127.0.0.1:4840 (anonymous on loopback only; node set in docs/OPCUA.md)")
+    p.add_argument("--opcua-users", metavar="FILE", help="users file (NAME:ROLE:HASH lines, `python -m "
+                   "ds2a.notify.users NAME ROLE`): required for --opcua beyond 127.0.0.1")
 
 
 def options_from(args: argparse.Namespace) -> InspectOptions:
@@ -72,7 +76,7 @@ def options_from(args: argparse.Namespace) -> InspectOptions:
         backend_options=options_from_args(args, backend, args.model), fps=args.fps,
         station=StationOptions(web=args.web, web_token=args.web_token, web_insecure=args.web_insecure,
                                notify=list(args.notify)),
-        trigger=args.trigger, trigger_timeout=args.trigger_timeout)
+        trigger=args.trigger, trigger_timeout=args.trigger_timeout, opcua=args.opcua, opcua_users=args.opcua_users)
 
 
 def messages_to_stderr(args: argparse.Namespace) -> bool:

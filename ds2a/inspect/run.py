@@ -17,6 +17,7 @@ from typing import IO, Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..notify.opcua_server import check_opcua_option
 from ..records.database import Records
 from ..sources import Source, open_source
 from ..web.station import Station, StationOptions
@@ -59,6 +60,8 @@ class InspectOptions:
     station: StationOptions = field(default_factory=StationOptions)  # live page and line notifiers
     trigger: Optional[str] = None  # mqtt://BROKER/PREFIX or modbus://PLC?unit=1: one part per trigger, one answer
     trigger_timeout: float = 1.0  # seconds from a trigger to its answer (NONE when it cannot be judged in time)
+    opcua: Optional[str] = None  # opc.tcp://HOST:PORT: serve state, results and counters over OPC UA (docs/OPCUA.md)
+    opcua_users: Optional[str] = None  # users file (names, roles, password hashes); required beyond loopback
 
 
 def parse_roi(text: str) -> Region:
@@ -105,6 +108,7 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
                                                     ("--source", options.source)])
     station = open_station(options.station, options.db)  # --web/--notify checked before the model opens
     trigger = check_trigger_option(options)  # --trigger too (ds2a/notify/handshake.py)
+    opcua = check_opcua_option(options)  # and --opcua: URL, users file, free port (ds2a/notify/opcua_server.py)
     draft = read_rules(options.rules, options.mm_per_pixel)  # checked as far as it can be without the model
     with contextlib.ExitStack() as stack:
         signals = StopSignals()
@@ -134,6 +138,9 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         if station is not None:
             stack.callback(station.close)
             station.start(publisher, lambda: _renderer(options, classes, model), records)
+        if opcua is not None:
+            stack.push(opcua)  # stopped with the run; an exception that ends it becomes the station's alarm
+            opcua.start(publisher, records, options, model, rules)
         _log_setup(options, model, classes, source, sinks, rules, tracker)
         signals.install()  # before warm-up, kept until the records are flushed
         _warm_up(model, rules, options.model)
