@@ -235,7 +235,7 @@ def test_station_survives_a_server_crash_and_resumes(tmp_path):
         if second is not None:
             second.stop()
         first.stop()
-    assert station.returncode == 0, out
+    assert station.returncode == 143, out  # stopped by SIGTERM, records flushed
     con = sqlite3.connect(db)
     rows = con.execute("SELECT seq, verdict, reasons FROM frames ORDER BY seq").fetchall()
     con.close()

@@ -67,3 +67,82 @@ def test_the_loop_records_frames_while_the_model_is_away_as_not_inspected():
     assert all(r.class_map is None and "not inspected" in r.reasons[0] for r in out.results[2:5])
     assert stats.frames == 9 and stats.model_away == 3 and stats.dropped == 3
     assert any("model unavailable" in n for n in loop.notes) and any("model back" in n for n in loop.notes)
+
+
+def test_a_station_with_its_triton_server_killed_mid_run_keeps_every_invariant(tmp_path, capsys):
+    """A real `ds2a serve` killed (SIGKILL of tritonserver) under a paced station, then started again on the
+    same ports: every part that passed meanwhile has one verdict (NONE: not inspected), no part has two,
+    the report counts 'not inspected' frames apart from 'no part in view', and `report --check` passes."""
+    import json
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from triton_server import ROOT, ServeProcess, serve_skip_reason
+
+    from ds2a.cli import main
+
+    why = serve_skip_reason()
+    if why:
+        pytest.skip(why)
+    first = ServeProcess(tmp_path / "serve1.log").start()
+    db = tmp_path / "station.sqlite"
+    station = subprocess.Popen(
+        [sys.executable, "-m", "ds2a", "inspect", "--model", first.grpc_url + "?timeout=2", "--jsonl",
+         "--source", "demo://?frames=5000&fps=10&width=320&height=180&speed=24", "--headless", "--db", str(db)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = None
+
+    def rows(where: str) -> int:
+        try:
+            con = sqlite3.connect(db, timeout=5)
+            try:
+                return con.execute(f"SELECT COUNT(*) FROM frames WHERE {where}").fetchone()[0]
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return 0
+
+    def wait(where: str, n: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if station.poll() is not None:
+                return False
+            if db.exists() and rows(where) >= n:
+                return True
+            time.sleep(0.3)
+        return False
+
+    try:
+        assert wait("verdict IN ('PASS', 'FAIL')", 5, 90), "the station never inspected a frame"
+        ports = (first.http, first.grpc, first.metrics)
+        os.kill(first.tritonserver_pid(), signal.SIGKILL)
+        assert wait("reasons LIKE '%not inspected%'", 25, 60), "no outage long enough for parts to pass"
+        first.wait_exit()
+        judged = rows("verdict IN ('PASS', 'FAIL')")
+        second = ServeProcess(tmp_path / "serve2.log", ports=ports).start()
+        assert wait("verdict IN ('PASS', 'FAIL')", judged + 10, 90), "no frames inspected after the restart"
+    finally:
+        station.send_signal(signal.SIGTERM)
+        out, err = station.communicate(timeout=60)
+        if second is not None:
+            second.stop()
+        first.stop()
+    assert station.returncode == 143, err
+    printed = [json.loads(line) for line in out.splitlines()]
+    parts = [p for p in printed if p["type"] == "part"]
+    ids = [p["part_id"] for p in parts]
+    assert len(ids) == len(set(ids)), "a part got two verdicts"
+    con = sqlite3.connect(db)
+    recorded = con.execute("SELECT part_id, verdict, reasons FROM verdicts ORDER BY id").fetchall()
+    con.close()
+    assert [(p["part_id"], p["verdict"]) for p in parts] == [(r[0], r[1]) for r in recorded]
+    none = [r for r in recorded if r[1] == "NONE"]
+    assert none and all("not inspected" in r[2] for r in none), "parts that passed the outage got no NONE verdict"
+    assert main(["report", str(db)]) == 0
+    report = capsys.readouterr().out
+    assert f"{len(none)} NONE (not inspected)" in report and " not inspected), " in report
+    assert main(["report", str(db), "--check"]) == 0, capsys.readouterr().out
