@@ -507,3 +507,38 @@ def test_a_demo_run_reaches_a_subscriber_part_by_part(tmp_path, monkeypatch):
     assert stats["opcua"]["published"] == len(want) and stats["opcua"]["dropped"] == 0
     assert [(a["method"], a["status"], a["args"]) for a in stats["opcua_audit"]] == [
         ("AcknowledgeAlarm", "Good", ["seen at start"])]
+
+
+def test_a_server_certificate_encrypts_the_channel_and_the_passwords(tmp_path):
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    async def make(name: str, uri: str, use: Any) -> None:
+        await setup_self_signed_certificate(tmp_path / f"{name}.pem", tmp_path / f"{name}.der", uri, "localhost",
+                                            [use], {"commonName": name})
+
+    run(make("server", opcua_server.APPLICATION_URI, ExtendedKeyUsageOID.SERVER_AUTH))
+    run(make("client", "urn:test:client", ExtendedKeyUsageOID.CLIENT_AUTH))
+    port = free_port("0.0.0.0")
+    url = f"opc.tcp://127.0.0.1:{port}"
+
+    async def client() -> Dict[str, Any]:
+        probe = Client(url)
+        endpoints = await probe.connect_and_get_server_endpoints()
+        c = Client(url)
+        await c.set_security_string(f"Basic256Sha256,SignAndEncrypt,{tmp_path / 'client.der'},{tmp_path / 'client.pem'}")
+        c.set_user("olga")
+        c.set_password("olga-secret")
+        async with c:
+            seq = await (await ds2a_node(c, "ResultManagement", "ResultSequence")).read_value()
+        return {"seq": seq, "endpoints": [(e.SecurityMode, [(t.TokenType, t.SecurityPolicyUri) for t in
+                                                            e.UserIdentityTokens]) for e in endpoints]}
+
+    with Served(f"opc.tcp://0.0.0.0:{port}?cert={tmp_path / 'server.der'}&key={tmp_path / 'server.pem'}",
+                read_users(str(users_file(tmp_path)))):
+        got = run(client())
+    assert got["seq"] == 0
+    modes = dict(got["endpoints"])
+    assert set(modes) == {ua.MessageSecurityMode.None_, ua.MessageSecurityMode.SignAndEncrypt}
+    plain = modes[ua.MessageSecurityMode.None_]  # no anonymous token; the password is encrypted even here
+    assert [t for t, _ in plain] == [ua.UserTokenType.UserName] and "Basic256Sha256" in plain[0][1]

@@ -39,6 +39,7 @@ from .users import Users, may, read_users
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "urn:ds2a-edge:inspection"  # our own namespace URI (docs/OPCUA.md)
+APPLICATION_URI = "urn:ds2a-edge:station"  # the server's; a server certificate names it (docs/OPCUA.md)
 DEFAULT_PORT = 4840
 CAPACITY = 10000  # results waiting for the server thread; beyond this the oldest is given up (and counted)
 AUDIT_KEEP = 1000  # audit entries kept in the run's stats (all are logged)
@@ -411,6 +412,7 @@ class _Model:
         await server.init()
         server.set_endpoint(target.url)
         server.set_server_name("ds2a inspection station")
+        await server.set_application_uri(APPLICATION_URI)
         tokens = ([ua.AnonymousIdentityToken] if target.loopback else []) + (
             [ua.UserNameIdentityToken] if st.users else [])
         if hasattr(server, "set_identity_tokens"):  # asyncua >= 1.2
