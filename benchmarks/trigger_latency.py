@@ -244,7 +244,7 @@ def station_stats(db: Path) -> Dict[str, Any]:
 
 
 def pct(values: List[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
+    return float(np.percentile(np.asarray(values), q, method="inverted_cdf"))  # nearest rank, as the station's
 
 
 def main() -> int:

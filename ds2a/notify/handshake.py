@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -213,7 +214,7 @@ class TriggerLedger:
 
     def stats(self) -> Dict[str, Any]:
         lat = sorted(self.latencies_ms)
-        pick = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)) if lat else (lambda q: None)
+        pick = (lambda q: round(lat[max(0, math.ceil(q * len(lat)) - 1)], 2)) if lat else (lambda q: None)  # nearest rank
         return {**self.counts, "none_causes": dict(self.causes), "none_parts": list(self.none_parts),
                 "timeout_s": self.timeout_s, "latency_ms": {"p50": pick(0.5), "p99": pick(0.99),
                                                             "max": round(lat[-1], 2) if lat else None}}
@@ -302,7 +303,6 @@ def _cause(res: Any) -> str:
 def check_trigger(url: str, timeout_s: float) -> TriggerTarget:
     """The URL, the timeout and the client library, checked before the model and camera open."""
     import importlib.util
-    import math
 
     if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and 0.05 <= timeout_s <= 3600):
         raise UserError(f"--trigger-timeout {timeout_s}: give seconds between 0.05 and 3600 (default 1)")
