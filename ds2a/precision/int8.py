@@ -198,7 +198,13 @@ def cache_settings(target: str, method: str, exclude_ops: Sequence[str],
 def calibrate_int8(info: OnnxModelInfo, calib: CalibrationSet, out: Path, target: str = "tensorrt",
                    method: str = "entropy", exclude_ops: Sequence[str] = (), exclude_nodes: Sequence[str] = (),
                    cache_path: Optional[Path] = None, recalibrate: bool = False, model_sha256: str = "") -> bool:
-    """Write the INT8 Q/DQ model to `out`; returns whether a calibration cache was reused."""
+    """Write the INT8 Q/DQ model to `out`; returns whether a calibration cache was reused.
+
+    The deformable-attention sampling nodes are never quantized (ds2a/trt/deform_attn.py sampling_nodes).
+    """
+    from ..trt.deform_attn import sampling_nodes
+
+    exclude_nodes = list(exclude_nodes) + [n for n in sampling_nodes(info.model) if n not in exclude_nodes]
     if method not in METHODS:
         raise UserError(f"--method {method} is unknown; choose one of {', '.join(METHODS)}")
     key = make_key(model_sha256, calib.fingerprint(), len(calib.names),

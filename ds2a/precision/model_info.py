@@ -50,6 +50,12 @@ def inspect_model(path: str) -> OnnxModelInfo:
     if current != "fp32":
         raise UserError(f"'{path}' is already {current.upper()} (precision conversion needs the FP32 export); "
                         f"pass the FP32 ONNX written by `ds2a export`")
+    from ..trt.deform_attn import PLUGIN_OP, plugin_nodes
+
+    if plugin_nodes(model):
+        raise UserError(f"'{path}' carries TensorRT plugin nodes ({PLUGIN_OP}, `--deform-attn trt-plugin`) that "
+                        "ModelOpt/ONNX Runtime cannot calibrate through; calibrate a `ds2a export --deform-attn "
+                        "gather` file instead (docs/DEFORM_ATTN.md)")
     inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if len(inputs) != 1:
         raise UserError(f"'{path}' has {len(inputs)} inputs; ds2a models have exactly one ('images')")
