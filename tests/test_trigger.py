@@ -244,6 +244,14 @@ class Line:
 
 
 def records(db: Path) -> Dict[str, Any]:
+    """What the run recorded, after `ds2a report DB --check` found it keeps every invariant."""
+    from ds2a.records.check import check_database, format_check
+    from ds2a.records.database import connect
+
+    con = connect(str(db), create=False, readonly=True)
+    runs, violations = check_database(con)
+    con.close()
+    assert not violations, format_check(str(db), runs, violations)
     con = sqlite3.connect(str(db))
     frames = [tuple(r) for r in con.execute("SELECT part_id, verdict FROM frames ORDER BY id")]
     parts = [tuple(r) for r in con.execute("SELECT part_id, verdict FROM verdicts ORDER BY id")]
@@ -597,6 +605,7 @@ def test_cli_trigger_records_report_page_and_notify_use_the_triggered_id(broker,
     assert [(m["part_id"], m["verdict"]) for m in notes] == [("SN-1", "PASS"), ("SN-2", "FAIL"), ("SN-3", "PASS")]
     line.sub.close()
     notified.close()
+    assert records(db)["parts"] == [("SN-1", "PASS"), ("SN-2", "FAIL"), ("SN-3", "PASS")]  # and the invariants hold
     assert main(["report", str(db), "--csv", str(csv_out)]) == 0
     rows = csv_out.read_text().splitlines()[1:]
     assert [r.split(",")[1:4] for r in rows] == [["SN-1", "part", "PASS"], ["SN-2", "part", "FAIL"], ["SN-3", "part", "PASS"]]
@@ -623,3 +632,20 @@ def test_a_plc_that_cannot_be_reached_is_retried_and_counted_never_waited_for(ca
     assert stats["outages"] == 1 and "cannot connect to the PLC 127.0.0.1" in stats["last_error"]
     assert stats["sent"] == 0 and stats["undelivered"] == 0  # no trigger could be seen, so none went unanswered
     assert sum("retrying" in r.getMessage() for r in caplog.records) == 1  # once per outage, not per try
+
+
+def test_the_same_part_triggered_again_is_answered_as_sent_and_recorded_apart(broker, model, tmp_path):
+    db = tmp_path / "i.sqlite"
+    line = Line(broker, "again")
+    st = Station(InspectOptions(model=str(model), source=str(folder(tmp_path / "imgs", [True, False, False])),
+                                headless=True, db=str(db), max_frames=3, trigger=f"mqtt://127.0.0.1:{broker}/again",
+                                trigger_timeout=5))
+    assert line.online()
+    for pid in ("R1", "R1", "R2"):  # a retry of R1
+        line.trigger(pid)
+    assert wait_until(lambda: len(line.results()) == 3, 10)
+    st.join()
+    res = line.results()
+    line.sub.close()
+    assert [(r["seq"], r["part_id"], r["verdict"]) for r in res] == [(1, "R1", "FAIL"), (2, "R1", "PASS"), (3, "R2", "PASS")]
+    assert records(db)["parts"] == [("R1", "FAIL"), ("R1#2", "PASS"), ("R2", "PASS")]  # one verdict per part

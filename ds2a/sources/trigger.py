@@ -11,6 +11,7 @@ time is answered NONE by the trigger ledger at its deadline, and this source mov
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -45,6 +46,7 @@ class TriggerSource(Source):
 
     live = False  # every triggered frame is inspected, in order: never the newest-frame-only slot
     gives_parts = True
+    REMEMBER = 10000
 
     def __init__(self, camera: Source, triggers: Any) -> None:
         super().__init__(camera.uri)
@@ -58,6 +60,7 @@ class TriggerSource(Source):
         self._error: Optional[BaseException] = None
         self._grabber: Optional[threading.Thread] = None
         self._count = 0
+        self._seen: "OrderedDict[str, int]" = OrderedDict()  # part id -> times triggered
 
     def read(self) -> Optional[Frame]:
         """The frame for the next trigger; None when stopped or the camera has ended."""
@@ -78,8 +81,21 @@ class TriggerSource(Source):
             trigger.state = "inspecting"
             self._count += 1
             return TriggeredFrame(image=frame.image, index=self._count - 1, t_wall=frame.t_wall, t_perf=frame.t_perf,
-                                  part_id=trigger.part_id, name=frame.name, roi=frame.roi, trigger=trigger)
+                                  part_id=self._record_id(trigger.part_id), name=frame.name, roi=frame.roi,
+                                  trigger=trigger)
         return None
+
+    def _record_id(self, part_id: Optional[str]) -> Optional[str]:
+        """The id the records use: the trigger's, or ID#2, ID#3... when the line triggers the same part
+        again (a retry), so each triggered part keeps its own verdict (docs/ARCHITECTURE.md, invariant 1).
+        The answer to the line echoes the id as sent. Remembers the latest `REMEMBER` ids."""
+        if part_id is None:
+            return None
+        n = self._seen.pop(part_id, 0) + 1
+        self._seen[part_id] = n  # now the newest
+        if len(self._seen) > self.REMEMBER:
+            self._seen.popitem(last=False)
+        return part_id if n == 1 else f"{part_id}#{n}"
 
     def _live_frame(self, trigger: Trigger) -> Optional[Frame]:
         """The first camera frame captured after the trigger arrived; None if the trigger is answered
