@@ -210,3 +210,18 @@ def test_a_stricter_threshold_rejects_what_the_default_accepts(tmp_path, golden_
     build(fake, cuda, golden_onnx, str(tmp_path / "a.engine"), verify=loose)  # 63 of 64 pixels: 98.4 %
     with pytest.raises(UserError, match=r"98.44 % of pixels agree \(needs >= 99.5 % for fp32\)"):
         build(fake, cuda, golden_onnx, str(tmp_path / "b.engine"))
+
+
+def test_doctor_shows_the_gate_result_of_an_engine(tmp_path, golden_onnx):
+    from ds2a.doctor.model_check import check_model, gate_summary
+
+    fake, cuda = fake_for(NEWEST_10)
+    engine = str(tmp_path / "m.engine")
+    build(fake, cuda, golden_onnx, engine)
+    gate = check_model(engine, {"importable": False}, [])["accuracy_gate"]
+    assert gate["status"] == "passed" and gate["passed"] and gate["tensorrt_version"] == NEWEST_10
+    assert gate["line"].startswith("passed on ") and "100.000 % of pixels" in gate["line"]
+    assert f"TensorRT {NEWEST_10}, ONNX Runtime " in gate["line"]
+    assert gate_summary(None)["status"] == "none" and "rebuild it" in gate_summary(None)["line"]
+    accepted = gate_summary({"passed": False, "accepted_mismatch": True, "agreement": 0.5, "defect_agreement": 0.1})
+    assert accepted["status"] == "accepted mismatch"

@@ -66,6 +66,7 @@ def _check_engine(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, A
     if record:
         result["built_for"] = {k: record.get(k) for k in ("tensorrt_version", "gpu_name", "compute_capability",
                                                           "precision", "board", "sm_count")}
+        result["accuracy_gate"] = gate_summary(record.get("verification"))
     if not tensorrt.get("importable") or not devices:
         missing = "TensorRT" if not tensorrt.get("importable") else "CUDA GPU"
         onnx = (record or {}).get("onnx_path") or f"{_stem(path)}.onnx"
@@ -94,3 +95,20 @@ def _verify(sidecar: Any, record: Dict[str, Any], path: str, version: str, name:
             device: Any) -> List[str]:
     """The runtime's own check (same refusals as `ds2a inspect`); its notes are returned, not logged."""
     return list(sidecar.verify_sidecar(record, path, version, name, cc, device=device))
+
+
+def gate_summary(gate: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The build's accuracy gate (ds2a/engine/verify.py) from the sidecar, with one line for the report."""
+    if not gate:
+        return {"status": "none", "line": "none recorded (built before the accuracy gate existed): rebuild it with "
+                                          "`ds2a build-engine` to check it against ONNX Runtime"}
+    status = "passed" if gate.get("passed") else ("accepted mismatch" if gate.get("accepted_mismatch") else "failed")
+    miou = gate.get("miou_delta")
+    line = (f"{status} on {gate.get('date')}: {gate.get('frames')} frames ({gate.get('frames_source')}) vs "
+            f"{gate.get('reference')}: {100 * float(gate.get('agreement', 0)):.3f} % of pixels and "
+            f"{100 * float(gate.get('defect_agreement', 0)):.2f} % of defect pixels agree"
+            + (f", mIoU delta {100 * float(miou):+.2f} pt" if miou is not None else "")
+            + f"; TensorRT {gate.get('tensorrt_version')}, ONNX Runtime {gate.get('onnxruntime_version') or 'absent'}")
+    keys = ("passed", "accepted_mismatch", "frames", "frames_source", "reference", "agreement", "defect_agreement",
+            "miou_delta", "failures", "tensorrt_version", "onnxruntime_version", "date")
+    return {"status": status, "line": line, **{k: gate.get(k) for k in keys}}

@@ -107,6 +107,8 @@ def render(report: Dict[str, Any]) -> str:
     model = report.get("model")
     if model:
         row("model", f"{model['path']}: loads here: {_yes(model['loads'])}; {model['reason']}")
+        if model.get("accuracy_gate"):
+            row("", f"accuracy gate: {model['accuracy_gate']['line']}")
         if model.get("fix") and model.get("loads") is not True:
             row("", f"fix: {model['fix']}")
     for part in report.get("smoke", []):

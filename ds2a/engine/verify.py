@@ -37,14 +37,17 @@ class Thresholds:
     max_miou_drop: float  # labelled frames: mIoU of the reference minus mIoU of the engine
 
 
-# Measured on the CPU with ONNX Runtime (benchmarks/gate_spread.py, docs/SELFTEST.md): FP16 vs FP32 of the
-# demo model agree on 99.9 % of pixels (worst frame 99.5 %), INT8 vs FP32 on 99.8 % (worst 99.3 %); the
-# same INT8 graph on integer vs float kernels on 99.9 %. An engine of the same ONNX should be closer
-# than another precision is; a miscompiled one (GridSample reports) loses most defect pixels.
+# Set above what the CPU shows between legitimate variants of the demo model (benchmarks/gate_spread.py,
+# 64 labelled frames, docs/SELFTEST.md). FP16 vs FP32 ONNX: 99.95 % of pixels, worst frame 98.1 %, defect
+# pixels 98.4 %, mIoU -0.23 pt (an FP32 engine runs TF32 matmuls, an FP16 one other kernels: no closer).
+# The same INT8 ONNX on integer vs float kernels: 99.93 %, worst 99.2 %, defect 98.0 %, -0.04 pt; a
+# separately quantised INT8 vs FP32 (an upper bound for TensorRT's own INT8 fusions): 99.56 %, worst
+# 90.2 %, defect 88.1 %, -1.5 pt. A miscompiled engine (GridSample reports: a quarter of the detections
+# left) loses most defect pixels and fails every line.
 DEFAULT_THRESHOLDS: Dict[str, Thresholds] = {
-    "fp32": Thresholds(0.995, 0.98, 0.90, 0.005),
-    "fp16": Thresholds(0.995, 0.98, 0.90, 0.005),
-    "int8": Thresholds(0.98, 0.95, 0.80, 0.005),
+    "fp32": Thresholds(0.995, 0.95, 0.90, 0.005),
+    "fp16": Thresholds(0.995, 0.95, 0.90, 0.005),
+    "int8": Thresholds(0.98, 0.85, 0.80, 0.01),
 }
 DEFAULT_FRAMES = 16
 
