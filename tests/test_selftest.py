@@ -222,3 +222,20 @@ def test_triton_served_model_whose_answers_changed_is_refused(tmp_path, monkeypa
     _FakeTritonClient.served = str(edit_weights(path, tmp_path / "edited.onnx"))  # the server loaded another file
     with pytest.raises(SelfTestFailed, match="triton://h/ds2a failed its self-test"):
         open_model("triton://h/ds2a")
+
+
+def test_the_self_test_result_is_recorded_with_the_run(tmp_path):
+    import json
+    import sqlite3
+
+    from ds2a.inspect import InspectOptions, inspect
+
+    db = tmp_path / "r.sqlite"
+    options = InspectOptions(model=str(DEMO), source="demo://?frames=8&width=320&height=180", headless=True,
+                             db=str(db), backend_options={"intra_op_threads": 1})
+    inspect(options, table=__import__("io").StringIO())
+    with sqlite3.connect(str(db)) as con:
+        stats = json.loads(con.execute("SELECT stats FROM runs").fetchone()[0])
+    selftest = stats["selftest"]
+    assert selftest["status"] == "passed" and selftest["frames"] == 4 and min(selftest["agreement"]) >= 0.995
+    assert selftest["produced_by"].startswith("onnxruntime") and selftest["seconds"] > 0

@@ -156,6 +156,8 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         if line is not None:
             line.start(records)  # listens only now: no trigger waits for the warm-up
         until_running.pop_all()  # handed over to the capture thread
+            # the model's self-test at open (ds2a/runtime/selftest.py) goes into the run's stats
+            records.extra["selftest"] = model.selftest.to_dict() if model.selftest else {"status": "not run"}
         try:
             loop.run(duration=options.duration)
         except BaseException:
