@@ -25,11 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", type=float, metavar="GiB", help="builder workspace memory limit in GiB")
     parser.add_argument("--timing-cache", metavar="FILE", help="load (if present) and save TensorRT's "
                         "timing cache; rebuilds on the same GPU get much faster")
-    parser.add_argument("--dla-core", type=int, metavar="N", help="build for Jetson DLA core N (FP16/INT8)")
+    parser.add_argument("--dla-core", type=int, metavar="N", help="build for Jetson DLA core N (FP16/INT8; TensorRT 8.x "
+                        "runs no Q/DQ INT8 ONNX on DLA: give it the FP16 one)")
     parser.add_argument("--gpu-fallback", action="store_true",
                         help="with --dla-core: run unsupported layers on the GPU")
     parser.add_argument("--batch", metavar="MIN:OPT:MAX",
-                        help="batch range for an ONNX with a dynamic batch (default 1:1:1)")
+                        help="batch range for an ONNX with a dynamic batch (default 1:1:1; with a minimum above 1, "
+                        "fewer frames are padded up to it at run time)")
     parser.add_argument("--fp16", action="store_true", help="let TensorRT 8.5-10.x run an FP32 ONNX in FP16 "
                         "(norm/softmax layers kept FP32); on TensorRT 11 use `ds2a calibrate --precision fp16`")
     parser.add_argument("--int8", action="store_true", help="require INT8 (the ONNX must have Q/DQ nodes)")
@@ -43,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "same-cc: GPUs of this compute capability (10.9+)")
     parser.add_argument("--builder-optimization-level", type=int, metavar="N", help="0..5 (TensorRT default 3; "
                         "higher builds longer, may run faster)")
-    parser.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    parser.add_argument("--device", type=int, default=0, help="CUDA device index to build on (default 0); made "
+                        "current for the whole build under cuda-python and pycuda alike")
     parser.add_argument("--verbose", action="store_true", help="TensorRT's verbose log and detailed layer info")
     gate = parser.add_argument_group("accuracy gate", "the new engine is compared with ONNX Runtime (CPU) on the same "
                                      "ONNX and installed only when it agrees (docs/SELFTEST.md)")
