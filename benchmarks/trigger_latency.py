@@ -144,10 +144,13 @@ class Plc:
         asyncio.run_coroutine_threadsafe(self.box["server"].shutdown(), self.loop).result(5)
 
 
+THREADS: List[str] = []  # --threads N for the station's ONNX Runtime, when given
+
+
 def start_station(trigger: str, source: str, n: int, db: Path, timeout_s: float) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ds2a", "inspect", "--model", MODEL, "--source", source, "--headless",
            "--roi", "0,0,1280,720", "--db", str(db), "--max-frames", str(n), "--trigger", trigger,
-           "--trigger-timeout", str(timeout_s)]
+           "--trigger-timeout", str(timeout_s)] + THREADS
     return subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -251,8 +254,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--triggers", type=int, default=100, help="triggers per configuration (default 100)")
     ap.add_argument("--timeout", type=float, default=1.0, help="--trigger-timeout of the station (default 1)")
+    ap.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads of the station (default: its own)")
     ap.add_argument("--markdown", help="write the results to this file")
     args = ap.parse_args()
+    if args.threads:
+        THREADS[:] = ["--threads", str(args.threads)]
     random.seed(0)
     before = uptime()
     results = []
@@ -301,13 +307,15 @@ def report(results: List[Dict[str, Any]], before: str, after: str, args: argpars
         return "-" if v is None else f"{v:.1f}"
 
     lines = ["# Trigger to result latency (`ds2a inspect --trigger`)", "",
-             f"- model: `{MODEL}` (256x256, ONNX Runtime {onnxruntime.__version__} on the CPU); frames 1280x720 "
+             f"- model: `{MODEL}` (256x256, ONNX Runtime {onnxruntime.__version__} on the CPU, "
+             f"{f'{args.threads} intra-op thread(s)' if args.threads else 'its default threads'}); frames 1280x720 "
              "from demo://, the whole frame inspected (`--roi 0,0,1280,720`)",
              f"- {args.triggers} triggers per row, one at a time, 50-150 ms apart; `--trigger-timeout {args.timeout:g}`",
              f"- machine: {platform.machine()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}",
              f"- `uptime` before: `{before}`", f"- `uptime` after: `{after}`",
              f"- command: `python benchmarks/trigger_latency.py --triggers {args.triggers}"
-             f"{'' if args.timeout == 1.0 else f' --timeout {args.timeout:g}'} --markdown benchmarks/results/trigger.md`",
+             f"{'' if args.timeout == 1.0 else f' --timeout {args.timeout:g}'}"
+             f"{f' --threads {args.threads}' if args.threads else ''} --markdown benchmarks/results/trigger.md`",
              "", "Latency as the line sees it, ms (MQTT: trigger published -> result received; Modbus: trigger coil "
              "written -> done coil written, timed at the PLC's memory). `station` is the station's own "
              "measurement, trigger seen -> answer handed to the transport (`runs.stats.trigger`).", "",

@@ -124,6 +124,7 @@ def test_answers_leave_in_trigger_order_and_exactly_once():
     assert [(a.trigger.seq, a.verdict, a.cause) for a in out.got] == [
         (1, "PASS", ""), (2, "FAIL", ""), (3, "NONE", "lost"), (4, "PASS", ""), (5, "NONE", "bad_trigger")]
     assert not ledger.answer(ts[2], "PASS", [])  # a late verdict is counted, never sent twice
+    assert out.got[4].t_perf >= out.got[3].t_perf  # the bad trigger's latency counts until it could leave
     ledger.close()
     assert len(out.got) == 5 and ledger.counts["late_verdicts"] == 1 and bad.answered
     assert ledger.stats()["none_causes"] == {"lost": 1, "bad_trigger": 1}

@@ -172,6 +172,7 @@ class TriggerLedger:
         while self._next in self._ready:
             out = self._ready.pop(self._next)
             self._next += 1
+            out.t_perf = time.perf_counter()  # handed over now: after any earlier trigger's answer
             self.latencies_ms.append(out.latency_ms)
             self.deliver(out)  # the endpoint only queues it: never blocks here
 
@@ -197,8 +198,8 @@ class TriggerLedger:
     def _late_reason(self, t: Trigger) -> str:
         limit = f"{self.timeout_s:g} s"
         if t.state == "queued":
-            ahead = sum(1 for p in self._pending.values() if p.seq < t.seq)
-            return f"deadline {limit} passed before the station could take it ({ahead} earlier trigger(s) in work)"
+            return (f"deadline {limit} passed before the station could take it (still busy with earlier triggers; "
+                    f"{len(self._queue)} waiting)")
         if t.state == "camera":
             return f"no camera frame within {limit} of the trigger (camera stalled)"
         return f"no verdict within {limit} of the trigger (the model or the output is too slow)"
