@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..options_check import check_fields
 from .report import add_speedups, make_report, write_all
 from .runner import BenchOptions, bench_model
 
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class MatrixOptions:
     """What benchmarks/run_matrix.py asks for (its flags map 1:1)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     models: List[str] = field(default_factory=lambda: ["ds2a_tiny", "ds2a_r18"])
     sizes: List[Tuple[int, int]] = field(default_factory=lambda: [(256, 256), (512, 512)])

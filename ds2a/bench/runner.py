@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import UserError
 from ..meta import guess_precision
+from ..options_check import check_fields
 from .latency import MIN_ITERATIONS, measure
 from .report import add_speedups, make_report
 from .stats import latency_stats
@@ -36,6 +37,9 @@ def _silent(*args: Any, **kwargs: Any) -> None:
 @dataclass
 class BenchOptions:
     """How to time and gate models (the flags of `ds2a bench` map 1:1)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     backend: Optional[str] = None  # None: from each model's suffix
     device: Optional[str] = None  # the backend's device (ds2a/runtime/options.py)

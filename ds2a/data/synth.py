@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..meta import MBSD_CLASSES
+from ..options_check import check_fields
 from .imageio import write_image
 
 BACKGROUND, DAMAGE, SMUDGE, DUST = 0, 1, 2, 3
@@ -321,6 +322,9 @@ def write_dataset(out: Union[str, Path], n_train: int, n_test: int, size_hw: Tup
 @dataclass
 class SynthOptions:
     """What `ds2a synth` writes (its flags map 1:1)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     train: int = 400
     val: int = 50  # for choosing checkpoints; 0 = none

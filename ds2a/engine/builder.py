@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import UserError
 from ..meta import ModelMeta, file_sha256
+from ..options_check import check_fields
 from ..outputs import atomic_write, check_outputs
 from ..runtime.io_layout import read_io_layout
 from ..trt import platform
@@ -39,6 +40,9 @@ CPU_QUANT_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
 @dataclass
 class BuildOptions:
     """Everything `ds2a build-engine` can be asked for (CLI flags map 1:1)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     workspace_gib: Optional[float] = None
     timing_cache: Optional[str] = None

@@ -15,12 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import UserError
+from ..options_check import check_fields
 from .evaluate import evaluate_predictions, evaluate_segmenter
 
 
 @dataclass
 class EvalOptions:
     """What to score and how (the flags of `ds2a eval` map 1:1)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     split: str = "test"
     backend: Optional[str] = None  # None: from the model's suffix

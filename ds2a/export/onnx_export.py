@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UserError
 from ..meta import INPUT_NAME, OUTPUT_CLASS_MAP, OUTPUT_LOGITS, ModelMeta
+from ..options_check import check_fields
 from ..outputs import atomic_path
 from .metadata import write_meta
 
@@ -32,6 +33,9 @@ OUTPUT_CHOICES = ("classmap", "logits", "both")
 @dataclass
 class ExportOptions:
     """Everything `ds2a export` can be asked for (CLI flags map 1:1)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     size: Optional[Tuple[int, int]] = None  # (H, W); None = the size the checkpoint was trained at
     force_size: bool = False  # allow a size other than the trained one (accuracy there is untested)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..notify.opcua_server import check_opcua_option
+from ..options_check import check_fields
 from ..records.database import Records
 from ..sources import Source, open_source
 from ..web.station import Station, StationOptions
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class InspectOptions:
     """Everything one inspection needs; the fields are `ds2a inspect`'s flags (see ds2a/cli/inspect.py)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     model: str  # .onnx, .engine, .pt, or triton://HOST:8001/NAME
     source: str = "demo://"  # csi://0, v4l2:///dev/video0, rtsp://..., a file, folder or glob, demo://

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import UserError
+from ..options_check import check_fields
 from ..outputs import atomic_path, check_outputs
 
 PathLike = Union[str, Path]
@@ -31,6 +32,9 @@ GOLDEN_CANDIDATES = 12  # calibration frames run to pick the golden ones
 @dataclass
 class CalibrationOptions:
     """Everything `ds2a calibrate` can be asked for (CLI flags map 1:1)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     data: str  # dataset root (M-BSD layout), image folder or manifest file
     precision: str  # "int8" or "fp16"

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..meta import file_sha256, guess_precision
+from ..options_check import check_fields
 from ..runtime import Segmenter
 from ..runtime import triton_protocol as protocol
 
@@ -36,6 +37,9 @@ MISSING = "ds2a serve needs NVIDIA PyTriton: pip install 'ds2a-edge[serve]' (x86
 @dataclass
 class ServeOptions:
     """What `ds2a serve` was asked for (the CLI options, one field each)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     name: str = "ds2a"
     host: str = "0.0.0.0"

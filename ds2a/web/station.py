@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import UserError
 from ..options_check import check_fields
+from ..options_check import check_fields
 
 logger = logging.getLogger(__name__)
 END_WAIT_S = 3.0  # at the end, how long a page polled in the last seconds gets to learn that the run ended
@@ -20,6 +21,9 @@ END_WAIT_S = 3.0  # at the end, how long a page polled in the last seconds gets 
 @dataclass
 class StationOptions:
     """The live view and the line notifiers of one inspection (`ds2a inspect --web/--notify`)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     def __post_init__(self) -> None:
         check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
