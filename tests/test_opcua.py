@@ -509,7 +509,7 @@ def test_a_demo_run_reaches_a_subscriber_part_by_part(tmp_path, monkeypatch):
         ("AcknowledgeAlarm", "Good", ["seen at start"])]
 
 
-def test_a_server_certificate_encrypts_the_channel_and_the_passwords(tmp_path):
+def test_a_server_certificate_on_a_network_binding_allows_only_encrypted_channels(tmp_path):
     from asyncua.crypto.cert_gen import setup_self_signed_certificate
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -538,7 +538,6 @@ def test_a_server_certificate_encrypts_the_channel_and_the_passwords(tmp_path):
                 read_users(str(users_file(tmp_path)))):
         got = run(client())
     assert got["seq"] == 0
-    modes = dict(got["endpoints"])
-    assert set(modes) == {ua.MessageSecurityMode.None_, ua.MessageSecurityMode.SignAndEncrypt}
-    plain = modes[ua.MessageSecurityMode.None_]  # no anonymous token; the password is encrypted even here
-    assert [t for t, _ in plain] == [ua.UserTokenType.UserName] and "Basic256Sha256" in plain[0][1]
+    # a network binding with a certificate offers only the encrypted endpoint, and no anonymous token there
+    assert [(mode, [t for t, _ in tokens]) for mode, tokens in got["endpoints"]] == [
+        (ua.MessageSecurityMode.SignAndEncrypt, [ua.UserTokenType.UserName])]

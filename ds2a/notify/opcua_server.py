@@ -420,10 +420,10 @@ class _Model:
         else:
             server.set_security_IDs(["Anonymous" if t is ua.AnonymousIdentityToken else "Username" for t in tokens])
         policies = [ua.SecurityPolicyType.NoSecurity]
-        if target.cert and target.key:
+        if target.cert and target.key:  # with a certificate, a network binding offers only encrypted channels
             await server.load_certificate(target.cert)
             await server.load_private_key(target.key)
-            policies.append(ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt)
+            policies = policies[:target.loopback] + [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
         server.set_security_policy(policies, permission_ruleset=_permissions(st))
         self.idx = await server.register_namespace(NAMESPACE)
         await self._add_nodes()
