@@ -49,6 +49,33 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
 }
 
 
+# a third-party module a command may miss -> (what to call it, the pip extra that brings it; setup.cfg)
+EXTRAS: Dict[str, Tuple[str, str]] = {
+    "torch": ("PyTorch", "train"), "scipy": ("SciPy", "train"), "onnx": ("onnx", "export"),
+    "onnxscript": ("onnxscript", "export"), "onnxslim": ("onnxslim", "export"), "modelopt": ("NVIDIA ModelOpt", "calib"),
+    "onnx_graphsurgeon": ("onnx-graphsurgeon", "calib"), "polygraphy": ("polygraphy", "calib"), "lief": ("lief", "calib"),
+    "matplotlib": ("matplotlib", "bench"), "aiohttp": ("aiohttp", "web"), "paho": ("paho-mqtt", "notify"),
+    "pymodbus": ("pymodbus", "notify"), "tritonclient": ("tritonclient", "serve"), "pytriton": ("PyTriton", "serve"),
+    "cuda": ("cuda-python", "trt"),
+}
+# the extras a command needs beyond the runtime (`make demo` installs only the runtime)
+VERB_EXTRAS: Dict[str, Tuple[str, ...]] = {
+    "train": ("train",), "convert-official": ("train",), "export": ("train", "export"), "calibrate": ("calib",),
+    "bench": ("bench",), "web": ("web",), "serve": ("serve",), "export-triton": ("serve",),
+}
+
+
+def missing_extra(verb: str, exc: ModuleNotFoundError) -> Optional[str]:
+    """'ds2a VERB needs X: pip install ...' for a missing optional package; None for anything else (a bug)."""
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    package, extra = EXTRAS[top]
+    extras = VERB_EXTRAS.get(verb, ())
+    extras = extras if extra in extras or (extra == "export" and "calib" in extras) else extras + (extra,)
+    return f"{package} is not installed and `ds2a {verb}` needs it: pip install 'ds2a-edge[{','.join(extras)}]'"
+
+
 def build_parser() -> argparse.ArgumentParser:
     epilog = "examples:\n" + "\n".join(f"  {ex}" for _, _, ex in COMMANDS.values())
     parser = argparse.ArgumentParser(
@@ -73,11 +100,15 @@ def _command_parser(verb: str) -> Tuple[argparse.ArgumentParser, object]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name != "cv2":
-            raise
-        from ..opencv import MISSING
+        if exc.name == "cv2":
+            from ..opencv import MISSING
 
-        print(f"ds2a {verb}: error: {MISSING}", file=sys.stderr)
+            print(f"ds2a {verb}: error: {MISSING}", file=sys.stderr)
+            raise SystemExit(2) from None
+        message = missing_extra(verb, exc)
+        if message is None:
+            raise
+        print(f"ds2a {verb}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     parser = argparse.ArgumentParser(
         prog=f"ds2a {verb}", description=help_text, epilog=f"example:\n  {example}",
@@ -113,6 +144,12 @@ def _run(verb: str, module: object, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"ds2a {verb}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # an optional package (torch, onnx, ...) the command imports when it runs
+        message = missing_extra(verb, exc)
+        if message is None or os.environ.get("DS2A_DEBUG"):
+            raise
+        print(f"ds2a {verb}: error: {message}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `ds2a ... | head`: the reader left; say nothing more
         _silence_stdout()
         return 141
