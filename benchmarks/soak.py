@@ -205,9 +205,13 @@ def _soak(args: argparse.Namespace, work: str, dbdir: str, db: str, tmpfs: bool,
     stderr_text = open(err_path).read()
     stdout_text = open(out_path).read()
     stats = json.loads(run[3] or "{}")
+    # the invariants on the whole database, as an operator checks it (ds2a/records/check.py)
+    check = subprocess.run([sys.executable, "-m", "ds2a", "report", db, "--check"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=600)
     return {"cmd": cmd, "work": work, "rc": proc.returncode, "status": run[0], "inspected": run[1], "dropped": run[2],
             "recorded": recorded, "parts": parts, "stats": stats, "events": events, "rss": samples,
             "disk_full_how": full.how, "stderr": stderr_text, "stdout": stdout_text,
+            "check_rc": check.returncode, "check": (check.stdout + check.stderr).strip(),
             "locks": sum(1 for _, e in events if e.startswith("database locked")),
             "fulls": sum(1 for _, e in events if e.startswith("disk full"))}
 
@@ -225,6 +229,8 @@ def judge(r: Dict[str, Any], max_growth_mb: float) -> Tuple[bool, List[str], Dic
         (r["inspected"] == r["recorded"] and r["recorded"] > 0,
          f"frames inspected {r['inspected']} = frames recorded {r['recorded']}"),
         (s.get("db_unwritten", -1) == 0, f"rows left unwritten at the end: {s.get('db_unwritten')}"),
+        (r["check_rc"] == 0, f"`ds2a report DB --check` exit {r['check_rc']}: "
+                             f"{portable(r['check'], r['work']).splitlines()[0] if r['check'] else 'no output'}"),
         (s.get("db_outages", 0) >= r["locks"] + r["fulls"] > 0,
          f"outages noticed {s.get('db_outages')} (locks {r['locks']}, full-disk phases {r['fulls']}), longest "
          f"{s.get('db_max_delay_s')} s, largest backlog {s.get('db_max_backlog')} rows"),
