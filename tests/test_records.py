@@ -631,3 +631,56 @@ def test_run_status_of_a_running_run_on_another_host_goes_stale_without_heartbea
     assert run_status("running", stats, 990.0, now=1000.0 + STALE_S + 1) == "stale"
     assert run_status("running", None, 990.0, now=990.0 + STALE_S + 1) == "stale"  # runs from before the heartbeat
     assert run_status("finished", stats, 990.0) == "finished"
+
+
+def test_a_running_run_renews_its_heartbeat_and_the_page_shows_a_killed_run(tmp_path, monkeypatch):
+    import ds2a.records.database as database
+
+    monkeypatch.setattr(database, "HEARTBEAT_S", 0.0)
+    path = tmp_path / "r.sqlite"
+    rec = Records(str(path))
+    rec.start_run("m", "b", "s", CLASSES, {}, None)
+    first = json.loads(sqlite3.connect(path).execute("SELECT stats FROM runs").fetchone()[0])
+    assert first["pid"] == os.getpid() and first["host"]
+    time.sleep(0.01)
+    rec.add_frame(_result(0, "a", []))
+    rec.commit()
+    beat = json.loads(sqlite3.connect(path).execute("SELECT stats FROM runs").fetchone()[0])["heartbeat"]
+    assert beat > first["heartbeat"]
+    rec.con.close()  # as if killed: no end row
+    con = sqlite3.connect(path)
+    con.execute("UPDATE runs SET stats=json_set(stats, '$.pid', 2147483600)")  # a pid that does not exist
+    con.commit()
+    con.close()
+    pytest.importorskip("aiohttp", reason="the web page needs aiohttp: pip install -e '.[web]'")
+    from ds2a.web import data
+
+    con = data.open_readonly(str(path))
+    try:
+        assert [r["status"] for r in data.runs(con)] == ["killed"]
+    finally:
+        con.close()
+
+
+def test_the_report_counts_frames_not_inspected_apart_from_frames_with_no_part_in_view(tmp_path, capsys):
+    """Model-unavailable frames used to be counted as 'no part in view'."""
+    path = tmp_path / "r.sqlite"
+    rec = Records(str(path))
+    rec.start_run("m", "b", "s", CLASSES, {}, None)
+    away = _result(0, "a", [])
+    away.inspected, away.passed, away.reasons = False, False, ["not inspected: the model server is unreachable"]
+    gap = _result(1, None, [])
+    gap.inspected, gap.in_view = False, False
+    judged = _result(2, "b", [])
+    for res in (away, gap, judged):
+        rec.add_frame(res)
+    rec.add_verdict(PartVerdict("a", "part", False, away.reasons, 0, 0, 1, 0.0, 0.0, none=True, uninspected=1))
+    rec.add_verdict(PartVerdict("b", "part", True, [], 2, 2, 1, 0.0, 0.0))
+    rec.commit()
+    rec.finish_run("finished", {"frames": 3, "parts": 2})
+    rec.close()
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "frames        3 (1 with no part in view, 1 not inspected)" in out
+    assert "parts         2: 1 PASS, 0 FAIL, 1 NONE (not inspected)" in out
+    assert main(["report", str(path), "--check"]) == 0
