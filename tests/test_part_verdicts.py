@@ -135,6 +135,7 @@ def folder(tmp_path: Path) -> Path:
     (photos / "c_random.jpg").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, np.uint8).tobytes())
     data = _jpeg_with_defect_at_the_bottom(photos / "d_whole.jpg")
     (photos / "e_truncated.jpg").write_bytes(data[: len(data) // 2])  # the lost half holds the defect
+    (photos / "f_broken.mp4").write_bytes(b"not a video" * 10)
     return photos
 
 
@@ -156,9 +157,48 @@ def test_unreadable_and_truncated_images_get_a_none_verdict_in_the_records(folde
     widths = dict(con.execute("SELECT part_id, width FROM frames").fetchall())
     con.close()
     assert verdicts == {"a_good.png": "PASS", "b_empty.png": "NONE", "c_random.jpg": "NONE",
-                        "d_whole.jpg": "FAIL", "e_truncated.jpg": "NONE"}
-    assert run[0] == 3 and json.loads(run[1])["parts_none"] == 3
+                        "d_whole.jpg": "FAIL", "e_truncated.jpg": "NONE", "f_broken.mp4": "NONE"}
+    assert run[0] == 4 and json.loads(run[1])["parts_none"] == 4
     assert widths["b_empty.png"] is None and widths["a_good.png"] == 64  # no made-up size for a missing picture
     parts = {p["part_id"]: p for p in map(json.loads, out.splitlines()) if p["type"] == "part"}
     assert parts["e_truncated.jpg"]["verdict"] == "NONE"
     assert any("unreadable or corrupt" in r for r in parts["b_empty.png"]["reasons"])
+
+
+def test_unreadable_images_are_sent_to_the_line_like_every_part(folder, tmp_path, capsys):
+    """--notify gets one message per part, the unreadable and truncated photos included (as NONE)."""
+    from test_notify import MOSQUITTO, Subscriber, free_port, wait_until
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto not installed (Debian: apt-get install mosquitto)")
+    pytest.importorskip("paho.mqtt", reason="paho-mqtt missing: pip install -e '.[notify]'")
+    import subprocess
+
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        import socket
+
+        assert wait_until(lambda: _can_connect(socket, port), 10), "mosquitto did not start"
+        sub = Subscriber(port, "l/s/part")
+        model = threshold_onnx(tmp_path / "thr.onnx")
+        assert main(["inspect", "--model", str(model), "--headless", "--source", str(folder),
+                     "--db", str(tmp_path / "r.sqlite"), "--notify", f"mqtt://127.0.0.1:{port}/l/s"]) == 0
+        assert wait_until(lambda: len(sub.messages) == 6, 10), [m.payload for m in sub.messages]
+        got = {json.loads(m.payload)["part_id"]: json.loads(m.payload)["verdict"] for m in sub.messages}
+        sub.close()
+    finally:
+        broker.terminate()
+        broker.wait(5)
+    assert got == {"a_good.png": "PASS", "b_empty.png": "NONE", "c_random.jpg": "NONE", "d_whole.jpg": "FAIL",
+                   "e_truncated.jpg": "NONE", "f_broken.mp4": "NONE"}
+
+
+def _can_connect(socket, port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        return True
+    except OSError:
+        return False
