@@ -164,6 +164,46 @@ def test_cli_refuses_a_bad_url_and_a_busy_port_before_the_model_opens(tmp_path, 
     assert rc == 2 and err.count("\n") == 1 and "already in use" in err and "never-opened" not in err
 
 
+def test_users_command_prints_a_line_that_reads_back(tmp_path, monkeypatch, capsys):
+    from ds2a.notify import users as users_module
+
+    answers = iter(["long-password", "long-password", "short", "short"])
+    monkeypatch.setattr(users_module.getpass, "getpass", lambda prompt="": next(answers))
+    assert users_module.main(["anna", "engineer"]) == 0
+    line = capsys.readouterr().out.strip()
+    (tmp_path / "u.txt").write_text(line + "\n")
+    assert "long-password" not in line and read_users(str(tmp_path / "u.txt")).check("anna", "long-password").role == \
+        "engineer"
+    assert users_module.main(["anna", "engineer"]) == 1  # too short
+    assert users_module.main(["anna", "boss"]) == 2 and "ROLE" in capsys.readouterr().err
+
+
+def test_identity_names_the_recipe_and_hashes_rules_model_and_engine(tmp_path):
+    import hashlib
+
+    from ds2a.trt.sidecar import write_sidecar
+
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    (tmp_path / "m.onnx").write_bytes(b"onnx bytes")
+    (tmp_path / "line3.yaml").write_text("version: 1\n")
+    info = opcua_server.identity(SimpleNamespace(model=str(tmp_path / "m.onnx"), rules=str(tmp_path / "line3.yaml")),
+                                 SimpleNamespace(backend="onnxruntime"), None)
+    assert (info["recipe"], info["recipe_sha256"]) == ("line3.yaml", sha(b"version: 1\n"))
+    assert (info["model_sha256"], info["engine_sha256"], info["backend"]) == (sha(b"onnx bytes"), "", "onnxruntime")
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    default = SimpleNamespace(to_yaml=lambda: "level: part\n")
+    info = opcua_server.identity(SimpleNamespace(model=str(engine), rules=None), SimpleNamespace(backend="t"), default)
+    assert (info["engine_sha256"], info["model_sha256"]) == (sha(b"plan"), "")  # no sidecar: the ONNX is unknown
+    assert (info["recipe"], info["recipe_sha256"]) == ("default", sha(b"level: part\n"))
+    write_sidecar(str(engine), {"tensorrt_version": "10.3", "gpu_name": "Orin", "compute_capability": "8.7",
+                                "precision": "int8", "inputs": [], "outputs": [], "onnx_sha256": sha(b"onnx bytes")})
+    info = opcua_server.identity(SimpleNamespace(model=str(engine), rules=None), SimpleNamespace(backend="t"), default)
+    assert (info["engine_sha256"], info["model_sha256"]) == (sha(b"plan"), sha(b"onnx bytes"))
+
+
 def test_the_hand_over_never_blocks_and_counts_what_it_gives_up():
     station = OpcuaStation(parse_opcua_url(f"opc.tcp://127.0.0.1:{free_port()}"), capacity=3)
     t0 = time.perf_counter()
@@ -307,6 +347,31 @@ def test_a_none_part_raises_an_alarm_that_a_client_acknowledges_and_the_audit_ke
         ("AcknowledgeAlarm", "BadInvalidState", "anonymous", "engineer"),
         ("AcknowledgeAlarm", "Good", "anonymous", "engineer")]
     assert audit[1]["args"] == ["cell-0002 set aside"] and "cell-0002" in audit[1]["detail"]
+
+
+def test_an_error_that_ends_the_run_reaches_subscribers_before_the_server_stops():
+    url = f"opc.tcp://127.0.0.1:{free_port()}"
+    served = Served(url)
+    station = served.__enter__()
+
+    async def client() -> Collector:
+        c = Client(url)
+        await c.connect()
+        got = await subscribe(c, ["State", "AlarmText", "ResultSequence"], period_ms=500)
+        await asyncio.sleep(0.7)
+        station.publish(FRAME, [part(1)])  # the last part and the error, right before the end
+        ended = asyncio.get_running_loop().run_in_executor(
+            None, station.__exit__, RuntimeError, RuntimeError("camera lost"), None)
+        await ended
+        try:
+            await asyncio.wait_for(c.disconnect(), 2)
+        except Exception:  # noqa: BLE001 - the server is gone
+            pass
+        return got
+
+    got = run(client())
+    assert got.values("ResultSequence") == [0, 1] and got.values("State")[-1] == "error"
+    assert got.values("AlarmText")[-1] == "inspection stopped: camera lost"
 
 
 def test_select_recipe_accepts_only_the_rules_file_in_force():

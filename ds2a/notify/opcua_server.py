@@ -43,6 +43,7 @@ APPLICATION_URI = "urn:ds2a-edge:station"  # the server's; a server certificate 
 DEFAULT_PORT = 4840
 CAPACITY = 10000  # results waiting for the server thread; beyond this the oldest is given up (and counted)
 AUDIT_KEEP = 1000  # audit entries kept in the run's stats (all are logged)
+END_WAIT_S = 2.0  # at the end, how long the last changes get to reach subscribers before the server stops
 STATES = {"idle": "Halted", "running": "Operational", "error": "Error"}  # ours -> OPC 40100-1 top-level state
 
 _caller: "contextvars.ContextVar[Any]" = contextvars.ContextVar("ds2a_opcua_caller", default=None)
@@ -170,9 +171,8 @@ def identity(options: Any, model: Any, rules: Any) -> Dict[str, str]:
     """What the station judges with: the recipe (the rules file) and the model and engine, with their sha256."""
     path = str(getattr(options, "model", "") or "")
     engine = path.endswith(".engine")
-    extra = getattr(getattr(model, "meta", None), "extra", {}) or {}
-    model_sha = _sha256(path) if not engine else str(extra.get("source_onnx_sha256") or "")
-    if engine and not model_sha:
+    model_sha = "" if engine else _sha256(path)
+    if engine:  # the ONNX it was built from, as its sidecar records it (ds2a/trt/sidecar.py)
         try:
             from ..trt.sidecar import read_sidecar
 
@@ -318,8 +318,13 @@ class OpcuaStation:
         self.close()
 
     def close(self) -> None:
-        """Stop the server (idempotent)."""
+        """Stop the server (idempotent), END_WAIT_S after the last change so that subscribers publishing at
+        intervals up to that long receive it (the last parts, the final state)."""
+        if self._thread is not None and self._last_change:
+            time.sleep(max(0.0, min(END_WAIT_S, self._last_change + END_WAIT_S - time.monotonic())))
         self._stop_thread()
+
+    _last_change = 0.0  # monotonic time of the last value written (server thread)
 
     def _stop_thread(self) -> None:
         thread, self._thread = self._thread, None
@@ -408,6 +413,7 @@ class _Model:
         from asyncua import Server, ua
 
         st, target = self.station, self.station.target
+        logging.getLogger("asyncua.server.server").addFilter(_said_already)
         self.server = server = Server(user_manager=_UserManager(st))
         await server.init()
         server.set_endpoint(target.url)
@@ -492,6 +498,7 @@ class _Model:
         nodeid, vtype = self.nodes[name]
         dv = ua.DataValue(Value=ua.Variant(value, vtype), SourceTimestamp=_utc(t), ServerTimestamp=_utc(time.time()))
         await self.server.write_attribute_value(nodeid, dv)
+        self.station._last_change = time.monotonic()
 
     async def apply(self, kind: str, item: Any) -> None:
         if kind == "result":
@@ -583,6 +590,11 @@ class _Model:
         msg = f"{active} is already the active recipe"
         self._done("SelectRecipe", [name], "Good", msg, who)
         return [ua.Variant(msg, ua.VariantType.String)]
+
+
+def _said_already(record: logging.LogRecord) -> bool:
+    """asyncua's plaintext-password warning: OpcuaStation.start says it once, with the fix (a certificate)."""
+    return "password may get transferred in plaintext" not in record.getMessage()
 
 
 def _arg(name: str, type_id: int, text: str) -> Any:
