@@ -62,6 +62,13 @@ def test_a_good_run_passes_the_check(good_db, capsys):
     (["UPDATE runs SET status='running', ended_at=NULL, stats=json_object('pid', 2147483600, 'host', 'elsewhere', "
       "'heartbeat', 1000.0)"], "stored as running but its process is gone (stale)"),
     (["UPDATE runs SET status='finished', stats=json_set(stats, '$.inspected', 0)"], "no frame was inspected"),
+    (["UPDATE runs SET status='empty'"], "status empty but it has judged parts"),
+    (["UPDATE runs SET status='finished', ended_at=NULL"], "no end time"),
+    # rules that cannot fail a part, with PASS verdicts
+    (["UPDATE runs SET rules=json_object('level', 'part', 'classes', json_object('damage', json_object()))"],
+     "rules that cannot fail a part"),
+    # a frame in two parts
+    (["UPDATE verdicts SET last_seq=last_seq + 1 WHERE id=(SELECT MIN(id) FROM verdicts)"], "share frames"),
 ])
 def test_each_broken_invariant_is_listed_and_fails_the_check(good_db, tmp_path, capsys, sql, words):
     rc, out = _check(_broken(good_db, tmp_path, *sql), capsys)

@@ -150,6 +150,8 @@ def _counts(run_id: int, status: str, n_frames: Optional[int], stats: Dict[str, 
                 out.append(f"run {run_id}: the run says {told} {verdict} part(s), the database holds {have}")
     if status == "finished" and stats.get("inspected") == 0:
         out.append(f"run {run_id}: status finished but no frame was inspected (should be empty)")
+    if status == "empty" and any(v[3] in ("PASS", "FAIL") for v in verdicts):
+        out.append(f"run {run_id}: status empty but it has judged parts")
     if any(v[3] == "PASS" for v in verdicts) and not _rules_can_fail(rules_text):
         out.append(f"run {run_id}: PASS verdicts under rules that cannot fail a part (no class has a limit)")
     return out
