@@ -401,3 +401,12 @@ def test_smoke_lists_the_parts_for_items_that_need_real_gpus():
     assert needs["--device 1 under pycuda, GPU 0 alone"] == ("tensorrt", "pycuda", "two-gpus", "onnx")
     assert "two-gpus" in needs["GPU 1 leaves GPU 0 alone (cuda-python)"]
     assert {"hardware-compatible build (InstanceNormalization)", "profile minimum batch above 1"} <= set(needs)
+
+
+def test_smoke_needs_cuda_pythons_own_gpus_not_pycudas():
+    """The GPU list falls back to pycuda's; a cuda-python part still needs cuda-python to see a GPU."""
+    gpu = {"index": 0, "name": "Orin", "compute_capability": "8.7"}
+    report = {"tensorrt": {"importable": True}, "cuda_python": {"installed": True, "devices": []},
+              "pycuda": {"installed": True, "device_count": 1, "devices": [gpu]}, "gpus": [gpu], "platform": {}}
+    assert smoke.needs_missing(report, ("tensorrt", "cuda-python")) == "cuda-python sees no GPU"
+    assert smoke.needs_missing(report, ("tensorrt", "pycuda", "gpu")) is None

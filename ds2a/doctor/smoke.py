@@ -36,7 +36,7 @@ def needs_missing(report: Dict[str, Any], needs: Tuple[str, ...]) -> Optional[st
     checks = {
         "tensorrt": (bool(report["tensorrt"].get("importable")), "TensorRT is not importable"),
         "gpu": (bool(gpus) or bool(report["pycuda"].get("device_count")), "no CUDA GPU is usable"),
-        "cuda-python": (bool(report["cuda_python"].get("installed")) and bool(gpus), "cuda-python sees no GPU"),
+        "cuda-python": (bool(report["cuda_python"].get("devices")), "cuda-python sees no GPU"),
         "pycuda": (bool(report["pycuda"].get("device_count")), "pycuda is not installed or sees no GPU"),
         "two-gpus": (len(gpus) >= 2, f"needs two GPUs, this machine has {len(gpus)}"),
         "agx-orin": ("agx orin" in (report["platform"].get("board") or "").lower(), "DLA check needs a Jetson AGX Orin"),
