@@ -32,7 +32,7 @@ TORCH_FREE_TESTS = [
     "test_input_properties.py", "test_cuda_semantics.py", "test_outputs.py", "test_triton_station.py",
     "test_backend_contract.py", "test_backend_options.py", "test_io_layout.py", "test_inspect_library.py",
     "test_eval_bench_api.py", "test_demo_truth.py", "test_atomic_writers.py", "test_doctor_camera.py",
-    "test_overlay_legend.py",
+    "test_overlay_legend.py", "test_selftest.py", "test_accuracy_gate.py",
 ]
 
 
