@@ -159,6 +159,38 @@ def test_pytorch_checkpoint_with_golden_frames_is_refused_once_its_weights_chang
     save_checkpoint(str(tmp_path / "edited.pt"), net, meta)
     with pytest.raises(SelfTestFailed, match="edited.pt failed its self-test"):
         open_model(str(tmp_path / "edited.pt"), device="cpu")
+    with open_model(str(tmp_path / "edited.pt"), device="cpu", input_size=(64, 64)) as model:
+        assert model.selftest.status == "skipped"  # asked to run at another size: nothing to compare with
+
+
+def test_golden_frames_round_trip_through_export_and_calibrate(tmp_path, tiny_checkpoint):
+    """export stores demo cells and the FP32 answers; calibrate replaces them with calibration frames and the INT8
+    answers; both files open with a passed self-test (the engine build and open: tests/test_accuracy_gate.py)."""
+    pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from ds2a.data.synth import write_dataset
+    from ds2a.export import ExportOptions, export_onnx
+    from ds2a.precision import CalibrationOptions, calibrate
+
+    fp32 = tmp_path / "m.onnx"
+    result = export_onnx(tiny_checkpoint, fp32, ExportOptions())
+    assert "golden frames: " in result.summary()
+    golden = golden_of(read_meta(load_onnx(fp32), fp32))
+    assert golden.source == "ds2a/data/synth.py cells" and "(fp32)" in golden.produced_by
+    data = tmp_path / "data"
+    write_dataset(data, 8, 1, (32, 32), seed=1)
+    int8 = tmp_path / "m.int8.onnx"
+    calibrated = calibrate(fp32, int8, CalibrationOptions(str(data), "int8", target="onnxruntime", num_images=8))
+    assert calibrated.golden_frames == len(golden_of(read_meta(load_onnx(int8), int8)).frames) >= 1
+    golden8 = golden_of(read_meta(load_onnx(int8), int8))
+    assert golden8.source.startswith("calibration images") and "(int8)" in golden8.produced_by
+    sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    for frame, stored in zip(golden8.frames, golden8.class_maps):  # what the INT8 file itself answers
+        assert (sess.run(["class_map"], {"images": frame[None]})[0][0] == stored).all()
+    for path in (fp32, int8):
+        with open_model(str(path)) as model:
+            assert model.selftest.status == "passed"
 
 
 class _FakeTritonClient:
