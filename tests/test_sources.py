@@ -288,3 +288,23 @@ def test_demo_with_fps_is_paced_like_a_live_camera():
     t0 = time.perf_counter()
     assert len(list(src)) == 6
     assert time.perf_counter() - t0 >= 5 / 50 * 0.9
+
+
+# --- URI messages -------------------------------------------------------------------------
+def test_a_small_demo_frame_blames_the_default_speed_not_the_size():
+    with pytest.raises(UserError) as exc:
+        open_source("demo://?width=64&height=64")
+    msg = str(exc.value)
+    assert "the default speed 96 (pixels per frame) is more than the frame width 64" in msg
+    assert "speed=1..64" in msg and "width must be" not in msg
+    with pytest.raises(UserError, match="speed 100 is more than the frame width 64; give speed=1..64$"):
+        open_source("demo://?width=64&height=64&speed=100")
+    src = open_source("demo://?width=64&height=64&speed=8&frames=3")
+    assert src.read().image.shape[:2] == (64, 64)
+    src.close()
+
+
+@pytest.mark.parametrize("uri", ["demo://?frames=5&frames=6", "demo://?seed=1&fps=2&seed=1", "csi://0?flip=1&flip=2"])
+def test_an_option_given_twice_is_refused(uri):
+    with pytest.raises(UserError, match="is given twice; give each option once"):
+        open_source(uri)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
@@ -12,6 +13,8 @@ import numpy as np
 
 from ..errors import UserError
 from .base import IMAGE_EXTS, VIDEO_EXTS, Frame, Source
+
+STREAM_TIMEOUT_S = 5.0  # how long a network stream may take to open or to send the next frame
 
 
 class CaptureSource(Source):
@@ -204,11 +207,14 @@ def gstreamer_ok() -> bool:
     return any("GStreamer" in line and "YES" in line for line in info.splitlines())
 
 
-def stream_capture(url: str) -> Callable[[], cv2.VideoCapture]:
-    """FFmpeg with 5 s open/read timeouts (so a dead stream is noticed), else whatever OpenCV has
-    (JetPack's OpenCV may lack FFmpeg but open the URL through GStreamer)."""
-    timeouts = [getattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC", None), 5000,
-                getattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC", None), 5000]
+def stream_capture(url: str, timeout_s: float = STREAM_TIMEOUT_S) -> Callable[[], cv2.VideoCapture]:
+    """FFmpeg with `timeout_s` open/read timeouts (so a dead stream is noticed), else whatever OpenCV has
+    (JetPack's OpenCV may lack FFmpeg but open the URL through GStreamer). The fallback has no timeout
+    of its own (FFmpeg's default is 30 s), so it gets `timeout_s` to open and is abandoned after that:
+    a server that never answers is refused in about 2 x timeout_s, not 36 s."""
+    ms = int(timeout_s * 1000)
+    timeouts = [getattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC", None), ms,
+                getattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC", None), ms]
 
     def opener() -> cv2.VideoCapture:
         try:
@@ -216,12 +222,43 @@ def stream_capture(url: str) -> Callable[[], cv2.VideoCapture]:
                 cv2.VideoCapture(url, cv2.CAP_FFMPEG)
         except (cv2.error, TypeError):  # OpenCV < 4.5.2 has no params argument
             cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
-        if not cap.isOpened():
-            cap.release()
-            cap = cv2.VideoCapture(url)
-        return cap
+        if cap.isOpened():
+            return cap
+        cap.release()
+        return open_within(lambda: cv2.VideoCapture(url), timeout_s)
 
     return opener
+
+
+def open_within(open_capture: Callable[[], cv2.VideoCapture], timeout_s: float) -> cv2.VideoCapture:
+    """open_capture() on a helper thread, given `timeout_s`; after that an unopened capture is returned and
+    the late one, if it ever opens, is released by the helper thread (a blocked OpenCV call cannot be
+    cancelled, only left behind)."""
+    result: List[cv2.VideoCapture] = []
+    lock = threading.Lock()
+    abandoned = [False]
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            cap = open_capture()
+            with lock:  # either handed over or released here, never both, never neither
+                if abandoned[0]:
+                    cap.release()
+                else:
+                    result.append(cap)
+        except cv2.error:
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="open-stream", daemon=True).start()
+    done.wait(timeout_s)
+    with lock:
+        abandoned[0] = True
+        if result:
+            return result[0]
+    return cv2.VideoCapture()  # not opened: the caller refuses the source (or retries with backoff)
 
 
 def file_paths(spec: str) -> List[str]:

@@ -16,6 +16,7 @@ DEMO_OPTIONS: Dict[str, Option] = {"frames": (int, 1, 10**9), "fps": (float, 0.0
                                    "height": (int, 64, 4320), "speed": (int, 1, 7680)}
 CSI_OPTIONS: Dict[str, Option] = {"width": (int, 64, 7680), "height": (int, 64, 4320),
                                   "fps": (int, 1, 1000), "flip": (int, 0, 7)}
+DEMO_WIDTH, DEMO_SPEED = 1280, 96  # demo://'s defaults (ds2a/sources/demo.py)
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp", "srt")
 FORMS = ("csi://N, v4l2:///dev/videoN, N, rtsp://..., http://..., gst://PIPELINE, file://PATH, "
          "a path/folder/glob, or demo://")
@@ -28,6 +29,10 @@ class SourceSpec:
     kind: str  # demo, csi, v4l2, stream, gst, path
     target: str  # sensor id, device, URL, pipeline or path
     options: Dict[str, float] = field(default_factory=dict)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _number_option(uri: str, key: str, text: str, option: Option) -> float:
@@ -50,8 +55,13 @@ def _options(uri: str, query: str, allowed: Dict[str, Option]) -> Dict[str, floa
     except ValueError:
         raise UserError(f"source {uri}: cannot read the options '{query}'; write them as "
                         "?key=value&key=value") from None
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:  # dict() would keep the last one silently: frames=5&frames=6 is a typo, not a choice
+            raise UserError(f"source {uri}: option '{_short(key)}' is given twice; give each option once")
+        seen.add(key)
     q = dict(pairs)
-    unknown = sorted(set(q) - set(allowed))
+    unknown = sorted(_short(k) for k in set(q) - set(allowed))
     if unknown:
         raise UserError(f"source {uri}: unknown option(s) {', '.join(unknown)}; valid: "
                         f"{', '.join(sorted(allowed)) or 'none'}")
@@ -70,9 +80,13 @@ def parse_source(uri: str) -> SourceSpec:
     scheme = parts.scheme.lower() if len(parts.scheme) > 1 else ""  # 'C:' is a drive, not a scheme
     if scheme == "demo":
         spec = SourceSpec("demo", "", _options(uri, parts.query, DEMO_OPTIONS))
-        width = int(spec.options.get("width", 1280))
-        if spec.options.get("speed", 0) > width:
-            raise UserError(f"source {uri}: speed {spec.options['speed']:g} is more than the frame width {width}")
+        width = int(spec.options.get("width", DEMO_WIDTH))
+        speed = int(spec.options.get("speed", DEMO_SPEED))
+        if speed > width:  # a belt moving more than a frame per frame: no cell would ever be whole in view
+            given = "speed" in spec.options
+            what = f"speed {speed}" if given else f"the default speed {speed} (pixels per frame)"
+            fix = f"give speed=1..{width}" + ("" if given else f" with width={width}, e.g. speed={max(1, width // 8)}")
+            raise UserError(f"source {uri}: {what} is more than the frame width {width}; {fix}")
         return spec
     if scheme == "csi":
         sensor = _number_option(uri, "sensor id", parts.netloc or "0", (int, 0, 15))
