@@ -23,6 +23,7 @@ sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resol
 ROOT = _HERE.parent
 
 from ds2a.records.report import summarise  # noqa: E402
+from ds2a.web.page import REFRESH_S  # noqa: E402
 
 
 def browser() -> Any:
@@ -37,15 +38,16 @@ def browser() -> Any:
 
 class HttpViewer:
     """What the page asks for, without a browser's own CPU on this machine: the live picture ~4 per
-    second, the verdict every 0.5 s, the counts every 10 s and both charts every 30 s."""
+    second, the verdict every 0.5 s, one snapshot (counts and tables) and both charts every 10 s
+    (ds2a/web/page.py REFRESH_S)."""
 
     def __init__(self, url: str) -> None:
         import threading
 
         self.url, self.pictures, self.stop = url, 0, threading.Event()
         self.threads = [threading.Thread(target=self._loop, args=(path, period), daemon=True)
-                        for path, period in (("live.jpg", 0.25), ("api/live", 0.5), ("api/summary", 10.0),
-                                             ("chart/pass_rate.svg", 30.0), ("chart/defects.svg", 30.0))]
+                        for path, period in (("live.jpg", 0.25), ("api/live", 0.5), ("api/snapshot", 10.0),
+                                             ("chart/pass_rate.svg", 10.0), ("chart/defects.svg", 10.0))]
         for t in self.threads:
             t.start()
 
@@ -122,6 +124,27 @@ def one_run(mode: str, args: argparse.Namespace, tmp: Path, driver: Any) -> Dict
             "load_before": load0, "load_after": os.getloadavg()[0], "viewer_last_seq": seen, "pictures": pictures}
 
 
+def refresh_cost(tmp: Path, n: int = 5) -> float:
+    """Median ms of CPU for one page refresh of a 600-frame run: the snapshot (data.snapshot) and both
+    charts drawn from it, as the server does at most once per REFRESH_S while someone watches."""
+    from ds2a.web.server import Site
+
+    db = tmp / "refresh.sqlite"
+    subprocess.run([sys.executable, "-m", "ds2a", "inspect", "--model", "ds2a/assets/demo/ds2a_tiny_synth.int8.onnx",
+                    "--source", "demo://?frames=600&width=320&height=180", "--headless", "--db", str(db)],
+                   cwd=str(ROOT), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ms = []
+    for _ in range(n):
+        site = Site(str(db))  # a new site each time: nothing cached
+        t0 = time.thread_time()
+        snap = site.snapshot(1)
+        site.chart("pass_rate", 1, snap["version"])
+        site.chart("defects", 1, snap["version"])
+        ms.append(1000.0 * (time.thread_time() - t0))
+        site.close()
+    return sorted(ms)[len(ms) // 2]
+
+
 def picture_cost(n: int = 30) -> float:
     """Median ms of CPU for one live picture (draw the overlay, scale to 960 wide, JPEG) of a 1280x720 frame."""
     import numpy as np
@@ -177,7 +200,7 @@ def main() -> None:
            + ("The viewer is headless Chromium on this machine showing the page" if args.viewer == "chromium" else
               "The viewer is a Python client making the page's requests (no browser CPU on this machine)")
            + ": the live JPEG refreshed continuously (at most about 4 per second), the verdict polled every 0.5 s, "
-           "the counts every 10 s, the charts every 30 s.", "",
+           "one snapshot (counts, tables) and both charts every 10 s.", "",
            "| run | e2e FPS | model-only FPS | infer p50 ms | latency p50 ms | latency p90 ms | CPU ms/frame | "
            "live pictures shown | load before/after |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -198,6 +221,12 @@ def main() -> None:
     out += ["", f"One live picture (overlay drawn on the web thread, scaled to 960 px wide, JPEG q80) of a 1280x720 "
             f"frame costs {cost:.1f} ms of CPU (median of 30, this machine); at the page's ~4 pictures per second "
             f"that is about {0.4 * cost:.1f}% of one core, spent only while someone watches."]
+    with tempfile.TemporaryDirectory() as tmp:
+        refresh = refresh_cost(Path(tmp))
+    out += ["", f"One page refresh of a run with 600 frames (the snapshot and both charts drawn from it) costs "
+            f"{refresh:.0f} ms of CPU (median of 5, this machine); the server does it at most once per "
+            f"{REFRESH_S} s however many watch (ds2a/web/page.py REFRESH_S), so about {refresh / REFRESH_S / 10:.1f}% of "
+            "one core while someone watches a running inspection."]
     with open(args.out, "a") as fh:  # one section per viewer kind; the reading at the top is written by hand
         fh.write("\n" + "\n".join(out) + "\n")
     print(f"wrote {args.out}")

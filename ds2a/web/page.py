@@ -8,7 +8,7 @@ import time
 import urllib.parse
 from typing import Any, Dict, List, Optional
 
-REFRESH_S = 5  # the page's one refresh period: numbers, charts and tables together (ds2a/web/static/page.js)
+REFRESH_S = 10  # the page's one refresh period: numbers, charts and tables together (ds2a/web/static/page.js)
 STAGES = ("queue_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "output_ms", "latency_ms")
 
 
