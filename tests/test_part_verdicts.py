@@ -202,3 +202,22 @@ def _can_connect(socket, port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_images_too_small_for_any_defect_to_count_are_none_not_pass(tmp_path, capsys):
+    """A 1x1 or 2x2 black photo is all 'damage' for the threshold model, but no region can reach the
+    64 px minimum area, so the rules can never fail it: it used to PASS."""
+    photos = tmp_path / "tiny"
+    photos.mkdir()
+    for n in (1, 2, 8):
+        cv2.imwrite(str(photos / f"black_{n}x{n}.png"), np.zeros((n, n, 3), np.uint8))
+    model = threshold_onnx(tmp_path / "thr.onnx")
+    db = tmp_path / "r.sqlite"
+    assert main(["inspect", "--model", str(model), "--headless", "--source", str(photos), "--db", str(db)]) == 0
+    con = sqlite3.connect(str(db))
+    verdicts = dict(con.execute("SELECT part_id, verdict FROM verdicts").fetchall())
+    reasons = dict(con.execute("SELECT part_id, reasons FROM frames").fetchall())
+    con.close()
+    assert verdicts == {"black_1x1.png": "NONE", "black_2x2.png": "NONE", "black_8x8.png": "FAIL"}
+    assert "smaller than the rules' minimum defect area 64 px" in reasons["black_2x2.png"]
+    assert "region too small      2 frames" in capsys.readouterr().out
