@@ -222,7 +222,7 @@ class OpcuaStation:
 
     # ---- the inspection side (output thread / main thread) -----------------------------------------------
     def start(self, publisher: Any, records: Any = None, options: Any = None, model: Any = None,
-              rules: Any = None, timeout_s: float = 15.0) -> None:
+              rules: Any = None, timeout_s: float = 60.0) -> None:
         """Serve from now on (state idle until the first frame); UserError when the server cannot listen."""
         self.records = records
         self.info = identity(options, model, rules) if options is not None else dict(self.info)
