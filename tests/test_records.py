@@ -684,3 +684,12 @@ def test_the_report_counts_frames_not_inspected_apart_from_frames_with_no_part_i
     assert "frames        3 (1 with no part in view, 1 not inspected)" in out
     assert "parts         2: 1 PASS, 0 FAIL, 1 NONE (not inspected)" in out
     assert main(["report", str(path), "--check"]) == 0
+
+
+def test_a_run_whose_pid_now_belongs_to_another_process_or_boot_is_killed():
+    from ds2a.records.database import process_identity, run_status
+
+    me = process_identity()
+    assert run_status("running", json.dumps(me)) == "running"
+    assert run_status("running", json.dumps({**me, "pid_start": "1"})) == "killed"  # same pid, another process
+    assert run_status("running", json.dumps({**me, "boot": "another-boot"})) == "killed"  # the machine restarted

@@ -218,6 +218,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _read(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _started(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux /proc/PID/stat field 22; '' elsewhere):
+    with the boot id it tells our process from a later one that got the same pid."""
+    stat = _read(f"/proc/{pid}/stat")
+    fields = stat.rsplit(")", 1)[-1].split() if stat else []
+    return fields[19] if len(fields) > 19 else ""
+
+
+def process_identity() -> Dict[str, Any]:
+    """What a running run keeps in its stats so that `run_status` can tell whether its process still lives."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "boot": _read("/proc/sys/kernel/random/boot_id"),
+            "pid_start": _started(os.getpid())}
+
+
 def run_status(status: str, stats: Any, started_at: Optional[float] = None, now: Optional[float] = None) -> str:
     """What a run's stored status means now: a `running` run whose process is gone is `killed` (same host,
     its pid no longer exists) or `stale` (no heartbeat for STALE_S seconds); other statuses as stored."""
@@ -230,6 +252,10 @@ def run_status(status: str, stats: Any, started_at: Optional[float] = None, now:
     now = time.time() if now is None else now
     pid, host = info.get("pid"), info.get("host")
     if isinstance(pid, int) and host == socket.gethostname():
+        if info.get("boot") and info["boot"] != _read("/proc/sys/kernel/random/boot_id"):
+            return "killed"  # the machine restarted since
+        if info.get("pid_start") and info["pid_start"] != _started(pid):
+            return "killed"  # the pid is gone, or now belongs to another process
         return "running" if _alive(pid) else "killed"
     beat = info.get("heartbeat", started_at)
     if not isinstance(beat, (int, float)) or now - beat > STALE_S:
@@ -293,7 +319,7 @@ class Records:
         self.unwritten: Dict[str, int] = {"frames": 0, "verdicts": 0}  # rows given up on (saved elsewhere or lost)
         self.unsaved_file = ""  # where they were saved ('' when nowhere)
         self.extra: Dict[str, Any] = {}  # more facts for the run's stats (e.g. unsaved failure images)
-        self._alive: Dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
+        self._alive: Dict[str, Any] = process_identity()
         self._beat = 0.0
 
     @property
@@ -504,7 +530,7 @@ class Records:
         except sqlite3.Error:
             pass
         keep = ("frames", "dropped", "corrupt", "parts", "db_unwritten", "db_unwritten_frames",
-                "db_unwritten_verdicts", "db_unsaved_file", "db_last_error", "pid", "host")
+                "db_unwritten_verdicts", "db_unsaved_file", "db_last_error", "pid", "host", "boot", "pid_start")
         small = {k: stats[k] for k in keep if k in stats}
         try:
             self.con.execute("UPDATE runs SET ended_at=?, status=?, frames=?, stats=? WHERE id=?",
