@@ -203,3 +203,22 @@ def test_a_station_nobody_watches_stops_without_waiting(tmp_path):
     station.close()
     records.close()
     assert time.monotonic() - t0 < 1.0 and station.live.ended["status"] == "empty"
+
+
+def test_api_snapshot_is_one_refresh_tiles_tables_and_chart_addresses(tmp_path):
+    from test_web import Served
+
+    db = make_db(tmp_path / "i.sqlite", parts=10, seed=6)
+    with Served(db) as s:
+        status, body, _ = s.get("api/snapshot?run=1")
+        snap = json.loads(body)
+        assert status == 200 and {k: snap["summary"][k] for k in sql_counts(db, 1)} == sql_counts(db, 1)
+        v = snap["version"]
+        assert snap["charts"] == {"pass_rate": f"chart/pass_rate.svg?run=1&v={v}",
+                                  "defects": f"chart/defects.svg?run=1&v={v}"}
+        fail_parts = [p for (p,) in sqlite3.connect(str(db)).execute(
+            "SELECT part_id FROM verdicts WHERE verdict='FAIL' ORDER BY id DESC")]
+        assert re.findall(r"data-part='([^']*)'", snap["html"]["failures"]) == fail_parts
+        assert s.get(snap["charts"]["defects"])[0] == 200
+        assert f"data-version='{v}'" in s.get("?run=1")[1].decode()  # the page was drawn from the same read
+        assert s.get("api/snapshot?run=9")[0] == 404  # a run the records do not hold

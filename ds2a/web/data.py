@@ -154,13 +154,6 @@ def snapshot(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
             con.execute("COMMIT")
 
 
-def failures(con: sqlite3.Connection, run_id: int, limit: int = 24) -> List[Dict[str, Any]]:
-    """The most recent FAIL frames, newest first."""
-    rows = con.execute("SELECT id, seq, t, part_id, reasons, n_defects, image_path, raw_path FROM frames "
-                       "WHERE run_id=? AND verdict='FAIL' ORDER BY id DESC LIMIT ?", (run_id, limit)).fetchall()
-    return [{**dict(r), "reasons": json.loads(r["reasons"] or "[]")} for r in rows]
-
-
 def failure(con: sqlite3.Connection, frame_id: int) -> Optional[Dict[str, Any]]:
     """One frame and its defect regions, or None."""
     row = con.execute("SELECT * FROM frames WHERE id=?", (frame_id,)).fetchone()

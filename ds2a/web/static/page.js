@@ -27,6 +27,7 @@
 
   function apply(snap) {
     applySummary(snap.summary);
+    if (!live && snap.summary.status !== "running" && refreshTimer !== null) clearInterval(refreshTimer);
     if (live && snap.live_run !== null && String(snap.live_run) === viewedRun) {
       liveCounts(snap.summary.parts, snap.summary.fail);  // the same numbers as the tiles
     }
@@ -49,7 +50,10 @@
     } catch (err) { /* the next refresh tries again */ }
     refreshing = false;
   }
-  const refreshTimer = section ? setInterval(refresh, refreshMs) : null;
+  // a run that is no longer running does not change: only a running one is refreshed
+  const status = document.querySelector("[data-k=status]");
+  const refreshTimer = section && (live || (status && status.textContent === "running"))
+    ? setInterval(refresh, refreshMs) : null;
   if (!live) return;
 
   const img = $("live-img");
