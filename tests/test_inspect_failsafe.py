@@ -31,7 +31,13 @@ DEMO = "demo://?frames={n}&width=320&height=180&speed=24"
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    return threshold_onnx(tmp_path_factory.mktemp("m") / "thr.onnx")
+    """A threshold ONNX with golden frames, as `ds2a export` writes models (no self-test warning on stderr)."""
+    from ds2a.export.metadata import attach_golden_file
+
+    path = threshold_onnx(tmp_path_factory.mktemp("m") / "thr.onnx")
+    levels = [np.full((32, 32, 3), v, np.uint8) for v in (20, 200)]
+    attach_golden_file(path, levels, "test levels")
+    return path
 
 
 def _inspect(model: Path, *extra: str) -> List[str]:
