@@ -51,7 +51,7 @@ class ModelMeta:
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.classes = list(self.classes)
+        self.classes = check_classes(self.classes)
         if not self.palette:
             self.palette = default_palette(len(self.classes))
         self.palette = [tuple(int(v) for v in c) for c in self.palette]
@@ -80,6 +80,25 @@ class ModelMeta:
     @classmethod
     def from_json(cls, text: str) -> "ModelMeta":
         return cls.from_dict(json.loads(text))
+
+
+def check_classes(classes: Any) -> List[str]:
+    """The class names as a list of distinct strings; ValueError otherwise (the readers of ONNX props, engine
+    sidecars and Triton configs turn it into a UserError naming the model). A string would be read letter
+    by letter ("background" as ten classes) and a name given twice would merge two classes in every report."""
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, (list, tuple)):
+        raise ValueError(f"'classes' must be a list of class names such as [\"background\", \"damage\"], "
+                         f"not {type(classes).__name__} {str(classes)[:40]!r}")
+    names = list(classes)
+    bad = [c for c in names if not isinstance(c, str) or not c.strip()]
+    if bad:
+        raise ValueError(f"'classes' must hold non-empty names; found {str(bad[0])[:40]!r}")
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"class name '{name[:40]}' appears twice in 'classes'; each class needs its own name")
+        seen.add(name)
+    return names
 
 
 def parse_size(text: str) -> Tuple[int, int]:
