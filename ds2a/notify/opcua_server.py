@@ -389,7 +389,8 @@ class OpcuaStation:
     def audited(self, entry: Dict[str, Any]) -> None:
         """A method call: a log line, and an entry in the run's stats (the first AUDIT_KEEP)."""
         self._calls += 1
-        logger.info(f"opcua   audit: {entry['user']} ({entry['role'] or 'view only'}) called {entry['method']}"
+        logger.info(f"opcua   audit: {entry['user']} ({entry['role'] or 'view only'}"
+                    f"{', from ' + entry['peer'] if entry.get('peer') else ''}) called {entry['method']}"
                     f"({', '.join(repr(a) for a in entry['args'])}) -> {entry['status']}"
                     f"{': ' + entry['detail'] if entry.get('detail') else ''}")
         if len(self.audit) < AUDIT_KEEP:
@@ -548,10 +549,21 @@ class _Model:
             return name, self.station.users.by_name[name].role
         return "anonymous", self.station.anonymous_role
 
+    def _peer(self) -> str:
+        """HOST:PORT of the calling client where asyncua tells (asyncua 2 keeps its sessions by token, each
+        named by the peer's address; asyncua 1.x does not): '' when unknown."""
+        user = _caller.get()
+        sessions = getattr(getattr(self.server, "iserver", None), "_external_sessions", None)
+        for session in (sessions or {}).values() if isinstance(sessions, dict) else ():
+            peer = getattr(session, "name", None)
+            if getattr(session, "user", None) is user and isinstance(peer, tuple) and len(peer) >= 2:
+                return f"{peer[0]}:{peer[1]}"
+        return ""
+
     def _done(self, method: str, args: List[Any], status: str, detail: str, who: Tuple[str, Optional[str]]) -> None:
         self.station.audited({"t": round(time.time(), 3), "user": who[0], "role": who[1], "method": method,
                               "args": [str(a)[:200] for a in args], "status": status, "detail": detail,
-                              "endpoint": self.station.target.url})
+                              "peer": self._peer(), "endpoint": self.station.target.url})
 
     async def _acknowledge(self, parent: Any, comment: Any = "") -> Any:
         from asyncua import ua
