@@ -446,9 +446,8 @@ def test_triggers_left_at_the_end_of_the_run_are_answered(broker, model, tmp_pat
 # --- Modbus: pymodbus's server is the PLC's memory, a second client is the PLC's program -------------
 
 
-@pytest.fixture
-def plc():
-    pytest.importorskip("pymodbus", reason="pymodbus missing: pip install -e '.[notify]'")
+def serve_plc(port: int, writes: List[Any]) -> Any:
+    """pymodbus's server on `port` (unit 2, 400 coils and holding registers); returns its stop function."""
     import warnings
 
     with warnings.catch_warnings():
@@ -456,7 +455,7 @@ def plc():
         from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
         from pymodbus.server import ModbusTcpServer
 
-    port, writes, loop = free_port(), [], asyncio.new_event_loop()
+    loop = asyncio.new_event_loop()
     box: Dict[str, Any] = {}
 
     def trace(sending: bool, pdu: Any) -> Any:
@@ -476,9 +475,21 @@ def plc():
     thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
     thread.start()
     assert wait_until(lambda: _can_connect(port), 10)
+
+    def stop() -> None:
+        asyncio.run_coroutine_threadsafe(box["server"].shutdown(), loop).result(5)
+        thread.join(5)
+
+    return stop
+
+
+@pytest.fixture
+def plc():
+    pytest.importorskip("pymodbus", reason="pymodbus missing: pip install -e '.[notify]'")
+    port, writes = free_port(), []
+    stop = serve_plc(port, writes)
     yield port, writes
-    asyncio.run_coroutine_threadsafe(box["server"].shutdown(), loop).result(5)
-    thread.join(5)
+    stop()
 
 
 class PlcProgram:
@@ -650,3 +661,71 @@ def test_the_same_part_triggered_again_is_answered_as_sent_and_recorded_apart(br
     line.sub.close()
     assert [(r["seq"], r["part_id"], r["verdict"]) for r in res] == [(1, "R1", "FAIL"), (2, "R1", "PASS"), (3, "R2", "PASS")]
     assert records(db)["parts"] == [("R1", "FAIL"), ("R1#2", "PASS"), ("R2", "PASS")]  # one verdict per part
+
+
+def _mosquitto(port: int, conf: Path) -> Any:
+    import subprocess
+
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([test_notify.MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    assert wait_until(lambda: _can_connect(port), 10), "mosquitto did not start"
+    return proc
+
+
+def test_after_a_broker_restart_the_station_listens_again(model, tmp_path):
+    if test_notify.MOSQUITTO is None:
+        pytest.skip("mosquitto not installed (Debian: apt-get install mosquitto; `make test` installs it as root)")
+    pytest.importorskip("paho.mqtt", reason="paho-mqtt missing: pip install -e '.[notify]'")
+    port = free_port()
+    proc = _mosquitto(port, tmp_path / "m.conf")
+    try:
+        line = Line(port, "restart")
+        st = Station(InspectOptions(model=str(model), source=str(folder(tmp_path / "imgs", [False, True])),
+                                    headless=True, max_frames=2, trigger=f"mqtt://127.0.0.1:{port}/restart",
+                                    trigger_timeout=5))
+        assert line.online()
+        line.trigger("before")
+        assert wait_until(lambda: len(line.results()) == 1, 10)
+        line.sub.close()
+        proc.terminate()
+        proc.wait(5)
+        proc = _mosquitto(port, tmp_path / "m.conf")  # the same broker back, nothing retained
+        line = Line(port, "restart")
+        assert line.online(30)  # the station reconnected, subscribed again and said so
+        line.trigger("after")
+        assert wait_until(lambda: len(line.results()) == 1, 10)
+        st.join()
+        res = line.results()
+        line.sub.close()
+        assert (res[0]["seq"], res[0]["part_id"], res[0]["verdict"]) == (2, "after", "FAIL")
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_after_the_plc_restarts_the_handshake_goes_on(model, tmp_path):
+    pytest.importorskip("pymodbus", reason="pymodbus missing: pip install -e '.[notify]'")
+    port, writes = free_port(), []
+    stop = serve_plc(port, writes)
+    db = tmp_path / "i.sqlite"
+    try:
+        st = Station(InspectOptions(model=str(model), source=str(folder(tmp_path / "imgs", [False, True])),
+                                    headless=True, db=str(db), max_frames=2,
+                                    trigger=f"modbus://127.0.0.1:{port}?unit=2&poll_ms=5", trigger_timeout=5))
+        prog = PlcProgram(port)
+        first = prog.part(11, timeout=30)
+        prog.close()
+        stop()  # the PLC restarts: connection gone, its memory cleared
+        time.sleep(0.5)
+        stop = serve_plc(port, writes)
+        prog = PlcProgram(port)
+        second = prog.part(12, timeout=30)
+        prog.close()
+        st.join()
+    finally:
+        stop()
+    assert (first["result"], first["seq"], first["echo"]) == (1, 1, [0, 11])
+    assert (second["result"], second["seq"], second["echo"]) == (2, 2, [0, 12])  # numbering goes on
+    stats = records(db)["stats"]["trigger"]
+    assert stats["outages"] == 1 and stats["sent"] == 2 and stats["undelivered"] == 0
