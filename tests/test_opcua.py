@@ -150,6 +150,21 @@ def test_start_checks_exposure_users_and_port(tmp_path):
             station.start(None)
 
 
+def test_an_unreadable_certificate_is_a_one_line_error(tmp_path):
+    (tmp_path / "server.der").write_bytes(b"not a certificate")
+    (tmp_path / "server.pem").write_text("not a key")
+    station = OpcuaStation(parse_opcua_url(f"opc.tcp://127.0.0.1:{free_port()}?cert={tmp_path / 'server.der'}"
+                                           f"&key={tmp_path / 'server.pem'}"))
+    with pytest.raises(UserError) as err:
+        station.start(None)  # no check before: asyncua's own error, on one line
+    assert "the server failed to start" in str(err.value) and "\n" not in str(err.value)
+    url = f"opc.tcp://127.0.0.1:{free_port()}?cert={tmp_path / 'server.der'}&key={tmp_path / 'server.pem'}"
+    with pytest.raises(UserError) as err:  # `ds2a inspect` checks them before the model opens
+        check_opcua_option(SimpleNamespace(opcua=url, opcua_users=None))
+    assert f"cert {tmp_path / 'server.der'} is not a readable PEM or DER certificate" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_cli_refuses_a_bad_url_and_a_busy_port_before_the_model_opens(tmp_path, capsys):
     rc = main(["inspect", "--model", str(tmp_path / "never-opened.onnx"), "--headless", "--opcua", "opc.tcp://x:y"])
     err = capsys.readouterr().err
@@ -209,8 +224,12 @@ def test_the_hand_over_never_blocks_and_counts_what_it_gives_up():
     t0 = time.perf_counter()
     station.publish(FRAME, [part(i) for i in range(5)])  # no server thread: nothing is taken from the queue
     assert time.perf_counter() - t0 < 0.5
-    assert station.dropped == 3 and len(station._queue) == 3  # "running" and 5 results into 3 places
-    assert [item["seq"] for kind, item in station._queue] == [3, 4, 5]  # the newest are kept
+    station.raise_alarm("an alarm is never given up")
+    station.publish(FRAME, [part(6)])
+    assert station.dropped == 3  # room for 3 results: 6 handed over, the 3 oldest given up
+    assert [(kind, item if kind == "state" else item[1] if kind == "alarm" else item["seq"])
+            for kind, item in station._queue] == [("state", "running"), ("result", 4), ("result", 5),
+                                                  ("alarm", "an alarm is never given up"), ("result", 6)]
 
 
 # --- a served station -------------------------------------------------------------------------------
@@ -601,8 +620,9 @@ def test_a_server_certificate_on_a_network_binding_allows_only_encrypted_channel
         return {"seq": seq, "endpoints": [(e.SecurityMode, [(t.TokenType, t.SecurityPolicyUri) for t in
                                                             e.UserIdentityTokens]) for e in endpoints]}
 
-    with Served(f"opc.tcp://0.0.0.0:{port}?cert={tmp_path / 'server.der'}&key={tmp_path / 'server.pem'}",
-                read_users(str(users_file(tmp_path)))):
+    served_url = f"opc.tcp://0.0.0.0:{port}?cert={tmp_path / 'server.der'}&key={tmp_path / 'server.pem'}"
+    opcua_server._check_certificate(parse_opcua_url(served_url), "--opcua")  # what the start-up check accepts
+    with Served(served_url, read_users(str(users_file(tmp_path)))):
         got = run(client())
     assert got["seq"] == 0
     # a network binding with a certificate offers only the encrypted endpoint, and no anonymous token there

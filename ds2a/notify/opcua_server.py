@@ -149,8 +149,31 @@ def check_opcua_option(options: Any) -> Optional["OpcuaStation"]:
         import asyncua  # noqa: F401
     except ImportError:
         raise UserError("--opcua needs the Python package asyncua: pip install 'ds2a-edge[notify]'") from None
+    _check_certificate(target, f"--opcua {url}")
     _probe_port(target, "--opcua")
     return OpcuaStation(target, users)
+
+
+def _check_certificate(target: OpcuaTarget, where: str) -> None:
+    """The server certificate and key read as asyncua will (PEM or DER, key not password-protected)."""
+    if not (target.cert and target.key):
+        return
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    for name, path in (("cert", target.cert), ("key", target.key)):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            pem = data.lstrip().startswith(b"-----")
+            if name == "cert":
+                (x509.load_pem_x509_certificate if pem else x509.load_der_x509_certificate)(data)
+            else:
+                (serialization.load_pem_private_key if pem else serialization.load_der_private_key)(data, None)
+        except (OSError, ValueError, TypeError) as exc:
+            what = "certificate" if name == "cert" else "private key without a password"
+            raise UserError(f"{where}: {name} {path} is not a readable PEM or DER {what} "
+                            f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
 
 
 def _sha256(path: Optional[str]) -> str:
@@ -219,6 +242,10 @@ class OpcuaStation:
         self.audit: List[Dict[str, Any]] = []
         self.seq = 0
         self._shown_state = ""  # the last state handed over (the output thread's view)
+        self._results_queued = 0  # results in _queue (states, alarms and stop are never given up)
+        self._busy = False  # the server thread is writing an item it took
+        self._calls = 0  # method calls audited
+        self._last_change = 0.0  # monotonic time of the last value written (server thread)
 
     # ---- the inspection side (output thread / main thread) -----------------------------------------------
     def start(self, publisher: Any, records: Any = None, options: Any = None, model: Any = None,
@@ -248,12 +275,10 @@ class OpcuaStation:
 
     def _put(self, kind: str, item: Any) -> None:
         with self._lock:
-            if len(self._queue) >= self.capacity:
-                self._queue.popleft()
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 100 == 0:
-                    logger.warning(f"warning: opcua: {self.dropped} result(s) given up, the server thread is "
-                                   f"{self.capacity} behind; inspection goes on")
+            if kind == "result":
+                if self._results_queued >= self.capacity:
+                    self._give_up_oldest_result()
+                self._results_queued += 1
             self._queue.append((kind, item))
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
@@ -261,6 +286,18 @@ class OpcuaStation:
                 loop.call_soon_threadsafe(wake.set)
             except RuntimeError:  # the loop has ended
                 pass
+
+    def _give_up_oldest_result(self) -> None:
+        """The queue is full of results: the oldest goes (its sequence number is then missing for subscribers)."""
+        for i, (kind, _) in enumerate(self._queue):
+            if kind == "result":
+                del self._queue[i]
+                break
+        self._results_queued -= 1
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 100 == 0:
+            logger.warning(f"warning: opcua: {self.dropped} result(s) given up, the server thread is "
+                           f"{self.capacity} behind; inspection goes on")
 
     def publish(self, res: Any, closed: List[Any]) -> None:
         """Per frame (res None at the end of the run): each closed part becomes one result."""
@@ -300,13 +337,9 @@ class OpcuaStation:
             time.sleep(0.01)
         return False
 
-    _busy = False
-
     def stats(self) -> Dict[str, Any]:
         return {"url": self.target.url, "results": self.seq, "published": self.published, "dropped": self.dropped,
                 "method_calls": self._calls}
-
-    _calls = 0
 
     def __enter__(self) -> "OpcuaStation":
         return self
@@ -323,8 +356,6 @@ class OpcuaStation:
         if self._thread is not None and self._last_change:
             time.sleep(max(0.0, min(END_WAIT_S, self._last_change + END_WAIT_S - time.monotonic())))
         self._stop_thread()
-
-    _last_change = 0.0  # monotonic time of the last value written (server thread)
 
     def _stop_thread(self) -> None:
         thread, self._thread = self._thread, None
@@ -374,6 +405,8 @@ class OpcuaStation:
                             self._busy = False
                             break
                         kind, item = self._queue.popleft()
+                        if kind == "result":
+                            self._results_queued -= 1
                         self._busy = True
                     if kind == "stop":
                         return
