@@ -26,6 +26,7 @@
   function liveCounts(parts, fail) { set("live-parts", String(parts)); set("live-fail", String(fail)); }
 
   function apply(snap) {
+    if (ended) return;  // a refresh that was under way when the run ended must not undo its final numbers
     applySummary(snap.summary);
     if (!live && snap.summary.status !== "running" && refreshTimer !== null) clearInterval(refreshTimer);
     if (live && snap.live_run !== null && String(snap.live_run) === viewedRun) {
