@@ -144,9 +144,9 @@ class ModbusTrigger:
             self.state = "idle"
 
     def _sleep(self) -> None:
+        """One poll period (while closing too: the last handshake is finished at the PLC's pace)."""
         with self._cond:
-            if not self._closing:
-                self._cond.wait(self.target.poll_ms / 1000.0)
+            self._cond.wait(self.target.poll_ms / 1000.0)
 
     def _run(self) -> None:
         backoff = 0.2

@@ -46,7 +46,7 @@ class TriggerSource(Source):
 
     live = False  # every triggered frame is inspected, in order: never the newest-frame-only slot
     gives_parts = True
-    REMEMBER = 10000
+    REMEMBER = 100000  # part ids (about 10 MB): a retry is recognised within this many parts
 
     def __init__(self, camera: Source, triggers: Any) -> None:
         super().__init__(camera.uri)
