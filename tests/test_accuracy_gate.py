@@ -27,8 +27,9 @@ from ds2a.runtime.selftest import SelfTestFailed, golden_of
 from ds2a.trt.sidecar import read_sidecar
 
 
-def miscompile(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every fake engine from now on answers background where the right answer is class 2 or 3."""
+def miscompile(monkeypatch: pytest.MonkeyPatch, shift: bool = False) -> None:
+    """Every fake engine from now on answers background where the right answer is class 2 or 3
+    (`shift`: answers the next class everywhere)."""
     honest = FakeContext._execute
 
     def wrong(self: FakeContext) -> None:
@@ -37,7 +38,10 @@ def miscompile(monkeypatch: pytest.MonkeyPatch) -> None:
         inp = next(t for t in io.values() if t["mode"] == "INPUT")
         shape = self._in_shape.get(inp["name"], tuple(inp["shape"]))
         view = self._fake.state.cuda.view(self._addr["class_map"], tuple(shape[:3]), NP["UINT8"])
-        view[view >= 2] = 0
+        if shift:
+            view[...] = (view + 1) % 4
+        else:
+            view[view >= 2] = 0
 
     monkeypatch.setattr(FakeContext, "_execute", wrong)
 
@@ -225,3 +229,58 @@ def test_doctor_shows_the_gate_result_of_an_engine(tmp_path, golden_onnx):
     assert gate_summary(None)["status"] == "none" and "rebuild it" in gate_summary(None)["line"]
     accepted = gate_summary({"passed": False, "accepted_mismatch": True, "agreement": 0.5, "defect_agreement": 0.1})
     assert accepted["status"] == "accepted mismatch"
+
+
+def onnxruntime_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake engines that answer what ONNX Runtime answers for the ONNX they were parsed from: a correct
+    compiler of any model, here the committed demo model (the fake builder keeps no weights)."""
+    import onnxruntime as ort
+    from trt_stubs import fake_trt
+
+    sessions: dict = {}
+    parse = fake_trt._Parser.parse
+
+    def remember(self, model: bytes, path=None) -> bool:
+        self._fake.state.onnx_bytes = bytes(model)
+        return parse(self, model, path)
+
+    def execute(self: FakeContext) -> None:
+        self._fake.state.executions += 1
+        data = self._fake.state.onnx_bytes
+        if data not in sessions:
+            sessions[data] = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        io, cuda = self._engine._io, self._fake.state.cuda
+        inp = next(t for t in io.values() if t["mode"] == "INPUT")
+        shape = self._in_shape.get(inp["name"], tuple(inp["shape"]))
+        x = cuda.view(self._addr[inp["name"]], shape, NP[inp["dtype"]])
+        out = sessions[data].run(["class_map"], {inp["name"]: x.copy()})[0]
+        cuda.view(self._addr["class_map"], out.shape, np.uint8)[...] = out
+
+    monkeypatch.setattr(fake_trt._Parser, "parse", remember)
+    monkeypatch.setattr(FakeContext, "_execute", execute)
+
+
+def test_the_demo_model_check_builds_gates_self_tests_and_times_a_real_model(tmp_path, monkeypatch, tiny_checkpoint):
+    """The real architecture (deformable attention, decoder, head) exported by ds2a, through the check the
+    GPU smoke runs on the committed demo files (untrained 32x32 weights keep it fast)."""
+    pytest.importorskip("torch")
+    from ds2a.doctor.demo_model import demo_model_check, demo_variants
+    from ds2a.export import ExportOptions, export_onnx
+
+    assert all("int8.onnx" not in path for _, path in demo_variants())  # ONNX Runtime's INT8 placement: not for TensorRT
+    onnx_path = str(tmp_path / "real.onnx")
+    export_onnx(tiny_checkpoint, onnx_path, ExportOptions())
+    onnxruntime_engine(monkeypatch)
+    fake, cuda = fake_for(NEWEST_10)
+    variants = [("FP32", onnx_path)]
+    result = demo_model_check(str(tmp_path), frames=4, iterations=3, variants=variants, trt=fake, cuda_api=cuda)
+    row = result["rows"][0]
+    assert (row["gate"], row["selftest"], row["precision"]) == ("passed", "passed", "fp32")
+    assert row["agreement"] == 1.0 and row["miou_engine"] == row["miou_onnxruntime"] is not None
+    assert row["median_ms"] > 0 and row["iterations"] == 3 and "compute_ms_median" in row
+    table = (tmp_path / "demo_model_gpu.md").read_text()
+    assert "| FP32 | fp32 | passed | 100.0000% |" in table
+    assert json.loads((tmp_path / "demo_model_gpu.json").read_text())["tensorrt"] == NEWEST_10
+    miscompile(monkeypatch, shift=True)  # the same check on a TensorRT that answers other classes: refused
+    with pytest.raises(UserError, match="does not answer like ONNX Runtime"):
+        demo_model_check(str(tmp_path / "bad"), frames=4, iterations=3, variants=variants, trt=fake, cuda_api=cuda)

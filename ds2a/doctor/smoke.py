@@ -513,6 +513,17 @@ def part_gpu1_pycuda(ws: Workspace) -> str:
 
 
 # name -> (needs, function)
+def part_demo_model(ws: Workspace) -> str:
+    """The committed demo model, not a toy (ds2a/doctor/demo_model.py); results in ./demo_model_gpu.{json,md}."""
+    from .demo_model import MAKE, demo_model_check, demo_variants
+
+    if not demo_variants():
+        raise Skip(f"no TensorRT-ready demo ONNX is committed; make them on a workstation: {MAKE}")
+    rows = demo_model_check(ws.path("demo"), ws.device, out_dir=os.getcwd())["rows"]
+    return "; ".join(f"{r['variant']}: gate {r['gate']}, self-test {r['selftest']}, mIoU {r['miou_engine']}, "
+                     f"median {r['median_ms']:.2f} ms" for r in rows) + " (demo_model_gpu.json and .md written here)"
+
+
 PARTS: Dict[str, Tuple[Tuple[str, ...], Callable[[Workspace], str]]] = {
     "build-engine exit status (cuda-python)": (("tensorrt", "cuda-python", "onnx"), part_build_exit_cuda_python),
     "build-engine exit status (pycuda)": (("tensorrt", "pycuda", "onnx"), part_build_exit_pycuda),
@@ -533,6 +544,7 @@ PARTS: Dict[str, Tuple[Tuple[str, ...], Callable[[Workspace], str]]] = {
     "GPU 1 leaves GPU 0 alone (cuda-python)": (("tensorrt", "cuda-python", "two-gpus", "onnx"),
                                                part_gpu1_leaves_gpu0_cuda_python),
     "--device 1 under pycuda, GPU 0 alone": (("tensorrt", "pycuda", "two-gpus", "onnx"), part_gpu1_pycuda),
+    "demo model: build gate, self-test, mIoU, latency": (("tensorrt", "gpu", "onnx"), part_demo_model),
 }
 
 
