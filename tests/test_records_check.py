@@ -67,6 +67,8 @@ def test_a_good_run_passes_the_check(good_db, capsys):
     # rules that cannot fail a part, with PASS verdicts
     (["UPDATE runs SET rules=json_object('level', 'part', 'classes', json_object('damage', json_object()))"],
      "rules that cannot fail a part"),
+    (["UPDATE runs SET stats=json_set(stats, '$.selftest', json_object('status', 'failed'))"],
+     "from a model that failed its self-test"),
     # a frame in two parts
     (["UPDATE verdicts SET last_seq=last_seq + 1 WHERE id=(SELECT MIN(id) FROM verdicts)"], "share frames"),
 ])

@@ -4,7 +4,7 @@
 1. every part that reached the station has exactly one verdict: no part id twice in a run, no frame
    in two parts, every frame of a part covered by its verdict, n_frames equal to the frames recorded;
 2. PASS only for a part whose every frame was inspected and passed (no FAIL frame, no frame that was
-   not inspected) under rules that can fail a part;
+   not inspected), by a model that did not fail its self-test, under rules that can fail a part;
 4. the run's record tells the truth about itself: a known status, an end time once ended, no
    `running` run whose process is gone, frame and part counts equal to the rows plus the rows it
    says were not written, no unwritten rows, `finished` only when something was inspected.
@@ -154,6 +154,9 @@ def _counts(run_id: int, status: str, n_frames: Optional[int], stats: Dict[str, 
         out.append(f"run {run_id}: status empty but it has judged parts")
     if any(v[3] == "PASS" for v in verdicts) and not _rules_can_fail(rules_text):
         out.append(f"run {run_id}: PASS verdicts under rules that cannot fail a part (no class has a limit)")
+    selftest = stats.get("selftest")
+    if isinstance(selftest, dict) and selftest.get("status") == "failed" and any(v[3] == "PASS" for v in verdicts):
+        out.append(f"run {run_id}: PASS verdicts from a model that failed its self-test (ds2a/runtime/selftest.py)")
     return out
 
 
