@@ -284,3 +284,22 @@ def test_the_demo_model_check_builds_gates_self_tests_and_times_a_real_model(tmp
     miscompile(monkeypatch, shift=True)  # the same check on a TensorRT that answers other classes: refused
     with pytest.raises(UserError, match="does not answer like ONNX Runtime"):
         demo_model_check(str(tmp_path / "bad"), frames=4, iterations=3, variants=variants, trt=fake, cuda_api=cuda)
+
+
+def test_the_command_exits_non_zero_on_a_mismatch_and_installs_with_accept_mismatch(tmp_path, golden_onnx, monkeypatch,
+                                                                                     capsys):
+    from ds2a.cli import main
+    from ds2a.engine import builder as builder_mod
+
+    fake, cuda = fake_for(NEWEST_10)
+    monkeypatch.setattr(builder_mod, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr("ds2a.runtime.cuda_buffers.open_cuda", lambda device=0: cuda)
+    miscompile(monkeypatch)
+    out = str(tmp_path / "m.engine")
+    assert main(["build-engine", golden_onnx, "--out", out]) != 0
+    err = capsys.readouterr().err
+    assert "does not answer like ONNX Runtime" in err and "Traceback" not in err and not Path(out).exists()
+    assert main(["build-engine", golden_onnx, "--out", out, "--accept-mismatch", "--min-agreement", "0.9"]) == 0
+    captured = capsys.readouterr()
+    assert "accuracy gate FAILED, installed with --accept-mismatch" in captured.out and Path(out).is_file()
+    assert read_sidecar(out)["verification"]["thresholds"]["min_agreement"] == 0.9

@@ -13,7 +13,7 @@ EXAMPLES = """examples:
   ds2a build-engine model.onnx --out model.engine --fp16               # TensorRT 8.5-10.x only
   ds2a build-engine model.int8.onnx --out dla.engine --dla-core 0 --gpu-fallback
   ds2a build-engine model.onnx --out model.engine --batch 1:4:8        # dynamic-batch ONNX
-  ds2a build-engine model.int8.onnx --verify-data data/test            # accuracy gate on labelled frames
+  ds2a build-engine model.int8.onnx --verify-data data/synth           # gate on labelled test frames
 """
 
 
