@@ -279,7 +279,8 @@ def test_mqtt_handshake_one_result_per_trigger_named_by_the_trigger(broker, mode
     ids = ["A100", "A101", "102", "A103", "A104", "A105"]
     want = ["FAIL" if dark else "PASS" for dark in pattern]
     assert [r["part_id"] for r in res] == ids and [r["verdict"] for r in res] == want
-    assert [r["seq"] for r in res] == [1, 2, 3, 4, 5, 6] and [r["recipe"] for r in res] == [None, None, "r1", None, None, None]
+    assert [r["seq"] for r in res] == [1, 2, 3, 4, 5, 6] and [r["recipe_asked"] for r in res] == [None, None, "r1", None, None, None]
+    assert all(r["recipe"] is None for r in res)  # judged with no recipe (none exist yet), whatever was asked
     assert res[1]["reasons"] and not res[0]["reasons"] and all(r["cause"] is None for r in res)
     assert all(0 < r["latency_ms"] < 5000 for r in res) and res[0]["run"] == summary.run_id
     rec = records(db)

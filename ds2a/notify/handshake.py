@@ -49,10 +49,12 @@ class Answer:
         return (self.t_perf - self.trigger.t_perf) * 1e3
 
     def message(self, run: Optional[int]) -> Dict[str, Any]:
-        """The JSON result (MQTT PREFIX/result)."""
+        """The JSON result (MQTT PREFIX/result). `recipe` is the recipe the part was judged with: null while
+        the station has none (one model, one rules file); `recipe_asked` echoes the trigger's."""
         t = self.trigger
         return {"seq": t.seq, "part_id": t.part_id, "verdict": self.verdict, "reasons": list(self.reasons),
-                "cause": self.cause or None, "recipe": t.recipe, "run": run, "frame_seq": self.frame_seq,
+                "cause": self.cause or None, "recipe": None, "recipe_asked": t.recipe, "run": run,
+                "frame_seq": self.frame_seq,
                 "t_trigger": round(t.t_wall, 3), "latency_ms": round(self.latency_ms, 2)}
 
 
@@ -96,6 +98,7 @@ class TriggerLedger:
         self._ready: Dict[int, Answer] = {}  # answered, waiting for an earlier trigger's answer to go first
         self._next = 1  # the next seq to deliver
         self._closed = False
+        self._recipe_warned = False
         self.counts: Dict[str, int] = {"triggers": 0, "PASS": 0, "FAIL": 0, "NONE": 0, "late_verdicts": 0}
         self.causes: Dict[str, int] = {}
         self.none_parts: List[Dict[str, Any]] = []  # the first 100 NONE answers, for the run's records
@@ -113,6 +116,10 @@ class TriggerLedger:
             t = Trigger(self._seq, part_id, time.time(), now, now + self.timeout_s - self.guard_s, recipe, serial)
             self.counts["triggers"] += 1
             self._pending[t.seq] = t
+            if recipe is not None and not self._recipe_warned:
+                self._recipe_warned = True
+                logger.warning(f"warning: trigger {t.seq} asks for recipe {recipe!r}; this station has no recipes and "
+                               "judges every part with its one model and rules file (results say recipe null)")
             if bad or not part_id:
                 self._answer(t, "NONE", [f"bad trigger: {bad or 'no part id'}"], "bad_trigger")
             elif self._closed:
