@@ -253,7 +253,9 @@ def test_browse_and_read_the_node_set():
                     "model": await (await ds2a_node(c, "Identification", "ModelSha256")).read_value(),
                     "methods": {(await m.read_browse_name()).Name for m in await rec.get_methods()} |
                                {(await m.read_browse_name()).Name for m in await sm.get_methods()},
-                    "parts": await (await ds2a_node(c, "Counters", "Parts")).read_value()}
+                    "parts": await (await ds2a_node(c, "Counters", "Parts")).read_value(),
+                    "verdict_id": (await ds2a_node(c, "ResultManagement", "Verdict")).nodeid,
+                    "ns": await c.get_namespace_index(NAMESPACE)}
 
     with Served(url):
         got = run(client())
@@ -263,6 +265,7 @@ def test_browse_and_read_the_node_set():
     assert (got["state"], got["current"], got["parts"]) == ("idle", "Halted", 0)
     assert got["recipes"] == ["rules.yaml"] and got["active"] == "rules.yaml" and got["model"] == "b" * 64
     assert got["methods"] == {"SelectRecipe", "AcknowledgeAlarm"}
+    assert got["verdict_id"] == ua.NodeId("DS2A.ResultManagement.Verdict", got["ns"]) and got["ns"] == 2
 
 
 class Collector:
