@@ -271,3 +271,13 @@ def test_the_self_test_result_is_recorded_with_the_run(tmp_path):
     selftest = stats["selftest"]
     assert selftest["status"] == "passed" and selftest["frames"] == 4 and min(selftest["agreement"]) >= 0.995
     assert selftest["produced_by"].startswith("onnxruntime") and selftest["seconds"] > 0
+
+
+def test_doctor_runs_the_self_test_of_an_onnx(tmp_path):
+    from ds2a.doctor.model_check import check_model
+
+    path = with_golden(tiny_onnx(tmp_path / "m.onnx"))
+    ok = check_model(str(path), {"importable": False}, [])
+    assert ok["loads"] is True and ok["selftest"]["status"] == "passed" and "self-test passed" in ok["reason"]
+    bad = check_model(str(edit_weights(path, tmp_path / "edited.onnx")), {"importable": False}, [])
+    assert bad["loads"] is False and "failed its self-test" in bad["reason"]

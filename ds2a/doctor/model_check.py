@@ -41,14 +41,20 @@ def check_model(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, Any
 
 def _check_onnx(path: str, tensorrt: Dict[str, Any], devices: List[Dict[str, Any]]) -> Dict[str, Any]:
     result: Dict[str, Any] = {"kind": "onnx"}
+    fix = "export it again with `ds2a export CHECKPOINT.pt --out MODEL.onnx`"
     try:
-        import onnxruntime as ort  # noqa: PLC0415
+        from ..runtime import open_model  # noqa: PLC0415
 
-        ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        with open_model(path, backend="onnxruntime", device="cpu") as model:  # the self-test at open, too
+            selftest = model.selftest
+    except UserError as exc:  # a refusal (self-test failed, metadata unreadable) says why itself
+        return {**result, "loads": False, "reason": str(exc), "fix": fix}
     except Exception as exc:
         return {**result, "loads": False, "reason": f"ONNX Runtime cannot load it: {type(exc).__name__}: {exc}",
-                "fix": "export it again with `ds2a export CHECKPOINT.pt --out MODEL.onnx`"}
-    result.update(loads=True, reason="ONNX Runtime (CPU) loads it: ds2a inspect --model " + path)
+                "fix": fix}
+    result["selftest"] = selftest.to_dict() if selftest else None
+    result.update(loads=True, reason="ONNX Runtime (CPU) loads it: ds2a inspect --model " + path
+                  + (f"; {selftest.line()}" if selftest else ""))
     if tensorrt.get("importable") and devices:
         result["fix"] = f"ds2a build-engine {path} --out {_stem(path)}.engine"
         result["reason"] += f"; for the GPU build an engine here: {result['fix']}"
