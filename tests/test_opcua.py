@@ -481,6 +481,18 @@ def test_a_network_binding_refuses_anonymous_sessions_and_enforces_roles(tmp_pat
                      ("eric", "engineer", "AcknowledgeAlarm", "BadInvalidState")]
 
 
+def test_a_flood_of_logins_is_refused_without_checking_each_password(tmp_path, monkeypatch):
+    users = read_users(str(users_file(tmp_path)))
+    checked: List[str] = []
+    real = users.check
+    monkeypatch.setattr(users, "check", lambda name, pw: checked.append(name) or real(name, pw))
+    manager = opcua_server._UserManager(OpcuaStation(parse_opcua_url("opc.tcp://0.0.0.0:4840"), users))
+    answers = [manager.get_user(None, "olga", "guess") for _ in range(20)]
+    assert answers == [None] * 20 and len(checked) == opcua_server.CHECKS_PER_S and manager.flooded == 15
+    manager._recent.clear()  # a second later
+    assert manager.get_user(None, "olga", "olga-secret").name == "olga" and len(checked) == 6
+
+
 def test_with_users_a_loopback_anonymous_session_may_only_look(tmp_path):
     url = f"opc.tcp://127.0.0.1:{free_port()}"
 

@@ -43,6 +43,7 @@ APPLICATION_URI = "urn:ds2a-edge:station"  # the server's; a server certificate 
 DEFAULT_PORT = 4840
 CAPACITY = 10000  # results waiting for the server thread; beyond this the oldest is given up (and counted)
 AUDIT_KEEP = 1000  # audit entries kept in the run's stats (all are logged)
+CHECKS_PER_S = 5  # password checks a second at most (_UserManager)
 END_WAIT_S = 2.0  # at the end, how long the last changes get to reach subscribers before the server stops
 STATES = {"idle": "Halted", "running": "Operational", "error": "Error"}  # ours -> OPC 40100-1 top-level state
 
@@ -663,20 +664,41 @@ def _asyncua_users() -> Tuple[Any, Any, Any]:
 
 
 class _UserManager:
-    """asyncua's user manager: names and passwords from the users file; anonymous where the binding allows it."""
+    """asyncua's user manager: names and passwords from the users file; anonymous where the binding allows it.
+
+    At most CHECKS_PER_S password checks a second (each costs scrypt's memory and tens of ms of CPU):
+    a flood of logins from the network cannot take the CPU from inspection; beyond it, refused unchecked.
+    """
 
     def __init__(self, station: OpcuaStation) -> None:
         self.station = station
+        self._recent: Deque[float] = collections.deque()  # monotonic times of the checks in the last second
+        self.flooded = 0  # logins refused unchecked
+
+    def _may_check(self) -> bool:
+        now = time.monotonic()
+        while self._recent and now - self._recent[0] > 1.0:
+            self._recent.popleft()
+        if len(self._recent) >= CHECKS_PER_S:
+            return False
+        self._recent.append(now)
+        return True
 
     def get_user(self, iserver: Any, username: Optional[str] = None, password: Optional[str] = None,
                  certificate: Any = None) -> Any:
         _, User, UserRole = _asyncua_users()
         if username is None:  # an anonymous token (X509 user tokens are not offered)
             return User(role=UserRole.Anonymous, name=None) if self.station.target.loopback else None
+        name = str(username)[:64]
+        if not self._may_check():
+            self.flooded += 1
+            if self.flooded == 1 or self.flooded % 100 == 0:
+                logger.warning(f"warning: opcua: more than {CHECKS_PER_S} logins a second; refused '{name}' "
+                               f"unchecked ({self.flooded} so far)")
+            return None
         user = self.station.users.check(username, password) if self.station.users and username else None
         if user is None:
-            logger.warning(f"warning: opcua: refused a session for user '{str(username)[:64]}' (unknown user or "
-                           "wrong password)")
+            logger.warning(f"warning: opcua: refused a session for user '{name}' (unknown user or wrong password)")
             return None
         return User(role=UserRole.User, name=user.name)
 
