@@ -10,8 +10,9 @@ at a time, waits for its answer, then pauses 50-150 ms (random, so the camera's 
   timed where the PLC's memory receives them (the pymodbus server's trace), with the default
   10 ms poll.
 Two cameras: `demo://?fps=30` (live, like a camera: the station waits for the first frame after the
-trigger, up to 33 ms) and `demo://` (frames on demand: no camera wait). Machine load (`uptime`) is
-recorded before and after, since the numbers depend on it.
+trigger, up to 33 ms) and `demo://` (frames on demand: no camera wait). One more MQTT row sends the
+triggers in bursts (`--burst N` back to back): each must still get one answer, in order, judged or
+NONE by its deadline. Machine load (`uptime`) is recorded before and after, since the numbers depend on it.
 
     python benchmarks/trigger_latency.py --triggers 100 --markdown benchmarks/results/trigger.md
 """
@@ -147,14 +148,15 @@ class Plc:
 THREADS: List[str] = []  # --threads N for the station's ONNX Runtime, when given
 
 
-def start_station(trigger: str, source: str, n: int, db: Path, timeout_s: float) -> subprocess.Popen:
+def start_station(trigger: str, source: str, n: Optional[int], db: Path, timeout_s: float) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ds2a", "inspect", "--model", MODEL, "--source", source, "--headless",
-           "--roi", "0,0,1280,720", "--db", str(db), "--max-frames", str(n), "--trigger", trigger,
-           "--trigger-timeout", str(timeout_s)] + THREADS
+           "--roi", "0,0,1280,720", "--db", str(db), "--trigger", trigger,
+           "--trigger-timeout", str(timeout_s)] + THREADS + (["--max-frames", str(n)] if n else [])
     return subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def run_mqtt(broker: Broker, source: str, n: int, db: Path, timeout_s: float) -> List[Dict[str, Any]]:
+def run_mqtt(broker: Broker, source: str, n: int, db: Path, timeout_s: float, burst: int = 1) -> List[Dict[str, Any]]:
+    """`n` triggers, `burst` at a time (sent back to back), each group after the last one's answers."""
     import paho.mqtt.client as mqtt
 
     prefix = f"bench/{int(time.time() * 1000)}"
@@ -176,22 +178,30 @@ def run_mqtt(broker: Broker, source: str, n: int, db: Path, timeout_s: float) ->
     line.on_connect = lambda c, *a: c.subscribe(f"{prefix}/#", qos=1)
     line.connect("127.0.0.1", broker.port)
     line.loop_start()
-    station = start_station(f"mqtt://127.0.0.1:{broker.port}/{prefix}", source, n, db, timeout_s)
+    # in bursts some triggers are answered NONE and never inspected: the run is ended by SIGTERM instead
+    station = start_station(f"mqtt://127.0.0.1:{broker.port}/{prefix}", source, n if burst == 1 else None, db,
+                            timeout_s)
     rows: List[Dict[str, Any]] = []
+    sent: List[float] = []
     try:
         if not online.wait(120):
             raise SystemExit(f"the station did not come online: {station.stderr.read() if station.poll() else ''}")
-        for i in range(n):
-            time.sleep(random.uniform(0.05, 0.15))
-            t0 = time.perf_counter()
-            line.publish(f"{prefix}/trigger", json.dumps({"part_id": f"B{i:05d}"}), qos=1)
+        while len(sent) < n:
+            time.sleep(random.uniform(0.05, 0.15) if burst == 1 else 1.5)
+            for _ in range(min(burst, n - len(sent))):
+                sent.append(time.perf_counter())
+                line.publish(f"{prefix}/trigger", json.dumps({"part_id": f"B{len(sent) - 1:05d}"}), qos=1)
             with arrived:
-                if not arrived.wait_for(lambda: len(got) > i, timeout_s + 5):
-                    raise SystemExit(f"no result for trigger {i + 1}")
-            t1, msg = got[i]
+                if not arrived.wait_for(lambda: len(got) >= len(sent), timeout_s + 10):
+                    raise SystemExit(f"no result for trigger {len(got) + 1}")
+        for t0, (t1, msg) in zip(sent, got):
             rows.append({"ms": (t1 - t0) * 1e3, "verdict": msg["verdict"], "station_ms": msg["latency_ms"],
                          "part_id": msg["part_id"], "seq": msg["seq"], "cause": msg["cause"]})
-        station.wait(60)
+        if burst == 1:
+            station.wait(60)
+        else:
+            station.terminate()  # SIGTERM: a clean stop, the records closed
+            station.wait(60)
     finally:
         if station.poll() is None:
             station.terminate()
@@ -254,6 +264,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--triggers", type=int, default=100, help="triggers per configuration (default 100)")
     ap.add_argument("--timeout", type=float, default=1.0, help="--trigger-timeout of the station (default 1)")
+    ap.add_argument("--burst", type=int, default=10, help="and an MQTT row with triggers sent N at a time "
+                    "(default 10; 1: no such row)")
     ap.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads of the station (default: its own)")
     ap.add_argument("--markdown", help="write the results to this file")
     args = ap.parse_args()
@@ -266,29 +278,33 @@ def main() -> int:
         work = Path(tmp)
         broker, plc = Broker(work), Plc()
         try:
-            for transport in ("mqtt", "modbus"):
-                for camera, source in (("camera 30 fps", "demo://?fps=30"), ("frames on demand", "demo://")):
-                    db = work / f"{transport}-{len(results)}.sqlite"
-                    t0 = time.time()
-                    rows = (run_mqtt(broker, source, args.triggers, db, args.timeout) if transport == "mqtt"
-                            else run_modbus(plc, source, args.triggers, db, args.timeout))
-                    ms = [r["ms"] for r in rows]
-                    ok = [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
-                    verdicts = {v: sum(1 for r in rows if r["verdict"] == v) for v in ("PASS", "FAIL", "NONE")}
-                    causes: Dict[str, int] = {}
-                    for r in rows:
-                        if r["verdict"] == "NONE":
-                            name = CODES.get(r["cause"], str(r["cause"])) if transport == "modbus" else r["cause"]
-                            causes[name] = causes.get(name, 0) + 1
-                    st = station_stats(db)
-                    res = {"transport": transport, "camera": camera, "source": source, "n": len(rows), "in_order": ok,
-                           "verdicts": verdicts, "none_causes": causes, "p50": pct(ms, 50), "p90": pct(ms, 90), "p99": pct(ms, 99),
-                           "max": max(ms), "station_p50": st["trigger"].get("latency_ms", {}).get("p50"),
-                           "station_p99": st["trigger"].get("latency_ms", {}).get("p99"),
-                           "infer_p50": st["infer_ms"].get("median") or st["infer_ms"].get("p50"),
-                           "wall_s": round(time.time() - t0, 1)}
-                    results.append(res)
-                    print(json.dumps(res), flush=True)
+            configs = [(t, cam, src, 1) for t in ("mqtt", "modbus")
+                       for cam, src in (("camera 30 fps", "demo://?fps=30"), ("frames on demand", "demo://"))]
+            if args.burst > 1:  # Modbus serves one part at a time by its handshake: bursts are MQTT's
+                configs.append(("mqtt", f"frames on demand, bursts of {args.burst}", "demo://", args.burst))
+            for transport, camera, source, burst in configs:
+                db = work / f"{transport}-{len(results)}.sqlite"
+                t0 = time.time()
+                rows = (run_mqtt(broker, source, args.triggers, db, args.timeout, burst) if transport == "mqtt"
+                        else run_modbus(plc, source, args.triggers, db, args.timeout))
+                ms = [r["ms"] for r in rows]
+                ok = [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+                verdicts = {v: sum(1 for r in rows if r["verdict"] == v) for v in ("PASS", "FAIL", "NONE")}
+                causes: Dict[str, int] = {}
+                for r in rows:
+                    if r["verdict"] == "NONE":
+                        name = CODES.get(r["cause"], str(r["cause"])) if transport == "modbus" else r["cause"]
+                        causes[name] = causes.get(name, 0) + 1
+                st = station_stats(db)
+                res = {"transport": transport, "camera": camera, "source": source, "n": len(rows), "in_order": ok,
+                       "verdicts": verdicts, "none_causes": causes, "p50": pct(ms, 50), "p90": pct(ms, 90),
+                       "p99": pct(ms, 99), "max": max(ms),
+                       "station_p50": st["trigger"].get("latency_ms", {}).get("p50"),
+                       "station_p99": st["trigger"].get("latency_ms", {}).get("p99"),
+                       "infer_p50": st["infer_ms"].get("median") or st["infer_ms"].get("p50"),
+                       "wall_s": round(time.time() - t0, 1)}
+                results.append(res)
+                print(json.dumps(res), flush=True)
         finally:
             broker.close()
             plc.close()
@@ -310,12 +326,15 @@ def report(results: List[Dict[str, Any]], before: str, after: str, args: argpars
              f"- model: `{MODEL}` (256x256, ONNX Runtime {onnxruntime.__version__} on the CPU, "
              f"{f'{args.threads} intra-op thread(s)' if args.threads else 'its default threads'}); frames 1280x720 "
              "from demo://, the whole frame inspected (`--roi 0,0,1280,720`)",
-             f"- {args.triggers} triggers per row, one at a time, 50-150 ms apart; `--trigger-timeout {args.timeout:g}`",
+             f"- {args.triggers} triggers per row, one at a time, 50-150 ms apart (the bursts row: {args.burst} sent "
+             "back to back, the next group 1.5 s after the last answer); "
+             f"`--trigger-timeout {args.timeout:g}`",
              f"- machine: {platform.machine()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}",
              f"- `uptime` before: `{before}`", f"- `uptime` after: `{after}`",
              f"- command: `python benchmarks/trigger_latency.py --triggers {args.triggers}"
              f"{'' if args.timeout == 1.0 else f' --timeout {args.timeout:g}'}"
-             f"{f' --threads {args.threads}' if args.threads else ''} --markdown benchmarks/results/trigger.md`",
+             f"{f' --threads {args.threads}' if args.threads else ''}"
+             f"{f' --burst {args.burst}' if args.burst != 10 else ''} --markdown benchmarks/results/trigger.md`",
              "", "Latency as the line sees it, ms (MQTT: trigger published -> result received; Modbus: trigger coil "
              "written -> done coil written, timed at the PLC's memory). `station` is the station's own "
              "measurement, trigger seen -> answer handed to the transport (`runs.stats.trigger`).", "",
