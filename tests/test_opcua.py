@@ -487,9 +487,11 @@ def test_a_flood_of_logins_is_refused_without_checking_each_password(tmp_path, m
     real = users.check
     monkeypatch.setattr(users, "check", lambda name, pw: checked.append(name) or real(name, pw))
     manager = opcua_server._UserManager(OpcuaStation(parse_opcua_url("opc.tcp://0.0.0.0:4840"), users))
+    now = [100.0]
+    manager.clock = lambda: now[0]  # 20 logins within the same instant
     answers = [manager.get_user(None, "olga", "guess") for _ in range(20)]
     assert answers == [None] * 20 and len(checked) == opcua_server.CHECKS_PER_S and manager.flooded == 15
-    manager._recent.clear()  # a second later
+    now[0] += 1.01  # a second later
     assert manager.get_user(None, "olga", "olga-secret").name == "olga" and len(checked) == 6
 
 

@@ -674,9 +674,10 @@ class _UserManager:
         self.station = station
         self._recent: Deque[float] = collections.deque()  # monotonic times of the checks in the last second
         self.flooded = 0  # logins refused unchecked
+        self.clock = time.monotonic
 
     def _may_check(self) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         while self._recent and now - self._recent[0] > 1.0:
             self._recent.popleft()
         if len(self._recent) >= CHECKS_PER_S:
