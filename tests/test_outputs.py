@@ -245,10 +245,28 @@ def test_inspect_output_onto_a_video_of_a_folder_or_glob_source_is_refused(tmp_p
     clips = tmp_path / "clips"
     clips.mkdir()
     (clips / "line.mp4").write_bytes(b"video")
-    words = "inside the input --source" if "*" not in source else "same file as the input --source"
+    words = "same file as the input --source"
     _refused(["inspect", "--model", str(model), "--source", source.format(d=clips), "--output",
               str(clips / "line.mp4"), "--headless"], words, capsys)
     assert (clips / "line.mp4").read_bytes() == b"video"
+
+
+def test_a_folder_source_counts_only_the_files_it_reads(tmp_path, capsys):
+    """An existing database beside the photos is not read by the folder source: a second run may append to it."""
+    import cv2
+    import numpy as np
+    from fakes.onnx_models import threshold_onnx
+
+    from ds2a.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), np.full((16, 16, 3), 200, np.uint8))
+    model = threshold_onnx(tmp_path / "thr.onnx")
+    db = photos / "inspect.sqlite"
+    for _ in range(2):
+        assert main(["inspect", "--model", str(model), "--source", str(photos), "--db", str(db), "--headless"]) == 0
+    capsys.readouterr()
 
 
 def test_folder_inputs_refuse_existing_files_and_hard_links_but_allow_new_files(tmp_path, dataset):

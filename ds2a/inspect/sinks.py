@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..outputs import check_outputs, check_writable_dir, write_new
+from ..sources.capture import file_paths
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,16 @@ def check_run_outputs(outputs: Sequence[str], db: Optional[str], inputs: Sequenc
         path = _file_uri(uri)
         if os.path.splitext(path)[1].lower() in VIDEO_EXTS:
             files.append(("the output video --output", path))
-    ins = [(label, _file_uri(p)) for label, p in inputs if p is not None]
+    ins: List[Tuple[str, Optional[str]]] = []
+    for label, p in inputs:
+        if p is None:
+            continue
+        path = _file_uri(p)
+        if label == "--source" and "://" not in path and not os.path.isfile(path):
+            # a folder or glob source reads exactly the files the image source lists (ds2a/sources/capture.py)
+            ins += [(f"--source {f}", f) for f in file_paths(path)]
+        else:
+            ins.append((label, path))
     check_outputs(files, ins)  # URIs (demo://, csi://, triton://) read no local file and are skipped there
 
 
