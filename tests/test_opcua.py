@@ -221,9 +221,7 @@ def test_identity_names_the_recipe_and_hashes_rules_model_and_engine(tmp_path):
 
 def test_the_hand_over_never_blocks_and_counts_what_it_gives_up():
     station = OpcuaStation(parse_opcua_url(f"opc.tcp://127.0.0.1:{free_port()}"), capacity=3)
-    t0 = time.perf_counter()
-    station.publish(FRAME, [part(i) for i in range(5)])  # no server thread: nothing is taken from the queue
-    assert time.perf_counter() - t0 < 0.5
+    station.publish(FRAME, [part(i) for i in range(5)])  # returns with no server thread taking anything
     station.raise_alarm("an alarm is never given up")
     station.publish(FRAME, [part(6)])
     assert station.dropped == 3  # room for 3 results: 6 handed over, the 3 oldest given up
