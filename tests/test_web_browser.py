@@ -168,6 +168,9 @@ def test_live_view_moves_while_inspecting(browser, tmp_path):
         con.close()
         assert status == "interrupted" and f"ended ({status}): {parts} parts," in ended.text, (status, ended.text, tail)
         assert f"{fails} FAIL" in ended.text and browser.find_element(By.ID, "live-parts").text == str(parts)
+        picked = browser.find_element(By.CSS_SELECTOR, "#run option:checked").text  # the picker agrees too
+        assert picked.endswith(f"{status} · {parts} parts") and browser.find_element(
+            By.CSS_SELECTOR, "[data-k=parts]").text == str(parts)
         time.sleep(1.5)  # the station has gone: the page keeps saying that the run ended
         assert ended.is_displayed() and "no connection" not in browser.find_element(By.ID, "live").text
     finally:
@@ -240,6 +243,7 @@ def test_live_count_tiles_and_charts_come_from_one_snapshot(browser, tmp_path, m
         con.commit()
         con.close()
         assert wait_for(lambda: tile.text == "7", 10)
+        assert browser.find_element(By.CSS_SELECTOR, "#run option:checked").text.endswith(" · 7 parts")
         version1 = browser.find_element(By.CSS_SELECTOR, "section#run").get_attribute("data-version")
         assert version1 != version0 and browser.find_element(By.ID, "live-parts").text == "7"
         assert all(f"v={version1}" in browser.find_element(By.ID, i).get_attribute("src")

@@ -37,9 +37,20 @@ def swatch(colour: Optional[str]) -> str:
             "stroke='#57606a' stroke-width=1 /></svg> ")
 
 
-def _run_picker(runs: List[Dict[str, Any]], run_id: Optional[int]) -> str:
-    opts = "".join(f"<option value='{e(r['id'])}'{' selected' if r['id'] == run_id else ''}>run {e(r['id'])} · "
-                   f"{e(_when(r['started_at']))} · {e(r['status'])} · {e(r['parts'])} parts</option>" for r in runs)
+def run_label(run_id: Any, started: Optional[float], status: Any, parts: Any) -> str:
+    """A run as the picker names it (the viewed run's label is refreshed with the page's numbers)."""
+    return f"run {run_id} · {_when(started)} · {status} · {parts} parts"
+
+
+def _run_picker(runs: List[Dict[str, Any]], run_id: Optional[int], s: Optional[Dict[str, Any]] = None) -> str:
+    """s: the viewed run's summary, so its label shows the same moment as the tiles."""
+    def label(r: Dict[str, Any]) -> str:
+        if s is not None and r["id"] == run_id:
+            return run_label(r["id"], s["started"], s["status"], s["parts"])
+        return run_label(r["id"], r["started_at"], r["status"], r["parts"])
+
+    opts = "".join(f"<option value='{e(r['id'])}'{' selected' if r['id'] == run_id else ''}>{e(label(r))}</option>"
+                   for r in runs)
     return (f"<form id=run-form method=get action='.'><label>run <select id=run name=run>{opts}</select></label>"
             "<noscript><button>show</button></noscript></form>")
 
@@ -138,7 +149,7 @@ def overview(db: Optional[str], runs: List[Dict[str, Any]], run_id: Optional[int
              colours: Optional[Dict[str, str]] = None, version: str = "") -> str:
     """fails: data.failed_parts; colours: '#rrggbb' per class (charts.class_colours); version: data.version."""
     head = (f"<header><h1>ds2a station</h1><span class=db>{e(db or 'no --db: records not kept')}</span>"
-            f"{_run_picker(runs, run_id) if runs else ''}</header>")
+            f"{_run_picker(runs, run_id, s) if runs else ''}</header>")
     body = head + (_live() if live else "")
     if s is None:
         body += "<p class=empty>No runs recorded yet.</p>" if db else ""

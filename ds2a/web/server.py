@@ -160,6 +160,8 @@ class Site:
         colours = self.colours(snap)
         return {"run": snap["run"], "version": snap["version"], "summary": snap["summary"],
                 "charts": page.chart_urls(snap["run"], snap["version"]), "colours": colours,
+                "run_label": page.run_label(snap["run"], snap["summary"]["started"], snap["summary"]["status"],
+                                            snap["summary"]["parts"]),
                 "live_run": getattr(self.live, "run_id", None),
                 "html": {"defects": page.defects_section(snap["summary"], colours),
                          "failures": page.gallery(snap["failed_parts"])}}

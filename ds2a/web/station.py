@@ -12,7 +12,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import UserError
 from ..options_check import check_fields
-from ..options_check import check_fields
 
 logger = logging.getLogger(__name__)
 END_WAIT_S = 3.0  # at the end, how long a page polled in the last seconds gets to learn that the run ended
@@ -21,9 +20,6 @@ END_WAIT_S = 3.0  # at the end, how long a page polled in the last seconds gets 
 @dataclass
 class StationOptions:
     """The live view and the line notifiers of one inspection (`ds2a inspect --web/--notify`)."""
-
-    def __post_init__(self) -> None:
-        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     def __post_init__(self) -> None:
         check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
@@ -127,7 +123,9 @@ class Station:
             logger.warning(f"web     the page could not read the run's summary: {exc}")
             return None
         keys = ("run", "status", "parts", "pass", "fail", "pass_rate", "frames", "frames_fail", "started", "ended")
-        return {k: s[k] for k in keys}
+        from .page import run_label
+
+        return {**{k: s[k] for k in keys}, "label": run_label(run_id, s["started"], s["status"], s["parts"])}
 
 
 def station(options: StationOptions, db: Optional[str] = None) -> Optional[Station]:

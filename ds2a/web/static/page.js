@@ -28,6 +28,7 @@
   function apply(snap) {
     if (ended) return;  // a refresh that was under way when the run ended must not undo its final numbers
     applySummary(snap.summary);
+    if (picker && picker.selectedOptions.length) picker.selectedOptions[0].textContent = snap.run_label;
     if (!live && snap.summary.status !== "running" && refreshTimer !== null) clearInterval(refreshTimer);
     if (live && snap.live_run !== null && String(snap.live_run) === viewedRun) {
       liveCounts(snap.summary.parts, snap.summary.fail);  // the same numbers as the tiles
@@ -37,10 +38,12 @@
       const pass = $("chart-pass"), defects = $("chart-defects");
       if (pass) pass.src = snap.charts.pass_rate;
       if (defects) defects.src = snap.charts.defects;
-      $("defects").innerHTML = snap.html.defects;  // built and escaped by the server (ds2a/web/page.py)
-      $("failures").innerHTML = snap.html.failures;
+      for (const id of ["defects", "failures"]) {  // built and escaped by the server (ds2a/web/page.py)
+        if (shown[id] !== snap.html[id]) { $(id).innerHTML = snap.html[id]; shown[id] = snap.html[id]; }
+      }
     }
   }
+  const shown = {};  // the tables as last received: replaced only when they change (no picture reloaded)
   let refreshing = false;
   async function refresh() {
     if (!section || refreshing) return;
@@ -78,7 +81,10 @@
     box.hidden = false;
     $("live").classList.add("ended");
     liveCounts(e.parts, e.fail);
-    if (e.status && e.run !== null && String(e.run) === viewedRun) applySummary(e);  // the final numbers
+    if (e.status && e.run !== null && String(e.run) === viewedRun) {  // the final numbers
+      applySummary(e);
+      if (e.label && picker && picker.selectedOptions.length) picker.selectedOptions[0].textContent = e.label;
+    }
   }
 
   async function poll() {
