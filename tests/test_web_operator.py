@@ -142,8 +142,13 @@ def test_the_banner_labels_the_last_decided_part_and_the_part_in_view():
     st = live.state()
     assert (st["last_part"]["part_id"], st["last_part"]["verdict"]) == ("cell-000013", "PASS")
     assert (st["part_id"], st["verdict"]) == ("cell-000014", "FAIL")
+    assert st["shown"] is None  # no picture served yet
+    live.jpeg()  # a viewer gets the picture of frame 1 ...
+    live.publish(_result(2, "cell-000015"), [])  # ... and the run moves on
+    st = live.state()
+    assert st["part_id"] == "cell-000015" and (st["shown"]["part_id"], st["shown"]["seq"]) == ("cell-000014", 1)
     html = page.overview(None, [], None, None, [], True)
-    assert "last decided part" in html and "<small>in view</small> part <b id=live-part>" in html
+    assert "last decided part" in html and "<small>in view (the picture)</small> part <b id=live-part>" in html
 
 
 def test_station_close_tells_a_watching_page_that_the_run_ended_with_its_summary(tmp_path):

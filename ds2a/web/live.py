@@ -30,6 +30,7 @@ class LiveView:
         self._times: "collections.deque[float]" = collections.deque(maxlen=30)  # frame rate over the last frames
         self.viewers_last = 0.0  # monotonic time of the last picture served
         self.polled_last = 0.0  # monotonic time of the last state served
+        self.shown: Optional[Dict[str, Any]] = None  # the frame of the last picture served: what viewers see
         self.ended: Optional[Dict[str, Any]] = None  # the run's summary once it ended
         self.end_seen = False  # a viewer was told that the run ended
 
@@ -66,7 +67,7 @@ class LiveView:
                 "verdict": None if res is None else res.verdict, "part_id": None if res is None else res.frame.part_id,
                 "reasons": [] if res is None else list(res.reasons), "fps": round(self._rate(), 1),
                 "parts": self.parts, "pass": self.parts - self.failed, "fail": self.failed,
-                "last_part": dict(self.last_part),
+                "last_part": dict(self.last_part), "shown": None if self.shown is None else dict(self.shown),
             }
 
     def _rate(self) -> float:
@@ -82,6 +83,9 @@ class LiveView:
             if res is None:
                 return None
             self.viewers_last = time.monotonic()
+            with self._lock:  # the page's "in view" line describes this picture, not a newer frame
+                self.shown = {"seq": res.seq, "part_id": res.frame.part_id, "verdict": res.verdict,
+                              "reasons": list(res.reasons)}
             if seq == res.seq and cached is not None:
                 return cached
             image = self.renderer.render(res.frame.image, res.class_map, res.passed, res.reasons, res.defects,

@@ -124,7 +124,7 @@ def _live() -> str:
             "<div><div id=live-verdict class=verdict><small>last decided part</small> <span id=live-last-part>"
             "waiting for the first part</span> <b id=live-last-verdict></b></div>"
             "<p id=live-last class=meta></p>"
-            "<p><small>in view</small> part <b id=live-part>-</b> · frame <b id=live-seq>-</b>: "
+            "<p><small>in view (the picture)</small> part <b id=live-part>-</b> · frame <b id=live-seq>-</b>: "
             "<b id=live-frame-verdict>-</b> · <b id=live-fps>-</b> FPS</p>"
             "<p>this run: <b id=live-parts>0</b> parts, <b id=live-fail>0</b> FAIL</p>"
             "<p id=live-ended class=ended hidden></p></div></div></section>")

@@ -99,8 +99,10 @@
       set("live-last-verdict", lp ? lp.verdict : "");
       set("live-last", lp ? lp.reasons.join("; ") : "");
       $("live-verdict").className = "verdict " + (lp ? lp.verdict : "");
-      set("live-frame-verdict", s.verdict || "-");
-      set("live-seq", String(s.seq)); set("live-part", s.part_id || "-"); set("live-fps", String(s.fps));
+      // "in view": the frame of the picture on screen (the newest frame may already be another part)
+      const f = s.shown || {seq: s.seq, part_id: s.part_id, verdict: s.verdict};
+      set("live-frame-verdict", f.verdict || "-");
+      set("live-seq", String(f.seq)); set("live-part", f.part_id || "-"); set("live-fps", String(s.fps));
       if (!hasDb || liveRun === null || String(liveRun) !== viewedRun) liveCounts(s.parts, s.fail);
       if (!s.running) showEnded(s.ended);
     } catch (err) {
