@@ -4,6 +4,8 @@
   a version-compatible engine (facts no API tells);
 - `features`: what the imported `tensorrt` can do, detected on the module, and `import_tensorrt`;
 - `compat`: which ONNX ops/opsets each release's parser reads (needs `onnx`; imported on demand);
+- `deform_attn`: the deformable-attention export forms, their verdict per release, NVIDIA's
+  MultiscaleDeformableAttnPlugin_TRT interface and its CPU reference (needs `onnx`; on demand);
 - `sidecar`: `model.engine.json`, written by the builder and checked by the runtime;
 - `platform`: the board model and module identity (Jetson modules all report "Orin").
 """
