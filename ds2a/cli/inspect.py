@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..inspect.drift import DEFAULT_MODE as DRIFT_DEFAULT
+from ..inspect.drift import MODES as DRIFT_MODES
 from ..inspect.overlay import MODES
 from ..inspect.run import InspectOptions, inspect, parse_roi
 from ..inspect.signals import exit_code
@@ -65,6 +67,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "ds2a.notify.users NAME ROLE`): required for --opcua beyond 127.0.0.1")
 
 
+    p.add_argument("--drift", choices=DRIFT_MODES, default=DRIFT_DEFAULT,
+                   help="watch the picture against the model's reference statistics (docs/DRIFT.md): stop (default: "
+                   "parts judged while drifted are NONE until the picture is back or acknowledged), warn (alarm "
+                   "only), off")
+    p.add_argument("--drift-ack", metavar="FILE", help="touching this file acknowledges a drift alarm (as does "
+                   "`kill -USR1 PID`); parts are judged again until the picture is back")
+
+
 def options_from(args: argparse.Namespace) -> InspectOptions:
     """The flags as InspectOptions (the checks are the library's: ds2a/inspect/run.py)."""
     backend = backend_for(args.model, args.backend)
@@ -76,7 +86,8 @@ def options_from(args: argparse.Namespace) -> InspectOptions:
         backend_options=options_from_args(args, backend, args.model), fps=args.fps,
         station=StationOptions(web=args.web, web_token=args.web_token, web_insecure=args.web_insecure,
                                notify=list(args.notify)),
-        trigger=args.trigger, trigger_timeout=args.trigger_timeout, opcua=args.opcua, opcua_users=args.opcua_users)
+        trigger=args.trigger, trigger_timeout=args.trigger_timeout, opcua=args.opcua, opcua_users=args.opcua_users,
+        drift=args.drift, drift_ack=args.drift_ack)
 
 
 def messages_to_stderr(args: argparse.Namespace) -> bool:

@@ -88,3 +88,34 @@ def attach_golden_file(path: PathLike, candidates: Sequence, source: str):
     golden = attach_golden(model, candidates, source, path)
     onnx.save(model, str(path))
     return golden
+
+
+def attach_drift_reference(model: onnx.ModelProto, frames: Sequence, source: str, path: PathLike = "model.onnx"):
+    """Run `model` with ONNX Runtime (CPU, logits when it has them) on the reference frames and store their
+    drift statistics in its ds2a metadata (ds2a/inspect/drift.py, docs/DRIFT.md). Returns the Reference."""
+    import onnxruntime as ort
+
+    from ..inspect.drift import reference_from, set_reference
+    from ..runtime.onnxruntime_backend import OnnxRuntimeSegmenter
+
+    meta = read_meta(model, path)
+    with tempfile.TemporaryDirectory(prefix="ds2a-drift-") as tmp:
+        file = os.path.join(tmp, "model.onnx")
+        onnx.save(model, file)
+        seg = OnnxRuntimeSegmenter(file, return_logits=True)
+        try:
+            ref = reference_from(seg.infer_batch, [seg.prepare(f) for f in frames], meta.classes, source,
+                                 f"onnxruntime {ort.__version__} CPU")
+        finally:
+            seg.close()
+    set_reference(meta, ref)
+    write_meta(model, meta)
+    return ref
+
+
+def attach_drift_reference_file(path: PathLike, frames: Sequence, source: str):
+    """`attach_drift_reference` on an ONNX file, rewritten in place (callers pass a temp file they publish later)."""
+    model = load_onnx(path)
+    ref = attach_drift_reference(model, frames, source, path)
+    onnx.save(model, str(path))
+    return ref

@@ -123,12 +123,14 @@ GOLDEN_CANDIDATES = 12  # frames run to pick the golden ones (ds2a/runtime/selft
 def _attach_golden(onnx_model: Any, out: Path, real: Any, data: Optional[str], size: Tuple[int, int]) -> str:
     """Store golden frames (from --data, else the built-in cell generator) and the ONNX's answers for them."""
     from ..runtime.selftest import demo_frames
-    from .metadata import attach_golden
+    from .metadata import attach_drift_reference, attach_golden
 
     frames = list(real) if real is not None else demo_frames(size, GOLDEN_CANDIDATES)
     source = f"--data {data}" if real is not None else "ds2a/data/synth.py cells"
     golden = attach_golden(onnx_model, frames, source, out)
-    return f"golden frames: {len(golden.frames)} from {source}, class maps by {golden.produced_by}"
+    drift = attach_drift_reference(onnx_model, frames, source, out)  # the same frames (ds2a/inspect/drift.py)
+    return (f"golden frames: {len(golden.frames)} from {source}, class maps by {golden.produced_by}; "
+            f"drift reference: {drift.frames} frames")
 
 
 __all__ = ["ExportOptions", "ExportResult", "export_onnx", "trt_versions"]

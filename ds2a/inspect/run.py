@@ -23,6 +23,9 @@ from ..records.database import Records
 from ..sources import Source, open_source
 from ..web.station import Station, StationOptions
 from ..web.station import station as open_station
+from .drift import DEFAULT_MODE as DRIFT_DEFAULT
+from .drift import MODES as DRIFT_MODES
+from .drift import open_drift
 from .jsonl_out import JsonlOut
 from .loop import InspectionLoop, Region, clip_roi
 from .overlay import MODES, Renderer
@@ -66,6 +69,8 @@ class InspectOptions:
     trigger_timeout: float = 1.0  # seconds from a trigger to its answer (NONE when it cannot be judged in time)
     opcua: Optional[str] = None  # opc.tcp://HOST:PORT: serve state, results and counters over OPC UA (docs/OPCUA.md)
     opcua_users: Optional[str] = None  # users file (names, roles, password hashes); required beyond loopback
+    drift: str = DRIFT_DEFAULT  # stop (drifted parts NONE), warn (alarm only), off: the drift watch (docs/DRIFT.md)
+    drift_ack: Optional[str] = None  # a file an engineer touches to acknowledge a drift alarm (SIGUSR1 does too)
 
 
 def parse_roi(text: str) -> Region:
@@ -90,6 +95,8 @@ def check_options(options: InspectOptions) -> None:
         check_scale(options.mm_per_pixel)
     if not 0.0 <= options.alpha <= 1.0:
         raise UserError(f"--alpha {options.alpha}: give a value between 0 and 1")
+    if options.drift not in DRIFT_MODES:
+        raise UserError(f"--drift {options.drift}: choose one of {', '.join(DRIFT_MODES)}")
     if options.mode not in MODES:
         raise UserError(f"mode '{options.mode}' is not a drawing mode; use one of {', '.join(MODES)}")
     if options.roi is not None:
@@ -117,7 +124,8 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
     with contextlib.ExitStack() as stack:
         signals = StopSignals()
         stack.callback(signals.restore)  # closed last: a signal during the clean-up waits for the records
-        model = _open_model(options, confidence=draft is not None and draft.needs_confidence)
+        # logits (when the model has them) also feed the drift watch's confidence statistic
+        model = _open_model(options, confidence=(draft is not None and draft.needs_confidence) or options.drift != "off")
         stack.callback(model.close)
         classes = list(model.meta.classes)
         rules = bind_rules(draft, classes, options.mm_per_pixel)
@@ -146,22 +154,30 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
             stack.push(opcua)  # stopped with the run; an exception that ends it becomes the station's alarm
             opcua.start(publisher, records, options, model, rules)
         _log_setup(options, model, classes, source, sinks, rules, tracker)
+        drift = open_drift(options.drift, model, publisher, jsonl, records, options.drift_ack,
+                           opcua.raise_alarm if opcua is not None else None)  # None: off, said why
+        if drift is not None:
+            publisher.observers.append(drift)  # its summary goes into the run's stats at the end
+            stack.callback(drift.install_ack_signal())
         signals.install()  # before warm-up, kept until the records are flushed
         _warm_up(model, rules, options.model)
-        loop = InspectionLoop(source, model, analyser(rules, classes), publisher, max_frames=options.max_frames,
-                              roi=options.roi, min_region_px=_smallest_area(rules))
+        loop = InspectionLoop(source, drift.wrap(model) if drift else model, analyser(rules, classes),
+                              drift or publisher, max_frames=options.max_frames, roi=options.roi,
+                              min_region_px=_smallest_area(rules))
+        if drift is not None:
+            drift.notes = loop.notes  # alarms go into the summary and the run's notes
         publisher.on_stop = loop.stop
         signals.attach(loop)
         run_id = None
         if records is not None:
             run_id = records.start_run(options.model, model.backend, options.source, classes, rules.to_dict(),
                                        rules.mm_per_pixel)
+            # the model's self-test at open (ds2a/runtime/selftest.py) goes into the run's stats
+            records.extra["selftest"] = model.selftest.to_dict() if model.selftest else {"status": "not run"}
             logger.info(f"run     {run_id} in {options.db}")
         if line is not None:
             line.start(records)  # listens only now: no trigger waits for the warm-up
         until_running.pop_all()  # handed over to the capture thread
-            # the model's self-test at open (ds2a/runtime/selftest.py) goes into the run's stats
-            records.extra["selftest"] = model.selftest.to_dict() if model.selftest else {"status": "not run"}
         try:
             loop.run(duration=options.duration)
         except BaseException:

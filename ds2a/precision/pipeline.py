@@ -115,7 +115,7 @@ def _convert(model: str, final: Path, out: Path, o: CalibrationOptions, cache: O
     import onnx
 
     from ..data.calibration import select_calibration_set
-    from ..export.metadata import attach_golden_file, read_meta, write_meta
+    from ..export.metadata import attach_drift_reference_file, attach_golden_file, read_meta, write_meta
     from ..meta import file_sha256
     from .model_info import final_compute_nodes, inspect_model, precision_of, resolve_exclusions
 
@@ -155,6 +155,8 @@ def _convert(model: str, final: Path, out: Path, o: CalibrationOptions, cache: O
                         f"check --exclude (it may exclude every convertible op)")
     # the converted model's own answers on a few calibration frames: its self-test (ds2a/runtime/selftest.py)
     golden = attach_golden_file(out, list(calib.frames[:GOLDEN_CANDIDATES]), f"calibration images from {o.data}")
+    # drift reference statistics of all the calibration frames, as the converted model sees them (docs/DRIFT.md)
+    attach_drift_reference_file(out, list(calib.frames), f"calibration images from {o.data}")
     agreement = _agreement(model, str(out), calib.frames[: max(info.batch, 4)], info)
     return CalibrationResult(
         path=final, size_bytes=out.stat().st_size, precision=o.precision, target=target, method=method,
