@@ -191,6 +191,10 @@ def test_without_onnx_runtime_the_golden_maps_are_the_reference(tmp_path, golden
 
 
 def test_thresholds_per_precision_are_settable():
+    from ds2a.engine.verify import MIN_DEFECT_PX
+    from ds2a.inspect.rules import DEFAULT_MIN_AREA_PX
+
+    assert MIN_DEFECT_PX == DEFAULT_MIN_AREA_PX  # part verdicts as the station's default rules give them
     assert DEFAULT_THRESHOLDS["int8"].min_agreement < DEFAULT_THRESHOLDS["fp16"].min_agreement
     t = VerifyOptions(min_agreement=0.9, max_miou_drop=0.02).thresholds("int8")
     assert (t.min_agreement, t.max_miou_drop, t.min_frame_agreement) == (0.9, 0.02, DEFAULT_THRESHOLDS["int8"].min_frame_agreement)

@@ -50,6 +50,9 @@ DEFAULT_THRESHOLDS: Dict[str, Thresholds] = {
     "int8": Thresholds(0.98, 0.85, 0.80, 0.01),
 }
 DEFAULT_FRAMES = 16
+# A frame's part verdict: FAIL when a defect class covers this many pixels; the default rules' minimum
+# area (ds2a/inspect/rules.py DEFAULT_MIN_AREA_PX), not imported so the builder needs no inspect package.
+MIN_DEFECT_PX = 64.0
 
 
 @dataclass
@@ -233,7 +236,6 @@ def _fails(class_map: np.ndarray, k: int, min_area: float) -> bool:
 def compare(engine_maps: Sequence[np.ndarray], ref: Reference, classes: Sequence[str], precision: str,
             thresholds: Thresholds) -> Tuple[Dict[str, Any], List[str]]:
     """The measured numbers (the report's fields) and the failed thresholds, in words."""
-    from ..inspect.rules import DEFAULT_MIN_AREA_PX
     from ..runtime.selftest import agreement, defect_agreement
 
     k = len(classes)
@@ -248,7 +250,7 @@ def compare(engine_maps: Sequence[np.ndarray], ref: Reference, classes: Sequence
     per_class = {name: _iou(e_all, r_all, c) for c, name in enumerate(classes)}
     flips = {"overkill": 0, "escapes": 0}
     for e, r in zip(e_all, r_all):
-        fe, fr = _fails(e, k, DEFAULT_MIN_AREA_PX), _fails(r, k, DEFAULT_MIN_AREA_PX)
+        fe, fr = _fails(e, k, MIN_DEFECT_PX), _fails(r, k, MIN_DEFECT_PX)
         flips["overkill"] += int(fe and not fr)
         flips["escapes"] += int(fr and not fe)
     m_e = m_r = delta = None
@@ -263,7 +265,7 @@ def compare(engine_maps: Sequence[np.ndarray], ref: Reference, classes: Sequence
                 if lab is None:
                     continue
                 counts["labelled"] += 1
-                truth, said = _fails(lab, k, DEFAULT_MIN_AREA_PX), _fails(p, k, DEFAULT_MIN_AREA_PX)
+                truth, said = _fails(lab, k, MIN_DEFECT_PX), _fails(p, k, MIN_DEFECT_PX)
                 counts["escapes"] += int(truth and not said)
                 counts["overkill"] += int(said and not truth)
             parts[who] = counts
