@@ -26,8 +26,8 @@ from ..trt import platform
 from ..trt.features import TrtFeatures, detect_features, import_tensorrt
 from ..trt.sidecar import EngineRecord, sidecar_path, write_sidecar
 from ..trt.versions import version_text
-
 from .verify import VerifyOptions
+
 logger = logging.getLogger(__name__)
 HW_COMPAT = ("none", "ampere+", "same-cc")
 # Layers kept in FP32 when a weakly typed network may use FP16 (overflow-prone sums of squares/exps).
@@ -57,11 +57,11 @@ class BuildOptions:
     optimization_level: Optional[int] = None
     verbose: bool = False
     device: int = 0
+    verify: VerifyOptions = field(default_factory=VerifyOptions)  # the accuracy gate (ds2a/engine/verify.py)
 
     def to_args(self) -> List[str]:
         """The CLI flags that reproduce these options (for the sidecar's rebuild command)."""
         args: List[str] = []
-    verify: VerifyOptions = field(default_factory=VerifyOptions)  # the accuracy gate (ds2a/engine/verify.py)
         if self.workspace_gib is not None:
             args += ["--workspace", f"{self.workspace_gib:g}"]
         if self.timing_cache:
