@@ -37,6 +37,8 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
                 "ds2a inspect --model model.onnx --source demo:// --headless --max-frames 200"),
     "report": ("ds2a.cli.report", "summarise an inspection database",
                "ds2a report runs/inspect.sqlite --csv parts.csv"),
+    "evidence": ("ds2a.cli.evidence", "one folder per part for an auditor: pictures, defects, rule, recipe, hashes",
+                 "ds2a evidence runs/demo/inspect.sqlite --part cell-000003 --out evidence/"),
     "web": ("ds2a.cli.web", "the operator's web page for an inspection database (read-only)",
             "ds2a web runs/demo/inspect.sqlite --bind 127.0.0.1:8080"),
     "bench": ("ds2a.cli.bench", "latency / accuracy benchmark across backends and precisions",

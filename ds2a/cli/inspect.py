@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, help="stop after this many inspected frames")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--save-fail", metavar="DIR", help="save every FAIL frame, annotated and raw (JPEG q95)")
+    p.add_argument("--keep-raw", default="fail", metavar="fail|all|sample:N",
+                   help="which frames --save-fail keeps, raw, annotated and class-map mask: fail (default: failing "
+                   "frames), all, or sample:N (failing frames and every frame of one part in N); disk cost per "
+                   "policy in benchmarks/results/evidence.md, `ds2a evidence` shows what was kept")
     p.add_argument("--jsonl", action="store_true", help="one JSON line per frame and per part on stdout "
                    "(messages and the summary go to stderr)")
     p.add_argument("--roi", metavar="X,Y,W,H", help="inspect only this window of the frame, in pixels "
@@ -81,7 +85,7 @@ def options_from(args: argparse.Namespace) -> InspectOptions:
     return InspectOptions(
         model=args.model, source=args.source, outputs=list(args.output), headless=args.headless, db=args.db,
         rules=args.rules, mm_per_pixel=args.mm_per_pixel, max_frames=args.max_frames, duration=args.duration,
-        save_fail=args.save_fail, jsonl=args.jsonl, roi=None if args.roi is None else parse_roi(args.roi),
+        save_fail=args.save_fail, keep_raw=args.keep_raw, jsonl=args.jsonl, roi=None if args.roi is None else parse_roi(args.roi),
         mode=args.mode, alpha=args.alpha, backend=args.backend,
         backend_options=options_from_args(args, backend, args.model), fps=args.fps,
         station=StationOptions(web=args.web, web_token=args.web_token, web_insecure=args.web_insecure,

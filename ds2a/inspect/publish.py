@@ -19,8 +19,10 @@ from typing import IO, Any, Callable, List, Optional, Sequence, Tuple
 
 import cv2
 
+from ..errors import UserError
 from ..outputs import check_writable_dir, write_new
 from ..records.database import Records
+from ..records.evidence import frame_mask, mask_path
 from .loop import Result
 from .overlay import Renderer
 from .parts import PartTracker, PartVerdict
@@ -28,14 +30,33 @@ from .sinks import Sink
 
 logger = logging.getLogger(__name__)
 
+KEEP_RAW = ("fail", "all", "sample:N")  # which frames keep their raw picture and class-map mask (--keep-raw)
+
+
+def parse_keep_raw(text: str) -> Tuple[str, int]:
+    """'fail' (failing frames), 'all' (every inspected frame) or 'sample:N' (failing frames and every frame of
+    one part in N) as (mode, N); UserError for anything else. The disk each costs: benchmarks/results/evidence.md."""
+    text = str(text).strip()
+    if text in ("fail", "all"):
+        return text, 1
+    head, _, n = text.partition(":")
+    if head == "sample" and n.isdigit() and int(n) >= 1:
+        return "sample", int(n)
+    raise UserError(f"--keep-raw {text}: choose fail, all or sample:N (N a whole number >= 1, e.g. sample:100)")
+
+
 class Publisher:
     """Callable given to InspectionLoop as its `output`."""
 
     def __init__(self, renderer: Renderer, sinks: Sequence[Sink], tracker: PartTracker,
                  records: Optional[Records] = None, save_fail: Optional[str] = None,
-                 jsonl: Optional[IO[str]] = None, on_stop: Optional[Callable[[str], None]] = None) -> None:
+                 jsonl: Optional[IO[str]] = None, on_stop: Optional[Callable[[str], None]] = None,
+                 keep_raw: str = "fail") -> None:
         self.renderer, self.sinks, self.tracker = renderer, list(sinks), tracker
         self.records, self.save_fail, self.jsonl, self.on_stop = records, save_fail, jsonl, on_stop
+        self.keep_mode, self.keep_n = parse_keep_raw(keep_raw)
+        self._keep_unit: Any = None  # the part (or frame, without part ids) of the last frame, for sample:N
+        self._keep_units = -1
         if save_fail:
             check_writable_dir(save_fail, "failed frames (--save-fail)")
         self.parts: List[PartVerdict] = []
@@ -64,10 +85,10 @@ class Publisher:
         image_path = raw_path = None
         if res.inspected and not res.passed:
             self.frames_failed += 1
-            if self.save_fail:
-                if annotated is None:
-                    annotated = self._draw(res)
-                image_path, raw_path = self._save_fail(res, annotated)
+        if self.save_fail and self._keep(res):
+            if annotated is None:
+                annotated = self._draw(res)
+            image_path, raw_path = self._save_fail(res, annotated)
         t1 = time.perf_counter()  # output done: one reading for the database, the loop's table and JSON lines
         res.ms["output"] = (t1 - t0) * 1e3
         res.ms["latency"] = (t1 - res.frame.t_perf) * 1e3
@@ -81,21 +102,36 @@ class Publisher:
         return self.renderer.render(res.frame.image, res.class_map, res.passed, res.reasons, res.defects,
                                     self._fps, res.frame.part_id, res.roi)
 
+    def _keep(self, res: Result) -> bool:
+        """Whether this frame's pictures are kept (--keep-raw): failing frames always; with sample:N also every
+        frame of one part in N (counted by part id; each frame is its own unit when the source gives none)."""
+        if not res.inspected:
+            return False
+        unit = res.frame.part_id if res.frame.part_id is not None else ("seq", res.seq)
+        if unit != self._keep_unit:
+            self._keep_unit, self._keep_units = unit, self._keep_units + 1
+        return (not res.passed or self.keep_mode == "all"
+                or (self.keep_mode == "sample" and self._keep_units % self.keep_n == 0))
+
     def _save_fail(self, res: Result, annotated) -> Tuple[Optional[str], Optional[str]]:
         run = f"run{self.records.run_id}_" if self.records is not None and self.records.run_id else ""
         part = re.sub(r"[^A-Za-z0-9._#-]", "_", res.frame.part_id or "frame")
         stem = os.path.join(self.save_fail or ".", f"{run}{self.run_tag}_{res.seq:06d}_{part}")
         ann, raw = stem + "_annotated.jpg", stem + "_raw.jpg"
-        # raw as JPEG q95: a 720p PNG costs 40-80 ms of CPU, JPEG about 5 ms
+        # raw as JPEG q95: a 720p PNG costs 40-80 ms of CPU, JPEG about 5 ms; the class map beside it as a
+        # lossless PNG named after the raw frame (mask_path in ds2a/records/evidence.py)
         try:
-            for path, image, params in ((ann, annotated, []), (raw, res.frame.image, [cv2.IMWRITE_JPEG_QUALITY, 95])):
-                ok, buf = cv2.imencode(".jpg", image, params)
+            for path, image, params in ((ann, annotated, []), (raw, res.frame.image, [cv2.IMWRITE_JPEG_QUALITY, 95]),
+                                        (mask_path(raw), frame_mask(res), [])):
+                if image is None:
+                    continue
+                ok, buf = cv2.imencode(os.path.splitext(path)[1], image, params)
                 if not ok:
                     raise ValueError("OpenCV could not encode the image")
                 write_new(path, buf.tobytes())
         except (OSError, ValueError, cv2.error) as exc:
             self._image_failed(ann, exc)
-            return (ann, None) if os.path.isfile(ann) and not os.path.isfile(raw) else (None, None)
+            return (ann if os.path.isfile(ann) else None), (raw if os.path.isfile(raw) else None)
         return ann, raw
 
     def _image_failed(self, path: str, exc: BaseException) -> None:

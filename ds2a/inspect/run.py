@@ -17,9 +17,10 @@ from typing import IO, Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import UserError
-from ..notify.opcua_server import check_opcua_option
+from ..notify.opcua_server import check_opcua_option, identity
 from ..options_check import check_fields
 from ..records.database import Records
+from ..records.evidence import run_facts
 from ..sources import Source, open_source
 from ..web.station import Station, StationOptions
 from ..web.station import station as open_station
@@ -30,7 +31,7 @@ from .jsonl_out import JsonlOut
 from .loop import InspectionLoop, Region, clip_roi
 from .overlay import MODES, Renderer
 from .parts import PartTracker
-from .publish import Publisher
+from .publish import Publisher, parse_keep_raw
 from .rules import Rules, analyser, bind_rules, check_region, check_scale, read_rules
 from .signals import StopSignals
 from .sinks import Sink, check_run_outputs, open_sink
@@ -57,6 +58,7 @@ class InspectOptions:
     max_frames: Optional[int] = None
     duration: Optional[float] = None  # seconds
     save_fail: Optional[str] = None  # folder for every FAIL frame, annotated and raw
+    keep_raw: str = "fail"  # which frames save_fail keeps (raw, annotated, class-map mask): fail, all, sample:N
     jsonl: bool = False  # one JSON line per frame and per part (messages then go to stderr)
     roi: Optional[Region] = None  # x, y, w, h in frame pixels; None: the source's part box, else the whole frame
     mode: str = "overlay"  # overlay, mask, side
@@ -97,6 +99,8 @@ def check_options(options: InspectOptions) -> None:
         raise UserError(f"--alpha {options.alpha}: give a value between 0 and 1")
     if options.drift not in DRIFT_MODES:
         raise UserError(f"--drift {options.drift}: choose one of {', '.join(DRIFT_MODES)}")
+    if parse_keep_raw(options.keep_raw)[0] != "fail" and not options.save_fail:  # fail, all or sample:N
+        raise UserError(f"--keep-raw {options.keep_raw} needs --save-fail DIR, the folder the kept frames go to")
     if options.mode not in MODES:
         raise UserError(f"mode '{options.mode}' is not a drawing mode; use one of {', '.join(MODES)}")
     if options.roi is not None:
@@ -138,7 +142,8 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         records = stack.enter_context(contextlib.closing(Records(options.db))) if options.db else None
         jsonl = JsonlOut(out) if options.jsonl else None
         tracker = TriggerParts(rules) if line else PartTracker(rules, source.gives_parts, options.source)
-        publisher = Publisher(_renderer(options, classes, model), sinks, tracker, records, options.save_fail, jsonl)
+        publisher = Publisher(_renderer(options, classes, model), sinks, tracker, records, options.save_fail, jsonl,
+                              keep_raw=options.keep_raw)
         truth = None
         if getattr(source, "gives_truth", False):  # demo://: escapes and overkill against its own labels
             from .truth import TruthTally
@@ -169,7 +174,8 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         publisher.on_stop = loop.stop
         signals.attach(loop)
         run_id = None
-        if records is not None:
+        if records is not None:  # what `ds2a evidence` shows an auditor (ds2a/records/evidence.py), from the start
+            records.extra["evidence"] = run_facts(options, identity(options, model, rules))
             run_id = records.start_run(options.model, model.backend, options.source, classes, rules.to_dict(),
                                        rules.mm_per_pixel)
             # the model's self-test at open (ds2a/runtime/selftest.py) goes into the run's stats

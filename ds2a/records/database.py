@@ -334,7 +334,7 @@ class Records:
                 "INSERT INTO runs (started_at, status, model, backend, source, classes, rules, mm_per_pixel, stats) "
                 "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                 (now, model, backend, source, json.dumps(list(classes)), json.dumps(rules), mm_per_pixel,
-                 json.dumps({**self._alive, "heartbeat": now})))
+                 json.dumps({**self.extra, **self._alive, "heartbeat": now})))
             self.con.commit()
         except sqlite3.Error as exc:
             raise UserError(f"cannot write inspection database {self.path}: {exc}; free the disk or stop the "
@@ -388,7 +388,7 @@ class Records:
                 self._apply(item)
             if self.run_id is not None and time.monotonic() - self._beat >= HEARTBEAT_S:  # the run is alive
                 self.con.execute("UPDATE runs SET stats=? WHERE id=? AND status='running'",
-                                 (json.dumps({**self._alive, "heartbeat": time.time()}), self.run_id))
+                                 (json.dumps({**self.extra, **self._alive, "heartbeat": time.time()}), self.run_id))
                 self._beat = time.monotonic()
             self.con.commit()
         except sqlite3.OperationalError as exc:  # locked, busy, disk full, I/O error: keep and retry
