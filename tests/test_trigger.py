@@ -107,6 +107,22 @@ class Collect:
         self.got.append(answer)
 
 
+def test_the_next_trigger_is_taken_only_once_the_one_in_work_is_answered():
+    ledger = TriggerLedger(5.0, Collect())
+    stop = threading.Event()
+    first, second = ledger.add("p1"), ledger.add("p2")
+    assert ledger.take(stop) is first
+    got: List[Any] = []
+    taker = threading.Thread(target=lambda: got.append(ledger.take(stop, first)), daemon=True)
+    taker.start()
+    time.sleep(0.3)
+    assert got == []  # p1 is still in work
+    ledger.answer(first, "PASS", [])
+    taker.join(2)
+    assert got == [second]
+    ledger.close()
+
+
 def test_answers_leave_in_trigger_order_and_exactly_once():
     out = Collect()
     ledger = TriggerLedger(5.0, out)
@@ -315,8 +331,8 @@ def test_a_burst_beyond_the_deadline_is_answered_none_never_silence(broker, mode
     slow = SlowModel(0.15)
     monkeypatch.setattr(run_module, "_open_model", slow.open)
     line = Line(broker, "slow")
-    st = Station(InspectOptions(model=str(model), source=str(folder(tmp_path / "imgs", [False] * n)), headless=True,
-                                duration=2.5, trigger=f"mqtt://127.0.0.1:{broker}/slow", trigger_timeout=0.5))
+    st = Station(InspectOptions(model=str(model), source=str(folder(tmp_path / "imgs", [False] * (n + 1))),
+                                headless=True, duration=2.5, trigger=f"mqtt://127.0.0.1:{broker}/slow", trigger_timeout=0.5))
     assert line.online()
     for i in range(n):
         line.sub.client.publish("slow/trigger", f"S{i}", qos=1)
@@ -329,6 +345,10 @@ def test_a_burst_beyond_the_deadline_is_answered_none_never_silence(broker, mode
     assert all(r["latency_ms"] < 500 + SLACK_S * 1e3 for r in res)
     assert all(r["verdict"] == "PASS" for r in judged) and {r["cause"] for r in late} <= {"busy", "deadline"}
     assert "busy" in {r["cause"] for r in late}
+    line.trigger("next")  # the model is free at once: no frame of an answered trigger queues up before this part
+    assert wait_until(lambda: len(line.results()) == n + 1, 5)
+    nxt = line.results()[-1]
+    assert (nxt["seq"], nxt["part_id"], nxt["verdict"]) == (n + 1, "next", "PASS")
     st.join()
     line.sub.close()
 

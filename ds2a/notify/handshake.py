@@ -132,15 +132,19 @@ class TriggerLedger:
             return t
 
     # -- the source's side ----------------------------------------------------------------
-    def take(self, stop: threading.Event) -> Optional[Trigger]:
-        """The oldest trigger not yet answered; None once `stop` is set or the ledger is closed."""
+    def take(self, stop: threading.Event, after: Optional[Trigger] = None) -> Optional[Trigger]:
+        """The oldest trigger not yet answered, once `after` (the one taken before) is answered; None once
+        `stop` is set or the ledger is closed. One trigger in work at a time: a frame whose trigger was
+        answered NONE at its deadline never queues up in front of the next part's (at most the one frame
+        being inspected then is judged for the records only)."""
         with self._cond:
             while not stop.is_set() and not self._closed:
-                while self._queue and self._queue[0].answered:
-                    self._queue.popleft()
-                if self._queue:
-                    return self._queue.popleft()
-                self._cond.wait(0.1)  # a trigger wakes it at once; the timeout notices `stop`
+                if after is None or after.answered:
+                    while self._queue and self._queue[0].answered:
+                        self._queue.popleft()
+                    if self._queue:
+                        return self._queue.popleft()
+                self._cond.wait(0.1)  # a trigger or an answer wakes it at once; the timeout notices `stop`
         return None
 
     # -- the verdict's side ---------------------------------------------------------------
@@ -165,6 +169,7 @@ class TriggerLedger:
         """Under the lock: record the answer, then deliver every answer whose turn has come."""
         t.answered, t.state = True, "answered"
         self._pending.pop(t.seq, None)
+        self._cond.notify_all()  # the source waits for this answer before it takes the next trigger
         a = Answer(t, verdict, list(reasons), cause if verdict == "NONE" else "", time.perf_counter(), frame_seq)
         self._ready[t.seq] = a
         self.counts[verdict] += 1

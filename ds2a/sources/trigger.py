@@ -41,8 +41,9 @@ class TriggeredFrame(Frame):
 
 
 class TriggerSource(Source):
-    """Wraps a camera (or file) source; `triggers` is the line's ledger: `take(stop)` gives the next
-    Trigger (None once stopped), in arrival order (ds2a/notify/handshake.py TriggerLedger)."""
+    """Wraps a camera (or file) source; `triggers` is the line's ledger: `take(stop, after)` gives the next
+    Trigger once `after` is answered (None once stopped), in arrival order (ds2a/notify/handshake.py
+    TriggerLedger), so one trigger is in work at a time."""
 
     live = False  # every triggered frame is inspected, in order: never the newest-frame-only slot
     gives_parts = True
@@ -60,6 +61,7 @@ class TriggerSource(Source):
         self._error: Optional[BaseException] = None
         self._grabber: Optional[threading.Thread] = None
         self._count = 0
+        self._last: Optional[Trigger] = None  # the trigger in work: the next is taken once it is answered
         self._seen: "OrderedDict[str, int]" = OrderedDict()  # part id -> times triggered
 
     def read(self) -> Optional[Frame]:
@@ -68,9 +70,10 @@ class TriggerSource(Source):
             self._grabber = threading.Thread(target=self._grab, name="ds2a-trigger-camera", daemon=True)
             self._grabber.start()
         while not self._stop.is_set():
-            trigger = self.triggers.take(self._stop)
+            trigger = self.triggers.take(self._stop, self._last)
             if trigger is None:
                 return None
+            self._last = trigger
             frame = self._live_frame(trigger) if self.camera.live else self.camera.read()
             if self._error is not None:
                 raise self._error
