@@ -281,3 +281,16 @@ def test_doctor_runs_the_self_test_of_an_onnx(tmp_path):
     assert ok["loads"] is True and ok["selftest"]["status"] == "passed" and "self-test passed" in ok["reason"]
     bad = check_model(str(edit_weights(path, tmp_path / "edited.onnx")), {"importable": False}, [])
     assert bad["loads"] is False and "failed its self-test" in bad["reason"]
+
+
+def test_a_model_that_cannot_run_its_golden_frames_is_refused_clearly(tmp_path):
+    from ds2a.runtime.onnxruntime_backend import OnnxRuntimeSegmenter
+
+    model = OnnxRuntimeSegmenter(str(with_golden(tiny_onnx(tmp_path / "m.onnx"))))
+
+    def broken(frames):
+        raise RuntimeError("Gather: indices element out of data bounds\nmore detail")
+
+    model.infer_batch = broken
+    with pytest.raises(SelfTestFailed, match=r"could not run its golden frames \(RuntimeError: Gather: indices"):
+        model.run_selftest()

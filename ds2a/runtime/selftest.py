@@ -235,7 +235,14 @@ def run_selftest(model: Any, min_agreement: float = MIN_AGREEMENT, min_defect_ag
         raise SelfTestFailed(f"{where}: its golden frames are {gw}x{gh} but the model runs at {w}x{h}: the model and "
                              f"its metadata disagree; {fix or default_fix(model)}")
     t0 = time.perf_counter()
-    results = model.infer_batch(np.stack(golden.frames))
+    try:
+        results = model.infer_batch(np.stack(golden.frames))
+    except UserError:
+        raise
+    except Exception as exc:  # a runtime error on its own frames (e.g. an index out of bounds): not usable
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise SelfTestFailed(f"{where} failed its self-test: it could not run its golden frames ({type(exc).__name__}: "
+                             f"{first}); it is not used to judge parts; {fix or default_fix(model)}") from None
     seconds = time.perf_counter() - t0
     pixels = [agreement(r.class_map, m) for r, m in zip(results, golden.class_maps)]
     defects = [defect_agreement(r.class_map, m) for r, m in zip(results, golden.class_maps)]
