@@ -65,6 +65,8 @@
   function nextPicture() { if (!ended) setTimeout(() => { if (!ended) img.src = "live.jpg?t=" + Date.now(); }, 250); }
   img.addEventListener("load", nextPicture);
   img.addEventListener("error", () => setTimeout(nextPicture, 1000));
+  // the first picture may have arrived (or failed) before this deferred script ran: start the loop anyway
+  if (img.complete) setTimeout(nextPicture, img.naturalWidth > 0 ? 0 : 1000);
 
   function showEnded(e) {
     ended = true;
