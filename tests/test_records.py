@@ -407,8 +407,8 @@ def test_failure_images_are_unique_per_run_and_never_replace_files(tmp_path):
         res = _result(0, "a", [], ("damage: 1 region(s) > max_count 0",))
         pub(res)
         names.append(sorted(p.name for p in fails.iterdir()))
-    assert len(names[0]) == 2 and len(names[1]) == 4 and set(names[0]) < set(names[1])
-    assert all(n.endswith(("_annotated.jpg", "_raw.jpg")) for n in names[1])
+    assert len(names[0]) == 3 and len(names[1]) == 6 and set(names[0]) < set(names[1])  # annotated, raw, class map
+    assert all(n.endswith(("_annotated.jpg", "_raw.jpg", "_mask.png")) for n in names[1])
     path = tmp_path / "r.sqlite"  # with --db: the run id and the run tag are in the name, the row points at it
     rec = Records(str(path))
     run = rec.start_run("m", "b", "s", CLASSES, {}, None)
