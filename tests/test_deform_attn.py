@@ -105,6 +105,7 @@ def test_op_alone_exports_and_matches_pytorch_through_onnx_runtime(variant):
     ops = [n.op_type for n in model.graph.node]
     assert ("GridSample" in ops) == (variant == "grid-sample")
     assert (da.PLUGIN_OP in ops) == (variant == "trt-plugin")
+    assert "If" not in ops  # a dynamic batch must not turn the sampling into a conditional
     expected = Sampler()(*args).detach().numpy()
     feeds = dict(zip(["value", "ref", "offsets", "weights"], (a.numpy() for a in args)))
     assert rel(ort_run(model, feeds)[0], expected) <= TOL
@@ -225,6 +226,19 @@ def test_cli_exports_the_plugin_variant_parity_checked_and_runs_in_onnx_runtime(
         assert seg.infer_batch([np.zeros((256, 256, 3), np.uint8)])[0].class_map.shape == (256, 256)
     finally:
         seg.close()
+
+
+@pytest.mark.slow
+def test_trt11_target_writes_plugin_version_2():
+    from ds2a.export.onnx_export import ExportOptions, build_onnx
+    from ds2a.model import load_model
+
+    net = load_model(str(DEMO)).eval()
+    model = build_onnx(net, net.meta, ExportOptions(deform_attn="trt-plugin", trt="11", batch=None))
+    nodes = da.plugin_nodes(model)
+    assert nodes and all({a.name: a.s for a in n.attribute}["plugin_version"] == b"2" for n in nodes)
+    assert da.interface_problems(model, nodes[0], "11") == []
+    assert da.interface_problems(model, nodes[0], "10.3")  # v2 does not exist before 10.11
 
 
 def test_unknown_variant_is_one_line(tmp_path, capsys):

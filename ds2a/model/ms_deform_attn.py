@@ -102,7 +102,7 @@ def sample_gather(value: Tensor, shapes: Sequence[tuple[int, int]], locations: T
     rows = batch + (yc * size_w + xc + start).to(torch.int64) * heads + head
     k = levels * points * 4
     picked = value.reshape(b * n * heads, d)[rows.reshape(-1)].view(b, q, heads, k, d)
-    return torch.matmul(wgt.reshape(b, q, heads, 1, k), picked).squeeze(3)
+    return torch.matmul(wgt.reshape(b, q, heads, 1, k), picked).select(3, 0)  # squeeze would export an If
 
 
 class _TrtPluginSample(torch.autograd.Function):
