@@ -206,3 +206,30 @@ def test_keep_raw_values_are_checked():
 def test_times_parse_as_iso_or_epoch():
     assert parse_time("1796623420.5", "--from") == 1796623420.5
     assert parse_time("2026-12-07T06:00:00Z", "--from") == parse_time("2026-12-07T06:00:00+00:00", "--from")
+
+
+def test_the_operator_page_links_each_failed_part_to_its_evidence(run_all, tmp_path):
+    pytest.importorskip("aiohttp")
+    import re
+    import urllib.request
+    import zipfile
+
+    from ds2a.web.server import BackgroundServer, Site, make_app
+
+    db = run_all[0]
+    server = BackgroundServer(make_app(Site(str(db))), "127.0.0.1", 0)
+    port = server.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as resp:
+            links = re.findall(r"href='(evidence/\d+\.zip)'", resp.read().decode())
+        assert links
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{links[0]}", timeout=60) as resp:
+            body, kind = resp.read(), resp.headers["Content-Type"]
+    finally:
+        server.stop()
+    assert kind == "application/zip"
+    (tmp_path / "e.zip").write_bytes(body)
+    with zipfile.ZipFile(tmp_path / "e.zip") as z:
+        z.extractall(tmp_path / "x")
+    (folder,) = (tmp_path / "x").iterdir()
+    assert verify(str(folder)) == [] and json.loads((folder / "evidence.json").read_text())["part"]["verdict"] == "FAIL"

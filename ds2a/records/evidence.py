@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import sqlite3
+import tempfile
 import uuid
 import zipfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -310,6 +311,22 @@ class Evidence:
                 for name in sorted(_listing(final)):
                     z.write(os.path.join(final, name), os.path.join(os.path.basename(final), name))
         return final, archive
+
+
+def evidence_zip(db: str, verdict_id: int) -> Tuple[bytes, str]:
+    """The evidence of one part verdict (by its row id) as .zip bytes and a file name: what the operator's
+    page serves (ds2a/web/server.py); built in a temporary folder that is removed afterwards."""
+    ev = Evidence(db)
+    try:
+        pv = ev.con.execute("SELECT * FROM verdicts WHERE id=?", (verdict_id,)).fetchone()
+        if pv is None:
+            raise UserError(f"part verdict {verdict_id} is not in the records of {db}")
+        with tempfile.TemporaryDirectory(prefix="ds2a-evidence-") as tmp:
+            _, archive = ev.write(pv, tmp, make_zip=True)
+            with open(str(archive), "rb") as fh:
+                return fh.read(), os.path.basename(str(archive))
+    finally:
+        ev.close()
 
 
 def _free_name(out: str, base: str, ext: str) -> str:

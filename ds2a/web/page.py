@@ -115,6 +115,7 @@ def gallery(parts: List[Dict[str, Any]]) -> str:
         frames = frames or "<span class=more>no FAIL frame recorded for this part</span>"
         items += (f"<div class=part data-part='{e(p['part_id'] or '')}'><h3>{e(p['part_id'] or 'part')} · FAIL "
                   f"<small>{e(_when(p['t_end']))} · {e(p['n_fail_frames'])} of {e(p['n_frames'])} frames FAIL"
+                  f" · <a class=evidence href='evidence/{e(p['id'])}.zip'>evidence</a>"
                   f"</small></h3><p class=why>{e('; '.join(p['reasons']))}</p><div class=frames>{frames}</div></div>")
     return f"<h2>Recent failures <small>(latest FAIL parts)</small></h2><div class=gallery>{items or 'none'}</div>"
 

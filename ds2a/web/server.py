@@ -281,6 +281,16 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
             raise UserError("that image is not in the records or its file is gone")
         return web.FileResponse(path, headers={"Cache-Control": "max-age=3600"})
 
+    async def evidence(request: Any) -> Any:  # one part's evidence folder as a .zip (ds2a/records/evidence.py)
+        if not site.db:
+            raise UserError("no database: this server only shows the live view")
+        from ..records.evidence import evidence_zip
+
+        body, name = await asyncio.get_running_loop().run_in_executor(
+            None, evidence_zip, site.db, record_id(request.match_info["verdict"], "part verdict"))
+        return web.Response(body=body, content_type="application/zip",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
     async def chart(request: Any) -> Any:
         con = site.con()
         run_id = _run(con, request) if con is not None else None
@@ -315,6 +325,7 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
     app.router.add_get("/api/snapshot", snapshot)
     app.router.add_get(r"/failure/{frame:\d+}", failure)
     app.router.add_get(r"/image/{frame:\d+}/{kind:annotated|raw}", image)
+    app.router.add_get(r"/evidence/{verdict:\d+}.zip", evidence)
     app.router.add_get(r"/chart/{name}.svg", chart)
     app.router.add_get("/api/live", live_state)
     app.router.add_get("/live.jpg", live_jpeg)
