@@ -160,7 +160,7 @@ def _node_findings(node: onnx.NodeProto, g: _Graph, v: Version, vs: str) -> Iter
         return Finding(vs, name, op, sev, reason, fix)
 
     if op == deform_attn.PLUGIN_OP:  # NVIDIA's plugin, imported by the parser's plugin fallback
-        for problem in deform_attn.interface_problems(g.model, node, vs):
+        for problem in deform_attn.interface_problems(g.model, node, vs, inferred=True):
             yield f("blocker", problem, deform_attn.FIX_VARIANT)
         yield f("warning", "needs libnvinfer_plugin loaded (ds2a build-engine and the runtime do); "
                 "ONNX Runtime runs it only as ds2a's CPU reference", "none needed with ds2a; elsewhere call "

@@ -137,11 +137,12 @@ def _const(model: onnx.ModelProto, name: str) -> Optional[np.ndarray]:
     return None
 
 
-def _types(model: onnx.ModelProto) -> Dict[str, onnx.TypeProto]:
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # a custom op may stop inference; the exporter's value_info still helps
-        pass
+def _types(model: onnx.ModelProto, infer: bool = True) -> Dict[str, onnx.TypeProto]:
+    if infer:
+        try:
+            model = onnx.shape_inference.infer_shapes(model)
+        except Exception:  # a custom op may stop inference; the exporter's value_info still helps
+            pass
     g = model.graph
     out = {vi.name: vi.type for vi in list(g.input) + list(g.output) + list(g.value_info)}
     for t in g.initializer:
@@ -154,8 +155,12 @@ def _types(model: onnx.ModelProto) -> Dict[str, onnx.TypeProto]:
     return out
 
 
-def interface_problems(model: onnx.ModelProto, node: onnx.NodeProto, version: Optional[str] = None) -> List[str]:
-    """What in `node` breaks the plugin's documented interface (empty: TensorRT can import it)."""
+def interface_problems(model: onnx.ModelProto, node: onnx.NodeProto, version: Optional[str] = None,
+                       inferred: bool = False) -> List[str]:
+    """What in `node` breaks the plugin's documented interface (empty: TensorRT can import it).
+
+    `inferred`: `model` already went through ONNX shape inference (ds2a/trt/compat.py's does).
+    """
     problems: List[str] = []
     if len(node.input) != 5 or len(node.output) != 1:
         return [f"needs 5 inputs and 1 output ({', '.join(PLUGIN_INPUTS)}), has {len(node.input)} and {len(node.output)}"]
@@ -167,7 +172,7 @@ def interface_problems(model: onnx.ModelProto, node: onnx.NodeProto, version: Op
         problems.append(f"plugin_version {pv} ships only from TensorRT {since[0]}.{since[1]}")
     if (_attr(node, "plugin_namespace") or "") != "":
         problems.append("plugin_namespace must be empty (libnvinfer_plugin registers in the default namespace)")
-    types = _types(model)
+    types = _types(model, infer=not inferred)
     elem = {name: (types[name].tensor_type.elem_type if name in types else None) for name in node.input}
     for i, (name, role, rank) in enumerate(zip(node.input, PLUGIN_INPUTS, PLUGIN_RANKS)):
         shape = _shape(types, name)
