@@ -23,10 +23,15 @@ DEMO_MODEL = ROOT / "ds2a" / "assets" / "demo" / "ds2a_tiny_synth.int8.onnx"
 SOURCE = "demo://?frames={n}&width=320&height=180&speed=24"
 
 
+RULES = "version: 1\nclasses:\n  damage: {max_count: 0}\n  smudge: {max_count: 0}\n  dust: {max_count: 0}\n"
+
+
 def _run(tmp: Path, keep: str, frames: int) -> tuple:
-    db, fail = tmp / "inspect.sqlite", tmp / "kept"
+    db, fail, rules = tmp / "inspect.sqlite", tmp / "kept", tmp / "line3.yaml"
+    rules.write_text(RULES)
     options = InspectOptions(model=str(DEMO_MODEL), source=SOURCE.format(n=frames), headless=True, db=str(db),
-                             save_fail=str(fail), keep_raw=keep, drift="off", backend_options={"intra_op_threads": 1})
+                             rules=str(rules), save_fail=str(fail), keep_raw=keep, drift="off",
+                             backend_options={"intra_op_threads": 1})
     summary = inspect(options, out=open(os.devnull, "w"))
     return db, fail, summary
 
@@ -73,7 +78,8 @@ def test_evidence_of_a_part_holds_its_pictures_and_facts_and_verifies(run_all, t
     assert facts["selftest"]["status"] == "passed" and facts["keep_raw"] == "all"
     assert facts["model"]["model_sha256"] == hashlib.sha256(DEMO_MODEL.read_bytes()).hexdigest()
     assert facts["ds2a_version_of_run"] and facts["operator_actions"] == "none recorded"
-    assert facts["recipe"]["sha256"] and (folder / "recipe" / "effective_rules.json").is_file()
+    assert facts["recipe"]["sha256"] == hashlib.sha256(RULES.encode()).hexdigest() and facts["recipe"]["copy_matches"]
+    assert (folder / "recipe" / "line3.yaml").read_text() == RULES and (folder / "recipe" / "effective_rules.json").is_file()
     for f in facts["frames"]:  # --keep-raw all: every inspected frame has all three pictures
         for kind in ("annotated", "raw", "mask"):
             assert (folder / f["files"][kind]).is_file(), (kind, f["files"])
@@ -233,3 +239,35 @@ def test_the_operator_page_links_each_failed_part_to_its_evidence(run_all, tmp_p
         z.extractall(tmp_path / "x")
     (folder,) = (tmp_path / "x").iterdir()
     assert verify(str(folder)) == [] and json.loads((folder / "evidence.json").read_text())["part"]["verdict"] == "FAIL"
+
+
+def test_a_run_without_recorded_facts_and_a_picture_gone_are_said_so(run_all, tmp_path, capsys):
+    db = tmp_path / "old.sqlite"
+    src = sqlite3.connect(run_all[0])
+    src.backup(dst := sqlite3.connect(db))
+    src.close()
+    stats = json.loads(dst.execute("SELECT stats FROM runs").fetchone()[0])
+    stats.pop("evidence"), stats.pop("selftest")  # as a run recorded before these were kept
+    dst.execute("UPDATE runs SET stats=?", (json.dumps(stats),))
+    pid = _part(run_all[2], "FAIL").part_id
+    dst.execute("UPDATE frames SET raw_path=? WHERE part_id=?", (str(tmp_path / "moved_raw.jpg"), pid))
+    dst.commit()
+    dst.close()
+    folder = _folder(_evidence(capsys, db, "--part", pid, "--out", tmp_path / "ev")[1])
+    facts = json.loads((folder / "evidence.json").read_text())
+    assert facts["ds2a_version_of_run"].startswith("not recorded") and facts["selftest"].startswith("not recorded")
+    assert facts["recipe"]["file_copy"].startswith("not recorded") and facts["model"]["model_sha256"] is None
+    for f in facts["frames"]:
+        assert "the file is gone" in f["files"]["raw_missing"] and f["files"]["annotated"]
+    assert verify(str(folder)) == []
+
+
+def test_the_run_facts_are_in_the_records_from_the_start(tmp_path):
+    from ds2a.records.database import Records
+
+    rec = Records(str(tmp_path / "r.sqlite"))
+    rec.extra["evidence"] = {"model_sha256": "ab" * 32}
+    rec.start_run("m", "onnxruntime", "demo://", ["background", "damage"], {}, None)
+    stats = json.loads(sqlite3.connect(tmp_path / "r.sqlite").execute("SELECT stats FROM runs").fetchone()[0])
+    rec.close()
+    assert stats["evidence"] == {"model_sha256": "ab" * 32}  # a killed run still shows what judged its parts

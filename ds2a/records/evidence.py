@@ -494,6 +494,14 @@ def _kv(rows: Sequence[Tuple[str, Any]]) -> str:
     return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 
+def _legend(classes: Sequence[str]) -> str:
+    lut = _colour(np.arange(256, dtype=np.uint8).reshape(1, -1))[0]
+    items = [(str(name), lut[i]) for i, name in enumerate(classes)] + [("outside the region", lut[MASK_OUTSIDE])]
+    return ", ".join(f"<span style='background:rgb({int(c[2])},{int(c[1])},{int(c[0])});padding:0 .6em'>&nbsp;</span> "
+                     f"{i if n != 'outside the region' else MASK_OUTSIDE} {_e(n)}"
+                     for i, (n, c) in enumerate(items))
+
+
 def _html(facts: Dict[str, Any]) -> str:
     p, run, rec, mod = facts["part"], facts["run"], facts["recipe"], facts["model"]
     st = facts["selftest"]
@@ -539,7 +547,8 @@ def _html(facts: Dict[str, Any]) -> str:
                 pics.append(f'<td><img src="{html.escape(img or files[kind], quote=True)}" alt="{kind}"><br>{link}</td>')
             else:
                 pics.append(f"<td class=miss>{_e(kind)}: {_e(files.get(kind + '_missing'))}</td>")
-        defects = "".join(f"<tr><td>{_e(d['class_name'])}</td><td>{_e(d['area_px'])}</td><td>{_e(d['area_mm2'])}</td>"
+        defects = "".join(f"<tr><td>{_e(d['class_name'])}</td><td>{_e(d['area_px'])}</td>"
+                          f"<td>{_e(d['area_mm2'] if d['area_mm2'] is not None else 'no scale given')}</td>"
                           f"<td>{_e((d['x'], d['y'], d['w'], d['h']))}</td><td>{_e(d['confidence'])}</td></tr>"
                           for d in f["defects"]) or "<tr><td colspan=5>no defect region</td></tr>"
         out += [f"<h3>Frame {f['seq']} <span class={_e(f['verdict'])}>{_e(f['verdict'])}</span> {_e(f['time_utc'])}</h3>",
@@ -548,6 +557,6 @@ def _html(facts: Dict[str, Any]) -> str:
                 f"{defects}</table>"]
     out += ["<h2>Files</h2><p>", " · ".join(_a(n) for n in ("evidence.json", "defects.csv", "manifest.json", "SHA256SUMS")),
             "</p><p>The mask PNGs hold the class id per pixel (255: outside the region the model looked at); the "
-            "coloured copies are for viewing. Every file's sha256 is in manifest.json; <code>sha256sum -c SHA256SUMS"
-            "</code> checks them without ds2a.</p></body></html>\n"]
+            f"coloured copies are for viewing: {_legend(run['classes'])}.</p><p>Every file's sha256 is in "
+            "manifest.json; <code>sha256sum -c SHA256SUMS</code> checks them without ds2a.</p></body></html>\n"]
     return "\n".join(out)
