@@ -32,8 +32,9 @@ from ds2a.sources.demo import DemoSource
 from ds2a.sources.uri import parse_source
 
 DEMO = "demo://?frames={n}&width=320&height=180&speed=24&seed={seed}"
-# Frames from drift onset to alarm that the tests allow; measured on this model and source: 14-40 (docs/DRIFT.md)
-ALARM_WITHIN = 200
+# Frames from drift onset to alarm that the tests allow. Measured here (deterministic: seeded source, fixed model):
+# darker 54, blurred 44, colour-shifted 25; the demo model on the full conveyor: docs/DRIFT.md
+ALARM_WITHIN = 60
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ class Injected(DemoSource):
 
 
 DARKER = lambda im: (im * 0.6).astype(np.uint8)  # noqa: E731
-BLURRED = lambda im: cv2.GaussianBlur(im, (0, 0), 6.0)  # noqa: E731  (halves the sharpness at 32x32)
+BLURRED = lambda im: cv2.GaussianBlur(im, (0, 0), 12.0)  # noqa: E731  (the 32x32 model sees 1/4 of the camera)
 COLOUR = lambda im: np.clip(im * np.array([0.8, 1.0, 1.2]), 0, 255).astype(np.uint8)  # noqa: E731
 
 

@@ -17,13 +17,14 @@ The limits were measured on the demo conveyor (benchmarks/drift.py). Torch-free,
 """
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -119,7 +120,7 @@ class Reference:
         return {"format": DRIFT_FORMAT, "frames": self.frames, "source": self.source, "produced_by": self.produced_by,
                 "stats": {k: [round(m, 6), round(s, 6)] for k, (m, s) in self.stats.items()},
                 "hist": [round(v, 6) for v in self.hist],
-                "areas": {c: [round(m, 6), round(s, 6)] for c, (m, s) in zip(self.classes, self.areas)},
+                "classes": list(self.classes), "areas": [[round(m, 6), round(s, 6)] for m, s in self.areas],
                 "note": self.note}
 
     @classmethod
@@ -132,14 +133,17 @@ class Reference:
             hist = [float(v) for v in data["hist"]]
             if len(hist) != 3 * HIST_BINS:
                 raise ValueError(f"a colour histogram of {len(hist)} bins, not {3 * HIST_BINS}")
-            areas = {str(k): (float(v[0]), float(v[1])) for k, v in data["areas"].items()}
-            if not all(math.isfinite(x) for pair in list(stats.values()) + list(areas.values()) for x in pair):
+            classes = [str(c) for c in data["classes"]]
+            areas = [(float(v[0]), float(v[1])) for v in data["areas"]]
+            if len(areas) != len(classes):
+                raise ValueError(f"{len(areas)} class areas for {len(classes)} classes")
+            if not all(math.isfinite(x) for pair in list(stats.values()) + areas for x in pair):
                 raise ValueError("a statistic is not a finite number")
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
             raise UserError(f"{where}: its drift reference statistics are unreadable ({exc}); record them again "
                             "with `python -m ds2a.inspect.drift_reference` or re-export the model") from None
         return cls(int(data.get("frames", 0)), str(data.get("source", "")), str(data.get("produced_by", "")),
-                   stats, hist, list(areas.values()), list(areas.keys()), str(data.get("note", "")))
+                   stats, hist, areas, classes, str(data.get("note", "")))
 
     def line(self) -> str:
         watched = ", ".join(k for k in WATCHED if k in self.stats)
@@ -361,7 +365,7 @@ class DriftStage:
         self.jsonl, self.records, self.notes, self.on_alarm = jsonl, records, notes, on_alarm
         self._kept: Dict[int, Tuple[np.ndarray, Optional[np.ndarray]]] = {}
         self._lock = threading.Lock()
-        self.ms: List[float] = []  # cost per sampled frame (statistics + test), for the benchmark
+        self.ms: Deque[float] = collections.deque(maxlen=10000)  # cost per sample (statistics + test), latest
         self.not_judged = 0  # frames made NONE by the drift watch
         if records is not None:
             records.extra["drift"] = watch.summary()
