@@ -24,7 +24,7 @@ from selenium import webdriver  # noqa: E402
 from selenium.common.exceptions import NoAlertPresentException, WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from test_web import HOSTILE, Served, make_db, sql_counts  # noqa: E402
+from test_web import HOSTILE, Records, Served, make_db, sql_counts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -139,7 +139,8 @@ def test_live_view_moves_while_inspecting(browser, tmp_path):
                 url = line.split()[1]
                 break
         assert url and url.startswith("http://127.0.0.1:"), "no web line printed"
-        browser.get(url)
+        browser.get(url)  # maybe before the run is recorded: the page then shows it once it is
+        assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "section#run[data-run='1']"), 20)
         seq = browser.find_element(By.ID, "live-seq")
         img = browser.find_element(By.ID, "live-img")
         assert wait_for(lambda: seq.text.isdigit(), 10)
@@ -291,3 +292,18 @@ def test_chart_and_table_colours_are_the_videos(browser, tmp_path):
                                      "r.send(); return r.responseText;", chart)
         for name in fills:
             assert f"fill: {video[name]}" in svg
+
+
+def test_a_page_opened_before_the_run_is_recorded_shows_it_when_it_is(browser, tmp_path):
+    db = tmp_path / "i.sqlite"
+    Records(str(db)).close()  # the database exists, no run in it yet (the model is warming up)
+    live = _live_site(db, run_id=None)
+    with Served(db, live=live) as s:
+        live.publish(_frame(0, "cell-0001"), [])
+        browser.get(s.url)
+        assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "p.empty"))  # "No runs recorded yet."
+        make_db(db, parts=3, seed=8)  # the run is recorded ...
+        live.records.run_id = 1  # ... and it is the one this station inspects
+        assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "section#run[data-run='1']"), 10)
+        assert wait_for(lambda: browser.find_element(By.ID, "live-parts").text
+                        == browser.find_element(By.CSS_SELECTOR, "[data-k=parts]").text == "3")

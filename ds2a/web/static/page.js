@@ -12,6 +12,7 @@
   const hasDb = document.body.dataset.db === "1";
   const refreshMs = 1000 * Number(document.body.dataset.refresh || "5");
   const live = document.body.dataset.live === "1";
+  const pinned = new URLSearchParams(location.search).has("run");  // the viewer picked a run
   let liveRun = null;
   let ended = false;
 
@@ -106,6 +107,12 @@
       set("live-frame-verdict", f.verdict || "-");
       set("live-seq", String(f.seq)); set("live-part", f.part_id || "-"); set("live-fps", String(s.fps));
       if (!hasDb || liveRun === null || String(liveRun) !== viewedRun) liveCounts(s.parts, s.fail);
+      // the run being inspected is not the one on the page (opened before it was recorded, or an older
+      // run was the latest then): show it, once per run, unless the viewer picked a run
+      if (s.running && liveRun !== null && String(liveRun) !== viewedRun && !pinned) {
+        const key = "ds2a-shown-run-" + liveRun;
+        if (!sessionStorage.getItem(key)) { sessionStorage.setItem(key, "1"); location.reload(); }
+      }
       if (!s.running) showEnded(s.ended);
     } catch (err) {
       if (!ended) { set("live-last-part", "no connection to the station"); set("live-last-verdict", ""); }
