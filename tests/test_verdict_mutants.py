@@ -1,0 +1,190 @@
+"""Tests that pin what the first mutation run of the verdict code (docs/MUTATION.md) showed unpinned: exact
+refusal messages, every limit path of the frame analyser, boundaries of the start-time region check, and the
+arithmetic of quantify (rounding, tiny regions, one-region confidence, boxes of scaled-down regions)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ds2a.errors import UserError
+from ds2a.inspect import rules as R
+from ds2a.inspect.quantify import Defect, quantify, totals
+
+CLASSES = ("background", "damage", "smudge", "dust")
+LIMIT = {"classes": {"damage": {"max_count": 0}}}
+
+
+def d(name, area, mm2=None, conf=None):
+    return Defect(CLASSES.index(name), name, area, mm2, (0, 0, 1, 1), (0.0, 0.0), conf)
+
+
+# --- exact messages: what the operator reads is part of the behaviour ---------------------------------------
+def test_number_messages_are_exact(tmp_path):
+    with pytest.raises(UserError) as exc:
+        R.parse_rules({"min_area_px": "x", **LIMIT}, CLASSES, "r.yaml")
+    assert str(exc.value) == "rules file r.yaml: min_area_px is 'x', it must be a finite number >= 0"
+    with pytest.raises(UserError) as exc:
+        R.parse_rules({"classes": {"damage": {"max_area_px": None}}}, CLASSES, "r.yaml")
+    assert str(exc.value) == ("rules file r.yaml: classes.damage.max_area_px is None, it must be a finite number "
+                              ">= 0; omit the key for no limit")
+    with pytest.raises(UserError) as exc:
+        R.parse_rules({"classes": {"damage": {"max_count": -1}}}, CLASSES, "r.yaml")
+    assert str(exc.value) == "rules file r.yaml: classes.damage.max_count is -1, it must be a whole number >= 0"
+
+
+def test_scale_message_is_exact():
+    with pytest.raises(UserError) as exc:
+        R.check_scale(-2.0)
+    assert str(exc.value) == "--mm-per-pixel -2.0: give the finite, positive size of one pixel in mm (e.g. 0.05)"
+
+
+@pytest.mark.parametrize("classes, example", [(CLASSES, "dust"), (("background", "scratch"), "scratch"),
+                                              (("background",), "damage")])
+def test_no_classes_message_names_the_models_last_class(classes, example):
+    with pytest.raises(UserError) as exc:
+        R.parse_rules({"classes": {}}, classes, "r.yaml")
+    assert str(exc.value) == (f"rules file r.yaml: 'classes' must map at least one defect class to its limits, "
+                              f"for example `classes: {{{example}: {{max_count: 0}}}}`; a rules file without a "
+                              "limit would pass every part")
+
+
+def test_not_a_class_message_lists_the_valid_ones():
+    with pytest.raises(UserError) as exc:
+        R.parse_rules({"classes": {"scratch": {"max_count": 0}}}, CLASSES, "r.yaml")
+    assert str(exc.value).endswith("class 'scratch' is not a defect class of this model; valid: damage, smudge, dust")
+
+
+def test_check_can_fail_message_is_exact():
+    rules = R.parse_rules({"min_area_px": 100, **LIMIT}, CLASSES, "r.yaml")
+    with pytest.raises(UserError) as exc:
+        R.check_can_fail(rules, 5, 4, "the frame")
+    assert str(exc.value) == ("the frame is 5x4 = 20 px: the rules (r.yaml) ignore regions under 100 px (min_area_px), "
+                              "so it could never FAIL and cannot be judged; inspect a larger frame or ROI, or lower "
+                              "min_area_px / the limits")
+
+
+def test_check_can_fail_names_the_smallest_class_minimum():
+    rules = R.parse_rules({"min_area_px": 100, "classes": {"damage": {"max_count": 0, "min_area_px": 30}}},
+                          CLASSES, "r.yaml")
+    with pytest.raises(UserError, match="ignore regions under 30 px"):
+        R.check_can_fail(rules, 5, 4, "the frame")
+
+
+def test_a_region_of_the_minimum_area_that_no_limit_can_fail_says_so():
+    rules = R.parse_rules({"min_area_px": 100, "classes": {"damage": {"max_count": 1}}}, CLASSES, "r.yaml")
+    with pytest.raises(UserError, match=r"10x10 = 100 px: no limit of the rules \(r.yaml\) can be exceeded"):
+        R.check_can_fail(rules, 10, 10, "the frame")  # one 100 px region counts, two are needed
+
+
+# --- bind_rules (the path `ds2a inspect` takes: read_rules before the model, bind after) ---------------------
+def test_default_rules_keep_the_command_line_scale():
+    assert R.load_rules(None, CLASSES, mm_per_pixel=0.2).mm_per_pixel == 0.2
+    assert R.bind_rules(None, CLASSES).mm_per_pixel is None
+
+
+def test_bind_rules_refuses_a_file_without_classes_naming_it(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("min_area_px: 10\n")
+    draft = R.read_rules(str(path))
+    with pytest.raises(UserError) as exc:
+        R.bind_rules(draft, CLASSES)
+    assert str(exc.value).startswith(f"rules file {path}: 'classes' must map") and "classes: {dust:" in str(exc.value)
+    path.write_text("classes: {dust: {max_count: 0}}\n")
+    assert R.bind_rules(R.read_rules(str(path)), CLASSES).classes["dust"].max_count == 0
+
+
+# --- judge ---------------------------------------------------------------------------------------------------
+def test_a_small_region_first_does_not_hide_a_large_one():
+    rules = R.parse_rules({"min_area_px": 50, **LIMIT}, CLASSES)
+    assert not R.judge(rules, [d("damage", 10), d("damage", 80)])[0]
+
+
+def test_a_region_whose_mm2_rounds_to_zero_counts_as_zero():
+    rules = R.parse_rules({"mm_per_pixel": 0.001, "min_area_px": 0,
+                           "classes": {"damage": {"max_area_mm2": 0.5, "max_total_area_mm2": 0.5}}}, CLASSES)
+    assert R.judge(rules, [d("damage", 1, mm2=0.0), d("damage", 1, mm2=0.0)]) == (True, [])
+
+
+# --- smallest_failing_area / can_fail / check_region --------------------------------------------------------
+def test_px_limits_count_when_the_rules_also_have_a_scale():
+    rules = R.parse_rules({"mm_per_pixel": 0.1, "min_area_px": 0,
+                           "classes": {"damage": {"max_area_px": 10, "max_area_mm2": 100}}}, CLASSES)
+    assert 10 < R.smallest_failing_area(rules) < 10.001  # 100 mm2 would need 10000 px
+
+
+def test_can_fail_needs_a_positive_area_and_takes_fractions():
+    rules = R.parse_rules({"min_area_px": 0, **LIMIT}, CLASSES)
+    assert not R.can_fail(rules, 0) and R.can_fail(rules, 0.5)
+
+
+def test_check_region_clips_an_roi_at_every_edge():
+    rules = R.parse_rules({"min_area_px": 400, **LIMIT}, CLASSES)
+    R.check_region(rules, (0, 460, 40, 40), (500, 720), "cam")  # 40x40 inside
+    with pytest.raises(UserError, match="is 40x9 = 360 px"):
+        R.check_region(rules, (100, 471, 40, 40), (480, 720), "cam")  # only 9 rows inside the 480 px frame
+    with pytest.raises(UserError, match="is 0x100 = 0 px"):
+        R.check_region(rules, (800, 0, 40, 100), (480, 720), "cam")  # entirely right of the frame
+    with pytest.raises(UserError, match="is 100x0 = 0 px"):
+        R.check_region(rules, (0, 600, 100, 40), (480, 720), "cam")  # entirely below it
+
+
+# --- the frame analyser applies every kind of rule ---------------------------------------------------------
+def test_the_analyser_measures_mm2_for_mm2_limits():
+    rules = R.parse_rules({"mm_per_pixel": 0.5, "min_area_px": 0, "classes": {"damage": {"max_area_mm2": 3}}},
+                          CLASSES)
+    cm = np.zeros((16, 16), np.uint8)
+    cm[0:4, 0:4] = 1  # 16 px = 4 mm2
+    defects, passed, reasons = R.analyser(rules, CLASSES)(cm, None, (0, 0, 16, 16))
+    assert not passed and defects[0].area_mm2 == 4.0 and "max_area_mm2 3" in reasons[0]
+
+
+def test_the_analyser_passes_confidence_to_min_confidence():
+    rules = R.parse_rules({"min_area_px": 0, "classes": {"damage": {"max_count": 0, "min_confidence": 0.9}}},
+                          CLASSES)
+    cm = np.zeros((16, 16), np.uint8)
+    cm[0:4, 0:4] = 1
+    weak = np.full(cm.shape, 0.5, np.float32)
+    assert R.analyser(rules, CLASSES)(cm, weak, (0, 0, 16, 16))[1] is True
+    assert R.analyser(rules, CLASSES)(cm, np.ones_like(weak), (0, 0, 16, 16))[1] is False
+
+
+# --- quantify arithmetic ----------------------------------------------------------------------------------
+def test_without_a_minimum_a_region_smaller_than_a_frame_pixel_is_kept():
+    cm = np.zeros((16, 16), np.uint8)
+    cm[3, 3] = 2
+    defects = quantify(cm, CLASSES, frame_hw=(4, 4))  # one model pixel is 1/16 frame pixel
+    assert [(x.class_id, x.class_name, x.area_px, x.bbox) for x in defects] == [(2, "smudge", 0.1, (0, 0, 1, 1))]
+
+
+def test_a_one_pixel_region_is_found_and_its_confidence_is_its_own():
+    cm = np.zeros((8, 8), np.uint8)
+    cm[2, 5] = 3
+    conf = np.full(cm.shape, 0.25, np.float32)
+    conf[2, 5] = 1.0
+    defects = quantify(cm, CLASSES, confidence=conf)
+    assert [(x.class_name, x.area_px, x.confidence) for x in defects] == [("dust", 1, 1.0)]
+
+
+def test_areas_mm2_and_confidence_are_rounded_as_documented():
+    cm = np.zeros((9, 9), np.uint8)
+    cm[0:2, 0:1] = 1  # 2 px at model size, frame 3x smaller each way: 2/9 = 0.2222 frame px
+    conf = np.zeros(cm.shape, np.float32)
+    conf[0, 0] = 1.0 / 3.0
+    defects = quantify(cm, CLASSES, frame_hw=(3, 3), mm_per_pixel=0.123, confidence=conf)
+    (x,) = defects
+    assert x.area_px == 0.2 and x.area_mm2 == round(2 / 9 * 0.123 ** 2, 4) == 0.0034
+    assert x.confidence == 0.1667
+
+
+def test_totals_list_every_defect_class_and_tolerate_unknown_names():
+    assert set(totals([], CLASSES)) == {"damage", "smudge", "dust"}
+    t = totals([Defect(9, "crack", 5.0, None, (0, 0, 1, 1), (0.0, 0.0))], CLASSES)
+    assert t["crack"].count == 1 and t["crack"].area_px == 5.0
+
+
+def test_a_class_id_message_is_exact():
+    cm = np.full((2, 2), 5, np.uint8)
+    with pytest.raises(UserError) as exc:
+        quantify(cm, CLASSES)
+    assert str(exc.value) == ("the model gave class id 5 but lists 4 classes (background, damage, smudge, dust); "
+                              "the model and its metadata disagree: re-export it with `ds2a export`")
