@@ -221,3 +221,15 @@ def test_images_too_small_for_any_defect_to_count_are_none_not_pass(tmp_path, ca
     assert verdicts == {"black_1x1.png": "NONE", "black_2x2.png": "NONE", "black_8x8.png": "FAIL"}
     assert "smaller than the rules' minimum defect area 64 px" in reasons["black_2x2.png"]
     assert "region too small      2 frames" in capsys.readouterr().out
+
+
+def test_parts_not_inspected_are_neither_escapes_nor_overkill_against_the_ground_truth():
+    """demo:// knows its parts' truth: a NONE part (model away) was not judged, so it is no overkill."""
+    from ds2a.inspect.truth import TruthTally
+
+    good_mask = (np.zeros((32, 32), np.uint8), (32, 32))
+    tally = TruthTally(default_rules(CLASSES), CLASSES, lambda part_id: good_mask)
+    tally.publish(None, [PartVerdict("a", "part", False, [AWAY], 0, 1, 2, 0.0, 1.0, none=True, uninspected=2),
+                         PartVerdict("b", "part", True, [], 2, 2, 1, 0.0, 1.0)])
+    s = tally.summary()
+    assert (s["total"], s["overkill"], s["not_judged"]) == (1, 0, 1)

@@ -46,6 +46,7 @@ class TruthTally:
         self.records = records
         self.floor = min_floor(rules)
         self.total = self.defective = 0
+        self.not_judged = 0  # NONE parts (not inspected): neither escapes nor overkill
         self.escaped: List[str] = []
         self.overkilled: List[str] = []
         self.by_class = {c: {"escapes": 0, "overkill": 0} for c in self.classes[1:]}
@@ -59,6 +60,11 @@ class TruthTally:
     def add(self, pv: Any) -> None:
         got = self.truth(pv.part_id) if pv.part_id else None
         if got is None:
+            return
+        if getattr(pv, "verdict", "") == "NONE":  # the model never judged it: no escape, no overkill
+            self.not_judged += 1
+            if self.records is not None:
+                self.records.extra["truth"] = self.summary()
             return
         mask, size = got
         defects = quantify(np.where(mask == IGNORE_INDEX, 0, mask).astype(np.uint8), self.classes, size,
@@ -87,7 +93,7 @@ class TruthTally:
 
     def summary(self) -> Dict[str, Any]:
         good = self.total - self.defective
-        return {"total": self.total, "defective": self.defective, "good": good,
+        return {"total": self.total, "defective": self.defective, "good": good, "not_judged": self.not_judged,
                 "escapes": len(self.escaped), "overkill": len(self.overkilled),
                 "escape_rate": len(self.escaped) / self.defective if self.defective else None,
                 "overkill_rate": len(self.overkilled) / good if good else None,
