@@ -129,7 +129,8 @@ def test_a_station_with_its_triton_server_killed_mid_run_keeps_every_invariant(t
                 first.wait_exit()
                 judged = rows("verdict IN ('PASS', 'FAIL')")
                 second = ServeProcess(tmp_path / "serve2.log", ports=ports).start()
-                if not wait("verdict IN ('PASS', 'FAIL')", judged + 10, 120):
+                # the reconnect itself is test_triton_serving.py's subject: here only that judging resumes
+                if not wait("verdict IN ('PASS', 'FAIL')", judged + 3, 240):
                     failed = "no frames inspected after the restart"
     finally:
         station.send_signal(signal.SIGTERM)
