@@ -61,32 +61,44 @@ def test_a_run_without_a_kept_palette_is_coloured_as_its_model_painted_it(tmp_pa
     site.close()
 
 
-def test_the_station_keeps_the_models_palette_with_the_run_and_the_page_uses_it(tmp_path):
+def test_the_live_page_uses_the_models_palette(tmp_path):
     db = tmp_path / "i.sqlite"
     records = Records(str(db))
     station = Station(StationOptions(web="127.0.0.1:0"), str(db))
     station.start(SimpleNamespace(observers=[]), lambda: Renderer(CLASSES, OWN_PALETTE), records)
-    records.start_run("m.onnx", "onnxruntime", "demo://", CLASSES, {}, None)
-    frame = Frame(np.zeros((48, 64, 3), np.uint8), 0, time.time(), 0.0, "cell-1")
-    from ds2a.inspect.quantify import Defect
-
-    for cid in (1, 2):
-        records.add_frame(Result(cid, frame, np.zeros((8, 8), np.uint8),
-                                 [Defect(cid, CLASSES[cid], 30.0, None, (1, 1, 4, 4), (2.0, 2.0))], False, ["x"]))
+    records.start_run("m.onnx", "onnxruntime", "demo://", CLASSES, {}, None)  # no palette kept: the live one counts
     records.commit()
-    assert station.site.colours(station.site.snapshot(1)) == video_colours(OWN_PALETTE)  # live: the model's own
+    assert station.site.colours(station.site.snapshot(1)) == video_colours(OWN_PALETTE)
     station.finish()
-    records.finish_run("finished", {"frames": 2})
+    records.finish_run("finished", {"frames": 0})
     station.close()
     records.close()
+
+
+def test_a_run_keeps_its_models_palette_and_the_page_reads_it_later(tmp_path):
+    import onnx
+    from fakes.onnx_models import threshold_onnx
+
+    from ds2a.cli import main
+    from ds2a.meta import MBSD_CLASSES, ModelMeta
+
+    own = [(0, 0, 0), (20, 60, 230), (240, 150, 30), (90, 200, 40)]
+    model = onnx.load(str(threshold_onnx(tmp_path / "thr.onnx")))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {"ds2a": ModelMeta(arch="threshold", input_size=(32, 32), palette=own).to_json()})
+    onnx.save(model, str(tmp_path / "own.onnx"))
+    db = tmp_path / "i.sqlite"
+    assert main(["inspect", "--model", str(tmp_path / "own.onnx"), "--source", "demo://?frames=12&width=320&height=180",
+                 "--headless", "--db", str(db)]) == 0  # no --web: the records alone carry the colours
     con = sqlite3.connect(str(db))
-    assert json.loads(con.execute("SELECT stats FROM runs").fetchone()[0])["palette"] == [list(c) for c in OWN_PALETTE]
+    assert json.loads(con.execute("SELECT stats FROM runs").fetchone()[0])["palette"] == [list(c) for c in own]
     con.close()
-    site = Site(str(db))  # later, `ds2a web DB` without the model: the same colours from the records
-    want = video_colours(OWN_PALETTE)
-    assert site.colours(site.snapshot(1)) == want and set(want.values()) <= chart_fills(site.chart("defects", 1))
+    site = Site(str(db))  # `ds2a web DB` later, without the model
+    want = class_colours(MBSD_CLASSES, own)
+    assert site.colours(site.snapshot(1)) == want and want["damage"] == "#e63c14"
+    drawn = [name for name in want if name in site.snapshot(1)["summary"]["defects"]]
+    assert drawn and {want[n] for n in drawn} <= chart_fills(site.chart("defects", 1))
     site.close()
-    assert class_colours(CLASSES, OWN_PALETTE) == want
 
 
 def test_recent_failures_are_parts_each_with_its_fail_frames(tmp_path):

@@ -176,6 +176,7 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         run_id = None
         if records is not None:  # what `ds2a evidence` shows an auditor (ds2a/records/evidence.py), from the start
             records.extra["evidence"] = run_facts(options, identity(options, model, rules))
+            records.extra["palette"] = [list(c) for c in model.meta.palette]  # the page's colours (ds2a/web/data.py)
             run_id = records.start_run(options.model, model.backend, options.source, classes, rules.to_dict(),
                                        rules.mm_per_pixel)
             # the model's self-test at open (ds2a/runtime/selftest.py) goes into the run's stats

@@ -71,8 +71,6 @@ class Station:
             logger.info(f"notify  {self.notifiers[-1].target.label} (through an outbox: a line that is down never "
                         "stalls inspection)")
         publisher.observers += self.notifiers
-        if records is not None:  # `ds2a web DB` later colours the charts as this run's video was painted
-            records.extra.setdefault("palette", [list(c) for c in getattr(make_renderer(), "palette", [])])
         if self.bind is not None:
             from .live import LiveView
             from .server import BackgroundServer, Site, make_app, url_for
