@@ -239,3 +239,28 @@ def test_api_snapshot_is_one_refresh_tiles_tables_and_chart_addresses(tmp_path):
         assert s.get(snap["charts"]["defects"])[0] == 200
         assert f"data-version='{v}'" in s.get("?run=1")[1].decode()  # the page was drawn from the same read
         assert s.get("api/snapshot?run=9")[0] == 404  # a run the records do not hold
+
+
+def test_viewers_asking_at_once_get_one_drawing_of_a_chart(tmp_path, monkeypatch):
+    import ds2a.web.charts as charts
+
+    db = make_db(tmp_path / "i.sqlite", parts=6, seed=3)
+    drawn = []
+    real = charts.defects_svg
+
+    def slow(trend, colours=None):  # matplotlib on a busy station: long enough for the others to arrive
+        drawn.append(1)
+        time.sleep(0.3)
+        return real(trend, colours)
+
+    monkeypatch.setattr(charts, "defects_svg", slow)
+    site = Site(str(db))
+    version = site.snapshot(1)["version"]
+    got = []
+    viewers = [threading.Thread(target=lambda: got.append(site.chart("defects", 1, version))) for _ in range(4)]
+    for v in viewers:
+        v.start()
+    for v in viewers:
+        v.join(10)
+    assert len(got) == 4 and len(set(got)) == 1 and len(drawn) == 1
+    site.close()

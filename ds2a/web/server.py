@@ -177,6 +177,10 @@ class Site:
         if cached is not None and cached[0] == snap["version"]:
             return cached[1]
         with self._draw_lock:
+            with self._lock:  # another viewer may have drawn it while this one waited
+                cached = self._charts.get((name, run_id))
+            if cached is not None and cached[0] == snap["version"]:
+                return cached[1]
             if name == "pass_rate":
                 svg = charts.pass_rate_svg(snap["trend"])
             else:
