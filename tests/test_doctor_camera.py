@@ -99,3 +99,9 @@ def test_a_bad_source_is_a_one_line_usage_error(uri, msg, capsys):
     assert main(["doctor", "--source", uri, "--seconds", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert msg in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra, msg", [(["--smoke"], "camera check of its own"), (["--seconds", "0"], "--seconds 0")])
+def test_source_with_another_check_or_no_time_is_refused(extra, msg, capsys):
+    assert main(["doctor", "--source", "demo://", *extra]) == 2
+    assert msg in capsys.readouterr().err

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         from ..doctor.camera import check_source, render_check
         from ..errors import UserError
 
+        if args.model or args.smoke:
+            raise UserError("--source is a camera check of its own: run `ds2a doctor --model/--smoke` separately")
         if not 0 < args.seconds <= 3600:
             raise UserError(f"--seconds {args.seconds:g}: give a duration from 0 to 3600 seconds")
         check = check_source(args.source, args.seconds)
