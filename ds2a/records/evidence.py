@@ -35,12 +35,13 @@ import numpy as np
 
 from ..errors import UserError
 from ..outputs import atomic_path, check_outputs, write_new
-from .database import TABLES, connect, run_status
+from .database import connect, run_status
 
 FORMAT = "ds2a-evidence/1"
 MASK_OUTSIDE = 255  # class-map mask value outside the region the model looked at
 RAW_SUFFIX = "_raw.jpg"
 MAX_RULES_BYTES = 1 << 20
+INSPECTION_TABLES = ("runs", "frames", "defects", "verdicts", "timings")  # any other table may hold operator actions
 MAX_PARTS = 1000  # one call writes at most this many folders unless told otherwise (--max-parts)
 PALETTE = [(0, 0, 0), (60, 60, 230), (40, 200, 240), (230, 160, 40), (80, 200, 80), (200, 80, 200),
            (150, 150, 60), (60, 150, 150)]  # BGR for the coloured mask; class 0 (background) black
@@ -225,7 +226,7 @@ class Evidence:
         found: List[Dict[str, Any]] = []
         tables = [r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         for table in tables:
-            if table in TABLES or table.startswith("sqlite_"):
+            if table in INSPECTION_TABLES or table.startswith("sqlite_"):
                 continue
             cols = [r[1] for r in self.con.execute(f'PRAGMA table_info("{table}")')]
             if "part_id" in cols:
