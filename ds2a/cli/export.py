@@ -53,9 +53,6 @@ def run(args: argparse.Namespace) -> int:
     result = export_onnx(args.checkpoint, args.out, opts, data=args.data, check_trt=args.check_trt or ())
     for line in result.lines():
         print(line)
-    from ..export.onnx_export import resolve_deform_attn
-
-    print(f"deformable attention: --deform-attn {resolve_deform_attn(result.options)} (docs/DEFORM_ATTN.md)")
     if result.blocked:
         print(f"ds2a export: {result.blocked_message()}", file=sys.stderr)
         return 1

@@ -38,7 +38,8 @@ class ExportResult:
         batch = "dynamic" if o.batch is None else o.batch
         return (f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB): input images "
                 f"{'uint8' if o.uint8_input else 'float'} batch {batch} {size[0]}x{size[1]}, "
-                f"outputs {o.outputs}, opset {o.opset}" + (f"; {self.golden}" if self.golden else ""))
+                f"outputs {o.outputs}, opset {o.opset}, deformable attention {o.deform_attn} (docs/DEFORM_ATTN.md)"
+                + (f"; {self.golden}" if self.golden else ""))
 
     def lines(self) -> List[str]:
         """Parity lines, the summary and (when TensorRT versions were checked) their report."""
@@ -86,7 +87,7 @@ def export_onnx(checkpoint: PathLike, out: PathLike, options: Optional[ExportOpt
     """
     from ..model import load_model
     from ..trt.compat import blockers, check_versions
-    from .onnx_export import build_onnx, check_size, keep_outputs, save
+    from .onnx_export import build_onnx, check_size, keep_outputs, resolve_deform_attn, save
     from .parity import check_parity
 
     options = options or ExportOptions()
@@ -98,7 +99,7 @@ def export_onnx(checkpoint: PathLike, out: PathLike, options: Optional[ExportOpt
     meta = model.meta
     size: Tuple[int, int] = tuple(options.size) if options.size else tuple(meta.input_size)  # type: ignore[assignment]
     check_size(size, tuple(meta.input_size), options.force_size)
-    options = replace(options, size=size)
+    options = replace(options, size=size, deform_attn=resolve_deform_attn(options))
     onnx_model = build_onnx(model, meta, options)
     real = None
     if data:
