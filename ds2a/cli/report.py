@@ -4,6 +4,7 @@ examples:
   ds2a report runs/demo/inspect.sqlite
   ds2a report runs/demo/inspect.sqlite --run 3 --csv parts.csv
   ds2a report runs/demo/inspect.sqlite --check    # exit 1 and list them if any invariant is broken
+  ds2a report runs/demo/inspect.sqlite --audit    # the audit trail; exit 1 if its hash chain is broken
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import argparse
 import sqlite3
 
 from ..outputs import check_outputs
+from ..records import audit
 from ..records.check import check_database, format_check
 from ..records.database import connect
 from ..records.report import format_report, run_row, summarise, write_csv
@@ -24,7 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", metavar="OUT", help="write one row per part verdict to this CSV file")
     p.add_argument("--check", action="store_true",
                    help="verify every run (or --run N): one verdict per part, PASS only for fully inspected parts, "
-                   "run status and counts consistent, no killed run left `running`; exit 1 listing any violation")
+                   "run status and counts consistent, no killed run left `running`, audit chain unbroken; "
+                   "exit 1 listing any violation")
+    p.add_argument("--audit", action="store_true",
+                   help="list the audit trail (or --run N's rows) and verify its hash chain: exit 1 when a row "
+                   "was edited, deleted or moved")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
             runs, violations = check_database(con, only)
             print(format_check(args.db, runs, violations))
             return 1 if violations else 0
+        if args.audit:
+            return _audit(con, args)
         run_id = run_row(con, args.run, args.db)["id"]
         print(format_report(summarise(con, run_id)))
         if args.csv:
@@ -45,4 +53,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {n} part rows to {args.csv}")
     finally:
         con.close()
+    return 0
+
+
+def _audit(con: sqlite3.Connection, args: argparse.Namespace) -> int:
+    """The rows, then the chain's verdict over the whole table (a run's rows alone prove nothing)."""
+    only = run_row(con, args.run, args.db)["id"] if args.run is not None else None
+    if not audit.has_audit(con):
+        print(f"audit {args.db}: no audit trail (a database of schema version 1, written before ds2a kept one)")
+    else:
+        print(f"audit trail of {args.db}" + (f", run {only}" if only is not None else "") + ":")
+        print("\n".join(audit.format_rows(audit.rows(con, only))) or "  (no rows)")
+    n, problems = audit.verify(con)
+    if problems:
+        print(f"audit {args.db}: CHAIN BROKEN, {len(problems)} problem(s) in {n} row(s):")
+        print("\n".join(f"  {p}" for p in problems))
+        return 1
+    last, digest = audit.head(con)
+    print(f"audit {args.db}: chain OK, {n} row(s); last row {last}, hash {digest}")
     return 0

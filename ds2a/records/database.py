@@ -11,10 +11,15 @@ heartbeat in its stats, so a killed process shows as `killed`/`stale`, never `ru
 (`run_status`). Rows the database never takes are counted in the run's stats and saved as JSON
 lines beside it, else in a fallback folder (`unsaved_dirs`). `ds2a report` reads the same
 tables, read-only.
+Schema version 2 adds the audit trail and overrides (ds2a/records/audit.py): version 1 files are read as
+they are and get the two tables (and version 2) when opened for writing, in one transaction; a ds2a that
+reads only version 1 refuses a version 2 file untouched (the newer-schema rule above). Run start and
+stop are audited here (`start_run`, `finish_run`).
 """
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -27,10 +32,13 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import UserError
 from ..outputs import write_new
+from . import audit
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+OLDEST_VERSION = 1  # versions this ds2a reads (and migrates when it writes)
 APPLICATION_ID = 0x44533241  # "DS2A" in the SQLite file header (offset 68)
-TABLES = ("runs", "frames", "defects", "verdicts", "timings")
+TABLES = ("runs", "frames", "defects", "verdicts", "timings")  # the inspection tables (version 1)
+ALL_TABLES = TABLES + audit.TABLES  # version 2
 BUSY_MS = 100  # how long one write waits for another process's lock before the rows are queued
 HEARTBEAT_S = 5.0  # a running run's heartbeat (in its stats) is renewed this often while frames are written
 STALE_S = 120.0  # a `running` run on another host with no heartbeat for this long is shown as `stale`
@@ -72,7 +80,7 @@ CREATE INDEX IF NOT EXISTS defects_frame ON defects(frame_id);
 CREATE INDEX IF NOT EXISTS defects_run_class ON defects(run_id, class_name);
 CREATE INDEX IF NOT EXISTS verdicts_run_verdict ON verdicts(run_id, verdict);
 CREATE INDEX IF NOT EXISTS verdicts_t ON verdicts(t_end);
-"""
+""" + audit.SCHEMA
 
 
 def _not_ours(path: str, why: str) -> UserError:
@@ -83,7 +91,7 @@ def _not_ours(path: str, why: str) -> UserError:
 def _expected_columns() -> Dict[str, List[str]]:
     con = sqlite3.connect(":memory:")
     con.executescript(SCHEMA)
-    cols = {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in TABLES}
+    cols = {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in ALL_TABLES}
     con.close()
     return cols
 
@@ -117,7 +125,7 @@ def identify(path: str) -> str:
             version = con.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             tables.discard("sqlite_sequence")
-            cols = {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in tables if t in TABLES}
+            cols = {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in tables if t in ALL_TABLES}
         finally:
             con.close()
     except sqlite3.Error as exc:
@@ -129,15 +137,16 @@ def identify(path: str) -> str:
             raise UserError(f"inspection database {path} has schema version {version}, written by a newer ds2a; "
                             f"this ds2a reads version {SCHEMA_VERSION}: left untouched. Upgrade ds2a to read it, "
                             "or give --db a new file")
-    if tables == set(TABLES) and cols == _expected_columns():
+    want = set(TABLES) if version < 2 else set(ALL_TABLES)  # version 2 added the audit tables
+    expected = _expected_columns()
+    if tables == want and cols == {t: expected[t] for t in want}:
         return "ours" if app_id == APPLICATION_ID else "legacy"
     if app_id == APPLICATION_ID and not tables:
         return "ours"  # marked but empty (a creation cut short): the schema is created on connect
-    mine = sorted(t for t in tables if t in TABLES)
+    mine = sorted(t for t in tables if t in ALL_TABLES)
     if mine:
-        want = _expected_columns()
-        odd = [t for t in mine if cols.get(t) != want[t]]
-        missing = sorted(set(TABLES) - tables)
+        odd = [t for t in mine if cols.get(t) != expected[t]]
+        missing = sorted(want - tables)
         what = (f"table(s) {', '.join(odd)} with other columns than ds2a's" if odd else
                 f"ds2a's table names but not {', '.join(missing)}" if missing else "tables ds2a does not write")
         raise _not_ours(path, f"has {what} (SQLite file of another program, or damaged)")
@@ -182,10 +191,12 @@ def connect(path: str, create: bool = True, readonly: bool = False) -> sqlite3.C
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
         version = con.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
+        if not OLDEST_VERSION <= version <= SCHEMA_VERSION:
             con.close()
             raise UserError(f"inspection database {path} has schema version {version}, this ds2a reads "
-                            f"version {SCHEMA_VERSION}; use a new --db file")
+                            f"versions {OLDEST_VERSION} to {SCHEMA_VERSION}; use a new --db file")
+        if version < SCHEMA_VERSION and not readonly:
+            _migrate(con)
         if kind == "legacy" and not readonly:
             con.execute(f"PRAGMA application_id={APPLICATION_ID}")
             con.commit()
@@ -196,6 +207,21 @@ def connect(path: str, create: bool = True, readonly: bool = False) -> sqlite3.C
         raise UserError(f"inspection database {path} is damaged ({exc}); keep it for recovery and pass a new "
                         "--db file") from None
     return con
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    """Version 1 -> 2: the audit tables and the new version, in one transaction (another process may have
+    done it first: the version is read again under the write lock)."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        if con.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            for statement in audit.statements():
+                con.execute(statement)
+            con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
 
 
 def _empty_schema(path: str) -> bool:
@@ -321,6 +347,7 @@ class Records:
         self.extra: Dict[str, Any] = {}  # more facts for the run's stats (e.g. unsaved failure images)
         self._alive: Dict[str, Any] = process_identity()
         self._beat = 0.0
+        self.user, self.origin = audit.local_user(), audit.local_origin()  # who starts and stops the run, where
 
     @property
     def pending(self) -> int:
@@ -329,20 +356,42 @@ class Records:
     def start_run(self, model: str, backend: str, source: str, classes: Iterable[str], rules: Dict[str, Any],
                   mm_per_pixel: Optional[float]) -> int:
         now = time.time()
+        rules_text = json.dumps(rules)
         try:
             cur = self.con.execute(
                 "INSERT INTO runs (started_at, status, model, backend, source, classes, rules, mm_per_pixel, stats) "
                 "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
-                (now, model, backend, source, json.dumps(list(classes)), json.dumps(rules), mm_per_pixel,
+                (now, model, backend, source, json.dumps(list(classes)), rules_text, mm_per_pixel,
                  json.dumps({**self.extra, **self._alive, "heartbeat": now})))
+            self.run_id = int(cur.lastrowid)
+            self._audit_start(model, backend, source, rules_text, now)  # same transaction: both or neither
+            self.con.execute("UPDATE runs SET stats=? WHERE id=?",
+                             (json.dumps({**self.extra, **self._alive, "heartbeat": now}), self.run_id))
             self.con.commit()
         except sqlite3.Error as exc:
+            self.con.rollback()
+            self.run_id = None
             raise UserError(f"cannot write inspection database {self.path}: {exc}; free the disk or stop the "
                             "process holding it, or pass another --db") from None
-        self.run_id = int(cur.lastrowid)
         self._beat = time.monotonic()
         self.con.execute(f"PRAGMA busy_timeout={BUSY_MS}")  # from now on a lock queues records, never stalls the loop
         return self.run_id
+
+    def _audit_start(self, model: str, backend: str, source: str, rules_text: str, now: float) -> None:
+        """The run_start audit row (and a rules_change row when the rules differ from the previous run's),
+        written in the caller's transaction, which already holds the write lock (the run's INSERT)."""
+        sha = hashlib.sha256(rules_text.encode("utf-8")).hexdigest()
+        before = self.con.execute("SELECT id, rules FROM runs WHERE id < ? ORDER BY id DESC LIMIT 1",
+                                  (self.run_id,)).fetchone()
+        ids = self.extra.setdefault("audit", {})
+        if before is not None and before[1] != rules_text:
+            old = hashlib.sha256((before[1] or "").encode("utf-8")).hexdigest()
+            ids["rules_change"], _ = audit.append(
+                self.con, "rules_change", self.user, self.origin, run_id=self.run_id, t=now,
+                detail={"previous_run": before[0], "rules_sha256_before": old, "rules_sha256": sha})
+        ids["run_start"], _ = audit.append(
+            self.con, "run_start", self.user, self.origin, run_id=self.run_id, t=now,
+            detail={"model": model, "backend": backend, "source": source, "rules_sha256": sha})
 
     def add_frame(self, res: Any, image_path: Optional[str] = None, raw_path: Optional[str] = None) -> None:
         """Queue one Result (frame, its defects, its timings); written by the next commit()."""
@@ -505,8 +554,20 @@ class Records:
         UserError when records could not be written. If even the end row is refused, it is saved with
         the rows (see _dump) and the run stays `running` in the file: `run_status` shows it `killed`."""
         unwritten = self.drain(self.finish_patience_s)
+        ended = time.time()
+        try:
+            if not self.con.in_transaction:
+                self.con.execute("BEGIN IMMEDIATE")  # the stop row's place in the chain and the run's end together
+            if self.run_id is not None:
+                self.extra.setdefault("audit", {})["run_stop"], _ = audit.append(
+                    self.con, "run_stop", self.user, self.origin, run_id=self.run_id, t=ended,
+                    detail={"status": status, "frames": stats.get("frames"), "parts": stats.get("parts")})
+        except sqlite3.Error as exc:
+            self.con.rollback()
+            self.extra.get("audit", {}).pop("run_stop", None)
+            logger.error(f"ERROR: records: cannot write the run_stop audit row to {self.path}: {exc}")
         stats = {**stats, **self.extra, **self.health(), **self._alive}
-        row = (time.time(), status, stats.get("frames"), stats.get("dropped"), stats.get("corrupt"),
+        row = (ended, status, stats.get("frames"), stats.get("dropped"), stats.get("corrupt"),
                stats.get("reconnects"), stats.get("e2e_fps"), stats.get("model_fps"), json.dumps(stats), self.run_id)
         try:
             self.con.execute(

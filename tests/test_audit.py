@@ -1,0 +1,183 @@
+"""The audit trail (ds2a/records/audit.py): a hash chain that `ds2a report --audit` and `--check` verify,
+run start/stop rows from `ds2a inspect`, schema version 2 beside version 1 files, and verdict overrides
+(`ds2a override`) that add rows and never rewrite the original, with roles from a users file."""
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+
+import numpy as np
+import pytest
+
+from ds2a.cli import main
+from ds2a.errors import UserError
+from ds2a.inspect.loop import Result
+from ds2a.inspect.parts import PartVerdict
+from ds2a.records import audit, database
+from ds2a.records.database import APPLICATION_ID, Records, connect
+from ds2a.sources import Frame
+
+CLASSES = ["background", "damage"]
+
+
+def _result(seq: int, part: str, reasons=()) -> Result:
+    frame = Frame(np.zeros((8, 8, 3), np.uint8), seq, time.time(), time.perf_counter(), part)
+    return Result(seq, frame, np.zeros((4, 4), np.uint8), [], not reasons, list(reasons), {"latency": 1.0})
+
+
+def _run(path, parts=(("a", True), ("b", False)), rules=None) -> int:
+    """One recorded run: a frame and a part verdict per part, start and stop audited."""
+    rec = Records(str(path))
+    run = rec.start_run("m.onnx", "onnxruntime", "demo://", CLASSES, rules or {"level": "part"}, None)
+    for seq, (part, ok) in enumerate(parts):
+        reasons = () if ok else ("damage: 1 region(s) > max_count 0",)
+        rec.add_frame(_result(seq, part, reasons))
+        rec.add_verdict(PartVerdict(part, "part", ok, list(reasons), seq, seq, 1, 1.0 + seq, 1.5 + seq))
+        rec.commit()
+    rec.finish_run("finished", {"frames": len(parts), "parts": len(parts)})
+    rec.close()
+    return run
+
+
+def _tamper(path, *sql: str) -> None:
+    """What someone with the file and SQLite in hand does: drop the append-only triggers, change rows,
+    put the triggers back (so only the chain can tell)."""
+    con = sqlite3.connect(path)
+    for t in audit.TRIGGERS:
+        con.execute(f"DROP TRIGGER {t}")
+    for statement in sql:
+        con.execute(statement)
+    for statement in audit.statements():
+        if statement.startswith("CREATE TRIGGER"):
+            con.execute(statement)
+    con.commit()
+    con.close()
+
+
+def _audit(path, capsys, *more):
+    rc = main(["report", str(path), "--audit", *more])
+    return rc, capsys.readouterr().out
+
+
+@pytest.fixture()
+def db(tmp_path):
+    path = tmp_path / "r.sqlite"
+    _run(path)
+    _run(path, rules={"level": "part", "classes": {"damage": {"max_count": 1}}})  # other rules: a rules_change row
+    return path
+
+
+def test_runs_are_audited_and_the_chain_verifies(db, capsys):
+    rc, out = _audit(db, capsys)
+    assert rc == 0, out
+    assert "chain OK, 5 row(s)" in out
+    con = sqlite3.connect(db)
+    actions = [r[0] for r in con.execute("SELECT action FROM audit ORDER BY id")]
+    assert actions == ["run_start", "run_stop", "rules_change", "run_start", "run_stop"]
+    prev = [r[0] for r in con.execute("SELECT prev FROM audit ORDER BY id")]
+    hashes = [r[0] for r in con.execute("SELECT hash FROM audit ORDER BY id")]
+    assert prev == [audit.GENESIS] + hashes[:-1]
+    assert main(["report", str(db), "--check"]) == 0
+
+
+@pytest.mark.parametrize("sql, words", [
+    (["UPDATE audit SET user='mallory' WHERE id=2"], r"audit row 2: its content does not match its hash"),
+    (["DELETE FROM audit WHERE id=3"], r"audit row\(s\) 3 missing"),
+    (["DELETE FROM audit WHERE id=5"], r"after 4 missing: the id counter is at 5"),
+    (["UPDATE audit SET id=-1 WHERE id=2", "UPDATE audit SET id=2 WHERE id=3", "UPDATE audit SET id=3 WHERE id=-1"],
+     r"audit row 2: its link does not match"),
+])
+def test_an_edited_deleted_or_reordered_row_breaks_the_chain(db, capsys, sql, words):
+    _tamper(db, *sql)
+    rc, out = _audit(db, capsys)
+    assert rc == 1
+    assert "CHAIN BROKEN" in out
+    assert re.search(words, out), out
+    assert main(["report", str(db), "--check"]) == 1  # --check includes the chain
+    assert "audit row" in capsys.readouterr().out
+
+
+def test_a_deleted_last_row_with_its_counter_is_still_caught_by_the_runs_reference(db, capsys):
+    _tamper(db, "DELETE FROM audit WHERE id=5", "UPDATE sqlite_sequence SET seq=4 WHERE name='audit'")
+    rc, out = _audit(db, capsys)
+    assert rc == 1 and "run 2: its run_stop audit row 5 is not in the chain" in out
+
+
+def test_the_append_only_triggers_refuse_edits_and_their_removal_is_reported(db, capsys):
+    con = sqlite3.connect(db)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        con.execute("UPDATE audit SET user='x' WHERE id=1")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        con.execute("DELETE FROM audit WHERE id=1")
+    con.execute("DROP TRIGGER audit_no_delete")
+    con.commit()
+    con.close()
+    rc, out = _audit(db, capsys)
+    assert rc == 1 and "audit_no_delete removed" in out
+
+
+def _version1(path) -> None:
+    """A database as ds2a wrote it before the audit trail: schema version 1, no audit tables."""
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    con.executescript(database.SCHEMA.replace(audit.SCHEMA, ""))
+    con.execute("INSERT INTO runs (started_at, ended_at, status, model, stats, frames) "
+                "VALUES (1.0, 2.0, 'finished', 'm', '{}', 0)")
+    con.execute("PRAGMA user_version=1")
+    con.commit()
+    con.close()
+
+
+def test_an_older_database_without_the_audit_table_reads_and_is_migrated_when_written(tmp_path, capsys):
+    path = tmp_path / "old.sqlite"
+    _version1(path)
+    before = path.read_bytes()
+    assert main(["report", str(path)]) == 0
+    rc, out = _audit(path, capsys)
+    assert rc == 0 and "no audit trail" in out and "chain OK, 0 row(s)" in out
+    assert path.read_bytes() == before  # reading never migrates
+    _run(path)  # writing adds the tables and version 2, then audits the run
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert [r[0] for r in con.execute("SELECT action FROM audit ORDER BY id")] == ["rules_change", "run_start",
+                                                                                     "run_stop"]
+    con.close()
+    assert _audit(path, capsys)[0] == 0
+
+
+def test_a_version_2_file_is_refused_untouched_by_a_ds2a_that_reads_only_version_1(db, monkeypatch):
+    monkeypatch.setattr(database, "SCHEMA_VERSION", 1)
+    before = db.read_bytes()
+    with pytest.raises(UserError, match="schema version 2, written by a newer ds2a"):
+        connect(str(db))
+    assert db.read_bytes() == before
+
+
+def test_removing_the_audit_table_and_downgrading_the_version_is_reported(db, capsys):
+    con = sqlite3.connect(db)
+    for t in audit.TRIGGERS:
+        con.execute(f"DROP TRIGGER {t}")
+    con.execute("DROP TABLE overrides")
+    con.execute("DROP TABLE audit")
+    con.execute("PRAGMA user_version=1")
+    con.commit()
+    con.close()
+    rc, out = _audit(db, capsys)
+    assert rc == 1 and "audit table missing, but run(s) 1, 2 were audited" in out
+
+
+def test_a_demo_inspect_run_writes_start_and_stop_rows(tmp_path, capsys):
+    from fakes.onnx_models import threshold_onnx
+
+    model = threshold_onnx(tmp_path / "thr.onnx")
+    path = tmp_path / "inspect.sqlite"
+    assert main(["inspect", "--model", str(model), "--source", "demo://?frames=6&width=96&height=64&speed=24",
+                 "--headless", "--db", str(path)]) == 0
+    con = sqlite3.connect(path)
+    rows = con.execute("SELECT action, run_id, user, origin, detail FROM audit ORDER BY id").fetchall()
+    assert [r[:2] for r in rows] == [("run_start", 1), ("run_stop", 1)]
+    assert rows[0][2] == audit.local_user() and audit.local_origin().split(" pid ")[0] in rows[0][3]
+    assert '"status":"finished"' in rows[1][4]
+    capsys.readouterr()
+    assert _audit(path, capsys)[0] == 0
