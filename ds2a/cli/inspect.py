@@ -19,6 +19,7 @@ from ..inspect.run import InspectOptions, inspect, parse_roi
 from ..inspect.signals import exit_code
 from ..runtime import backend_for
 from ..runtime.options import add_backend_arguments, options_from_args
+from ..sources.barcode import parse_barcode_roi
 from ..web.station import StationOptions
 
 
@@ -65,6 +66,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(trigger coil, serial, busy/done, result registers; map in deploy/README.md)")
     p.add_argument("--trigger-timeout", type=float, default=1.0, metavar="S",
                    help="seconds from a trigger to its answer; a part not judged by then is answered NONE (default 1)")
+    p.add_argument("--part-id", choices=("source", "barcode"), default="source",
+                   help="where part ids come from: source (default: the source's or the trigger's) or barcode (a QR or "
+                   "Data Matrix code on the part, read with zxing-cpp: pip install 'ds2a-edge[barcode]'); an unread "
+                   "code gives the id unread-<frame>, a code that disagrees with --trigger's id raises an alarm")
+    p.add_argument("--barcode-roi", metavar="X,Y,W,H", help="with --part-id barcode: search the code in this window "
+                   "(frame pixels; default: the part box, stretched up and down by half its height, else the whole frame)")
+    p.add_argument("--barcode-formats", default="qr,datamatrix", metavar="qr,datamatrix",
+                   help="with --part-id barcode: the codes accepted as part ids (default both)")
     p.add_argument("--opcua", metavar="URL", help="serve state, part results and counters over OPC UA, e.g. "
                    "opc.tcp://127.0.0.1:4840 (anonymous on loopback only; node set in docs/OPCUA.md)")
     p.add_argument("--opcua-users", metavar="FILE", help="users file (NAME:ROLE:HASH lines, `python -m "
@@ -91,7 +100,8 @@ def options_from(args: argparse.Namespace) -> InspectOptions:
         station=StationOptions(web=args.web, web_token=args.web_token, web_insecure=args.web_insecure,
                                notify=list(args.notify)),
         trigger=args.trigger, trigger_timeout=args.trigger_timeout, opcua=args.opcua, opcua_users=args.opcua_users,
-        drift=args.drift, drift_ack=args.drift_ack)
+        drift=args.drift, drift_ack=args.drift_ack, part_id=args.part_id, barcode_formats=args.barcode_formats,
+        barcode_roi=None if args.barcode_roi is None else parse_barcode_roi(args.barcode_roi))
 
 
 def messages_to_stderr(args: argparse.Namespace) -> bool:

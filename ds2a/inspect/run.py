@@ -22,6 +22,7 @@ from ..options_check import check_fields
 from ..records.database import Records
 from ..records.evidence import run_facts
 from ..sources import Source, open_source
+from ..sources.barcode import BarcodeSource, check_part_id_option
 from ..web.station import Station, StationOptions
 from ..web.station import station as open_station
 from .drift import DEFAULT_MODE as DRIFT_DEFAULT
@@ -73,6 +74,9 @@ class InspectOptions:
     opcua_users: Optional[str] = None  # users file (names, roles, password hashes); required beyond loopback
     drift: str = DRIFT_DEFAULT  # stop (drifted parts NONE), warn (alarm only), off: the drift watch (docs/DRIFT.md)
     drift_ack: Optional[str] = None  # a file an engineer touches to acknowledge a drift alarm (SIGUSR1 does too)
+    part_id: str = "source"  # source (ids from the source or the trigger), barcode (a QR/Data Matrix code on the part)
+    barcode_roi: Optional[Region] = None  # x, y, w, h where the code is searched; None: the part box, else the frame
+    barcode_formats: str = "qr,datamatrix"  # codes accepted as part ids (ds2a/sources/barcode.py)
 
 
 def parse_roi(text: str) -> Region:
@@ -124,6 +128,7 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
     station = open_station(options.station, options.db)  # --web/--notify checked before the model opens
     trigger = check_trigger_option(options)  # --trigger too (ds2a/notify/handshake.py)
     opcua = check_opcua_option(options)  # and --opcua: URL, users file, free port (ds2a/notify/opcua_server.py)
+    part_codes = check_part_id_option(options)  # --part-id barcode: formats, ROI, zxing-cpp installed
     draft = read_rules(options.rules, options.mm_per_pixel)  # checked as far as it can be without the model
     with contextlib.ExitStack() as stack:
         signals = StopSignals()
@@ -136,6 +141,8 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         source = open_source(options.source)
         line = stack.enter_context(contextlib.closing(open_trigger_line(trigger, options))) if trigger else None
         source = line.source(source) if line else source  # one frame per trigger, named by the line
+        codes = BarcodeSource(source, *part_codes) if part_codes else None  # ids read from the part's code
+        source = codes or source
         until_running = stack.enter_context(contextlib.ExitStack())  # the capture thread closes it once running
         until_running.callback(source.close)
         sinks = _open_sinks(options, options.fps or source.fps or 30.0, stack)
@@ -152,6 +159,9 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
             publisher.observers.append(truth)
         if line is not None:
             publisher.observers.append(line)  # answers each trigger after its part is recorded
+        if codes is not None:  # its alarms (JSON line, notes) and counts (run stats) are written on the output side
+            codes.jsonl, codes.records = jsonl, records
+            publisher.observers.append(codes)
         if station is not None:
             stack.callback(station.close)
             station.start(publisher, lambda: _renderer(options, classes, model), records)
@@ -171,6 +181,8 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
                               min_region_px=_smallest_area(rules))
         if drift is not None:
             drift.notes = loop.notes  # alarms go into the summary and the run's notes
+        if codes is not None:
+            codes.notes = loop.notes
         publisher.on_stop = loop.stop
         signals.attach(loop)
         run_id = None

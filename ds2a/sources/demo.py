@@ -8,7 +8,11 @@ of every part (`truth`), so a run on demo:// reports escapes and overkill.
 
 URI options: `frames=N` (end after N >= 1 frames; default endless), `fps=F` (0..1000: pace like
 a camera: it is then live, keeps the newest frame only; default unpaced, every frame processed),
-`seed=S` (0..2**32-1), `width=` (64..7680), `height=` (64..4320), `speed=` (pixels per frame).
+`seed=S` (0..2**32-1), `width=` (64..7680), `height=` (64..4320), `speed=` (pixels per frame),
+`codes=1` (a QR code, `codes=2` a Data Matrix, with the cell's id, on a label on the belt just above each
+cell, moving with it like a carrier's label, for `--part-id barcode`: ds2a/sources/barcode.py; needs
+zxing-cpp). The label is outside the part box, so the model never judges it (the demo model, trained
+without labels, calls a code on the cell a defect).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ class DemoSource(Source):
     gives_truth = True  # `truth(part_id)`: escapes and overkill can be counted live
 
     def __init__(self, uri: str = "demo://", frames: Optional[int] = None, fps: float = 0.0, seed: int = 0,
-                 width: int = 1280, height: int = 720, speed: int = 96) -> None:
+                 width: int = 1280, height: int = 720, speed: int = 96, codes: int = 0) -> None:
         super().__init__(uri)
         if not (64 <= width <= 7680 and 64 <= height <= 4320 and 1 <= speed <= width):
             raise UserError(f"source {uri}: width must be 64..7680, height 64..4320 and speed 1..width")
@@ -43,11 +47,20 @@ class DemoSource(Source):
         self.width, self.height, self.speed = width, height, speed
         self.frame_hw = (height, width)
         self.seed = seed
+        self.codes = {0: None, 1: "qr", 2: "datamatrix"}.get(int(codes), "?")
+        if self.codes == "?":
+            raise UserError(f"source {uri}: codes must be 0 (none), 1 (QR) or 2 (Data Matrix)")
+        if self.codes:
+            from .barcode import zxing
+
+            zxing()  # refused at start, with the install command, when the encoder is missing
         self.cell_hw = (int(height * 0.62) // 2 * 2, int(width * 0.45) // 2 * 2)
         self.pitch = int(self.cell_hw[1] * 1.6)
         self.y0 = (height - self.cell_hw[0]) // 2
         self._belt = self._make_belt()
         self._cells: Dict[int, np.ndarray] = {}
+        self._labels: Dict[int, np.ndarray] = {}  # codes=1|2: each cell's code label
+        self._margin = max(2, self.y0 // 32)
         self._truth: Dict[int, np.ndarray] = {}  # label masks of recent cells (see `truth`)
         self._index = 0
         self._next_t: Optional[float] = None
@@ -86,6 +99,15 @@ class DemoSource(Source):
                 self._truth.pop(old, None)
         return self._cells[cell_id]
 
+    def _label(self, cell_id: int) -> np.ndarray:
+        """The cell's id as a code (grey), as large as fits between the rail and the cell, at most 1/4 of the cell."""
+        if cell_id not in self._labels:
+            from .barcode import code_image
+
+            room = self.y0 - self.y0 // 2 - 2 * self._margin
+            self._labels[cell_id] = code_image(f"cell-{cell_id:06d}", self.codes, min(room, self.cell_hw[1] // 4))  # type: ignore[arg-type]
+        return self._labels[cell_id]
+
     def truth(self, part_id: str) -> Optional[Tuple[np.ndarray, Tuple[int, int]]]:
         """Ground truth of part `cell-N`: (label mask, the size in frame pixels it covers), else None.
 
@@ -115,10 +137,18 @@ class DemoSource(Source):
                 continue
             a, b = max(0, x), min(self.width, x + cw)
             frame[self.y0:self.y0 + ch, a:b] = self._cell(cid)[:, a - x:b - x]
+            if self.codes:  # the label rides above the cell's left end
+                label = self._label(cid)
+                lh, lw = label.shape
+                lx, ly = x + self._margin, self.y0 - self._margin - lh
+                la, lb = max(0, lx), min(self.width, lx + lw)
+                if la < lb and ly >= 0:
+                    frame[ly:ly + lh, la:lb] = label[:, la - lx:lb - lx, None]
             if x >= 0 and x + cw <= self.width:
                 part, roi = f"cell-{cid:06d}", (x, self.y0, cw, ch)
         for cid in [c for c in self._cells if c < first]:
             del self._cells[cid]
+            self._labels.pop(cid, None)
         return frame, part, roi
 
     def read(self) -> Optional[Frame]:

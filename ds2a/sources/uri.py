@@ -13,7 +13,8 @@ from ..errors import UserError
 Option = Tuple[type, float, float]
 DEMO_OPTIONS: Dict[str, Option] = {"frames": (int, 1, 10**9), "fps": (float, 0.0, 1000.0),
                                    "seed": (int, 0, 2**32 - 1), "width": (int, 64, 7680),
-                                   "height": (int, 64, 4320), "speed": (int, 1, 7680)}
+                                   "height": (int, 64, 4320), "speed": (int, 1, 7680),
+                                   "codes": (int, 0, 2)}  # codes: 1 QR, 2 Data Matrix on each cell
 CSI_OPTIONS: Dict[str, Option] = {"width": (int, 64, 7680), "height": (int, 64, 4320),
                                   "fps": (int, 1, 1000), "flip": (int, 0, 7)}
 DEMO_WIDTH, DEMO_SPEED = 1280, 96  # demo://'s defaults (ds2a/sources/demo.py)
