@@ -181,3 +181,85 @@ def test_a_demo_inspect_run_writes_start_and_stop_rows(tmp_path, capsys):
     assert '"status":"finished"' in rows[1][4]
     capsys.readouterr()
     assert _audit(path, capsys)[0] == 0
+
+
+# --- overrides ----------------------------------------------------------------------------------------------
+
+def _users(tmp_path):
+    from ds2a.notify.users import hash_password
+
+    path = tmp_path / "users.txt"
+    path.write_text(f"anna:operator:{hash_password('anna-secret', method='pbkdf2')}\n"
+                    f"ben:engineer:{hash_password('ben-secret', method='pbkdf2')}\n")
+    return str(path)
+
+
+def _override(db, *more):
+    return main(["override", str(db), "--part", "b", "--run", "1", *more])
+
+
+def test_an_override_adds_rows_keeps_the_original_and_the_report_shows_both(db, capsys):
+    con = sqlite3.connect(db)
+    original = con.execute("SELECT * FROM verdicts WHERE run_id=1 AND part_id='b'").fetchone()
+    con.close()
+    assert _override(db, "--verdict", "PASS", "--reason", "dust, blown off", "--user", "ben") == 0
+    assert "FAIL -> PASS by ben (unverified" in capsys.readouterr().out
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT * FROM verdicts WHERE run_id=1 AND part_id='b'").fetchone() == original
+    o = con.execute("SELECT kind, original, verdict, reason, user, role, audit_id FROM overrides").fetchone()
+    assert o == ("override", "FAIL", "PASS", "dust, blown off", "ben", None, 6)
+    assert con.execute("SELECT action, part_id, run_id FROM audit WHERE id=6").fetchone() == ("override", "b", 1)
+    con.close()
+    assert main(["report", str(db), "--run", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 PASS, 1 FAIL" in out  # the original verdicts
+    assert "part b: FAIL -> PASS by ben (unverified)" in out and "dust, blown off" in out
+    assert _audit(db, capsys)[0] == 0
+
+
+def test_an_edited_override_row_is_caught_against_its_audit_row(db, capsys):
+    assert _override(db, "--verdict", "PASS", "--reason", "dust", "--user", "ben") == 0
+    con = sqlite3.connect(db)
+    con.execute("DROP TRIGGER overrides_no_update")
+    con.execute("UPDATE overrides SET reason='other'")
+    con.execute(audit.statements()[-2])  # overrides_no_update back
+    con.commit()
+    con.close()
+    rc, out = _audit(db, capsys)
+    assert rc == 1 and "override row 1 (part b) does not match its audit row 6" in out
+
+
+def test_roles_are_enforced_for_overrides(db, tmp_path, monkeypatch, capsys):
+    users = _users(tmp_path)
+    monkeypatch.setenv("DS2A_PASSWORD", "anna-secret")
+    assert _override(db, "--verdict", "PASS", "--reason", "x", "--user", "anna", "--users", users) == 2
+    err = capsys.readouterr().err
+    assert "anna is operator" in err and "needs engineer" in err and "nothing recorded" in err
+    assert _override(db, "--doubtful", "--reason", "glare", "--user", "anna", "--users", users) == 0
+    monkeypatch.setenv("DS2A_PASSWORD", "wrong")
+    assert _override(db, "--verdict", "PASS", "--reason", "x", "--user", "ben", "--users", users) == 2
+    assert "wrong password" in capsys.readouterr().err
+    monkeypatch.setenv("DS2A_PASSWORD", "ben-secret")
+    assert _override(db, "--verdict", "PASS", "--reason", "dust", "--user", "ben", "--users", users) == 0
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT kind, verdict, user, role FROM overrides ORDER BY id").fetchall() == [
+        ("doubtful", None, "anna", "operator"), ("override", "PASS", "ben", "engineer")]
+    assert con.execute("SELECT COUNT(*) FROM audit WHERE action IN ('override', 'doubtful')").fetchone()[0] == 2
+    con.close()
+    capsys.readouterr()
+    assert main(["report", str(db), "--run", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "part b: FAIL, doubtful by anna (operator)" in out and "part b: FAIL -> PASS by ben (engineer)" in out
+
+
+def test_an_override_names_its_part_and_run(db, capsys):
+    assert main(["override", str(db), "--part", "b", "--verdict", "PASS", "--reason", "x", "--user", "ben"]) == 2
+    err = capsys.readouterr().err
+    assert "2 verdicts" in err and "runs 1, 2" in err and "--run N" in err
+    assert main(["override", str(db), "--part", "zz", "--verdict", "PASS", "--reason", "x", "--user", "ben"]) == 2
+    assert "part zz has no verdict" in capsys.readouterr().err
+    assert _override(db, "--verdict", "FAIL", "--reason", "x", "--user", "ben") == 2
+    assert "already FAIL" in capsys.readouterr().err
+    assert _override(db, "--verdict", "PASS", "--reason", "  ", "--user", "ben") == 2
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM overrides").fetchone()[0] == 0

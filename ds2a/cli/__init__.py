@@ -39,6 +39,8 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
                "ds2a report runs/inspect.sqlite --csv parts.csv"),
     "evidence": ("ds2a.cli.evidence", "one folder per part for an auditor: pictures, defects, rule, recipe, hashes",
                  "ds2a evidence runs/demo/inspect.sqlite --part cell-000003 --out evidence/"),
+    "override": ("ds2a.cli.override", "overrule a part's verdict or mark it doubtful, with a reason (audited)",
+                 "ds2a override runs/demo/inspect.sqlite --part cell-000003 --verdict PASS --reason \"dust\" --user ben"),
     "web": ("ds2a.cli.web", "the operator's web page for an inspection database (read-only)",
             "ds2a web runs/demo/inspect.sqlite --bind 127.0.0.1:8080"),
     "bench": ("ds2a.cli.bench", "latency / accuracy benchmark across backends and precisions",

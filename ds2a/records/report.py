@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 from ..errors import UserError
 from ..outputs import atomic_write
 from ..timing import summarize
+from . import audit
 from .database import run_status
 
 SQLITE_MIN_INT, SQLITE_MAX_INT = -(2 ** 63), 2 ** 63 - 1  # a larger id cannot be bound: OverflowError
@@ -81,6 +82,7 @@ def summarise(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
         "e2e_fps": run["e2e_fps"], "model_fps": run["model_fps"],
         "defects": defects, "latency_ms": latency, "fail_reasons": reasons,
         "truth": truth if isinstance(truth, dict) else None,
+        "overrides": audit.overrides(con, run_id),  # beside the original verdicts, which are never changed
     }
 
 
@@ -119,6 +121,13 @@ def format_report(s: Dict[str, Any]) -> str:
         lines.append("failure reasons (parts):")
         for r, n in sorted(s["fail_reasons"].items(), key=lambda kv: -kv[1]):
             lines.append(f"  {n:>6}  {r}")
+    if s.get("overrides"):
+        lines.append("overrides (the verdicts above are the originals):")
+        for o in s["overrides"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(o["t"]))
+            what = f"{o['original']} -> {o['verdict']}" if o["kind"] == "override" else f"{o['original']}, doubtful"
+            who = f"{o['user']} ({o['role']})" if o["role"] else f"{o['user']} (unverified)"
+            lines.append(f"  part {o['part_id']}: {what} by {who} at {when}: {o['reason']}")
     lines.append("latency (ms):")
     lines.append(f"  {'stage':<16}{'count':>7}{'min':>9}{'median':>9}{'p90':>9}{'p99':>9}{'max':>9}")
     for c, st in s["latency_ms"].items():
