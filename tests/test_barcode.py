@@ -198,3 +198,44 @@ def test_without_zxing_cpp_the_error_names_the_extra(monkeypatch):
         zxing()
     with pytest.raises(UserError, match="zxing-cpp"):
         DemoSource.from_uri("demo://?codes=1")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A mosquitto on a free loopback port (tests/test_notify.py starts it; skipped where it is missing)."""
+    import test_notify
+
+    yield from test_notify.broker.__wrapped__(tmp_path)
+
+
+def test_with_a_trigger_line_a_disagreeing_code_is_an_alarm_and_every_trigger_is_answered(broker, tmp_path):
+    """Through `ds2a.inspect` against a real mosquitto (tests/test_trigger.py's line and known-answer model)."""
+    pytest.importorskip("onnxruntime")
+    from fakes.onnx_models import threshold_onnx
+    from test_trigger import Line, Station, records, wait_until
+
+    model = threshold_onnx(tmp_path / "thr.onnx")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, image in enumerate((part_image("A1"), part_image("B2"), part_image("C3", blur=6))):
+        cv2.imwrite(str(folder / f"img{i}.png"), image)
+    db = tmp_path / "i.sqlite"
+    line = Line(broker, "codes")
+    st = Station(InspectOptions(model=str(model), source=str(folder), headless=True, db=str(db), max_frames=3,
+                                trigger=f"mqtt://127.0.0.1:{broker}/codes", trigger_timeout=5.0, part_id="barcode",
+                                drift="off"))
+    assert line.online()
+    for pid in ("A1", "X9", "C3"):  # the second part carries B2, not the X9 the line names
+        line.trigger(pid)
+    assert wait_until(lambda: len(line.results()) == 3, 20)
+    st.join()
+    res = line.results()
+    line.sub.close()
+    assert [r["part_id"] for r in res] == ["A1", "X9", "C3"]  # the line's ids, echoed as sent
+    assert all(r["verdict"] in ("PASS", "FAIL") for r in res)  # the unread and the disagreeing part are judged
+    rec = records(db)
+    assert [p for p, _ in rec["parts"]] == ["A1", "B2", "unread-2"]
+    assert [v for _, v in rec["parts"]] == [r["verdict"] for r in res]
+    assert (rec["stats"]["barcode"]["disagree"], rec["stats"]["barcode"]["unread"]) == (1, 1)
+    alarms = [n for n in rec["stats"]["notes"] if "PART ID ALARM" in n]
+    assert len(alarms) == 1 and "'X9'" in alarms[0] and "'B2'" in alarms[0]
