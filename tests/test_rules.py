@@ -9,8 +9,9 @@ import yaml
 
 from ds2a.errors import UserError
 from ds2a.inspect import rules as rules_module
+from ds2a.inspect.parts import PartTracker
 from ds2a.inspect.quantify import Defect
-from ds2a.inspect.rules import PartTracker, analyser, default_rules, judge, load_rules, parse_rules
+from ds2a.inspect.rules import analyser, default_rules, judge, load_rules, parse_rules
 
 CLASSES = ("background", "damage", "smudge", "dust")
 EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "rules.example.yaml"

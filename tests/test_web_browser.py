@@ -203,7 +203,7 @@ def _frame(seq, part_id, passed=True):
 
 
 def test_banner_labels_the_last_decided_part_and_the_part_in_view(browser, tmp_path):
-    from ds2a.inspect.rules import PartVerdict
+    from ds2a.inspect.parts import PartVerdict
 
     live = _live_site(None)
     with Served(None, live=live) as s:
@@ -221,7 +221,7 @@ def test_banner_labels_the_last_decided_part_and_the_part_in_view(browser, tmp_p
 def test_live_count_tiles_and_charts_come_from_one_snapshot(browser, tmp_path, monkeypatch):
     import ds2a.web.page as page
     import ds2a.web.server as server
-    from ds2a.inspect.rules import PartVerdict
+    from ds2a.inspect.parts import PartVerdict
 
     monkeypatch.setattr(server, "REFRESH_S", 0.5)
     monkeypatch.setattr(page, "REFRESH_S", 1)

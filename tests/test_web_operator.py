@@ -20,7 +20,7 @@ from test_web import make_db, sql_counts  # noqa: E402
 
 from ds2a.inspect.loop import Result  # noqa: E402
 from ds2a.inspect.overlay import Renderer  # noqa: E402
-from ds2a.inspect.rules import PartVerdict  # noqa: E402
+from ds2a.inspect.parts import PartVerdict  # noqa: E402
 from ds2a.meta import default_palette  # noqa: E402
 from ds2a.records.database import Records  # noqa: E402
 from ds2a.sources import Frame  # noqa: E402

@@ -397,5 +397,3 @@ def analyser(rules: Rules, classes: Sequence[str]):
 
     return analyse
 
-
-from .parts import PartTracker, PartVerdict  # noqa: E402,F401 - part verdicts live in parts.py

@@ -38,13 +38,13 @@ def check_trigger_option(options: Any) -> Any:
     """`--trigger` checked before the model opens (URL, timeout, client library); None without it."""
     if not options.trigger:
         return None
-    from ..notify.handshake import check_trigger
+    from ..notify.trigger_line import check_trigger
 
     return check_trigger(options.trigger, options.trigger_timeout)
 
 
 def open_trigger_line(target: Any, options: Any) -> Any:
     """The line for a checked target: nothing connects before `start()`."""
-    from ..notify.handshake import TriggerLine
+    from ..notify.trigger_line import TriggerLine
 
     return TriggerLine(target, options.trigger_timeout)
