@@ -60,8 +60,8 @@ def frame(image: np.ndarray, index: int, **kw) -> Frame:
 
 @pytest.mark.parametrize("fmt", ["qr", "datamatrix"])
 def test_a_printed_code_reads_back_and_only_in_the_formats_asked_for(fmt):
-    image = part_image("P-00042", fmt)
-    assert CodeReader([fmt]).read(image) == ("P-00042", "")
+    image = part_image("P-00042", fmt)[:128, :128]  # the label's corner: zxing-cpp 2.2 finds a Data Matrix only
+    assert CodeReader([fmt]).read(image) == ("P-00042", "")  # when it is a large part of the window searched
     other = "datamatrix" if fmt == "qr" else "qr"
     text, why = CodeReader([other]).read(image)
     assert text is None and why == "no readable code"
@@ -143,7 +143,8 @@ def test_inspect_records_the_codes_as_part_ids_and_judges_unread_parts(tmp_path)
         cv2.imwrite(str(folder / name), image)
     db, out = tmp_path / "r.sqlite", io.StringIO()
     summary = inspect(InspectOptions(model=str(DEMO_MODEL), source=str(folder), headless=True, db=str(db), jsonl=True,
-                                     part_id="barcode", backend_options={"intra_op_threads": 1}, drift="off"),
+                                     part_id="barcode", barcode_roi=(0, 0, 128, 128),  # the label's corner
+                                     backend_options={"intra_op_threads": 1}, drift="off"),
                       out=out, table=io.StringIO())
     assert [p.part_id for p in summary.parts] == ["P-0001", "unread-1", "unread-2", "P-0004"]
     assert all(p.verdict in ("PASS", "FAIL") for p in summary.parts)  # unread parts are still judged
@@ -157,7 +158,7 @@ def test_inspect_records_the_codes_as_part_ids_and_judges_unread_parts(tmp_path)
     finally:
         con.close()
     assert rows == [(p.part_id, p.verdict) for p in summary.parts]
-    assert stats["barcode"]["unread"] == 2 and stats["barcode"]["read"] == 2
+    assert stats["barcode"]["unread"] == 2 and stats["barcode"]["read"] == 2 and stats["barcode"]["roi"] == [0, 0, 128, 128]
 
 
 @pytest.mark.parametrize("text", ["1,2,3", "a,b,c,d", "0,0,4,100", "-1,0,50,50", ""])
