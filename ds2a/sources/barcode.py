@@ -225,7 +225,7 @@ class BarcodeSource(Source):
             self._store()
         if res is None:
             c = self.counts
-            logger.info(f"part id barcode: {c['parts']} part(s) read, {c['read']} code(s) read, {c['unread']} unread"
+            logger.info(f"part id barcode: {c['parts']} part(s), {c['read']} code(s) read, {c['unread']} unread"
                         + (f", {c['disagree']} disagreeing with the trigger" if c["disagree"] else ""))
 
     def summary(self) -> Dict[str, Any]:
