@@ -3,6 +3,7 @@ run start/stop rows from `ds2a inspect`, schema version 2 beside version 1 files
 (`ds2a override`) that add rows and never rewrite the original, with roles from a users file."""
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import time
@@ -263,3 +264,72 @@ def test_an_override_names_its_part_and_run(db, capsys):
     assert _override(db, "--verdict", "PASS", "--reason", "  ", "--user", "ben") == 2
     con = sqlite3.connect(db)
     assert con.execute("SELECT COUNT(*) FROM overrides").fetchone()[0] == 0
+
+
+# --- OPC UA method calls ------------------------------------------------------------------------------------
+
+def test_opcua_method_calls_are_audited_as_they_happen(tmp_path, capsys):
+    asyncua = pytest.importorskip("asyncua", reason="asyncua missing: pip install -e '.[notify]'")
+    import asyncio
+    import socket
+
+    from ds2a.notify.opcua_server import NAMESPACE, OpcuaStation, parse_opcua_url
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"opc.tcp://127.0.0.1:{s.getsockname()[1]}"
+    path = tmp_path / "r.sqlite"
+    rec = Records(str(path))
+    rec.start_run("m.onnx", "onnxruntime", "demo://", CLASSES, {"level": "part"}, None)
+    station = OpcuaStation(parse_opcua_url(url))
+    station.info = {"recipe": "rules.yaml"}
+    seen = {}
+
+    async def client() -> None:
+        async with asyncua.Client(url) as c:
+            ns = await c.get_namespace_index(NAMESPACE)
+            sm = await c.nodes.objects.get_child([f"{ns}:DS2A", f"{ns}:VisionStateMachine"])
+            with pytest.raises(asyncua.ua.UaStatusCodeError):  # no alarm: refused, and audited all the same
+                await sm.call_method(f"{ns}:AcknowledgeAlarm", asyncua.ua.Variant("x", asyncua.ua.VariantType.String))
+            con = sqlite3.connect(path)  # while the run goes on, not at its end
+            seen["during"] = [r[0] for r in con.execute("SELECT action FROM audit ORDER BY id")]
+            con.close()
+            recipes = await c.nodes.objects.get_child([f"{ns}:DS2A", f"{ns}:RecipeManagement"])
+            await recipes.call_method(f"{ns}:SelectRecipe", asyncua.ua.Variant("rules.yaml", asyncua.ua.VariantType.String))
+
+    station.start(None, rec)
+    try:
+        asyncio.run(asyncio.wait_for(client(), 60))
+    finally:
+        station.close()
+    rec.finish_run("finished", {"frames": 0, "parts": 0})
+    rec.close()
+    assert seen["during"] == ["run_start", "alarm_ack"]
+    con = sqlite3.connect(path)
+    rows = con.execute("SELECT action, user, role, origin, run_id, detail FROM audit ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == ["run_start", "alarm_ack", "recipe_select", "run_stop"]
+    assert rows[1][1:3] == ("anonymous", "engineer") and rows[1][3].startswith("opc.tcp") and rows[1][4] == 1
+    assert '"status":"BadInvalidState"' in rows[1][5] and '"status":"Good"' in rows[2][5]
+    assert [a.get("audit_id") for a in rec.extra["opcua_audit"]] == [2, 3]
+    con.close()
+    assert _audit(path, capsys)[0] == 0
+
+
+def test_an_evidence_export_is_audited(db, tmp_path, capsys):
+    pytest.importorskip("cv2")
+    out = tmp_path / "evidence"
+    out.mkdir()
+    assert main(["evidence", str(db), "--part", "b", "--run", "1", "--out", str(out)]) == 0
+    con = sqlite3.connect(db)
+    row = con.execute("SELECT action, run_id, part_id, user, detail FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    con.close()
+    assert row[:4] == ("evidence_export", 1, "b", audit.local_user())
+    folder = next(p for p in out.iterdir() if p.is_dir())
+    import hashlib
+    import json
+
+    detail = json.loads(row[4])
+    assert detail["folder"] == os.path.abspath(str(folder))
+    assert detail["manifest_sha256"] == hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+    capsys.readouterr()
+    assert _audit(db, capsys)[0] == 0

@@ -13,7 +13,8 @@ so a subscriber with a large enough queue sees every part, however fast they com
 Security: anonymous sessions only on a loopback binding. A binding reachable from the network needs
 a users file (ds2a/notify/users.py) and refuses anonymous sessions; writes are refused to everyone
 (every variable is read-only) and each method checks the caller's role. Method calls are audited: a
-log line and an entry in the run's stats in the database (`opcua_audit`).
+log line, a row in the database's audit trail as the call happens (ds2a/records/audit.py, refused calls
+too) and an entry in the run's stats (`opcua_audit`).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import UserError
+from ..records.audit import append as audit_append
 from .users import Users, may, read_users
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ CAPACITY = 10000  # results waiting for the server thread; beyond this the oldes
 AUDIT_KEEP = 1000  # audit entries kept in the run's stats (all are logged)
 CHECKS_PER_S = 5  # password checks a second at most (_UserManager)
 END_WAIT_S = 2.0  # at the end, how long the last changes get to reach subscribers before the server stops
+AUDIT_ACTIONS = {"AcknowledgeAlarm": "alarm_ack", "SelectRecipe": "recipe_select"}  # -> audit trail actions
 STATES = {"idle": "Halted", "running": "Operational", "error": "Error"}  # ours -> OPC 40100-1 top-level state
 
 _caller: "contextvars.ContextVar[Any]" = contextvars.ContextVar("ds2a_opcua_caller", default=None)
@@ -247,6 +251,7 @@ class OpcuaStation:
         self._busy = False  # the server thread is writing an item it took
         self._calls = 0  # method calls audited
         self._last_change = 0.0  # monotonic time of the last value written (server thread)
+        self._audit_con: Optional[sqlite3.Connection] = None  # the server thread's own connection to the records
 
     # ---- the inspection side (output thread / main thread) -----------------------------------------------
     def start(self, publisher: Any, records: Any = None, options: Any = None, model: Any = None,
@@ -415,6 +420,9 @@ class OpcuaStation:
         finally:
             with self._lock:
                 self._busy = False
+            if self._audit_con is not None:
+                self._audit_con.close()
+                self._audit_con = None
             try:
                 await model.server.stop()
             except Exception as exc:  # noqa: BLE001 - stopping is best effort
@@ -427,8 +435,28 @@ class OpcuaStation:
                     f"{', from ' + entry['peer'] if entry.get('peer') else ''}) called {entry['method']}"
                     f"({', '.join(repr(a) for a in entry['args'])}) -> {entry['status']}"
                     f"{': ' + entry['detail'] if entry.get('detail') else ''}")
+        self._audit_row(entry)
         if len(self.audit) < AUDIT_KEEP:
             self.audit.append(entry)
+
+    def _audit_row(self, entry: Dict[str, Any]) -> None:
+        """The call as a row of the audit trail, now (the server thread's own connection, a short lock wait);
+        a database that refuses it is logged, and the call stays in the run's stats."""
+        path, action = getattr(self.records, "path", None), AUDIT_ACTIONS.get(entry.get("method", ""))
+        if not path or action is None:
+            return
+        origin = f"opc.tcp {entry['peer']}" if entry.get("peer") else f"opc.tcp session on {entry.get('endpoint')}"
+        try:
+            if self._audit_con is None:
+                self._audit_con = sqlite3.connect(path, timeout=2.0, check_same_thread=False)
+            entry["audit_id"], _ = audit_append(
+                self._audit_con, action, entry["user"], origin, role=entry.get("role"),
+                run_id=getattr(self.records, "run_id", None), t=entry.get("t"),
+                detail={"method": entry["method"], "args": entry["args"], "status": entry["status"],
+                        "detail": entry.get("detail", "")})
+        except sqlite3.Error as exc:
+            logger.error(f"ERROR: opcua: {entry['method']} by {entry['user']} not written to the audit trail of "
+                         f"{path}: {exc} (kept in the run's stats)")
 
 
 class _Model:

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import sqlite3
+import sys
 import tempfile
 import uuid
 import zipfile
@@ -285,9 +286,11 @@ class Evidence:
             "frames": frames,
         }
 
-    def write(self, pv: sqlite3.Row, out: str, make_zip: bool = False) -> Tuple[str, Optional[str]]:
+    def write(self, pv: sqlite3.Row, out: str, make_zip: bool = False,
+              audit: bool = True) -> Tuple[str, Optional[str]]:
         """One new folder under `out` (and a .zip beside it); returns their paths. Never writes into an
-        existing folder: the folder is built hidden and renamed to a name not yet taken."""
+        existing folder: the folder is built hidden and renamed to a name not yet taken. `audit`: the export
+        becomes a row of the database's audit trail (ds2a/records/audit.py)."""
         from .. import __version__
 
         facts = self.facts(pv)
@@ -311,7 +314,29 @@ class Evidence:
             with atomic_path(archive, "--zip") as part_file, zipfile.ZipFile(part_file, "w", zipfile.ZIP_DEFLATED) as z:
                 for name in sorted(_listing(final)):
                     z.write(os.path.join(final, name), os.path.join(os.path.basename(final), name))
+        if audit:
+            self._audit_export(pv, final, archive)
         return final, archive
+
+    def _audit_export(self, pv: sqlite3.Row, folder: str, archive: Optional[str]) -> None:
+        """An evidence_export row (who, where, which part, the manifest's sha256). A database this user may
+        not write (an auditor's copy) keeps the export going, with a warning that it was not audited."""
+        from . import audit
+
+        try:
+            with open(os.path.join(folder, "manifest.json"), "rb") as fh:
+                manifest = hashlib.sha256(fh.read()).hexdigest()
+            con = connect(self.db, create=False)
+            try:
+                audit.append(con, "evidence_export", audit.local_user(), audit.local_origin(), run_id=pv["run_id"],
+                             part_id=pv["part_id"], detail={"verdict_id": pv["id"], "folder": os.path.abspath(folder),
+                                                            "zip": archive and os.path.abspath(archive),
+                                                            "manifest_sha256": manifest})
+            finally:
+                con.close()
+        except (UserError, OSError, sqlite3.Error) as exc:
+            print(f"warning: evidence for part {pv['part_id']} written, but not recorded in the audit trail of "
+                  f"{self.db}: {exc}", file=sys.stderr)
 
 
 def evidence_zip(db: str, verdict_id: int) -> Tuple[bytes, str]:
@@ -323,7 +348,7 @@ def evidence_zip(db: str, verdict_id: int) -> Tuple[bytes, str]:
         if pv is None:
             raise UserError(f"part verdict {verdict_id} is not in the records of {db}")
         with tempfile.TemporaryDirectory(prefix="ds2a-evidence-") as tmp:
-            _, archive = ev.write(pv, tmp, make_zip=True)
+            _, archive = ev.write(pv, tmp, make_zip=True, audit=False)  # the page stays read-only
             with open(str(archive), "rb") as fh:
                 return fh.read(), os.path.basename(str(archive))
     finally:
