@@ -106,6 +106,17 @@ def test_a_camera_without_part_ids_reads_every_frame_and_the_roi_limits_the_sear
     assert [f.part_id for f in src] == ["unread-5"]
 
 
+def test_a_code_met_again_on_a_later_part_is_recorded_apart_and_a_camera_keeps_one_id_while_it_sees_it():
+    a, b = part_image("P-1"), part_image("P-2")
+    named = ListSource([frame(a, 0, part_id="n0"), frame(b, 1, part_id="n1"), frame(a, 2, part_id="n2"),
+                        frame(a, 3, part_id="n3")], gives_parts=True)
+    assert [f.part_id for f in BarcodeSource(named)] == ["P-1", "P-2", "P-1#2", "P-1#3"]
+    camera = BarcodeSource(ListSource([frame(a, 0), frame(a, 1), frame(part_image(None), 2), frame(a, 3),
+                                       frame(b, 4)]))
+    assert [f.part_id for f in camera] == ["P-1", "P-1", "unread-2", "P-1#2", "P-2"]
+    assert camera.summary()["parts"] == 4 and camera.summary()["reads"] == 5
+
+
 def triggered(image: np.ndarray, index: int, sent: str, record_id: str) -> TriggeredFrame:
     now = time.perf_counter()
     trigger = Trigger(index + 1, sent, time.time(), now, now + 1.0)

@@ -6,7 +6,9 @@ pixels) when given, else in the part box of sources that locate the part (demo:/
 by half its height (the part and its carrier's label), else in the whole frame.
 When the wrapped source names parts (demo://'s photo-eye, one image per part, one frame per trigger), the
 code is read once per named part (on its first frame) and every frame of that part keeps that id, so a
-part is never split between ids. A part whose code cannot be read (no code, blurred, covered, two
+part is never split between ids; from a camera that names no parts, every frame is read and consecutive
+frames with the same code are one part. A code met again on a later part (rework, a reused carrier) is
+recorded as CODE#2, CODE#3..., so each part keeps its own verdict. A part whose code cannot be read (no code, blurred, covered, two
 different codes) is `unread-<frame index>`: it still gets its verdict, and the run counts it. With
 `--trigger`, a code that disagrees with the id the line sent raises an alarm (an ALARM log line, a JSON
 event on --jsonl, the run's notes); the answer to the line keeps the line's id (ds2a/notify/handshake.py).
@@ -20,6 +22,7 @@ import collections
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -128,6 +131,7 @@ class BarcodeSource(Source):
     """
 
     gives_parts = True
+    REMEMBER = 100000  # ids kept to make repeats unique (about 10 MB), as ds2a/sources/trigger.py
 
     def __init__(self, inner: Source, formats: Sequence[str] = ("qr", "datamatrix"), roi: Optional[Region] = None,
                  jsonl: Any = None, records: Any = None, notes: Optional[List[str]] = None) -> None:
@@ -149,7 +153,11 @@ class BarcodeSource(Source):
         self._pending: Deque[Dict[str, Any]] = collections.deque()
         self._lock = threading.Lock()
         self._named: Optional[str] = None  # the wrapped source's id of the part being read
+        self._code: Optional[str] = None  # the code read on it
         self._id: Optional[str] = None  # the id its frames get
+        self._issued: "OrderedDict[str, None]" = OrderedDict()  # ids given in this run
+        self._repeats: "OrderedDict[str, int]" = OrderedDict()  # base id -> the last #n given
+        self.reads = 0  # decode attempts (a camera without part ids reads every frame)
 
     def where(self, frame: Frame) -> Tuple[Optional[np.ndarray], str]:
         """The region searched for the code: --barcode-roi (clipped), else the part box, else the whole frame."""
@@ -181,23 +189,44 @@ class BarcodeSource(Source):
         region, why = self.where(frame)
         code, why = self.reader.read(region) if region is not None else (None, why)
         self.ms.append((time.perf_counter() - t0) * 1e3)
+        self.reads += 1
+        if code is not None and code == self._code and not self.inner.gives_parts:
+            frame.part_id = self._id  # a camera still looking at the same code: the same part
+            return frame
         self.counts["parts"] += 1
         if code is None:
             self.counts["unread"] += 1
-            part_id = f"{UNREAD}{frame.index}"
+            base = f"{UNREAD}{frame.index}"
             self.stats.events.append(f"{time.strftime('%H:%M:%S')} part code unread at frame {frame.index}"
                                      f"{f' ({named})' if named else ''}: {why}")
         else:
             self.counts["read"] += 1
-            part_id = code
+            base = code
             if trigger is not None and trigger.part_id is not None and code != trigger.part_id:
                 self.counts["disagree"] += 1
                 self._alarm(frame, trigger, code)
             elif trigger is not None and named is not None:
-                part_id = named  # agrees: keep the trigger's record id (ID#2 for a retried part)
-        self._named, self._id = named, part_id
+                base = named  # agrees: keep the trigger's record id (ID#2 for a retried part)
+        part_id = self._unique(base)
+        self._named, self._code, self._id = named, code, part_id
         frame.part_id = part_id
         return frame
+
+    def _unique(self, base: str) -> str:
+        """`base`, or base#2, base#3... when a part with that id was already recorded in this run (the same
+        code presented again, rework): each part keeps its own verdict (docs/ARCHITECTURE.md, invariant 1).
+        Remembers the latest `REMEMBER` ids."""
+        n = self._repeats.get(base, 1)
+        part_id = base if n == 1 else f"{base}#{n}"
+        while part_id in self._issued:
+            n += 1
+            part_id = f"{base}#{n}"
+        self._repeats[base] = n
+        self._issued[part_id] = None
+        for d in (self._issued, self._repeats):
+            while len(d) > self.REMEMBER:
+                d.popitem(last=False)
+        return part_id
 
     def _alarm(self, frame: Frame, trigger: Any, code: str) -> None:
         event = {"type": "alarm", "kind": "part_id", "state": "raised", "t": round(time.time(), 3),
@@ -230,7 +259,7 @@ class BarcodeSource(Source):
 
     def summary(self) -> Dict[str, Any]:
         ms = sorted(self.ms)
-        return {**self.counts, "formats": self.reader.formats, "roi": list(self.roi) if self.roi else None,
+        return {**self.counts, "reads": self.reads, "formats": self.reader.formats, "roi": list(self.roi) if self.roi else None,
                 "ms_per_read_median": round(ms[len(ms) // 2], 3) if ms else None}
 
     def _store(self) -> None:
