@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 # why a trigger was answered NONE; the number is the Modbus reason register (deploy/README.md)
 CAUSES = {"": 0, "stalled": 1, "model": 2, "deadline": 3, "no_part": 4, "busy": 5, "stopped": 6,
-          "bad_trigger": 7, "lost": 8, "unreadable": 9, "too_small": 10}
+          "bad_trigger": 7, "lost": 8, "unreadable": 9, "too_small": 10, "id_mismatch": 11}
 RESULT_CODES = {"PASS": 1, "FAIL": 2, "NONE": 3}  # Modbus result register; 0 = no result yet
 MAX_PART_ID = 128
 

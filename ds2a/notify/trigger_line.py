@@ -62,7 +62,10 @@ class TriggerLine:
         trigger = getattr(res.frame, "trigger", None)
         if trigger is None or self.ledger is None:
             return
-        if res.inspected:
+        conflict = getattr(res.frame, "id_conflict", None)
+        if conflict:  # the station judged a part, but not surely the one the line named: never PASS it
+            self.ledger.answer(trigger, "NONE", [f"part id disagrees: {conflict}"], "id_mismatch", res.seq)
+        elif res.inspected:
             self.ledger.answer(trigger, res.verdict, res.reasons, frame_seq=res.seq)
         else:
             self.ledger.answer(trigger, "NONE", res.reasons or ["no part in view"], _cause(res), res.seq)

@@ -11,7 +11,7 @@ frames with the same code are one part. A code met again on a later part (rework
 recorded as CODE#2, CODE#3..., so each part keeps its own verdict. A part whose code cannot be read (no code, blurred, covered, two
 different codes) is `unread-<frame index>`: it still gets its verdict, and the run counts it. With
 `--trigger`, a code that disagrees with the id the line sent raises an alarm (an ALARM log line, a JSON
-event on --jsonl, the run's notes); the answer to the line keeps the line's id (ds2a/notify/handshake.py).
+event on --jsonl, the run's notes); the line's trigger is answered NONE (id_mismatch) under the line's id (ds2a/notify/trigger_line.py).
 
 Decoding and the demo's code printing use zxing-cpp (the `barcode` extra); without it `--part-id barcode`
 and `demo://?codes=1` are refused at start with the install command. Torch-free, Python 3.8.
@@ -204,6 +204,7 @@ class BarcodeSource(Source):
             base = code
             if trigger is not None and trigger.part_id is not None and code != trigger.part_id:
                 self.counts["disagree"] += 1
+                frame.id_conflict = f"the code on the part reads {code!r}, the line named {trigger.part_id!r}"
                 self._alarm(frame, trigger, code)
             elif trigger is not None and named is not None:
                 base = named  # agrees: keep the trigger's record id (ID#2 for a retried part)
@@ -233,8 +234,8 @@ class BarcodeSource(Source):
                  "frame_index": frame.index, "trigger_seq": trigger.seq, "trigger_part_id": trigger.part_id,
                  "code": code}
         text = (f"{time.strftime('%H:%M:%S')} PART ID ALARM: trigger {trigger.seq} named {trigger.part_id!r} but "
-                f"the code on the part reads {code!r}; recorded as {code!r}, answered to the line as "
-                f"{trigger.part_id!r}")
+                f"the code on the part reads {code!r}; recorded as {code!r}, answered NONE to the line "
+                f"for {trigger.part_id!r}")
         logger.warning(f"ALARM   {text}")
         with self._lock:
             self._pending.append({**event, "text": text})

@@ -25,6 +25,7 @@ class Frame:
     part_id: Optional[str] = None  # set by sources that know which part is in view (demo://)
     name: str = ""  # file name for image sources
     roi: Optional[Tuple[int, int, int, int]] = None  # x, y, w, h of the part, when the source knows it
+    id_conflict: Optional[str] = None  # why the part's own id disagrees with the line's (ds2a/sources/barcode.py)
 
 
 @dataclass
