@@ -11,7 +11,8 @@ frames with the same code are one part. A code met again on a later part (rework
 recorded as CODE#2, CODE#3..., so each part keeps its own verdict. A part whose code cannot be read (no code, blurred, covered, two
 different codes) is `unread-<frame index>`: it still gets its verdict, and the run counts it. With
 `--trigger`, a code that disagrees with the id the line sent raises an alarm (an ALARM log line, a JSON
-event on --jsonl, the run's notes); the line's trigger is answered NONE (id_mismatch) under the line's id (ds2a/notify/trigger_line.py).
+event on --jsonl, the run's notes); the line's trigger is answered NONE (id_mismatch) under the line's id
+(ds2a/notify/trigger_line.py).
 
 Decoding and the demo's code printing use zxing-cpp (the `barcode` extra); without it `--part-id barcode`
 and `demo://?codes=1` are refused at start with the install command. Torch-free, Python 3.8.

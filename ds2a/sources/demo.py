@@ -11,8 +11,9 @@ a camera: it is then live, keeps the newest frame only; default unpaced, every f
 `seed=S` (0..2**32-1), `width=` (64..7680), `height=` (64..4320), `speed=` (pixels per frame),
 `codes=1` (a QR code, `codes=2` a Data Matrix, with the cell's id, on a label on the belt just above each
 cell, moving with it like a carrier's label, for `--part-id barcode`: ds2a/sources/barcode.py; needs
-zxing-cpp; the Data Matrix reads from 1280x720 up with zxing-cpp 2.3+). The label is outside the part box, so the model never judges it (the demo model, trained
-without labels, calls a code on the cell a defect).
+zxing-cpp; the Data Matrix reads from 1280x720 up with zxing-cpp 2.3+). The label is outside the part
+box, so the model never judges it (the demo model, trained without labels, calls a code on the cell a
+defect).
 """
 from __future__ import annotations
 
