@@ -1,6 +1,6 @@
 """Trigger and result handshake (`ds2a inspect --trigger URL`): every trigger gets exactly one answer.
 
-The line says "part N is in view" (an MQTT message or a PLC's trigger coil; ds2a/notify/ handshake_mqtt.py,
+The line says "part N is in view" (an MQTT message or a PLC's trigger coil; ds2a/notify/handshake_mqtt.py,
 handshake_modbus.py; ds2a/notify/trigger_line.py ties one run to them). The TriggerLedger numbers each trigger
 (1, 2, 3... per run), hands it to the TriggerSource (ds2a/sources/trigger.py) which takes one frame for it,
 and holds it until its answer: PASS or FAIL from the part's verdict, or NONE with the reason when the part
