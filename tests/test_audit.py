@@ -333,3 +333,60 @@ def test_an_evidence_export_is_audited(db, tmp_path, capsys):
     assert detail["manifest_sha256"] == hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
     capsys.readouterr()
     assert _audit(db, capsys)[0] == 0
+
+
+# --- the page: named users ----------------------------------------------------------------------------------
+
+def test_the_page_signs_users_in_by_name_and_a_shared_token_still_works(db, tmp_path, caplog):
+    pytest.importorskip("aiohttp")
+    import logging
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from ds2a.notify.users import read_users
+    from ds2a.web.server import SESSION_COOKIE, BackgroundServer, Site, make_app
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+
+    def get(url, data=None, headers=None):
+        req = urllib.request.Request(url, data=data, headers=headers or {})
+        try:
+            with opener.open(req, timeout=10) as resp:
+                return resp.status, dict(resp.headers), resp.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read().decode("utf-8", "replace")
+
+    caplog.set_level(logging.INFO, logger="ds2a")
+    token = "shared-token-0123456789"
+    server = BackgroundServer(make_app(Site(str(db)), token, read_users(_users(tmp_path))), "127.0.0.1", 0)
+    port = server.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        status, headers, _ = get(f"{base}/api/summary")
+        assert status == 401  # neither signed in nor the token
+        status, _, body = get(f"{base}/login")
+        assert status == 200 and 'name="password"' in body and 'type="password"' in body
+        form = urllib.parse.urlencode({"name": "ben", "password": "wrong"}).encode()
+        status, headers, _ = get(f"{base}/login", form)
+        assert status == 401 and SESSION_COOKIE not in headers.get("Set-Cookie", "")
+        form = urllib.parse.urlencode({"name": "ben", "password": "ben-secret"}).encode()
+        status, headers, _ = get(f"{base}/login", form)
+        assert status == 303 and headers["Location"] == "/"
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert cookie.startswith(SESSION_COOKIE + "=") and "HttpOnly" in headers["Set-Cookie"]
+        status, _, body = get(f"{base}/api/summary", headers={"Cookie": cookie})
+        assert status == 200 and '"parts"' in body
+        assert get(f"{base}/api/summary", headers={"Cookie": SESSION_COOKIE + "=forged"})[0] == 401
+        status, _, body = get(f"{base}/api/summary", headers={"Authorization": f"Bearer {token}"})
+        assert status == 200  # the shared token of a single-user station
+        status, _, _ = get(f"{base}/evidence/1.zip", headers={"Authorization": f"Bearer {token}"})
+        assert status == 200
+    finally:
+        server.stop()
+    assert "ben (engineer) signed in" in caplog.text and "refused a sign-in for 'ben'" in caplog.text
+    assert "evidence of part verdict 1 taken by shared token" in caplog.text

@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", "--web-token", dest="token", default=os.environ.get("DS2A_WEB_TOKEN"),
                    help="required to listen beyond 127.0.0.1; viewers open /?token=TOKEN once "
                    "(default: $DS2A_WEB_TOKEN)")
+    p.add_argument("--users", metavar="FILE", help="users file (ds2a/notify/users.py): viewers sign in at /login with "
+                   "name and password; a --token still works beside it (a single-user station)")
     p.add_argument("--insecure", "--web-insecure", dest="insecure", action="store_true",
                    help="listen beyond 127.0.0.1 without a token (closed networks only)")
 
@@ -26,5 +28,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..web.server import serve_database
 
-    serve_database(args.db, args.bind, args.token, args.insecure)
+    serve_database(args.db, args.bind, args.token, args.insecure, args.users)
     return 0

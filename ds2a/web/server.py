@@ -2,6 +2,9 @@
 
 The database is opened read-only (sqlite mode=ro) once per server and only read. Listening
 beyond this machine needs a token (or an explicit --web-insecure): stations sit on plant networks.
+With a users file (ds2a/notify/users.py) viewers sign in at /login with their name and password and
+each request knows who asks; a shared token still works beside it, for a single-user station, and is
+named as such in the log.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -17,6 +21,7 @@ import urllib.parse
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import UserError
+from ..notify.users import User, Users, read_users
 from . import data, page
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -27,6 +32,9 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
 }
 MIN_TOKEN = 12
+SESSION_COOKIE = "ds2a_session"
+SESSION_S = 12 * 3600  # a sign-in lasts a shift
+SHARED = User("shared token", "", "")  # who a request with the shared token is (a single-user station)
 REFRESH_S = float(page.REFRESH_S)  # the page refreshes from one snapshot; the records are read at most this often
 logger = logging.getLogger(__name__)
 
@@ -60,12 +68,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, port: int, token: Optional[str], insecure: bool, flag: str = "--bind") -> None:
-    """A page reachable from the plant network needs a token, or the user's explicit --web-insecure."""
+def check_exposure(host: str, port: int, token: Optional[str], insecure: bool, flag: str = "--bind",
+                   users: bool = False) -> None:
+    """A page reachable from the plant network needs a token or a users file, or the user's explicit
+    --web-insecure."""
     if token is not None and len(token) < MIN_TOKEN:
         raise UserError(f"--web-token: use at least {MIN_TOKEN} characters (for example the output of "
                         "`python -c 'import secrets; print(secrets.token_urlsafe(16))'`)")
-    if not is_loopback(host) and not token and not insecure:
+    if not is_loopback(host) and not token and not users and not insecure:
         raise UserError(f"{flag} {host}:{port} listens beyond this machine: give --web-token TOKEN (viewers open "
                         f"http://{host}:{port}/?token=TOKEN once) or, on a closed network, --web-insecure; or bind "
                         f"127.0.0.1:{port}")
@@ -195,17 +205,84 @@ class Site:
             self._con = None
 
 
-def make_app(site: Site, token: Optional[str] = None) -> Any:
+class Sessions:
+    """Who signed in to the page: a random cookie per sign-in, kept in memory for SESSION_S (a restart signs
+    everyone out)."""
+
+    def __init__(self, users: Users) -> None:
+        self.users = users
+        self._by_key: Dict[str, Tuple[User, float]] = {}
+
+    def open(self, user: User) -> str:
+        now = time.monotonic()
+        self._by_key = {k: v for k, v in self._by_key.items() if v[1] > now}
+        key = secrets.token_urlsafe(32)
+        self._by_key[key] = (user, now + SESSION_S)
+        return key
+
+    def get(self, key: str) -> Optional[User]:
+        found = self._by_key.get(key) if key else None
+        return found[0] if found is not None and found[1] > time.monotonic() else None
+
+
+def _login_page(message: str = "") -> str:
+    form = ('<form method="post" action="/login"><p><label>name <input name="name" autocomplete="username" '
+            'required></label></p><p><label>password <input name="password" type="password" '
+            'autocomplete="current-password" required></label></p><p><button type="submit">sign in</button></p>'
+            "</form>")
+    return page.message_page("ds2a station: sign in", message or "Sign in with your name and password.").replace(
+        "</p>", "</p>" + form, 1)
+
+
+def make_app(site: Site, token: Optional[str] = None, users: Optional[Users] = None) -> Any:
     web = _aiohttp()
+    sessions = Sessions(users) if users is not None else None
+
+    async def login(request: Any) -> Any:
+        """GET: the form; POST: check the name and password (scrypt, off the event loop), then a session."""
+        if sessions is None:
+            raise web.HTTPNotFound()
+        if request.method != "POST":
+            return web.Response(content_type="text/html", text=_login_page())
+        origin = request.headers.get("Origin")
+        if origin and urllib.parse.urlsplit(origin).netloc != request.host:
+            return web.Response(status=403, content_type="text/html", text=_login_page("Sign in from this page."))
+        form = await request.post()
+        name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))[:1024]
+        user = await asyncio.get_running_loop().run_in_executor(None, sessions.users.check, name, password)
+        if user is None:
+            logger.warning(f"warning: web: refused a sign-in for '{name}' from {request.remote} (unknown user or "
+                           "wrong password)")
+            await asyncio.sleep(1.0)  # one guess a second per connection
+            return web.Response(status=401, content_type="text/html",
+                                text=_login_page("Unknown user or wrong password."))
+        logger.info(f"web: {user.name} ({user.role}) signed in from {request.remote}")
+        resp = web.HTTPSeeOther("/")
+        resp.set_cookie(SESSION_COOKIE, sessions.open(user), httponly=True, samesite="Strict", max_age=SESSION_S)
+        raise resp
+
+    def _signed_in(request: Any) -> Optional[User]:
+        return sessions.get(request.cookies.get(SESSION_COOKIE, "")) if sessions is not None else None
 
     @web.middleware
     async def guard(request: Any, handler: Any) -> Any:
-        if not token and not host_allowed(request):
+        if sessions is not None and request.path != "/login":
+            request["user"] = _signed_in(request)
+            if request["user"] is None and not token:
+                if request.method == "GET" and not request.path.startswith("/api/"):
+                    raise web.HTTPSeeOther("/login")
+                return web.Response(status=401, content_type="text/html", headers=HEADERS,
+                                    text=_login_page("Sign in first."))
+        if sessions is not None and request.path == "/login":
+            pass  # the sign-in form answers anyone who reached this address (the users file guards the rest)
+        elif request.get("user") is not None:
+            pass
+        elif not token and not host_allowed(request):
             return web.Response(status=403, content_type="text/html", headers=HEADERS,
                                 text=page.message_page("ds2a station: unknown host name",
                                                        "Without a token this page answers only to localhost or an "
                                                        "IP address; open it as http://127.0.0.1:PORT/."))
-        if token:
+        if token and request.get("user") is None and not (sessions is not None and request.path == "/login"):
             given = request.query.get("token")
             if given is not None and hmac.compare_digest(given.encode(), token.encode()):
                 query = {k: v for k, v in request.query.items() if k != "token"}
@@ -219,7 +296,9 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
             if not hmac.compare_digest(supplied.encode(), token.encode()):
                 return web.Response(status=401, content_type="text/html", headers=HEADERS,
                                     text=page.message_page("ds2a station: token needed",
-                                                           "Open this page with ?token=YOUR_TOKEN once."))
+                                                           "Open this page with ?token=YOUR_TOKEN once"
+                                                           + (", or sign in at /login." if sessions else ".")))
+            request["user"] = SHARED
         try:
             resp = await handler(request)
         except UserError as exc:
@@ -290,8 +369,12 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
             raise UserError("no database: this server only shows the live view")
         from ..records.evidence import evidence_zip
 
-        body, name = await asyncio.get_running_loop().run_in_executor(
-            None, evidence_zip, site.db, record_id(request.match_info["verdict"], "part verdict"))
+        verdict_id = record_id(request.match_info["verdict"], "part verdict")
+        body, name = await asyncio.get_running_loop().run_in_executor(None, evidence_zip, site.db, verdict_id)
+        who = request.get("user")
+        if who is not None:  # the page reads the database only: who took which evidence goes to the log
+            logger.info(f"web: evidence of part verdict {verdict_id} taken by {who.name}"
+                        f"{f' ({who.role})' if who.role else ''} from {request.remote}")
         return web.Response(body=body, content_type="application/zip",
                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
@@ -334,6 +417,7 @@ def make_app(site: Site, token: Optional[str] = None) -> Any:
     app.router.add_get("/api/live", live_state)
     app.router.add_get("/live.jpg", live_jpeg)
     app.router.add_get(r"/static/{name}", static)
+    app.router.add_route("*", "/login", login)
     app.on_cleanup.append(lambda _app: _close(site))
     return app
 
@@ -387,18 +471,20 @@ def url_for(host: str, port: int) -> str:
 
 
 def serve_database(db: str, bind: str = "127.0.0.1:8080", token: Optional[str] = None,
-                   insecure: bool = False) -> None:
+                   insecure: bool = False, users_file: Optional[str] = None) -> None:
     """Serve `db` read-only as the operator's page until interrupted (`ds2a web`).
 
     Refuses, before listening, an address beyond 127.0.0.1 without a token (unless `insecure`)
     and a missing, foreign or damaged database.
     """
     host, port = parse_bind(bind)
-    check_exposure(host, port, token, insecure)
+    users = read_users(users_file) if users_file else None
+    check_exposure(host, port, token, insecure, users=users is not None)
     data.open_readonly(db).close()
     web = _aiohttp()
-    app = make_app(Site(db), token)
-    logger.info(f"serving {db} (read-only) on {url_for(host, port)}" + (" (token required)" if token else ""))
+    app = make_app(Site(db), token, users)
+    logger.info(f"serving {db} (read-only) on {url_for(host, port)}" + (" (token required)" if token else "")
+                + (f" ({len(users)} user(s) from {users_file} sign in at /login)" if users else ""))
     try:
         web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
     except OSError as exc:
