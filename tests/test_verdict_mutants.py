@@ -188,3 +188,104 @@ def test_a_class_id_message_is_exact():
         quantify(cm, CLASSES)
     assert str(exc.value) == ("the model gave class id 5 but lists 4 classes (background, damage, smudge, dust); "
                               "the model and its metadata disagree: re-export it with `ds2a export`")
+
+
+# --- second pass: what the run after the first batch still left ------------------------------------------------
+def test_a_class_without_a_rule_does_not_hide_a_later_class_with_one():
+    rules = R.parse_rules({"min_area_px": 0, "classes": {"dust": {"max_count": 0}}}, CLASSES)
+    assert R.judge(rules, [d("smudge", 100), d("dust", 100)]) == (False, ["dust: 1 region(s) > max_count 0"])
+
+
+def test_default_rules_cover_every_defect_class():
+    assert list(R.default_rules(CLASSES).classes) == ["damage", "smudge", "dust"]
+
+
+@pytest.mark.parametrize("n, tail", [(5, "a0, a1, a2, a3, a4; "), (6, "a0, a1, a2, a3, a4 and 1 more; "),
+                                     (8, "a0, a1, a2, a3, a4 and 3 more; ")])
+def test_unknown_keys_are_listed_up_to_five(n, tail):
+    with pytest.raises(UserError) as exc:
+        R.parse_rules({**LIMIT, **{f"a{i}": 1 for i in range(n)}}, CLASSES, "r.yaml")
+    assert str(exc.value) == (f"rules file r.yaml: unknown key(s) {tail}valid keys: version, level, part, "
+                              "min_area_px, mm_per_pixel, classes")
+
+
+def test_empty_file_message_and_default_origin_are_exact():
+    with pytest.raises(UserError) as exc:
+        R.parse_rules(None, CLASSES)
+    assert str(exc.value) == ("rules file <rules> is empty; a rules file must state at least one limit, for example "
+                              "`classes: {damage: {max_count: 0}}` (see deploy/rules.example.yaml)")
+
+
+def test_duplicate_and_merge_key_messages_are_exact(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("classes:\n  damage: {max_count: 0}\n  damage: {max_count: 1}\n")
+    with pytest.raises(UserError) as exc:
+        R.load_rules(str(path), CLASSES)
+    assert str(exc.value) == (f"rules file {path}: line 3: key 'damage' is given twice (first on line 2); YAML would "
+                              "keep only the last value")
+    path.write_text("classes:\n  <<: {damage: {max_count: 0}}\n")
+    with pytest.raises(UserError) as exc:
+        R.load_rules(str(path), CLASSES)
+    assert str(exc.value) == (f"rules file {path}: line 2: YAML merge keys (<<) are not allowed in a rules file; "
+                              "write each limit out")
+
+
+def test_yaml_problems_are_one_bounded_line():
+    import yaml
+    from yaml.error import Mark
+
+    mark = Mark("r.yaml", 0, 6, 2, None, None)
+    assert R._yaml_problem(yaml.MarkedYAMLError("while parsing", None, "bad thing", mark)) == "bad thing (line 7)"
+    long = yaml.MarkedYAMLError(None, None, "x" * 130, mark)
+    assert R._yaml_problem(long) == "x" * 117 + "... (line 7)"
+    assert R._yaml_problem(yaml.MarkedYAMLError(None, None, "y" * 120, mark)) == "y" * 120 + " (line 7)"
+    assert R._yaml_problem(yaml.YAMLError("first\nsecond")) == "first"
+    assert R._yaml_problem(yaml.YAMLError()) == "YAMLError"
+
+
+def test_read_rules_checks_the_command_line_scale_with_or_without_a_file(tmp_path):
+    assert R.read_rules(None) is None and R.read_rules(None, 0.5) is None
+    with pytest.raises(UserError, match="--mm-per-pixel -1"):
+        R.read_rules(None, -1.0)
+    path = tmp_path / "r.yaml"
+    path.write_text("classes: {dust: {max_area_mm2: 1}}\n")
+    assert R.read_rules(str(path), 0.2).mm_per_pixel == 0.2
+
+
+def test_bind_rules_refuses_a_class_the_model_lacks_naming_the_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("classes: {scratch: {max_count: 0}}\n")
+    with pytest.raises(UserError) as exc:
+        R.bind_rules(R.read_rules(str(path)), CLASSES)
+    assert str(exc.value) == (f"rules file {path}: class 'scratch' is not a defect class of this model; valid: "
+                              "damage, smudge, dust")
+    path.write_text("classes: {damage: {max_count: 0}}\n")
+    assert list(R.bind_rules(R.read_rules(str(path)), CLASSES).classes) == ["damage"]
+
+
+def test_rules_without_classes_can_never_fail_and_say_so():
+    with pytest.raises(UserError, match="1x1 = 1 px: the rules .* ignore regions under 64 px"):
+        R.check_can_fail(R.Rules(), 1, 1, "x")
+
+
+def test_rules_print_as_they_were_read():
+    rules = R.parse_rules({"mm_per_pixel": 0.05, "min_area_px": 16, "level": "frame",
+                           "part": {"by": "frames", "frames": 3},
+                           "classes": {"damage": {"max_count": 0, "min_confidence": 0.5},
+                                       "dust": {"max_area_px": 40, "min_area_px": 4}}}, CLASSES, "r.yaml")
+    assert rules.to_dict() == {"version": 1, "level": "frame", "part": {"by": "frames", "frames": 3},
+                               "min_area_px": 16.0, "classes": {"damage": {"max_count": 0, "min_confidence": 0.5},
+                                                                "dust": {"max_area_px": 40.0, "min_area_px": 4.0}},
+                               "mm_per_pixel": 0.05}
+    assert rules.to_yaml() == ("version: 1\nlevel: frame\npart: {by: frames, frames: 3}\nmin_area_px: 16.0\n"
+                               "classes:\n  damage: {max_count: 0, min_confidence: 0.5}\n"
+                               "  dust: {max_area_px: 40.0, min_area_px: 4.0}\nmm_per_pixel: 0.05")
+    assert R.default_rules(CLASSES[:2]).to_dict() == {"version": 1, "level": "part", "part": {"by": "auto", "frames": 1},
+                                                      "min_area_px": 64.0, "classes": {"damage": {"max_count": 0}}}
+    assert R.parse_rules(R.default_rules(CLASSES).to_dict(), CLASSES).to_dict() == R.default_rules(CLASSES).to_dict()
+
+
+def test_a_defect_as_a_record():
+    assert Defect(1, "damage", 12.0, 0.5, (1, 2, 3, 4), (1.234, 5.678), 0.9).to_dict() == {
+        "class_id": 1, "class_name": "damage", "area_px": 12.0, "area_mm2": 0.5, "bbox": [1, 2, 3, 4],
+        "centroid": [1.2, 5.7], "confidence": 0.9}
