@@ -289,3 +289,59 @@ def test_a_defect_as_a_record():
     assert Defect(1, "damage", 12.0, 0.5, (1, 2, 3, 4), (1.234, 5.678), 0.9).to_dict() == {
         "class_id": 1, "class_name": "damage", "area_px": 12.0, "area_mm2": 0.5, "bbox": [1, 2, 3, 4],
         "centroid": [1.2, 5.7], "confidence": 0.9}
+
+
+# --- third pass: every refusal of the parser word for word, and its boundaries ----------------------------------
+@pytest.mark.parametrize("doc, message", [
+    ([1], "the top level must be a mapping with keys version, level, part, min_area_px, mm_per_pixel, classes"),
+    ({"part": {"every": 2}, **LIMIT}, "'part' must be a mapping with 'by' (auto|source|frames) and 'frames' "
+                                      "(N consecutive frames per part)"),
+    ({"part": {"by": "x"}, **LIMIT}, "part.by 'x' is not valid; use one of auto, source, frames"),
+    ({"part": {"frames": -2}, **LIMIT}, "part.frames is -2, it must be a whole number >= 0"),
+    ({"mm_per_pixel": 0, **LIMIT}, "mm_per_pixel is 0; give the finite, positive size of one pixel in mm (e.g. 0.05), "
+                                   "or omit the key when the scale is unknown"),
+    ({"classes": {"dust": {"bad": 1}}}, "classes.dust has unknown key(s) bad; valid keys: max_count, "
+                                        "max_total_area_px, max_total_area_mm2, max_area_px, max_area_mm2, "
+                                        "min_confidence, min_area_px"),
+    ({"classes": {"dust": {"max_count": 0, "min_confidence": 1.5}}},
+     "classes.dust.min_confidence must be between 0 and 1"),
+    ({"classes": {"dust": {"max_area_mm2": 1}}}, "classes.dust.max_area_mm2 needs the image scale; add mm_per_pixel "
+                                                 "to the rules file or pass --mm-per-pixel"),
+    ({"classes": {"dust": {"min_area_px": 1}}}, "classes.dust states no limit; give at least one of max_count, "
+                                                "max_total_area_px, max_total_area_mm2, max_area_px, max_area_mm2 "
+                                                "(for example max_count: 0), or remove the class"),
+    ({"unknown": 1, **LIMIT}, "unknown key(s) unknown; valid keys:"),
+])
+def test_every_parser_refusal_is_word_for_word(doc, message):
+    with pytest.raises(UserError) as exc:
+        R.parse_rules(doc, CLASSES, "r.yaml")
+    assert str(exc.value).startswith(f"rules file r.yaml: {message}")
+
+
+def test_min_confidence_one_is_allowed_and_frames_default_to_one():
+    rules = R.parse_rules({"part": {"by": "frames"}, "classes": {"dust": {"max_count": 0, "min_confidence": 1}}},
+                          CLASSES)
+    assert rules.classes["dust"].min_confidence == 1.0 and rules.part_frames == 1
+
+
+@pytest.mark.parametrize("key, shown", [("a\tb", "'a\\tb'"), ("k" * 60, "k" * 60), ("k" * 61, "k" * 57 + "..."),
+                                        ("é" * 100, "é" * 57 + "...")])
+def test_keys_are_shown_on_one_short_line(key, shown):
+    assert R._show(key) == shown
+
+
+def test_file_errors_are_word_for_word(tmp_path):
+    with pytest.raises(UserError) as exc:
+        R.load_rules(str(tmp_path / "none.yaml"), CLASSES)
+    assert str(exc.value) == f"rules file {tmp_path / 'none.yaml'} does not exist; start from deploy/rules.example.yaml"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("classes: {dust: [\n")
+    with pytest.raises(UserError) as exc:
+        R.load_rules(str(bad), CLASSES)
+    assert str(exc.value) == (f"rules file {bad} is not valid YAML: expected the node content, but found "
+                              "'<stream end>' (line 2)")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("classes: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(UserError) as exc:
+        R.load_rules(str(deep), CLASSES)
+    assert str(exc.value) == f"rules file {deep} is nested too deeply to be a rules file"
