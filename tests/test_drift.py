@@ -263,3 +263,33 @@ def test_the_acknowledge_file_is_acted_on_when_touched_after_the_start(tmp_path,
     events = w.observe({"brightness": 160.0, "sharpness": 4.0}, "p3")
     assert [e["state"] for e in events] == ["acknowledged"] and events[0]["by"] == f"file {ack}"
     assert not w.blocking and w.drifted
+
+
+def test_the_stage_tells_opcua_records_and_jsonl_once_and_makes_drifted_frames_none():
+    """What `ds2a inspect` wires (ds2a/inspect/run.py): on_alarm is the OPC UA server's raise_alarm."""
+    from ds2a.inspect.drift import DriftStage
+    from ds2a.inspect.loop import Result
+    from ds2a.sources.base import Frame
+
+    class Records:
+        def __init__(self) -> None:
+            self.extra: dict = {}
+
+    told, out, seen = [], io.StringIO(), []
+    records = Records()
+    stage = DriftStage(DriftWatch(_reference(), "stop", k=1.0, h=8.0, clip=4.0), seen.append, 1, out, records,
+                       [], told.append)
+    dark = np.full((32, 32, 3), 40, np.uint8)  # brightness 40: z = -6, clipped to -4
+    for i in range(5):
+        cm = np.zeros((32, 32), np.uint8)
+        stage.keep(cm, dark, None)
+        stage(Result(i, Frame(dark, i, 0.0, 0.0, part_id=f"p{i}"), cm, [], True, []))
+    assert [r.verdict for r in seen] == ["PASS", "PASS", "NONE", "NONE", "NONE"]  # alarm at the third part
+    assert len(told) == 1 and "DRIFT ALARM (stop): brightness low" in told[0]
+    event = json.loads(out.getvalue())
+    assert event["type"] == "alarm" and event["kind"] == "drift" and event["seq"] == 2
+    assert event["statistic"] == "brightness" and event["reference"] == 100.0 and event["value"] < 100.0
+    assert records.extra["drift"]["alarms"] == 1 and records.extra["drift"]["events"][0]["state"] == "raised"
+    stage.publish(None, [])  # the end of the run: the summary with its counts goes into the run's stats
+    assert records.extra["drift"]["frames_not_judged"] == 3 and records.extra["drift"]["samples"] == 5
+    assert len(stage.notes) == 1 and records.extra["drift"]["ms_per_sample_median"] > 0
