@@ -290,6 +290,27 @@ def test_the_demo_model_check_builds_gates_self_tests_and_times_a_real_model(tmp
         demo_model_check(str(tmp_path / "bad"), frames=4, iterations=3, variants=variants, trt=fake, cuda_api=cuda)
 
 
+def test_the_committed_tensorrt_ready_demo_files_pass_the_gpu_check_path_without_torch(tmp_path, monkeypatch):
+    """The FP16 and TensorRT-placement INT8 demo ONNX files the GPU smoke builds on the device (committed, so a
+    Jetson needs neither torch nor ModelOpt): each passes the build gate and its self-test through a TensorRT
+    that answers as ONNX Runtime does, and carries its golden frames and drift reference."""
+    import onnx
+
+    from ds2a.doctor.demo_model import demo_model_check, demo_variants
+    from ds2a.export.metadata import read_meta
+
+    variants = [v for v in demo_variants() if v[0] != "FP32"]
+    assert [label for label, _ in variants] == ["FP16", "INT8 (TensorRT placement)"]
+    for _, path in variants:
+        extra = read_meta(onnx.load(path, load_external_data=False), path).extra
+        assert extra["golden"] and extra["drift_reference"] and extra["deform_attn"] == "gather"
+    onnxruntime_engine(monkeypatch)
+    fake, cuda = fake_for(NEWEST_10)
+    result = demo_model_check(str(tmp_path), frames=4, iterations=2, variants=variants, trt=fake, cuda_api=cuda)
+    assert [(r["gate"], r["selftest"]) for r in result["rows"]] == [("passed", "passed")] * 2
+    assert [r["precision"] for r in result["rows"]] == ["fp16", "int8"]
+
+
 def test_the_command_exits_non_zero_on_a_mismatch_and_installs_with_accept_mismatch(tmp_path, golden_onnx, monkeypatch,
                                                                                      capsys):
     from ds2a.cli import main
