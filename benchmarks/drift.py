@@ -22,7 +22,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
-from ds2a.inspect.drift import DriftWatch, reference_of, sample_of
+from ds2a.data.picture_stats import reference_of, sample_of  # noqa: E402
+from ds2a.inspect.drift import DriftWatch
 from ds2a.preprocess import resize_frame
 from ds2a.runtime import open_model
 from ds2a.sources.demo import DemoSource

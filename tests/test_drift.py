@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 from fakes.onnx_models import threshold_onnx
 
+from ds2a.data.picture_stats import DRIFT_KEY, Reference, reference_of
 from ds2a.errors import UserError
 from ds2a.export.metadata import attach_drift_reference_file, attach_golden_file, load_onnx, read_meta
 from ds2a.inspect import drift as drift_mod
 from ds2a.inspect import run as run_mod
-from ds2a.inspect.drift import DriftWatch, Reference, reference_of
+from ds2a.inspect.drift import DriftWatch
 from ds2a.inspect.drift_reference import line_frames
 from ds2a.inspect.run import InspectOptions, inspect
 from ds2a.sources import open_source
@@ -127,7 +128,7 @@ def test_the_demo_model_carries_a_reference_next_to_its_golden_frames():
 
 def test_a_damaged_reference_is_a_clear_error(model):
     meta = read_meta(load_onnx(model), model)
-    data = dict(meta.extra[drift_mod.DRIFT_KEY])
+    data = dict(meta.extra[DRIFT_KEY])
     assert Reference.from_dict(data, "m").to_dict() == data
     for broken in ({**data, "hist": [0.1] * 5}, {**data, "format": 9}, {**data, "stats": {"brightness": ["x", 1]}}):
         with pytest.raises(UserError, match="m: its drift reference statistics are unreadable"):

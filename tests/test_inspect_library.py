@@ -83,7 +83,7 @@ def test_the_library_never_imports_the_cli():
 
 def test_records_and_sources_sit_below_inspection_and_the_page():
     """Records and sources are shared rooms: they must not reach up into the station, the page or precision."""
-    code = ("import sys, ds2a.records, ds2a.sources, ds2a.data.calibration\n"
+    code = ("import sys, ds2a.records, ds2a.sources, ds2a.data.calibration, ds2a.data.picture_stats\n"
             "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
             "(['ds2a', 'inspect'], ['ds2a', 'web'], ['ds2a', 'precision'], ['ds2a', 'export'])))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout

@@ -95,7 +95,7 @@ def attach_drift_reference(model: onnx.ModelProto, frames: Sequence, source: str
     drift statistics in its ds2a metadata (ds2a/inspect/drift.py, docs/DRIFT.md). Returns the Reference."""
     import onnxruntime as ort
 
-    from ..inspect.drift import reference_from, set_reference
+    from ..data.picture_stats import reference_from, set_reference
     from ..runtime.onnxruntime_backend import OnnxRuntimeSegmenter
 
     meta = read_meta(model, path)

@@ -14,8 +14,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data.picture_stats import Reference, reference_from, set_reference
 from ..errors import UserError
-from .drift import Reference, reference_from, set_reference
 
 
 def line_frames(source: Any, size_hw: Tuple[int, int], count: int) -> List[np.ndarray]:
