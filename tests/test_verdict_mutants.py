@@ -239,6 +239,7 @@ def test_yaml_problems_are_one_bounded_line():
     long = yaml.MarkedYAMLError(None, None, "x" * 130, mark)
     assert R._yaml_problem(long) == "x" * 117 + "... (line 7)"
     assert R._yaml_problem(yaml.MarkedYAMLError(None, None, "y" * 120, mark)) == "y" * 120 + " (line 7)"
+    assert R._yaml_problem(yaml.MarkedYAMLError(None, None, "z" * 121, mark)) == "z" * 117 + "... (line 7)"
     assert R._yaml_problem(yaml.YAMLError("first\nsecond")) == "first"
     assert R._yaml_problem(yaml.YAMLError()) == "YAMLError"
 
