@@ -341,6 +341,12 @@ def test_file_errors_are_word_for_word(tmp_path):
         R.load_rules(str(bad), CLASSES)
     assert str(exc.value) == (f"rules file {bad} is not valid YAML: expected the node content, but found "
                               "'<stream end>' (line 2)")
+    folder = tmp_path / "rules.d"
+    folder.mkdir()
+    with pytest.raises(UserError) as exc:
+        R.load_rules(str(folder), CLASSES)
+    assert str(exc.value) == (f"rules file {folder} is a folder; give the path of a YAML file such as "
+                              "deploy/rules.example.yaml")
     deep = tmp_path / "deep.yaml"
     deep.write_text("classes: " + "[" * 3000 + "]" * 3000 + "\n")
     with pytest.raises(UserError) as exc:
