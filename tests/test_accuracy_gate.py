@@ -22,6 +22,7 @@ from trt_stubs.onnx_models import make_onnx
 from ds2a.engine.verify import DEFAULT_THRESHOLDS, VerifyOptions, rejected_path, report_path
 from ds2a.errors import UserError
 from ds2a.export.metadata import attach_golden_file, load_onnx, read_meta
+from ds2a.records.report import model_checks
 from ds2a.runtime import open_model
 from ds2a.runtime.selftest import SelfTestFailed, golden_of
 from ds2a.trt.sidecar import read_sidecar
@@ -80,6 +81,7 @@ def test_an_honest_engine_passes_and_carries_the_result_and_its_own_golden_maps(
     assert all((a == b).all() for a, b in zip(golden.frames, original.frames))  # the ONNX's frames, copied
     with open_model(engine, trt_module=fake, cuda_api=cuda) as model:  # the round trip ends in a passed self-test
         assert model.selftest.status == "passed" and model.selftest.frames == len(original.frames)
+        assert model.build_gate == gate  # what a run records and the page shows (ds2a/records/report.py)
     assert not Path(rejected_path(engine)).exists() and not list(tmp_path.glob("*.verifying*"))
 
 
@@ -109,6 +111,8 @@ def test_accept_mismatch_installs_it_and_says_so_in_the_sidecar(tmp_path, golden
     assert gate["accepted_mismatch"] and not gate["passed"] and gate["failures"]
     with open_model(engine, trt_module=fake, cuda_api=cuda) as model:  # it answers as when it was accepted
         assert model.selftest.status == "passed"
+        checks = model_checks({"selftest": model.selftest.to_dict(), "build_gate": model.build_gate})
+    assert checks.startswith("self-test passed, build gate accepted mismatch (") and "% of pixels agree" in checks
 
 
 def test_an_engine_whose_answers_changed_after_the_build_is_refused_at_open(tmp_path, golden_onnx, monkeypatch):
@@ -277,17 +281,22 @@ def test_the_demo_model_check_builds_gates_self_tests_and_times_a_real_model(tmp
     onnxruntime_engine(monkeypatch)
     fake, cuda = fake_for(NEWEST_10)
     variants = [("FP32", onnx_path)]
-    result = demo_model_check(str(tmp_path), frames=4, iterations=3, variants=variants, trt=fake, cuda_api=cuda)
-    row = result["rows"][0]
-    assert (row["gate"], row["selftest"], row["precision"]) == ("passed", "passed", "fp32")
-    assert row["agreement"] == 1.0 and row["miou_engine"] == row["miou_onnxruntime"] is not None
-    assert row["median_ms"] > 0 and row["iterations"] == 3 and "compute_ms_median" in row
+    layers = [("cuda-python", cuda), ("pycuda", cuda)]  # one fake stands in for both layers' memory
+    result = demo_model_check(str(tmp_path), frames=4, iterations=3, variants=variants, trt=fake, layers=layers)
+    rows = result["rows"]
+    assert [(r["cuda"], r["batch"], r["timed_batch"]) for r in rows] == [
+        ("cuda-python", "1", 1), ("pycuda", "1", 1), ("cuda-python", "1:2:4", 4), ("pycuda", "1:2:4", 4)]
+    for row in rows:
+        assert (row["gate"], row["selftest"], row["precision"]) == ("passed", "passed", "fp32")
+        assert row["agreement"] == 1.0 and row["miou_engine"] == row["miou_onnxruntime"] is not None
+        assert row["median_ms"] > 0 and row["iterations"] == 3 and "compute_ms_median" in row
+    assert (tmp_path / "real.dynamic.engine").is_file() and (tmp_path / "real.engine").is_file()
     table = (tmp_path / "demo_model_gpu.md").read_text()
-    assert "| FP32 | fp32 | passed | 100.0000% |" in table
+    assert "| FP32 | fp32 | pycuda | 1:2:4 (4) | passed | 100.0000% |" in table
     assert json.loads((tmp_path / "demo_model_gpu.json").read_text())["tensorrt"] == NEWEST_10
     miscompile(monkeypatch, shift=True)  # the same check on a TensorRT that answers other classes: refused
     with pytest.raises(UserError, match="does not answer like ONNX Runtime"):
-        demo_model_check(str(tmp_path / "bad"), frames=4, iterations=3, variants=variants, trt=fake, cuda_api=cuda)
+        demo_model_check(str(tmp_path / "bad"), frames=4, iterations=3, variants=variants, trt=fake, layers=layers)
 
 
 def test_the_committed_tensorrt_ready_demo_files_pass_the_gpu_check_path_without_torch(tmp_path, monkeypatch):
@@ -307,8 +316,9 @@ def test_the_committed_tensorrt_ready_demo_files_pass_the_gpu_check_path_without
     onnxruntime_engine(monkeypatch)
     fake, cuda = fake_for(NEWEST_10)
     result = demo_model_check(str(tmp_path), frames=4, iterations=2, variants=variants, trt=fake, cuda_api=cuda)
-    assert [(r["gate"], r["selftest"]) for r in result["rows"]] == [("passed", "passed")] * 2
-    assert [r["precision"] for r in result["rows"]] == ["fp16", "int8"]
+    assert [(r["gate"], r["selftest"]) for r in result["rows"]] == [("passed", "passed")] * 4
+    assert [(r["precision"], r["batch"]) for r in result["rows"]] == [
+        ("fp16", "1"), ("fp16", "1:2:4"), ("int8", "1"), ("int8", "1:2:4")]
 
 
 def test_the_command_exits_non_zero_on_a_mismatch_and_installs_with_accept_mismatch(tmp_path, golden_onnx, monkeypatch,

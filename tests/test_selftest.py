@@ -271,6 +271,16 @@ def test_the_self_test_result_is_recorded_with_the_run(tmp_path):
     selftest = stats["selftest"]
     assert selftest["status"] == "passed" and selftest["frames"] == 4 and min(selftest["agreement"]) >= 0.995
     assert selftest["produced_by"].startswith("onnxruntime") and selftest["seconds"] > 0
+    from ds2a.records import connect, format_report, summarise
+    from ds2a.web.page import overview
+
+    con = connect(str(db), readonly=True)
+    con.row_factory = sqlite3.Row
+    s = summarise(con, 1)
+    con.close()
+    assert s["model_checks"] == "self-test passed" and "build_gate" not in stats  # an ONNX has no build gate
+    assert "  checks self-test passed\n" in format_report(s)
+    assert "(self-test passed)" in overview(str(db), [], 1, s, [], live=False)
 
 
 def test_doctor_runs_the_self_test_of_an_onnx(tmp_path):

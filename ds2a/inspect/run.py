@@ -193,6 +193,8 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
                                        rules.mm_per_pixel)
             # the model's self-test at open (ds2a/runtime/selftest.py) goes into the run's stats
             records.extra["selftest"] = model.selftest.to_dict() if model.selftest else {"status": "not run"}
+            if getattr(model, "build_gate", None):  # an engine's accuracy gate at build (ds2a/engine/verify.py)
+                records.extra["build_gate"] = model.build_gate
             logger.info(f"run     {run_id} in {options.db}")
         if line is not None:
             line.start(records)  # listens only now: no trigger waits for the warm-up

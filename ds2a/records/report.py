@@ -66,9 +66,10 @@ def summarise(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
             reasons[key] = reasons.get(key, 0) + 1
     level = con.execute("SELECT level FROM verdicts WHERE run_id=? LIMIT 1", (run_id,)).fetchone()
     try:  # escapes/overkill, kept in the run's stats when the source knew its parts' ground truth
-        truth = (json.loads(run["stats"] or "{}") or {}).get("truth")
+        stats = json.loads(run["stats"] or "{}") or {}
+        truth = stats.get("truth")
     except (ValueError, TypeError, AttributeError):
-        truth = None
+        stats, truth = {}, None
     return {
         "run": run_id, "status": run_status(run["status"], run["stats"], run["started_at"]),
         "model": run["model"], "source": run["source"],
@@ -82,8 +83,22 @@ def summarise(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
         "e2e_fps": run["e2e_fps"], "model_fps": run["model_fps"],
         "defects": defects, "latency_ms": latency, "fail_reasons": reasons,
         "truth": truth if isinstance(truth, dict) else None,
+        "model_checks": model_checks(stats if isinstance(stats, dict) else {}),
         "overrides": audit.overrides(con, run_id),  # beside the original verdicts, which are never changed
     }
+
+
+def model_checks(stats: Dict[str, Any]) -> str:
+    """How the run's model proved itself: its self-test at open (ds2a/runtime/selftest.py) and, for an engine,
+    the build's accuracy gate against ONNX Runtime (ds2a/engine/verify.py), as the run recorded them."""
+    test, gate = stats.get("selftest"), stats.get("build_gate")
+    parts = [f"self-test {test.get('status', '?')}" if isinstance(test, dict) else "self-test not recorded"]
+    if isinstance(gate, dict):
+        status = "passed" if gate.get("passed") else ("accepted mismatch" if gate.get("accepted_mismatch") else "failed")
+        agree = gate.get("agreement")
+        parts.append(f"build gate {status}" + (f" ({100 * float(agree):.2f} % of pixels agree with "
+                                                f"{gate.get('reference', 'the reference')})" if agree is not None else ""))
+    return ", ".join(parts)
 
 
 def format_report(s: Dict[str, Any]) -> str:
@@ -93,6 +108,7 @@ def format_report(s: Dict[str, Any]) -> str:
     lines = [
         f"run {s['run']}  ({s['status']}, started {t0})",
         f"  model {s['model']}",
+        f"  checks {s.get('model_checks') or 'not recorded'}",
         f"  source {s['source']}",
         (f"{s['level'] or 'part'}s         {s['parts']}: {s['pass']} PASS, {s['fail']} FAIL, "
          + (f"{s['none']} NONE (not inspected), " if s.get("none") else "") + f"pass rate {rate}"),

@@ -79,6 +79,8 @@ class TensorRTSegmenter(Segmenter):
         self._events: List[Any] = []
         self._check_file()
         record = read_sidecar(self.path)
+        # the build's accuracy gate against ONNX Runtime (ds2a/engine/verify.py), for the run's records and page
+        self.build_gate: Optional[Dict[str, Any]] = record.get("verification") if record is not None else None
         trt = trt_module if trt_module is not None else import_tensorrt()
         self.trt = trt
         self.tensorrt_version = str(trt.__version__)

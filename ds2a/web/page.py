@@ -159,7 +159,8 @@ def overview(db: Optional[str], runs: List[Dict[str, Any]], run_id: Optional[int
     urls = chart_urls(run_id or 0, version)
     body += (f"<section id=run data-run='{e(run_id)}' data-version='{e(version)}'><h2>Run {e(run_id)} <small "
              f"id=run-status><span data-k=status>{e(s['status'])}</span>, started {e(_when(s['started']))}</small></h2><p class=meta>model "
-             f"{e(s['model'])} · source {e(s['source'])}</p>{_notify(notify or [])}</section>{_counts(s)}"
+             f"{e(s['model'])} <span class=checks>({e(s.get('model_checks') or 'checks not recorded')})</span> · source "
+             f"{e(s['source'])}</p>{_notify(notify or [])}</section>{_counts(s)}"
              f"<section id=trend><h2>Trend</h2><img id=chart-pass src='{e(urls['pass_rate'])}' alt='pass rate "
              f"{e(rate)}'><img id=chart-defects src='{e(urls['defects'])}' alt='defects per class'></section>"
              f"<section id=defects>{defects_section(s, colours)}</section>" + _latency(s)
