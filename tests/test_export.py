@@ -97,6 +97,8 @@ def test_dynamic_batch_float_input_runs_any_batch(ckpt, tmp_path):
     assert sess.get_inputs()[0].type == "tensor(float)" and [o.name for o in sess.get_outputs()] == ["logits"]
     x = normalize(np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8))
     assert sess.run(None, {"images": x})[0].shape == (3, 4, 64, 64)
+    # only the batch is dynamic: a builder or Triton sees the other output sizes (not torch's `Cast..._dim_1`)
+    assert [o.shape for o in sess.get_outputs()] == [["batch", 4, 64, 64]]
 
 
 def test_parity_failure_is_loud(ckpt, exported):

@@ -12,7 +12,7 @@ import logging
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -112,7 +112,23 @@ def torch_export(model, meta: ModelMeta, opts: ExportOptions) -> onnx.ModelProto
                           output_names=[OUTPUT_CLASS_MAP, OUTPUT_LOGITS], dynamic_axes=dyn,
                           do_constant_folding=True, dynamo=False,
                           custom_opsets={PLUGIN_DOMAIN: 1} if variant == "trt-plugin" else None)
-    return onnx.load_from_string(buf.getvalue())
+        exported = onnx.load_from_string(buf.getvalue())
+        if dyn is not None:  # only the batch is dynamic: say so, so no consumer sees unknown H, W or classes
+            with deform_attn_variant(variant, plugin_version_for(opts.trt)):
+                outputs = wrapper(dummy)
+            pin_output_dims(exported, dict(zip([OUTPUT_CLASS_MAP, OUTPUT_LOGITS], (tuple(o.shape) for o in outputs))))
+    return exported
+
+
+def pin_output_dims(model: onnx.ModelProto, shapes: Dict[str, Tuple[int, ...]]) -> None:
+    """Give the graph outputs their known sizes after the batch dimension (torch names them `Cast..._dim_1`)."""
+    for out in model.graph.output:
+        if out.name not in shapes:
+            continue
+        dims = out.type.tensor_type.shape.dim
+        for d, size in zip(list(dims)[1:], shapes[out.name][1:]):
+            d.Clear()
+            d.dim_value = int(size)
 
 
 def slim(model: onnx.ModelProto) -> onnx.ModelProto:
