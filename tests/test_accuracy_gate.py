@@ -277,7 +277,7 @@ def test_the_demo_model_check_builds_gates_self_tests_and_times_a_real_model(tmp
 
     assert all("int8.onnx" not in path for _, path in demo_variants())  # ONNX Runtime's INT8 placement: not for TensorRT
     onnx_path = str(tmp_path / "real.onnx")
-    export_onnx(tiny_checkpoint, onnx_path, ExportOptions())
+    export_onnx(tiny_checkpoint, onnx_path, ExportOptions(batch=None))  # dynamic batch
     onnxruntime_engine(monkeypatch)
     fake, cuda = fake_for(NEWEST_10)
     variants = [("FP32", onnx_path)]
@@ -300,25 +300,30 @@ def test_the_demo_model_check_builds_gates_self_tests_and_times_a_real_model(tmp
 
 
 def test_the_committed_tensorrt_ready_demo_files_pass_the_gpu_check_path_without_torch(tmp_path, monkeypatch):
-    """The FP16 and TensorRT-placement INT8 demo ONNX files the GPU smoke builds on the device (committed, so a
-    Jetson needs neither torch nor ModelOpt): each passes the build gate and its self-test through a TensorRT
-    that answers as ONNX Runtime does, and carries its golden frames and drift reference."""
+    """The FP32, FP16 and TensorRT-placement INT8 demo ONNX files the GPU smoke builds on the device (committed, so
+    a Jetson needs neither torch nor ModelOpt): parseable by every TensorRT release, each passes the build gate and
+    its self-test through a TensorRT that answers as ONNX Runtime does, as a batch-1 and a dynamic-batch engine,
+    and carries its golden frames and drift reference."""
     import onnx
 
     from ds2a.doctor.demo_model import demo_model_check, demo_variants
     from ds2a.export.metadata import read_meta
+    from ds2a.trt.compat import blockers, check_versions
 
-    variants = [v for v in demo_variants() if v[0] != "FP32"]
-    assert [label for label, _ in variants] == ["FP16", "INT8 (TensorRT placement)"]
+    variants = demo_variants()
+    assert [label for label, _ in variants] == ["FP32", "FP16", "INT8 (TensorRT placement)"]
     for _, path in variants:
-        extra = read_meta(onnx.load(path, load_external_data=False), path).extra
+        model = onnx.load(path, load_external_data=False)
+        extra = read_meta(model, path).extra
         assert extra["golden"] and extra["drift_reference"] and extra["deform_attn"] == "gather"
+        assert {v: blockers(f) for v, f in check_versions(model).items()} == {"8.5": [], "8.6": [], "10": [], "11": []}
+        assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a dynamic batch
     onnxruntime_engine(monkeypatch)
     fake, cuda = fake_for(NEWEST_10)
     result = demo_model_check(str(tmp_path), frames=4, iterations=2, variants=variants, trt=fake, cuda_api=cuda)
-    assert [(r["gate"], r["selftest"]) for r in result["rows"]] == [("passed", "passed")] * 4
+    assert [(r["gate"], r["selftest"]) for r in result["rows"]] == [("passed", "passed")] * 6
     assert [(r["precision"], r["batch"]) for r in result["rows"]] == [
-        ("fp16", "1"), ("fp16", "1:2:4"), ("int8", "1"), ("int8", "1:2:4")]
+        ("fp32", "1"), ("fp32", "1:2:4"), ("fp16", "1"), ("fp16", "1:2:4"), ("int8", "1"), ("int8", "1:2:4")]
 
 
 def test_the_command_exits_non_zero_on_a_mismatch_and_installs_with_accept_mismatch(tmp_path, golden_onnx, monkeypatch,
