@@ -4,11 +4,12 @@ Torch-free: calibration, the engine builder and the runtimes read it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import onnx
 
@@ -63,20 +64,13 @@ def attach_golden(model: onnx.ModelProto, candidates: Sequence, source: str, pat
     import onnxruntime as ort
 
     from ..meta import guess_precision
-    from ..runtime.onnxruntime_backend import OnnxRuntimeSegmenter
     from ..runtime.selftest import make_golden, set_golden
 
     meta = read_meta(model, path)
-    with tempfile.TemporaryDirectory(prefix="ds2a-golden-") as tmp:
-        file = os.path.join(tmp, "model.onnx")
-        onnx.save(model, file)
-        seg = OnnxRuntimeSegmenter(file)
-        try:
-            golden = make_golden(
-                [seg.prepare(f) for f in candidates], lambda batch: [r.class_map for r in seg.infer_batch(batch)],
-                f"onnxruntime {ort.__version__} CPU ({guess_precision(str(path), meta)})", source, meta.num_classes)
-        finally:
-            seg.close()
+    with _onnxruntime(model) as seg:
+        golden = make_golden(
+            [seg.prepare(f) for f in candidates], lambda batch: [r.class_map for r in seg.infer_batch(batch)],
+            f"onnxruntime {ort.__version__} CPU ({guess_precision(str(path), meta)})", source, meta.num_classes)
     set_golden(meta, golden)
     write_meta(model, meta)
     return golden
@@ -84,10 +78,7 @@ def attach_golden(model: onnx.ModelProto, candidates: Sequence, source: str, pat
 
 def attach_golden_file(path: PathLike, candidates: Sequence, source: str):
     """`attach_golden` on an ONNX file, rewritten in place (callers pass a temp file they publish later)."""
-    model = load_onnx(path)
-    golden = attach_golden(model, candidates, source, path)
-    onnx.save(model, str(path))
-    return golden
+    return _in_place(path, attach_golden, candidates, source)
 
 
 def attach_drift_reference(model: onnx.ModelProto, frames: Sequence, source: str, path: PathLike = "model.onnx"):
@@ -96,18 +87,11 @@ def attach_drift_reference(model: onnx.ModelProto, frames: Sequence, source: str
     import onnxruntime as ort
 
     from ..data.picture_stats import reference_from, set_reference
-    from ..runtime.onnxruntime_backend import OnnxRuntimeSegmenter
 
     meta = read_meta(model, path)
-    with tempfile.TemporaryDirectory(prefix="ds2a-drift-") as tmp:
-        file = os.path.join(tmp, "model.onnx")
-        onnx.save(model, file)
-        seg = OnnxRuntimeSegmenter(file, return_logits=True)
-        try:
-            ref = reference_from(seg.infer_batch, [seg.prepare(f) for f in frames], meta.classes, source,
-                                 f"onnxruntime {ort.__version__} CPU")
-        finally:
-            seg.close()
+    with _onnxruntime(model, return_logits=True) as seg:
+        ref = reference_from(seg.infer_batch, [seg.prepare(f) for f in frames], meta.classes, source,
+                             f"onnxruntime {ort.__version__} CPU")
     set_reference(meta, ref)
     write_meta(model, meta)
     return ref
@@ -115,7 +99,27 @@ def attach_drift_reference(model: onnx.ModelProto, frames: Sequence, source: str
 
 def attach_drift_reference_file(path: PathLike, frames: Sequence, source: str):
     """`attach_drift_reference` on an ONNX file, rewritten in place (callers pass a temp file they publish later)."""
+    return _in_place(path, attach_drift_reference, frames, source)
+
+
+@contextlib.contextmanager
+def _onnxruntime(model: onnx.ModelProto, **options: Any) -> Iterator[Any]:
+    """The in-memory model opened as a station opens it (OnnxRuntimeSegmenter), from a temp copy."""
+    from ..runtime.onnxruntime_backend import OnnxRuntimeSegmenter
+
+    with tempfile.TemporaryDirectory(prefix="ds2a-meta-") as tmp:
+        file = os.path.join(tmp, "model.onnx")
+        onnx.save(model, file)
+        seg = OnnxRuntimeSegmenter(file, **options)
+        try:
+            yield seg
+        finally:
+            seg.close()
+
+
+def _in_place(path: PathLike, attach: Callable[..., Any], *args: Any) -> Any:
+    """`attach(model, *args, path)` on the ONNX file at `path`, saved back to it."""
     model = load_onnx(path)
-    ref = attach_drift_reference(model, frames, source, path)
+    result = attach(model, *args, path)
     onnx.save(model, str(path))
-    return ref
+    return result
