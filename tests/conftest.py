@@ -74,6 +74,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
+def unsaved_rows_stay_in_the_test(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Rows a test's database refuses fall back to a temp folder, never to the home folder (~/.ds2a/unsaved)."""
+    monkeypatch.setenv("DS2A_UNSAVED_DIR", str(tmp_path_factory.mktemp("unsaved")))
+
+
+@pytest.fixture(autouse=True)
 def records_check(request: pytest.FixtureRequest) -> Iterator[None]:
     """After each test of an inspection test file, every ds2a database (*.sqlite) written under its tmp_path
     must pass ds2a/records/check.py (`ds2a report DB --check`): one verdict per part, PASS only for fully

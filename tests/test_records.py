@@ -459,9 +459,10 @@ def test_rows_the_database_never_takes_are_saved_beside_it_and_the_run_fails(tmp
     rec.close()
     other.execute("ROLLBACK")
     dumps = list(tmp_path.glob("r.sqlite.unsaved-run1-*.jsonl"))
-    assert len(dumps) == 1
+    assert len(dumps) == 1  # one file per run: the run's end, refused a moment later, joins the rows
     rows = [json.loads(line) for line in dumps[0].read_text().splitlines()]
-    assert [r["row"][1] for r in rows] == [0, 1, 2] and rows[0]["table"] == "frames"
+    assert [r["row"][1] for r in rows[:3]] == [0, 1, 2] and rows[0]["table"] == "frames"
+    assert [r["table"] for r in rows[3:]] == ["runs"] and rows[3]["row"]["status"] == "finished"
 
 
 def test_inspect_stops_with_an_alarm_when_the_record_queue_is_full(tmp_path, monkeypatch, capsys):
@@ -598,7 +599,8 @@ def test_unsaved_rows_go_to_a_fallback_folder_when_the_database_folder_refuses_t
     other.execute("ROLLBACK")
     rec.close()
     dumps = list((tmp_path / "elsewhere").glob("r.sqlite.unsaved-run1-*.jsonl"))
-    assert len(dumps) == 1 and len(dumps[0].read_text().splitlines()) == 3
+    lines = [json.loads(line) for line in dumps[0].read_text().splitlines()] if len(dumps) == 1 else []
+    assert [r["table"] for r in lines] == ["frames"] * 3 + ["runs"]  # the rows, then the refused end row
     assert not list(tmp_path.glob("*.jsonl"))
 
 

@@ -529,6 +529,16 @@ class Records:
             self.unwritten["frames" if kind == "frame" else "verdicts"] += 1
         self._pending.clear()
         tried = []
+        if self.unsaved_file:  # this run already has its file: one file per run, appended to, never replaced
+            try:
+                with open(self.unsaved_file, "a", encoding="utf-8") as f:
+                    f.write(lines)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                tried.append(f"{self.unsaved_file}: {exc.strerror or exc}")
+            else:
+                return self._dump_message(n, end_row, err, f"saved to {self.unsaved_file}")
         for folder in unsaved_dirs(self.path):
             path = os.path.join(folder, name)
             try:
@@ -542,6 +552,9 @@ class Records:
             break
         else:
             where = f"they could not be saved anywhere ({'; '.join(tried)}): LOST"
+        return self._dump_message(n, end_row, err, where)
+
+    def _dump_message(self, n: int, end_row: Optional[Dict[str, Any]], err: Any, where: str) -> str:
         what = f"{n} records" if end_row is None or n else "the run's end"
         msg = f"{what} could not be written to {self.path} ({err}); {where}"
         logger.error(f"ERROR: records: {msg}")
