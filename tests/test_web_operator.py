@@ -147,6 +147,20 @@ def _result(seq, part_id, passed=True):
     return Result(seq, frame, np.zeros((8, 8), np.uint8), [], passed, [] if passed else ["damage: count 1 > max_count 0"])
 
 
+def test_the_live_counts_keep_none_parts_apart_from_pass_and_fail():
+    """A part not fully inspected (NONE) is neither passed nor failed on the live page, as in `ds2a report`."""
+    live = LiveView(Renderer(CLASSES, OWN_PALETTE))
+    verdicts = [PartVerdict("a", "part", True, [], 0, 0, 1, 0, 1),
+                PartVerdict("b", "part", False, ["damage: count 1 > max_count 0"], 1, 1, 1, 1, 2),
+                PartVerdict("c", "part", False, ["not inspected: model unavailable"], 2, 2, 1, 2, 3, none=True,
+                            uninspected=1)]
+    live.publish(_result(2, "c", passed=False), verdicts)
+    st = live.state()
+    assert (st["parts"], st["pass"], st["fail"], st["none"]) == (3, 1, 1, 1)
+    live.close()
+    assert (live.ended["pass"], live.ended["fail"], live.ended["none"]) == (1, 1, 1)
+
+
 def test_the_banner_labels_the_last_decided_part_and_the_part_in_view():
     live = LiveView(Renderer(CLASSES, OWN_PALETTE))
     live.publish(_result(0, "cell-000013"), [])

@@ -25,7 +25,7 @@ class LiveView:
         self._jpeg: Tuple[int, Optional[bytes]] = (-1, None)
         self._render_lock = threading.Lock()  # one drawing at a time, however many viewers
         self.running = True
-        self.parts = self.failed = self.frames = 0
+        self.parts = self.passed = self.failed = self.none = self.frames = 0  # NONE is neither pass nor fail
         self.last_part: Dict[str, Any] = {}
         self._times: "collections.deque[float]" = collections.deque(maxlen=30)  # frame rate over the last frames
         self.viewers_last = 0.0  # monotonic time of the last picture served
@@ -46,14 +46,17 @@ class LiveView:
                 self.frames += 1
             for pv in closed:
                 self.parts += 1
-                self.failed += 0 if pv.passed else 1
+                self.passed += pv.verdict == "PASS"
+                self.failed += pv.verdict == "FAIL"
+                self.none += pv.verdict == "NONE"
                 self.last_part = {"part_id": pv.part_id, "verdict": pv.verdict, "reasons": list(pv.reasons)}
 
     def close(self, ended: Optional[Dict[str, Any]] = None) -> None:
         """The run ended; `ended` (status and counts, as `ds2a report` gives them) is what open pages show."""
         with self._lock:
             self.ended = dict(ended or {"run": self.run_id, "status": None, "parts": self.parts,
-                                        "pass": self.parts - self.failed, "fail": self.failed, "frames": self.frames})
+                                        "pass": self.passed, "fail": self.failed, "none": self.none,
+                                        "frames": self.frames})
             self.running = False
 
     def state(self) -> Dict[str, Any]:
@@ -66,7 +69,7 @@ class LiveView:
                 "seq": -1 if res is None else res.seq, "frames": self.frames,
                 "verdict": None if res is None else res.verdict, "part_id": None if res is None else res.frame.part_id,
                 "reasons": [] if res is None else list(res.reasons), "fps": round(self._rate(), 1),
-                "parts": self.parts, "pass": self.parts - self.failed, "fail": self.failed,
+                "parts": self.parts, "pass": self.passed, "fail": self.failed, "none": self.none,
                 "last_part": dict(self.last_part), "shown": None if self.shown is None else dict(self.shown),
             }
 

@@ -79,7 +79,7 @@
     const box = $("live-ended");
     box.textContent = "Run " + (e.run === null || e.run === undefined ? "" : e.run + " ") + "ended" +
       (e.status ? " (" + e.status + ")" : "") + ": " + e.parts + " parts, " + e.pass + " PASS, " + e.fail +
-      " FAIL" + rate + ", " + e.frames + " frames. The live view stopped with the run; the records stay in " +
+      " FAIL" + (e.none ? ", " + e.none + " NONE (not inspected)" : "") + rate + ", " + e.frames + " frames. The live view stopped with the run; the records stay in " +
       "the database (ds2a web DB shows them).";
     box.hidden = false;
     $("live").classList.add("ended");
