@@ -255,7 +255,7 @@ def test_verdicts_per_release():
     assert da.verdict("grid-sample", "8.5").status == "ok"
     assert da.verdict("grid-sample", "10.13").status == "ok"
     for v in ("10.14", "10.16", "11", "11.1"):
-        assert da.verdict("grid-sample", v).status == "risk" and "4813" in da.verdict("grid-sample", v).reason
+        assert da.verdict("grid-sample", v).status == "risk" and "public TensorRT bug report" in da.verdict("grid-sample", v).reason
     assert da.verdict("grid-sample", "10.13", opset=20).status == "blocked"
     for v in ("8.5", "8.6", "10.3", "10.13", "10.14", "11"):
         assert da.verdict("gather", v).status == "ok"
@@ -278,8 +278,8 @@ def test_check_trt_reports_gridsample_risk_and_opset20_block():
     m17 = _gridsample_model(17)
     assert not check_model(m17, "10.13")
     warn = check_model(m17, "10.14")
-    assert warn and warn[0].severity == "warning" and "4813" in warn[0].reason and "gather" in warn[0].fix
-    assert any("4646" in f.reason for f in blockers(check_model(_gridsample_model(20), "10.13")))
+    assert warn and warn[0].severity == "warning" and "public TensorRT bug report" in warn[0].reason and "gather" in warn[0].fix
+    assert any("onnx-tensorrt parser fix" in f.reason for f in blockers(check_model(_gridsample_model(20), "10.13")))
 
 
 def test_check_trt_accepts_the_plugin_node_and_blocks_a_broken_one():

@@ -43,9 +43,9 @@ PLUGIN_SINCE: Dict[str, Version] = {"1": (8, 4), "2": (10, 11)}  # plugin_versio
 SAMPLER_SCOPE = "/sampler/"  # ONNX node names of the sampling (MSDeformAttn.sampler in ds2a/model)
 
 # Public reports the verdicts rest on (docs/DEFORM_ATTN.md quotes them).
-ISSUE_4813 = "NVIDIA/TensorRT#4813"  # GridSample-decomposed MSDA silently wrong on 10.14 and 11.1 (10.13 right)
-ISSUE_4646 = "NVIDIA/TensorRT#4646"  # GridSample at opset 20 wrong on 10.13 (opset 18 right)
-PR_1060 = "onnx/onnx-tensorrt#1060"  # cause of 4646: opset-20 mode 'linear' not matched, falls back to nearest
+DETR_REPORT = "a public TensorRT bug report, docs/DEFORM_ATTN.md"  # GridSample MSDA wrong on 10.14, 11.1
+OPSET20_REPORT = "a public TensorRT bug report, docs/DEFORM_ATTN.md"  # GridSample at opset 20 wrong on 10.13 (opset 18 right)
+PARSER_FIX = "the onnx-tensorrt parser fix"  # cause of the opset-20 report: opset-20 mode 'linear' not matched, falls back to nearest
 GRIDSAMPLE_BAD_FROM: Version = (10, 14)
 GRIDSAMPLE_OPSET_BAD = 20  # GridSample-20 renamed 'bilinear' to 'linear'
 FIX_VARIANT = "re-export with `ds2a export ... --deform-attn gather` (or trt-plugin)"
@@ -78,10 +78,10 @@ def verdict(variant: str, version: str, opset: int = 17) -> Verdict:
     if variant == "grid-sample":
         if opset >= GRIDSAMPLE_OPSET_BAD:
             return Verdict(variant, vs, "blocked", f"GridSample-{GRIDSAMPLE_OPSET_BAD} mode 'linear' is imported as "
-                           f"nearest ({ISSUE_4646}, {PR_1060}); export at opset 17")
+                           f"nearest ({OPSET20_REPORT}, {PARSER_FIX}); export at opset 17")
         if v >= GRIDSAMPLE_BAD_FROM:
             return Verdict(variant, vs, "risk", f"GridSample-decomposed deformable attention is reported silently "
-                           f"wrong on TensorRT 10.14 and 11.1 ({ISSUE_4813})")
+                           f"wrong on TensorRT 10.14 and 11.1 ({DETR_REPORT})")
         return Verdict(variant, vs, "ok", "native GridSample layer (parsed since 8.5)")
     if variant == "gather":
         return Verdict(variant, vs, "ok", "Gather/Floor/Mul/Add/Equal/Min/Max/MatMul only, parsed since 8.5")
