@@ -214,6 +214,36 @@ def overrides(con: sqlite3.Connection, run_id: int) -> List[Dict[str, Any]]:
     return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
+def add_override(con: sqlite3.Connection, verdict_id: int, kind: str, reason: str, user: str, origin: str,
+                 role: Optional[str] = None, verdict: Optional[str] = None,
+                 detail: Optional[Dict[str, Any]] = None) -> Tuple[int, str]:
+    """An override (`kind` override, with the new `verdict`) or a doubt (`kind` doubtful) of one verdict row:
+    an audit row and an override row in one transaction; the verdict row is never changed. (audit id, the
+    original verdict). ValueError for a verdict id not in the records or an override to the same verdict."""
+    if kind not in ("override", "doubtful"):
+        raise ValueError(f"unknown override kind {kind!r}")
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        found = con.execute("SELECT run_id, part_id, verdict FROM verdicts WHERE id=?", (verdict_id,)).fetchone()
+        if found is None:
+            raise ValueError(f"verdict {verdict_id} is not in the records")
+        run_id, part_id, original = found
+        if kind == "override" and verdict == original:
+            raise ValueError(f"part {part_id} is already {original}; nothing to override")
+        full = {**(detail or {}), "verdict_id": verdict_id, "original": original, "verdict": verdict,
+                "reason": reason}
+        aid, _ = append(con, kind, user, origin, role=role, run_id=run_id, part_id=part_id, detail=full)
+        t = con.execute("SELECT t FROM audit WHERE id=?", (aid,)).fetchone()[0]
+        con.execute("INSERT INTO overrides (audit_id, verdict_id, run_id, part_id, kind, original, verdict, reason, "
+                    "user, role, t) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (aid, verdict_id, run_id, part_id, kind, original, verdict, reason, user, role, t))
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return aid, str(original)
+
+
 def format_rows(chain: Sequence[Tuple]) -> List[str]:
     """One line per audit row, as `ds2a report DB --audit` prints them."""
     out = []
