@@ -122,7 +122,7 @@ def _version1(path) -> None:
     """A database as ds2a wrote it before the audit trail: schema version 1, no audit tables."""
     con = sqlite3.connect(path)
     con.execute(f"PRAGMA application_id={APPLICATION_ID}")
-    con.executescript(database.SCHEMA.replace(audit.SCHEMA, ""))
+    con.executescript(database.V1_SCHEMA)
     con.execute("INSERT INTO runs (started_at, ended_at, status, model, stats, frames) "
                 "VALUES (1.0, 2.0, 'finished', 'm', '{}', 0)")
     con.execute("PRAGMA user_version=1")
@@ -140,17 +140,18 @@ def test_an_older_database_without_the_audit_table_reads_and_is_migrated_when_wr
     assert path.read_bytes() == before  # reading never migrates
     _run(path)  # writing adds the tables and version 2, then audits the run
     con = sqlite3.connect(path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == database.SCHEMA_VERSION
     assert [r[0] for r in con.execute("SELECT action FROM audit ORDER BY id")] == ["rules_change", "run_start",
                                                                                      "run_stop"]
     con.close()
     assert _audit(path, capsys)[0] == 0
 
 
-def test_a_version_2_file_is_refused_untouched_by_a_ds2a_that_reads_only_version_1(db, monkeypatch):
+def test_a_current_file_is_refused_untouched_by_a_ds2a_that_reads_only_version_1(db, monkeypatch):
     monkeypatch.setattr(database, "SCHEMA_VERSION", 1)
     before = db.read_bytes()
-    with pytest.raises(UserError, match="schema version 2, written by a newer ds2a"):
+    with pytest.raises(UserError, match=f"schema version {database.UPGRADES and max(database.UPGRADES)}, "
+                                        "written by a newer ds2a"):
         connect(str(db))
     assert db.read_bytes() == before
 
@@ -161,6 +162,10 @@ def test_removing_the_audit_table_and_downgrading_the_version_is_reported(db, ca
         con.execute(f"DROP TRIGGER {t}")
     con.execute("DROP TABLE overrides")
     con.execute("DROP TABLE audit")
+    for t in ("shadow", "marks"):  # and what later versions added, so the file looks like version 1
+        con.execute(f"DROP TABLE {t}")
+    con.execute("ALTER TABLE verdicts DROP COLUMN recipe")
+    con.execute("ALTER TABLE verdicts DROP COLUMN recipe_sha256")
     con.execute("PRAGMA user_version=1")
     con.commit()
     con.close()

@@ -695,3 +695,66 @@ def test_a_run_whose_pid_now_belongs_to_another_process_or_boot_is_killed():
     assert run_status("running", json.dumps(me)) == "running"
     assert run_status("running", json.dumps({**me, "pid_start": "1"})) == "killed"  # same pid, another process
     assert run_status("running", json.dumps({**me, "boot": "another-boot"})) == "killed"  # the machine restarted
+
+
+def _schema_of(con: sqlite3.Connection):
+    return {r[0]: r[1] for r in con.execute("SELECT name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
+
+
+def test_a_version_2_file_is_migrated_to_the_same_tables_as_a_new_file_and_keeps_its_rows(tmp_path):
+    from ds2a.records import database
+
+    old = tmp_path / "v2.sqlite"
+    con = sqlite3.connect(old)
+    con.execute(f"PRAGMA application_id={database.APPLICATION_ID}")
+    con.executescript(database.V1_SCHEMA)
+    for statement in database.UPGRADES[2]:
+        con.execute(statement)
+    con.execute("INSERT INTO runs (started_at, status) VALUES (1.0, 'finished')")
+    con.execute("INSERT INTO verdicts (run_id, part_id, level, verdict) VALUES (1, 'old-part', 'part', 'FAIL')")
+    con.execute("PRAGMA user_version=2")
+    con.commit()
+    con.close()
+    before = old.read_bytes()
+    assert main(["report", str(old)]) == 0 and old.read_bytes() == before  # reading never migrates
+    rec = Records(str(old))
+    rec.start_run("m.onnx", "onnxruntime", "demo://", CLASSES, {"level": "part"}, None)
+    pv = PartVerdict("new-part", "part", True, [], 0, 0, 1, 2.0, 3.0)
+    pv.recipe, pv.recipe_sha256 = "cheap-cell", "ab" * 32  # type: ignore[attr-defined]
+    rec.add_verdict(pv)
+    rec.commit()
+    rec.finish_run("finished", {"frames": 1})
+    rec.close()
+    _fill(tmp_path / "new.sqlite")
+    migrated, fresh = sqlite3.connect(old), sqlite3.connect(tmp_path / "new.sqlite")
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    for table in database.ALL_TABLES:  # same columns in the same order, whichever way the file came to be
+        cols = f"PRAGMA table_info({table})"
+        assert [r[1:3] for r in migrated.execute(cols)] == [r[1:3] for r in fresh.execute(cols)], table
+    assert set(_schema_of(migrated)) == set(_schema_of(fresh))  # indexes and append-only triggers too
+    rows = migrated.execute("SELECT part_id, verdict, recipe, recipe_sha256 FROM verdicts ORDER BY id").fetchall()
+    assert rows == [("old-part", "FAIL", None, None), ("new-part", "PASS", "cheap-cell", "ab" * 32)]
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        migrated.execute("INSERT INTO marks (verdict_id, run_id, action, user, t) VALUES (1, 1, 'mark', 'ann', 1)")
+        migrated.execute("UPDATE marks SET note = 'edited'")
+    migrated.close()
+    fresh.close()
+
+
+def test_a_version_2_file_with_version_3_columns_is_refused_untouched(tmp_path):
+    """A file that says version 2 but has columns version 2 never had is not a file ds2a wrote."""
+    from ds2a.records import database
+
+    path = tmp_path / "odd.sqlite"
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA application_id={database.APPLICATION_ID}")
+    con.executescript(database.SCHEMA)
+    for table in ("shadow", "marks"):
+        con.execute(f"DROP TABLE {table}")
+    con.execute("PRAGMA user_version=2")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="verdicts with other columns"):
+        connect(str(path))
+    assert path.read_bytes() == before

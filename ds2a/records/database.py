@@ -11,10 +11,13 @@ heartbeat in its stats, so a killed process shows as `killed`/`stale`, never `ru
 (`run_status`). Rows the database never takes are counted in the run's stats and saved as JSON
 lines beside it, else in a fallback folder (`unsaved_dirs`). `ds2a report` reads the same
 tables, read-only.
-Schema version 2 adds the audit trail and overrides (ds2a/records/audit.py): version 1 files are read as
-they are and get the two tables (and version 2) when opened for writing, in one transaction; a ds2a that
-reads only version 1 refuses a version 2 file untouched (the newer-schema rule above). Run start and
-stop are audited here (`start_run`, `finish_run`).
+Schema version 2 adds the audit trail and overrides (ds2a/records/audit.py); version 3 adds each part's
+recipe and its sha256 (columns of `verdicts`), the shadow model's verdicts (ds2a/records/shadow.py) and
+operator review marks (ds2a/records/review.py). Older files are read as they are and are brought up to
+the current version, step by step in one transaction, when opened for writing; a new file is made by the
+same steps, so a migrated file and a new one have the same tables. A ds2a that reads only an older
+version refuses a newer file untouched (the newer-schema rule above). Run start and stop are audited
+here (`start_run`, `finish_run`).
 """
 from __future__ import annotations
 
@@ -32,19 +35,20 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import UserError
 from ..outputs import write_new
-from . import audit
+from . import audit, review, shadow
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 OLDEST_VERSION = 1  # versions this ds2a reads (and migrates when it writes)
 APPLICATION_ID = 0x44533241  # "DS2A" in the SQLite file header (offset 68)
 TABLES = ("runs", "frames", "defects", "verdicts", "timings")  # the inspection tables (version 1)
-ALL_TABLES = TABLES + audit.TABLES  # version 2
+ALL_TABLES = TABLES + audit.TABLES + shadow.TABLES + review.TABLES  # version 3
+TABLES_OF = {1: TABLES, 2: TABLES + audit.TABLES, 3: ALL_TABLES}  # the tables each schema version has
 BUSY_MS = 100  # how long one write waits for another process's lock before the rows are queued
 HEARTBEAT_S = 5.0  # a running run's heartbeat (in its stats) is renewed this often while frames are written
 STALE_S = 120.0  # a `running` run on another host with no heartbeat for this long is shown as `stale`
 UNSAVED_ENV = "DS2A_UNSAVED_DIR"  # where unwritable rows go when the database's own folder refuses them
 SQLITE_MAGIC = b"SQLite format 3\x00"
-SCHEMA = """
+V1_SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL,
@@ -80,7 +84,30 @@ CREATE INDEX IF NOT EXISTS defects_frame ON defects(frame_id);
 CREATE INDEX IF NOT EXISTS defects_run_class ON defects(run_id, class_name);
 CREATE INDEX IF NOT EXISTS verdicts_run_verdict ON verdicts(run_id, verdict);
 CREATE INDEX IF NOT EXISTS verdicts_t ON verdicts(t_end);
-""" + audit.SCHEMA
+"""
+
+
+def statements(script: str) -> List[str]:
+    """A schema script as single statements (a migration runs them inside its own transaction;
+    executescript would commit first)."""
+    out: List[str] = []
+    buf = ""
+    for line in script.strip().splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    return out
+
+
+# what each version adds to the one before (version 1 is V1_SCHEMA); new files are made by the same steps
+UPGRADES: Dict[int, List[str]] = {
+    2: statements(audit.SCHEMA),
+    3: ["ALTER TABLE verdicts ADD COLUMN recipe TEXT", "ALTER TABLE verdicts ADD COLUMN recipe_sha256 TEXT"]
+    + statements(shadow.SCHEMA) + statements(review.SCHEMA),
+}
+SCHEMA = ";\n".join([V1_SCHEMA.strip().rstrip(";")] + [x.rstrip(";") for v in sorted(UPGRADES)
+                                                         for x in UPGRADES[v]]) + ";\n"
 
 
 def _not_ours(path: str, why: str) -> UserError:
@@ -88,10 +115,14 @@ def _not_ours(path: str, why: str) -> UserError:
                      "give --db a new file name")
 
 
-def _expected_columns() -> Dict[str, List[str]]:
+def _expected_columns(version: int = SCHEMA_VERSION) -> Dict[str, List[str]]:
+    """The columns of every table of a file at `version`, as ds2a writes (or migrates) it."""
     con = sqlite3.connect(":memory:")
-    con.executescript(SCHEMA)
-    cols = {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in ALL_TABLES}
+    con.executescript(V1_SCHEMA)
+    for v in range(2, version + 1):
+        for statement in UPGRADES[v]:
+            con.execute(statement)
+    cols = {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in TABLES_OF[version]}
     con.close()
     return cols
 
@@ -137,15 +168,16 @@ def identify(path: str) -> str:
             raise UserError(f"inspection database {path} has schema version {version}, written by a newer ds2a; "
                             f"this ds2a reads version {SCHEMA_VERSION}: left untouched. Upgrade ds2a to read it, "
                             "or give --db a new file")
-    want = set(TABLES) if version < 2 else set(ALL_TABLES)  # version 2 added the audit tables
-    expected = _expected_columns()
+    known = max(OLDEST_VERSION, min(version, SCHEMA_VERSION))  # an unversioned legacy file: version 1's tables
+    want = set(TABLES_OF[known])
+    expected = _expected_columns(known)
     if tables == want and cols == {t: expected[t] for t in want}:
         return "ours" if app_id == APPLICATION_ID else "legacy"
     if app_id == APPLICATION_ID and not tables:
         return "ours"  # marked but empty (a creation cut short): the schema is created on connect
     mine = sorted(t for t in tables if t in ALL_TABLES)
     if mine:
-        odd = [t for t in mine if cols.get(t) != expected[t]]
+        odd = [t for t in mine if cols.get(t) != expected.get(t, cols.get(t))]
         missing = sorted(want - tables)
         what = (f"table(s) {', '.join(odd)} with other columns than ds2a's" if odd else
                 f"ds2a's table names but not {', '.join(missing)}" if missing else "tables ds2a does not write")
@@ -210,13 +242,15 @@ def connect(path: str, create: bool = True, readonly: bool = False) -> sqlite3.C
 
 
 def _migrate(con: sqlite3.Connection) -> None:
-    """Version 1 -> 2: the audit tables and the new version, in one transaction (another process may have
+    """Bring an older file up to SCHEMA_VERSION, every step in one transaction (another process may have
     done it first: the version is read again under the write lock)."""
     con.execute("BEGIN IMMEDIATE")
     try:
-        if con.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            for statement in audit.statements():
-                con.execute(statement)
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in UPGRADES[v]:
+                    con.execute(statement)
             con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         con.commit()
     except BaseException:
@@ -408,7 +442,8 @@ class Records:
 
     def add_verdict(self, pv: Any) -> None:
         row = (self.run_id, pv.part_id, pv.level, pv.verdict, json.dumps(pv.reasons) if pv.reasons else None,
-               pv.first_seq, pv.last_seq, pv.n_frames, pv.t_start, pv.t_end)
+               pv.first_seq, pv.last_seq, pv.n_frames, pv.t_start, pv.t_end,
+               getattr(pv, "recipe", None), getattr(pv, "recipe_sha256", None))
         self._pending.append(("verdict", row, [], ()))
 
     def _apply(self, item: Item) -> None:
@@ -416,7 +451,7 @@ class Records:
         if kind == "verdict":
             self.con.execute(
                 "INSERT INTO verdicts (run_id, part_id, level, verdict, reasons, first_seq, last_seq, n_frames, "
-                "t_start, t_end) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+                "t_start, t_end, recipe, recipe_sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
             return
         cur = self.con.execute(
             "INSERT INTO frames (run_id, seq, source_index, t, part_id, name, width, height, verdict, reasons, "
