@@ -41,6 +41,8 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
                  "ds2a evidence runs/demo/inspect.sqlite --part cell-000003 --out evidence/"),
     "override": ("ds2a.cli.override", "overrule a part's verdict or mark it doubtful, with a reason (audited)",
                  "ds2a override runs/demo/inspect.sqlite --part cell-000003 --verdict PASS --reason \"dust\" --user ben"),
+    "review": ("ds2a.cli.review", "mark wrong verdicts, confirm marks, export them as training data (audited)",
+               "ds2a review mark runs/demo/inspect.sqlite --part cell-000003 --kind false_reject --note \"dust\" --user anna"),
     "web": ("ds2a.cli.web", "the operator's web page for an inspection database (read-only)",
             "ds2a web runs/demo/inspect.sqlite --bind 127.0.0.1:8080"),
     "bench": ("ds2a.cli.bench", "latency / accuracy benchmark across backends and precisions",

@@ -27,7 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 GENESIS = "0" * 64  # the `prev` of the first row
 TABLES = ("audit", "overrides")
 ACTIONS = ("run_start", "run_stop", "rules_change", "alarm_ack", "recipe_select", "override", "doubtful",
-           "evidence_export")
+           "evidence_export", "review_mark", "review_confirm", "review_reject",
+           "review_export")  # the review_* rows: ds2a/records/review.py
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL, user TEXT NOT NULL, role TEXT, origin TEXT NOT NULL,
