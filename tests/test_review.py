@@ -1,0 +1,272 @@
+"""`ds2a review`: marks, confirmations, the training-set export and the fine-tune loop on the demo conveyor.
+
+One small station database (two runs of 40 frames of a 320x180 demo:// conveyor, the first keeping every
+frame's raw picture, the second only failing frames) is made once per module; each test works on its own
+copy, so marks never leak between tests. The end-to-end test (marked slow, bounded: a few training
+iterations at 64x64) fine-tunes the demo checkpoint on the corrected export.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ds2a.cli import main
+from ds2a.inspect.run import InspectOptions, inspect
+from ds2a.records import audit, review
+from ds2a.records.check import check_database
+from ds2a.records.database import connect
+from ds2a.records.review_export import export, voc_colours
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "ds2a" / "assets" / "demo"
+SOURCE = "demo://?frames=40&width=320&height=180&speed=24"
+RULES = "version: 1\nclasses:\n  damage: {max_count: 0}\n  smudge: {max_count: 0}\n  dust: {max_count: 0}\n"
+ORIGIN = "test"
+
+
+def _inspect(tmp: Path, db: Path, keep: str, kept: str) -> object:
+    rules = tmp / "rules.yaml"
+    rules.write_text(RULES)
+    options = InspectOptions(model=str(DEMO / "ds2a_tiny_synth.int8.onnx"), source=SOURCE, headless=True,
+                             db=str(db), rules=str(rules), save_fail=str(tmp / kept), keep_raw=keep, drift="off",
+                             backend_options={"intra_op_threads": 1})
+    with open(os.devnull, "w") as devnull:
+        return inspect(options, out=devnull)
+
+
+@pytest.fixture(scope="module")
+def station(tmp_path_factory):
+    """(folder, db, parts of run 1 by verdict): run 1 keeps every raw frame, run 2 only failing ones."""
+    tmp = tmp_path_factory.mktemp("station")
+    db = tmp / "inspect.sqlite"
+    first = _inspect(tmp, db, "all", "kept_all")
+    _inspect(tmp, db, "fail", "kept_fail")
+    by = {}
+    for p in first.parts:
+        by.setdefault(p.verdict, []).append(p.part_id)
+    assert by.get("FAIL") and by.get("PASS"), by  # the demo seed gives both
+    return tmp, db, by
+
+
+@pytest.fixture
+def db(station, tmp_path):
+    """A private copy of the station database (the kept pictures stay where the run recorded them)."""
+    path = tmp_path / "inspect.sqlite"
+    shutil.copy(station[1], path)
+    return path
+
+
+def _verdict_id(con, part, run=1):
+    return con.execute("SELECT id FROM verdicts WHERE part_id=? AND run_id=?", (part, run)).fetchone()[0]
+
+
+def _cli(capsys, *args, code=0):
+    got = main(["review", *map(str, args)])
+    out, err = capsys.readouterr()
+    assert got == code, (out, err)
+    return out, err
+
+
+def _marked(db, station, capsys):
+    """A FAIL part marked false reject by the library, a PASS part missed defect by the CLI, both confirmed."""
+    _, _, by = station
+    con = connect(str(db), create=False)
+    try:
+        first = review.mark(con, _verdict_id(con, by["FAIL"][0]), "false_reject", "a shadow, not smudge", "anna",
+                            "operator", ORIGIN)
+    finally:
+        con.close()
+    out, _ = _cli(capsys, "mark", db, "--part", by["PASS"][0], "--run", 1, "--kind", "missed_defect",
+                  "--note", "dust at the edge", "--user", "anna")
+    second = int(out.split()[1].rstrip(":"))
+    return first, second
+
+
+def test_marks_are_appended_confirmed_by_an_engineer_and_never_change_a_verdict(db, station, capsys):
+    first, second = _marked(db, station, capsys)
+    con = connect(str(db), create=False)
+    try:
+        verdicts = con.execute("SELECT * FROM verdicts ORDER BY id").fetchall()
+        with pytest.raises(review.ReviewError, match="needs engineer or admin") as refused:
+            review.confirm(con, first, True, "", "olga", "operator", ORIGIN)
+        assert refused.value.status == 403
+        review.confirm(con, first, True, "agreed", "ben", "engineer", ORIGIN)
+        listed = {m["id"]: m for m in review.marks(con)}
+        assert listed[first]["status"] == "confirmed" and listed[first]["answered_by"] == "ben"
+        assert listed[first]["verdict"] == "FAIL" and listed[second]["verdict"] == "PASS"
+        assert listed[second]["status"] == "open" and listed[second]["kind"] == "missed_defect"
+        assert con.execute("SELECT * FROM verdicts ORDER BY id").fetchall() == verdicts  # no verdict rewritten
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            con.execute("UPDATE marks SET note='x' WHERE id=?", (first,))
+        con.rollback()
+    finally:
+        con.close()
+    _cli(capsys, "confirm", db, "--mark", second, "--user", "olga", "--role", "operator", code=2)
+    _cli(capsys, "confirm", db, "--mark", second, "--user", "ben", "--role", "engineer", "--note", "yes")
+    out, _ = _cli(capsys, "list", db, "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["status"] for r in rows] == ["confirmed", "confirmed"]
+    con = connect(str(db), create=False, readonly=True)
+    try:
+        n, problems = audit.verify(con)
+        actions = [r[5] for r in audit.rows(con)]
+        assert not problems and not review.verify(con)
+        assert actions.count("review_mark") == 2 and actions.count("review_confirm") == 2
+        assert not check_database(con)[1]
+    finally:
+        con.close()
+
+
+def test_an_engineer_may_reject_a_mark_and_a_mark_is_answered_once(db, station, capsys):
+    first, _ = _marked(db, station, capsys)
+    _cli(capsys, "confirm", db, "--mark", first, "--reject", "--note", "it is smudge", "--user", "ben",
+         "--role", "engineer")
+    _, err = _cli(capsys, "confirm", db, "--mark", first, "--user", "ben", "--role", "engineer", code=2)
+    assert "already rejected by ben" in err
+    out, _ = _cli(capsys, "list", db)
+    assert "[rejected by ben: it is smudge]" in out
+
+
+@pytest.mark.parametrize("case", ["unknown part", "other run", "several runs", "kind does not fit", "empty note",
+                                  "unknown mark", "operator confirms", "users file wrong password"])
+def test_bad_calls_are_one_line_errors_and_record_nothing(db, station, capsys, tmp_path, monkeypatch, case):
+    _, _, by = station
+    fail = by["FAIL"][0]
+    mark = ["mark", db, "--kind", "false_reject", "--note", "n", "--user", "anna"]
+    con = connect(str(db), create=False, readonly=True)
+    n_other = con.execute("SELECT COUNT(*) FROM verdicts WHERE run_id=2").fetchone()[0]
+    con.close()
+    args, words = {
+        "unknown part": (mark + ["--part", "cell-999999", "--run", "1"], "has no verdict in run 1"),
+        "other run": (mark + ["--part", fail, "--run", "7"], "judged in run(s) 1, 2"),
+        "several runs": (mark + ["--part", fail], "say which with --run N"),
+        "kind does not fit": (["mark", db, "--part", by["PASS"][0], "--run", "1", "--kind", "false_reject", "--note",
+                               "n", "--user", "anna"], "a false reject marks a FAIL"),
+        "empty note": (["mark", db, "--part", fail, "--run", "1", "--kind", "false_reject", "--note", " ",
+                        "--user", "anna"], "the note is empty"),
+        "unknown mark": (["confirm", db, "--mark", "41", "--user", "ben", "--role", "engineer"], "mark 41 is not"),
+        "operator confirms": (["confirm", db, "--mark", "1", "--user", "olga", "--role", "operator"],
+                              "needs engineer or admin"),
+        "users file wrong password": (mark + ["--part", fail, "--run", "1", "--users", tmp_path / "users.txt"],
+                                      "wrong password"),
+    }[case]
+    if case == "users file wrong password":
+        from ds2a.notify.users import hash_password
+
+        (tmp_path / "users.txt").write_text(f"anna:operator:{hash_password('right-one', 'pbkdf2_sha256')}\n")
+        monkeypatch.setenv("DS2A_PASSWORD", "wrong-one")
+    _, err = _cli(capsys, *args, code=2)
+    assert words in err and len(err.strip().splitlines()) == 1, err
+    assert n_other  # the second run judged the same part ids: a part id alone is ambiguous
+    con = connect(str(db), create=False, readonly=True)
+    try:
+        assert not review.marks(con) and not [r for r in audit.rows(con) if r[5].startswith("review_")]
+    finally:
+        con.close()
+
+
+def test_a_signed_in_engineer_confirms_and_the_role_comes_from_the_users_file(db, station, capsys, tmp_path,
+                                                                              monkeypatch):
+    from ds2a.notify.users import hash_password
+
+    first, _ = _marked(db, station, capsys)
+    users = tmp_path / "users.txt"
+    users.write_text(f"ben:engineer:{hash_password('pw-ben-123', 'pbkdf2_sha256')}\n"
+                     f"olga:operator:{hash_password('pw-olga-12', 'pbkdf2_sha256')}\n")
+    monkeypatch.setenv("DS2A_PASSWORD", "pw-olga-12")
+    _cli(capsys, "confirm", db, "--mark", first, "--user", "olga", "--users", users, code=2)
+    monkeypatch.setenv("DS2A_PASSWORD", "pw-ben-123")
+    out, _ = _cli(capsys, "confirm", db, "--mark", first, "--user", "ben", "--users", users)
+    assert "ben (engineer)" in out and "unverified" not in out
+    con = connect(str(db), create=False, readonly=True)
+    try:
+        row = [r for r in audit.rows(con) if r[5] == "review_confirm"][0]
+        assert row[2] == "ben" and row[3] == "engineer" and json.loads(row[8])["authenticated"] is True
+    finally:
+        con.close()
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_export_writes_the_training_layout_cvat_file_and_a_manifest_that_names_what_is_missing(db, station, capsys,
+                                                                                             tmp_path):
+    from ds2a.data import open_dataset
+
+    _, _, by = station
+    first, second = _marked(db, station, capsys)
+    con = connect(str(db), create=False)
+    try:  # a third mark, of run 2 (only failing frames kept): its PASS part has no picture to export
+        third = review.mark(con, _verdict_id(con, by["PASS"][0], run=2), "missed_defect", "dust", "anna", None, ORIGIN)
+        fourth = review.mark(con, _verdict_id(con, by["FAIL"][-1]), "false_reject", "glare", "anna", None, ORIGIN)
+        for m in (first, third):
+            review.confirm(con, m, True, "", "ben", "engineer", ORIGIN)
+        review.confirm(con, fourth, False, "real damage", "ben", "admin", ORIGIN)
+    finally:
+        con.close()
+    out = tmp_path / "export"
+    result = export(str(db), str(out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    frames = manifest["frames"]
+    assert result.frames == len(frames) > 0 and {f["part_id"] for f in frames} == {by["FAIL"][0]}
+    assert all(f["marks"][0]["confirmed_by"] == "ben" and f["marks"][0]["kind"] == "false_reject" for f in frames)
+    for f in frames:  # every file's sha256, and the crop's size, as written
+        image, mask = out / f["image"], out / f["mask"]
+        assert _sha(image) == f["image_sha256"] == manifest["files"][f["image"]]["sha256"]
+        assert _sha(mask) == f["mask_sha256"]
+        assert cv2.imread(str(image)).shape[:2] == cv2.imread(str(mask), cv2.IMREAD_UNCHANGED).shape
+        assert list(cv2.imread(str(image)).shape[1::-1]) == f["crop_xywh"][2:]
+    missing = manifest["missing"]
+    assert missing and {m["part_id"] for m in missing} == {by["PASS"][0]} and {m["run_id"] for m in missing} == {2}
+    assert all("--keep-raw all" in m["fix"] and "keep-raw policy 'fail'" in m["reason"] for m in missing)
+    left = {m["mark_id"]: m["reason"] for m in manifest["left_out"]}
+    assert left[second].startswith("not confirmed") and left[fourth] == "rejected by ben"
+    dataset = open_dataset(out, split="all")
+    assert dataset.classes == manifest["classes"] == ["background", "damage", "smudge", "dust"]
+    assert len(dataset) == len(frames) and all(s.mask.max() < 4 for s in dataset)
+    with zipfile.ZipFile(out / "cvat" / "annotations.zip") as z:
+        names = z.read("ImageSets/Segmentation/default.txt").decode().split()
+        labelmap = [line.split(":") for line in z.read("labelmap.txt").decode().splitlines() if "#" not in line]
+        assert names == [f["name"] for f in frames]
+        assert [(c, tuple(map(int, rgb.split(",")))) for c, rgb, _, _ in labelmap] == \
+            list(zip(dataset.classes, voc_colours(4)))
+        rgb = cv2.imdecode(np.frombuffer(z.read(f"SegmentationClass/{names[0]}.png"), np.uint8), cv2.IMREAD_COLOR)
+    ids = cv2.imread(str(out / frames[0]["mask"]), cv2.IMREAD_UNCHANGED)
+    assert (rgb[..., ::-1][ids == 1] == voc_colours(4)[1]).all() and (rgb[ids == 0] == 0).all()
+    everything = export(str(db), str(tmp_path / "all"), confirmed_only=False)  # --all-marks: the open mark too
+    assert everything.parts == 3 and everything.frames > result.frames
+    con = connect(str(db), create=False, readonly=True)
+    try:
+        assert [r[5] for r in audit.rows(con)].count("review_export") == 2
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("case", ["folder holding the database", "folder with files", "a file", "no confirmed marks"])
+def test_export_refusals(db, station, capsys, tmp_path, case):
+    first, _ = _marked(db, station, capsys)
+    if case != "no confirmed marks":
+        con = connect(str(db), create=False)
+        review.confirm(con, first, True, "", "ben", "engineer", ORIGIN)
+        con.close()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    (tmp_path / "file.txt").write_text("mine")
+    out, words = {"folder holding the database": (tmp_path, "holds DB"),
+                  "folder with files": (tmp_path / "full", "already holds files"),
+                  "a file": (tmp_path / "file.txt", "is a file"),
+                  "no confirmed marks": (tmp_path / "new", "no confirmed marks")}[case]
+    _, err = _cli(capsys, "export", db, "--out", out, code=2)
+    assert words in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine" and (tmp_path / "file.txt").read_text() == "mine"
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".*partial*"))
