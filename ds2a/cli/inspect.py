@@ -26,8 +26,14 @@ from ..web.station import StationOptions
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (__doc__ or "").split("\n\n")[0]
     p.epilog = "\n".join((__doc__ or "").split("\n")[2:])
-    p.add_argument("--model", required=True, help="model file: .onnx (ONNX Runtime), .engine (TensorRT), .pt; or a served model: "
-                   "triton://HOST:8001/NAME (gRPC), triton+http://HOST:8000/NAME (`ds2a serve`)")
+    p.add_argument("--model", help="model file: .onnx (ONNX Runtime), .engine (TensorRT), .pt; or a served model: "
+                   "triton://HOST:8001/NAME (gRPC), triton+http://HOST:8000/NAME (`ds2a serve`); required unless "
+                   "--recipes")
+    p.add_argument("--recipes", metavar="DIR", help="one recipe file per product (model, rules, roi, mm_per_pixel, "
+                   "part ids; docs/RECIPES.md) instead of --model/--rules; the line, OPC UA or the page change the "
+                   "recipe between parts")
+    p.add_argument("--recipe", metavar="NAME", help="with --recipes: the recipe to start with (a file name without "
+                   ".yaml; required unless the folder holds one)")
     p.add_argument("--source", default="demo://", help="csi://0, v4l2:///dev/video0, 0, rtsp://..., http://... "
                    "(MJPEG), file://clip.mp4, a path/folder/glob, or demo:// (default) / demo://?frames=300&fps=30")
     p.add_argument("--output", action="append", default=[], metavar="URI",
@@ -90,18 +96,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def options_from(args: argparse.Namespace) -> InspectOptions:
     """The flags as InspectOptions (the checks are the library's: ds2a/inspect/run.py)."""
-    backend = backend_for(args.model, args.backend)
+    backend = backend_for(args.model or _first_model(args), args.backend)
     return InspectOptions(
-        model=args.model, source=args.source, outputs=list(args.output), headless=args.headless, db=args.db,
+        model=args.model or "", recipes=args.recipes, recipe=args.recipe,
+        source=args.source, outputs=list(args.output), headless=args.headless, db=args.db,
         rules=args.rules, mm_per_pixel=args.mm_per_pixel, max_frames=args.max_frames, duration=args.duration,
         save_fail=args.save_fail, keep_raw=args.keep_raw, jsonl=args.jsonl, roi=None if args.roi is None else parse_roi(args.roi),
         mode=args.mode, alpha=args.alpha, backend=args.backend,
-        backend_options=options_from_args(args, backend, args.model), fps=args.fps,
+        backend_options=options_from_args(args, backend, args.model or _first_model(args)), fps=args.fps,
         station=StationOptions(web=args.web, web_token=args.web_token, web_insecure=args.web_insecure,
                                notify=list(args.notify)),
         trigger=args.trigger, trigger_timeout=args.trigger_timeout, opcua=args.opcua, opcua_users=args.opcua_users,
         drift=args.drift, drift_ack=args.drift_ack, part_id=args.part_id, barcode_formats=args.barcode_formats,
         barcode_roi=None if args.barcode_roi is None else parse_barcode_roi(args.barcode_roi))
+
+
+def _first_model(args: argparse.Namespace) -> str:
+    """The model the backend flags are checked against: --recipes' first recipe's (all recipes share them)."""
+    if not args.recipes:
+        from ..errors import UserError
+
+        raise UserError("give --model MODEL, or --recipes DIR with one recipe file per product (docs/RECIPES.md)")
+    from ..inspect.recipes import RecipeBook
+
+    book = RecipeBook(args.recipes)
+    return book.first(args.recipe).model
 
 
 def messages_to_stderr(args: argparse.Namespace) -> bool:

@@ -43,6 +43,8 @@ class Result:
     behind: bool = False  # the output thread is behind a live source: draw nothing, record everything
     inspected: bool = True  # False: not judged (no part in view, model unavailable, unreadable, too small)
     in_view: bool = True  # False: the source said no part is in view (reasons empty); else the frame is a part's
+    recipe: Optional[str] = None  # the recipe that judged it (--recipes, ds2a/inspect/recipes.py); None without
+    recipe_sha256: Optional[str] = None
 
     @property
     def verdict(self) -> str:
@@ -143,6 +145,7 @@ class _Prepared:
     roi: Optional[Region]
     preprocess_ms: float
     why: str = ""
+    generation: int = 0  # the recipe it was prepared for: a frame prepared ahead of a changeover is prepared again
 
 
 UNREADABLE = "not inspected: unreadable or corrupt image"
@@ -175,13 +178,23 @@ class InspectionLoop:
     reports (demo://), else the whole frame. Every frame that reaches the station becomes one
     Result, judged or not: an unreadable frame is a NONE result, never a silent skip, and a region
     smaller than `min_region_px` (where no defect could reach the rules' minimum area) is not judged.
+
+    With `recipes` (a started RecipeBook, ds2a/inspect/recipes.py) model, analysis, window and minimum
+    region are the recipe in force's, and they change only on this thread, before a frame that starts a
+    part (`boundary`), so that no part is judged by two recipes.
     """
 
     def __init__(self, source: Source, model: Any, analyse: Analyse, output: Callable[[Result], None],
                  max_frames: Optional[int] = None, queue_size: int = 4, output_queue_size: int = 8,
-                 roi: Optional[Region] = None, min_region_px: float = 0.0) -> None:
+                 roi: Optional[Region] = None, min_region_px: float = 0.0, recipes: Any = None,
+                 boundary: Any = None) -> None:
         self.source, self.model, self.analyse, self.output = source, model, analyse, output
         self.max_frames, self.roi, self.min_region_px = max_frames, roi, float(min_region_px)
+        self.recipes, self.boundary = recipes, boundary
+        self.active: Any = None
+        if recipes is not None:
+            self._use(recipes.active)
+        self._view = (0, self.roi, tuple(self.model.input_size))  # generation, window, model size: one read
         self.stats = LoopStats()
         self._stop = threading.Event()
         self._abort = threading.Event()
@@ -224,9 +237,15 @@ class InspectionLoop:
                 self.stats.cpu_s[name] = time.thread_time() - c0
         return run
 
+    def _use(self, active: Any) -> None:
+        """The recipe `active` judges from the next frame on (this thread, or before the threads start)."""
+        self.active = active
+        self.model, self.analyse, self.roi, self.min_region_px = (active.model, active.analyse, active.roi,
+                                                                  float(active.min_region_px))
+        self._view = (active.generation, self.roi, tuple(self.model.input_size))
+
     def _capture(self) -> None:
         sw = self.stats.timings
-        size = tuple(self.model.input_size)
         try:
             while not self._stop.is_set():
                 t0 = time.perf_counter()
@@ -239,7 +258,7 @@ class InspectionLoop:
                 if isinstance(self._in, LatestSlot):
                     self._in.put(frame)
                 else:  # every frame of a file is inspected: resize it here, while the model runs
-                    item = (frame, self._prepare(frame, size))
+                    item = (frame, self._prepare(frame, self._view))
                     while not self._stop.is_set():
                         try:
                             self._in.put(item, timeout=0.1)
@@ -280,32 +299,35 @@ class InspectionLoop:
                 if self._capture_done.is_set() and self._in.empty():
                     return _END
 
-    def _prepare(self, frame: Frame, size: Tuple[int, int]) -> _Prepared:
-        """Crop to the region and resize to the model size (`why` set for a corrupt frame).
+    def _prepare(self, frame: Frame, view: Tuple[int, Optional[Region], Tuple[int, ...]],
+                 count: bool = True) -> _Prepared:
+        """Crop to the region and resize to the model size (`why` set for a corrupt frame); `view` is the
+        recipe's (generation, window, model size).
 
         Runs on the capture thread for file sources (pipelined with the model), on the model
         thread for live ones (only the newest frame is worth resizing).
         """
+        gen, window, size = view
         t0 = time.perf_counter()
         image = frame.image
         if image is None or not getattr(image, "size", 0):
-            self.stats.corrupt += 1
-            return _Prepared(None, (0, 0, 0, 0), None, 0.0, UNREADABLE)
-        if self.roi is None and self.source.gives_roi and frame.roi is None:  # no part in view
-            return _Prepared(None, (0, 0, 0, 0), None, 0.0)
-        roi = clip_roi(self.roi or frame.roi, image.shape[:2])  # UserError: --roi is outside the frame
-        if self.roi is not None and image.shape[:2] not in self._clipped:
-            self._note_clip(image.shape[:2], roi)
+            self.stats.corrupt += int(count)
+            return _Prepared(None, (0, 0, 0, 0), None, 0.0, UNREADABLE, gen)
+        if window is None and self.source.gives_roi and frame.roi is None:  # no part in view
+            return _Prepared(None, (0, 0, 0, 0), None, 0.0, generation=gen)
+        roi = clip_roi(window or frame.roi, image.shape[:2])  # UserError: --roi is outside the frame
+        if window is not None and (image.shape[:2], window) not in self._clipped:
+            self._note_clip(image.shape[:2], roi, window)
         try:
             if roi is not None:
                 x, y, w, h = roi
                 image = image[y:y + h, x:x + w]
             region = roi or (0, 0, image.shape[1], image.shape[0])
-            small = resize_frame(image, size)
+            small = resize_frame(image, size)  # type: ignore[arg-type]
         except (ValueError, TypeError, IndexError, cv2.error):  # odd shape or type
-            self.stats.corrupt += 1
-            return _Prepared(None, (0, 0, 0, 0), None, 0.0, UNREADABLE)
-        return _Prepared(small, region, roi, (time.perf_counter() - t0) * 1e3)
+            self.stats.corrupt += int(count)
+            return _Prepared(None, (0, 0, 0, 0), None, 0.0, UNREADABLE, gen)
+        return _Prepared(small, region, roi, (time.perf_counter() - t0) * 1e3, generation=gen)
 
     def _inspect(self, frame: Frame, prep: _Prepared, seq: int, queue_ms: float) -> Result:
         """One prepared frame through the model and the analysis."""
@@ -347,17 +369,36 @@ class InspectionLoop:
         self.stats.inspected += 1
         return Result(seq, frame, out.class_map, defects, passed, reasons, ms, roi)
 
-    def _note_clip(self, frame_hw: Tuple[int, int], roi: Optional[Region]) -> None:
+    def _recipe_for(self, frame: Frame, prep: _Prepared, seq: int) -> Tuple[_Prepared, str]:
+        """Before a frame: at a part boundary, the recipe the frame's trigger asks for (waiting for it until the
+        trigger's deadline), else any changeover that is ready. Returns the frame prepared for the recipe in
+        force and, when the trigger's recipe cannot judge it, why."""
+        trigger = getattr(frame, "trigger", None)
+        wanted = getattr(trigger, "recipe", None)
+        in_view = not (prep.small is None and not prep.why)
+        if self.boundary.free(self.active.rules, in_view, frame.part_id):
+            wait_s = max(0.0, trigger.give_up_at - time.perf_counter()) if wanted is not None else 0.0
+            new, refused = self.recipes.at_boundary(wanted, wait_s)
+            if refused:
+                return prep, refused
+            if new is not None:
+                self.recipes.mark(seq, new)  # before this frame is output: the tracker stamps its part with `new`
+                self._use(new)
+                self.boundary.reset()
+        if prep.generation != self.active.generation:  # prepared ahead for the recipe before: again, for this one
+            prep = self._prepare(frame, self._view, count=False)
+        return prep, ""
+
+    def _note_clip(self, frame_hw: Tuple[int, int], roi: Optional[Region], window: Region) -> None:
         """Say once per frame size when --roi reaches past the frame and only its inside is inspected."""
-        self._clipped.add(frame_hw)
-        x, y, w, h = self.roi  # type: ignore[misc]
+        self._clipped.add((frame_hw, window))
+        x, y, w, h = window
         got = roi or (0, 0, frame_hw[1], frame_hw[0])
         if got != (x, y, w, h):
             self.notes.append(f"note: --roi {x},{y},{w},{h} reaches past the {frame_hw[1]}x{frame_hw[0]} frame; "
                               f"inspecting its part inside the frame, {','.join(map(str, got))}")
 
     def _infer(self) -> None:
-        size = tuple(self.model.input_size)
         seq = 0
         try:
             while not self._abort.is_set():
@@ -369,8 +410,19 @@ class InspectionLoop:
                     frame, prep = item
                     ahead = prep.preprocess_ms
                 else:
-                    frame, prep, ahead = item, self._prepare(item, size), 0.0
-                res = self._inspect(frame, prep, seq, (t_take - frame.t_perf) * 1e3 - ahead)
+                    frame, prep, ahead = item, self._prepare(item, self._view), 0.0
+                refused = ""
+                if self.recipes is not None:
+                    prep, refused = self._recipe_for(frame, prep, seq)
+                queue_ms = (time.perf_counter() if refused else t_take) - frame.t_perf
+                if refused:  # the trigger asked for a recipe that cannot judge it: NONE, never another recipe's PASS
+                    res = Result(seq, frame, None, [], False, [f"not inspected: {refused}"], {"queue": queue_ms * 1e3},
+                                 None, inspected=False)
+                else:
+                    res = self._inspect(frame, prep, seq, queue_ms * 1e3 - ahead)
+                if self.active is not None:
+                    res.recipe, res.recipe_sha256 = self.active.name, self.active.sha256
+                    self.boundary.after(self.active.rules, res.in_view, frame.part_id)
                 seq += 1
                 while not self._abort.is_set():  # blocks only on a slow output; abort frees it
                     try:

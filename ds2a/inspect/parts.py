@@ -6,13 +6,16 @@ This is the one place where a part's verdict is made (docs/ARCHITECTURE.md, "Inv
   frame with no part in view (part ids), or at the end of the run;
 - a part is PASS only when every one of its frames was inspected and passed; a part with a
   failing frame is FAIL; a part with a frame that was not inspected (model unavailable, an
-  unreadable image, a region too small for any defect to count) and no failing frame is NONE.
+  unreadable image, a region too small for any defect to count) and no failing frame is NONE;
+- with recipes (ds2a/inspect/recipes.py) every part is judged by one recipe, which it names: a frame
+  judged by another recipe than the open part's closes that part first (the loop changes recipes only
+  where no part is open, so this is a guard, not the rule).
 Torch-free.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from ..errors import UserError
 
@@ -41,6 +44,8 @@ class PartVerdict:
     t_end: float
     none: bool = False
     uninspected: int = 0
+    recipe: Optional[str] = None  # the recipe that judged every frame of the part (--recipes); None without
+    recipe_sha256: Optional[str] = None  # sha256 of its recipe, rules and model files (ds2a/inspect/recipes.py)
 
     def __post_init__(self) -> None:
         if self.passed and (self.none or self.uninspected):
@@ -51,12 +56,32 @@ class PartVerdict:
         return "PASS" if self.passed else "NONE" if self.none else "FAIL"
 
 
-class PartTracker:
-    """Groups frame verdicts into parts: by the source's part ids, or N consecutive frames."""
+def stamp(pv: PartVerdict, active: Any) -> PartVerdict:
+    """Name the recipe (a ds2a.inspect.recipes.Active, or None) that judged the part."""
+    if active is not None:
+        pv.recipe, pv.recipe_sha256 = active.name, active.sha256
+    return pv
 
-    def __init__(self, rules: "Rules", source_gives_parts: bool, source: str = "this source") -> None:
+
+class PartTracker:
+    """Groups frame verdicts into parts: by the source's part ids, or N consecutive frames.
+
+    `recipes` (a RecipeBook, set by the run) says which recipe judged each frame (by its seq); a part
+    takes its grouping rules from that recipe and is stamped with it when it closes."""
+
+    def __init__(self, rules: "Rules", source_gives_parts: bool, source: str = "this source",
+                 recipes: Any = None) -> None:
+        self.source_gives_parts, self.recipes = source_gives_parts, recipes
+        self._active: Any = None
+        self._use(rules, source)
+        self._open: Optional[PartVerdict] = None
+        self._failed = False  # the open part has a failing frame
+        self._count = 0  # parts of N frames opened so far (their ids)
+
+    def _use(self, rules: "Rules", source: str = "this source") -> None:
         self.rules = rules
         self.by = rules.part_by
+        source_gives_parts = self.source_gives_parts
         if self.by == "source" and rules.level == "part" and not source_gives_parts:
             # every frame would wait for a part id that never comes: FAIL frames, no part verdict
             raise UserError(f"rules file {rules.origin}: part.by is 'source' but {source} gives no part ids "
@@ -64,9 +89,6 @@ class PartTracker:
                             "N consecutive frames per part, or `by: auto`")
         if self.by == "auto":
             self.by = "source" if source_gives_parts else "frames"
-        self._open: Optional[PartVerdict] = None
-        self._failed = False  # the open part has a failing frame
-        self._count = 0
 
     def feed(self, seq: int, part_id: Optional[str], passed: bool, reasons: List[str], t: float,
              inspected: bool = True) -> List[PartVerdict]:
@@ -74,13 +96,19 @@ class PartTracker:
 
         `inspected` False: the frame was not judged (its `passed` is ignored): its part cannot PASS."""
         failed = inspected and not passed
-        if self.rules.level == "frame":
-            return [PartVerdict(part_id or f"frame-{seq:06d}", "frame", inspected and passed, list(reasons),
-                                seq, seq, 1, t, t, none=not inspected, uninspected=int(not inspected))]
         closed: List[PartVerdict] = []
-        if self.by == "frames":
-            part_id = f"part-{self._count // self.rules.part_frames:06d}"
-            self._count += 1
+        active = self.recipes.recipe_for(seq) if self.recipes is not None else None
+        if active is not None and active is not self._active:  # another recipe judges from this frame on
+            closed += self.flush()  # the open part was judged by the recipe before: it closes as it is
+            self._active = active
+            self._use(active.rules)
+        if self.rules.level == "frame":
+            return closed + [stamp(PartVerdict(part_id or f"frame-{seq:06d}", "frame", inspected and passed,
+                                               list(reasons), seq, seq, 1, t, t, none=not inspected,
+                                               uninspected=int(not inspected)), self._active)]
+        if self.by == "frames":  # N consecutive frames: a new part (and id) once the last one has closed
+            part_id = (self._open.part_id if self._open is not None else f"part-{self._count:06d}")
+            self._count += int(self._open is None)
         cur = self._open
         if cur is not None and cur.part_id != part_id:
             closed += self.flush()
@@ -110,4 +138,4 @@ class PartTracker:
             return []
         cur.passed = not self._failed and cur.uninspected == 0
         cur.none = not self._failed and cur.uninspected > 0
-        return [cur]
+        return [stamp(cur, self._active)]

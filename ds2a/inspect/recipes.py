@@ -520,7 +520,7 @@ class RecipeBook:
         user, _, origin = who.partition("|")
         try:
             if self._con is None:
-                self._con = sqlite3.connect(path, timeout=5.0)
+                self._con = sqlite3.connect(path, timeout=5.0, check_same_thread=False)  # closed by close()
             append(self._con, action, user, origin, role=role, run_id=getattr(self.records, "run_id", None),
                    detail=detail)
         except sqlite3.Error as exc:

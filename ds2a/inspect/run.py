@@ -8,11 +8,12 @@ that is registered once on an ExitStack, so a failure at any step closes exactly
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, List, Optional, Sequence
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from .loop import InspectionLoop, Region, clip_roi
 from .overlay import MODES, Renderer
 from .parts import PartTracker
 from .publish import Publisher, parse_keep_raw
+from .recipes import Active, PartBoundary, Recipe, RecipeBook
 from .rules import Rules, analyser, bind_rules, check_region, check_scale, read_rules
 from .signals import StopSignals
 from .sinks import Sink, check_run_outputs, open_sink
@@ -49,7 +51,7 @@ class InspectOptions:
     def __post_init__(self) -> None:
         check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
-    model: str  # .onnx, .engine, .pt, or triton://HOST:8001/NAME
+    model: str  # .onnx, .engine, .pt, or triton://HOST:8001/NAME ("" with `recipes`: each recipe names its model)
     source: str = "demo://"  # csi://0, v4l2:///dev/video0, rtsp://..., a file, folder or glob, demo://
     outputs: List[str] = field(default_factory=list)  # FILE.mp4|.avi|.mkv, a folder (JPEG frames), display://0
     headless: bool = False  # False: a display window too, when one can be opened
@@ -77,6 +79,8 @@ class InspectOptions:
     part_id: str = "source"  # source (ids from the source or the trigger), barcode (a QR/Data Matrix code on the part)
     barcode_roi: Optional[Region] = None  # x, y, w, h where the code is searched; None: the part box, else the frame
     barcode_formats: str = "qr,datamatrix"  # codes accepted as part ids (ds2a/sources/barcode.py)
+    recipes: Optional[str] = None  # folder of recipe files, one per product (docs/RECIPES.md); replaces model, rules, ...
+    recipe: Optional[str] = None  # the recipe to start with (required unless the folder holds one)
 
 
 def parse_roi(text: str) -> Region:
@@ -122,17 +126,23 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
     """
     out = sys.stdout if out is None else out
     table = table if table is not None else sys.stderr if options.jsonl else out
+    options, book, first = _with_recipe(options)  # --recipes: the first recipe's model, rules, window, ...
     check_options(options)
     check_run_outputs(options.outputs, options.db, [("--model", options.model), ("--rules", options.rules),
-                                                    ("--source", options.source)])
+                                                    ("--source", options.source), ("--recipes", options.recipes)])
     station = open_station(options.station, options.db)  # --web/--notify checked before the model opens
     trigger = check_trigger_option(options)  # --trigger too (ds2a/notify/handshake.py)
     opcua = check_opcua_option(options)  # and --opcua: URL, users file, free port (ds2a/notify/opcua_server.py)
     part_codes = check_part_id_option(options)  # --part-id barcode: formats, ROI, zxing-cpp installed
-    draft = read_rules(options.rules, options.mm_per_pixel)  # checked as far as it can be without the model
+    # checked as far as it can be without the model (a recipe's rules were, when the folder was read)
+    draft = first.rules if first is not None else read_rules(options.rules, options.mm_per_pixel)
     with contextlib.ExitStack() as stack:
         signals = StopSignals()
         stack.callback(signals.restore)  # closed last: a signal during the clean-up waits for the records
+        if book is not None:
+            stack.callback(book.close)  # the book's thread and every model it opened
+            if station is not None:
+                station.recipes = book  # the page's recipe selector (ds2a/web/station.py)
         # logits (when the model has them) also feed the drift watch's confidence statistic
         model = _open_model(options, confidence=(draft is not None and draft.needs_confidence) or options.drift != "off")
         stack.callback(model.close)
@@ -148,7 +158,10 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         sinks = _open_sinks(options, options.fps or source.fps or 30.0, stack)
         records = stack.enter_context(contextlib.closing(Records(options.db))) if options.db else None
         jsonl = JsonlOut(out) if options.jsonl else None
-        tracker = TriggerParts(rules) if line else PartTracker(rules, source.gives_parts, options.source)
+        if line is not None and book is not None:
+            line.use_recipes(book)  # a trigger may name the recipe of its part (payload or register)
+        tracker = (TriggerParts(rules, book) if line else
+                   PartTracker(rules, source.gives_parts, options.source, recipes=book))
         publisher = Publisher(_renderer(options, classes, model), sinks, tracker, records, options.save_fail, jsonl,
                               keep_raw=options.keep_raw)
         truth = None
@@ -167,6 +180,7 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
             station.start(publisher, lambda: _renderer(options, classes, model), records)
         if opcua is not None:
             stack.push(opcua)  # stopped with the run; an exception that ends it becomes the station's alarm
+            opcua.recipes = book  # RecipeList, ActiveRecipe and SelectRecipe from the book
             opcua.start(publisher, records, options, model, rules)
         _log_setup(options, model, classes, source, sinks, rules, tracker)
         drift = open_drift(options.drift, model, publisher, jsonl, records, options.drift_ack,
@@ -176,9 +190,19 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
             stack.callback(drift.install_ack_signal())
         signals.install()  # before warm-up, kept until the records are flushed
         _warm_up(model, rules, options.model)
+        if book is not None and first is not None:
+            wrap = drift.wrap if drift is not None else (lambda m: m)
+            book.start(Active(first, wrap(model), model, rules),
+                       lambda r: _open_recipe(options, r, classes, source, line is not None, wrap), records)
+            if opcua is not None:
+                book.listeners.append(opcua.recipe_changed)
+                book.alarms.append(opcua.raise_alarm)
         loop = InspectionLoop(source, drift.wrap(model) if drift else model, analyser(rules, classes),
                               drift or publisher, max_frames=options.max_frames, roi=options.roi,
-                              min_region_px=_smallest_area(rules))
+                              min_region_px=_smallest_area(rules), recipes=book,
+                              boundary=PartBoundary(line is not None, source.gives_parts))
+        if book is not None:
+            book.notes = loop.notes  # refusals go into the summary and the run's notes
         if drift is not None:
             drift.notes = loop.notes  # alarms go into the summary and the run's notes
         if codes is not None:
@@ -187,7 +211,10 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         signals.attach(loop)
         run_id = None
         if records is not None:  # what `ds2a evidence` shows an auditor (ds2a/records/evidence.py), from the start
-            records.extra["evidence"] = run_facts(options, identity(options, model, rules))
+            facts = identity(options, model, rules)
+            if book is not None:  # the recipe, as the recipe book names and hashes it
+                facts.update(recipe=book.current()["name"], recipe_sha256=book.current()["sha256"])
+            records.extra["evidence"] = run_facts(options, facts)
             records.extra["palette"] = [list(c) for c in model.meta.palette]  # the page's colours (ds2a/web/data.py)
             run_id = records.start_run(options.model, model.backend, options.source, classes, rules.to_dict(),
                                        rules.mm_per_pixel)
@@ -220,6 +247,58 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
                             f"(stopped because {stats.stop_reason or 'source ended'}); check --source")
         return InspectionSummary(status, run_id, stats, list(publisher.parts), publisher.frames_failed,
                                  truth_numbers, text)
+
+
+def _with_recipe(options: InspectOptions) -> Tuple[InspectOptions, Optional[RecipeBook], Optional[Recipe]]:
+    """With --recipes: every recipe file checked, and the options the first recipe states (model, rules file,
+    window, scale, part ids); the flags a recipe states are refused beside --recipes."""
+    if not options.recipes:
+        if options.recipe:
+            raise UserError(f"--recipe {options.recipe} needs --recipes DIR, the folder of recipe files")
+        if not options.model:
+            raise UserError("give --model MODEL, or --recipes DIR with one recipe file per product (docs/RECIPES.md)")
+        return options, None, None
+    stated = [flag for flag, value in (("--model", options.model), ("--rules", options.rules), ("--roi", options.roi),
+                                       ("--mm-per-pixel", options.mm_per_pixel), ("--barcode-roi", options.barcode_roi),
+                                       ("--part-id", options.part_id != "source"),
+                                       ("--barcode-formats", options.barcode_formats != "qr,datamatrix")) if value]
+    if stated:
+        raise UserError(f"{', '.join(stated)} with --recipes {options.recipes}: each recipe file states these; "
+                        "remove the flag(s) or put the value into the recipe files (docs/RECIPES.md)")
+    book = RecipeBook(options.recipes)
+    first = book.first(options.recipe)
+    return dataclasses.replace(options, model=first.model, rules=first.rules_file, roi=first.roi,
+                               mm_per_pixel=first.mm_per_pixel, part_id=first.part_id, barcode_roi=first.barcode_roi,
+                               barcode_formats=first.barcode_formats, recipe=first.name), book, first
+
+
+def _open_recipe(options: InspectOptions, recipe: Recipe, classes: List[str], source: Source, triggered: bool,
+                 wrap: Any) -> Active:
+    """A changeover's candidate, on the recipe book's thread: the model opened and self-tested (open_model runs its
+    golden frames), bound to the run's classes, its window and rules checked as at start, warmed up."""
+    settings = (options.part_id, options.barcode_roi, options.barcode_formats)
+    if recipe.part_settings() != settings:
+        raise UserError(f"its part ids ({recipe.part_id}, barcode_roi {recipe.barcode_roi}, {recipe.barcode_formats}) "
+                        f"differ from the run's ({settings[0]}, barcode_roi {settings[1]}, {settings[2]}); start a "
+                        f"run with --recipe {recipe.name} to change how parts are named")
+    opened = dataclasses.replace(options, model=recipe.model, rules=recipe.rules_file, roi=recipe.roi,
+                                 mm_per_pixel=recipe.mm_per_pixel, recipes=None, recipe=None)
+    model = _open_model(opened, confidence=recipe.rules.needs_confidence or options.drift != "off")
+    try:
+        if list(model.meta.classes) != list(classes):
+            raise UserError(f"its model {recipe.model} has classes {', '.join(model.meta.classes)}, this run "
+                            f"{', '.join(classes)}; recipes of one run share the class list (start a new run)")
+        rules = bind_rules(recipe.rules, classes, recipe.mm_per_pixel)
+        if not triggered:
+            PartTracker(rules, source.gives_parts, options.source)  # a part grouping this source can serve
+        if recipe.roi and source.frame_hw:
+            clip_roi(recipe.roi, source.frame_hw)
+        check_region(rules, recipe.roi, source.frame_hw, options.source)
+        _warm_up(model, rules, recipe.model)
+    except BaseException:
+        model.close()
+        raise
+    return Active(recipe, wrap(model), model, rules)
 
 
 def _smallest_area(rules: Rules) -> float:
@@ -255,6 +334,8 @@ def _log_setup(options: InspectOptions, model: Any, classes: List[str], source: 
                rules: Rules, tracker: PartTracker) -> None:
     """What is about to run, as the operator checks it; an ROI outside the frame is refused here."""
     h, w = model.input_size
+    if options.recipes:
+        logger.info(f"recipe  {options.recipe} of {options.recipes} (changeovers between parts: docs/RECIPES.md)")
     logger.info(f"model   {options.model} ({model.backend}, {h}x{w}, classes {', '.join(classes)})")
     roi = options.roi
     region = (f"window {','.join(map(str, roi))}" if roi else

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-from .parts import PartVerdict
+from .parts import PartVerdict, stamp
 from .rules import Rules
 
 
@@ -18,14 +18,15 @@ class TriggerParts:
 
     by = "trigger"
 
-    def __init__(self, rules: Rules) -> None:
-        self.rules = rules
+    def __init__(self, rules: Rules, recipes: Any = None) -> None:
+        self.rules, self.recipes = rules, recipes  # recipes: which recipe judged each frame (ds2a/inspect/recipes.py)
 
     def feed(self, seq: int, part_id: Optional[str], passed: bool, reasons: List[str], t: float,
              inspected: bool = True) -> List[PartVerdict]:
         """The triggered frame is the part: PASS only when it was inspected and passed, NONE when not inspected."""
-        return [PartVerdict(part_id or f"frame-{seq:06d}", "part", inspected and passed, list(reasons), seq, seq, 1,
-                            t, t, none=not inspected, uninspected=int(not inspected))]
+        pv = PartVerdict(part_id or f"frame-{seq:06d}", "part", inspected and passed, list(reasons), seq, seq, 1,
+                         t, t, none=not inspected, uninspected=int(not inspected))
+        return [stamp(pv, self.recipes.recipe_for(seq) if self.recipes is not None else None)]
 
     def feed_gap(self) -> List[PartVerdict]:
         return []  # the part locator saw no part in the triggered frame: the line is answered NONE (no_part)
@@ -40,7 +41,12 @@ def check_trigger_option(options: Any) -> Any:
         return None
     from ..notify.trigger_line import check_trigger
 
-    return check_trigger(options.trigger, options.trigger_timeout)
+    target = check_trigger(options.trigger, options.trigger_timeout)
+    if getattr(options, "recipes", None) and target.scheme == "modbus":  # the recipe register is read: no overlap
+        from ..notify.urls import _no_overlap
+
+        _no_overlap(f"--trigger {target.label}", target)
+    return target
 
 
 def open_trigger_line(target: Any, options: Any) -> Any:

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 # why a trigger was answered NONE; the number is the Modbus reason register (deploy/README.md)
 CAUSES = {"": 0, "stalled": 1, "model": 2, "deadline": 3, "no_part": 4, "busy": 5, "stopped": 6,
-          "bad_trigger": 7, "lost": 8, "unreadable": 9, "too_small": 10, "id_mismatch": 11}
+          "bad_trigger": 7, "lost": 8, "unreadable": 9, "too_small": 10, "id_mismatch": 11, "recipe": 12}
 RESULT_CODES = {"PASS": 1, "FAIL": 2, "NONE": 3}  # Modbus result register; 0 = no result yet
 MAX_PART_ID = 128
 
@@ -41,17 +41,19 @@ class Answer:
     cause: str = ""  # for NONE: a key of CAUSES
     t_perf: float = 0.0
     frame_seq: Optional[int] = None  # the loop's seq of the frame judged, None when no frame was
+    recipe: Optional[str] = None  # the recipe in force for the part (--recipes); None: it never reached the loop
 
     @property
     def latency_ms(self) -> float:
         return (self.t_perf - self.trigger.t_perf) * 1e3
 
     def message(self, run: Optional[int]) -> Dict[str, Any]:
-        """The JSON result (MQTT PREFIX/result). `recipe` is the recipe the part was judged with: null while
-        the station has none (one model, one rules file); `recipe_asked` echoes the trigger's."""
+        """The JSON result (MQTT PREFIX/result). `recipe` is the recipe the part was judged with (for a NONE, the
+        one in force): null when its frame never reached the model or the station has no recipes (one model, one
+        rules file); `recipe_asked` echoes the trigger's."""
         t = self.trigger
         return {"seq": t.seq, "part_id": t.part_id, "verdict": self.verdict, "reasons": list(self.reasons),
-                "cause": self.cause or None, "recipe": None, "recipe_asked": t.recipe, "run": run,
+                "cause": self.cause or None, "recipe": self.recipe, "recipe_asked": t.recipe, "run": run,
                 "frame_seq": self.frame_seq,
                 "t_trigger": round(t.t_wall, 3), "latency_ms": round(self.latency_ms, 2)}
 
@@ -97,6 +99,7 @@ class TriggerLedger:
         self._next = 1  # the next seq to deliver
         self._closed = False
         self._recipe_warned = False
+        self.recipes: Any = None  # the run's RecipeBook (ds2a/inspect/recipes.py): a named recipe starts opening
         self.counts: Dict[str, int] = {"triggers": 0, "PASS": 0, "FAIL": 0, "NONE": 0, "late_verdicts": 0}
         self.causes: Dict[str, int] = {}
         self.none_parts: List[Dict[str, Any]] = []  # the first 100 NONE answers, for the run's records
@@ -114,7 +117,9 @@ class TriggerLedger:
             t = Trigger(self._seq, part_id, time.time(), now, now + self.timeout_s - self.guard_s, recipe, serial)
             self.counts["triggers"] += 1
             self._pending[t.seq] = t
-            if recipe is not None and not self._recipe_warned:
+            if recipe is not None and self.recipes is not None:
+                self.recipes.prepare(recipe)  # opened and self-tested now; in force when this trigger is served
+            elif recipe is not None and not self._recipe_warned:
                 self._recipe_warned = True
                 logger.warning(f"warning: trigger {t.seq} asks for recipe {recipe!r}; this station has no recipes and "
                                "judges every part with its one model and rules file (results say recipe null)")
@@ -147,7 +152,7 @@ class TriggerLedger:
 
     # -- the verdict's side ---------------------------------------------------------------
     def answer(self, trigger: Trigger, verdict: str, reasons: List[str], cause: str = "",
-               frame_seq: Optional[int] = None) -> bool:
+               frame_seq: Optional[int] = None, recipe: Optional[str] = None) -> bool:
         """The part's verdict (or NONE); False when the trigger was already answered (a late verdict)."""
         with self._cond:
             if trigger.answered:
@@ -159,16 +164,17 @@ class TriggerLedger:
                     break
                 if t.state == "inspecting":
                     self._answer(t, "NONE", ["its frame was lost before a verdict (unreadable or dropped)"], "lost")
-            self._answer(trigger, verdict, reasons, cause, frame_seq)
+            self._answer(trigger, verdict, reasons, cause, frame_seq, recipe)
             return True
 
     def _answer(self, t: Trigger, verdict: str, reasons: List[str], cause: str = "",
-                frame_seq: Optional[int] = None) -> None:
+                frame_seq: Optional[int] = None, recipe: Optional[str] = None) -> None:
         """Under the lock: record the answer, then deliver every answer whose turn has come."""
         t.answered, t.state = True, "answered"
         self._pending.pop(t.seq, None)
         self._cond.notify_all()  # the source waits for this answer before it takes the next trigger
-        a = Answer(t, verdict, list(reasons), cause if verdict == "NONE" else "", time.perf_counter(), frame_seq)
+        a = Answer(t, verdict, list(reasons), cause if verdict == "NONE" else "", time.perf_counter(), frame_seq,
+                   recipe)
         self._ready[t.seq] = a
         self.counts[verdict] += 1
         if verdict == "NONE":

@@ -1,7 +1,9 @@
 """The trigger handshake over Modbus TCP (pymodbus): the PLC is the server, the station polls it.
 
 One part at a time, in the usual order (register map and codes in deploy/README.md):
-  1. the PLC writes the part serial (holding registers `serial`, high word first) and sets the trigger coil;
+  1. the PLC writes the part serial (holding registers `serial`, high word first), with --recipes the recipe
+     number (register `recipe`: 1 = the first of the sorted recipe names, 0 = keep; docs/RECIPES.md), and
+     sets the trigger coil;
   2. the station sees the trigger (polled every `poll_ms`), reads the serial and sets `busy`;
   3. with the answer it writes `result` (1 PASS, 2 FAIL, 3 NONE), `reason` (0, or why NONE), `seq`
      (the trigger's number, modulo 65536) and `echo` (the serial it judged), then clears busy, sets `done`;
@@ -65,6 +67,7 @@ class ModbusTrigger:
         self._stop_now = False
         self.state = "idle"  # idle -> busy -> done -> idle
         self._current: Any = None
+        self.recipe_by_number: Any = None  # with --recipes: number -> recipe name (None for 0, keep)
         self.sent = 0
         self.outages = 0
         self.last_error = ""
@@ -118,9 +121,14 @@ class ModbusTrigger:
                 return
             words = list(self._ok(self.client.read_holding_registers(t.registers["serial"], count=t.serial_words,
                                                                      **self._unit), "reading the serial").registers)
+            recipe = None
+            if self.recipe_by_number is not None:  # read with the serial: the recipe of this part
+                number = self._ok(self.client.read_holding_registers(t.registers["recipe"], count=1, **self._unit),
+                                  "reading the recipe number").registers[0]
+                recipe = self.recipe_by_number(int(number))
             self._coil("busy", True)
             assert self.ledger is not None
-            self._current = self.ledger.add(serial_text(words), serial=words)
+            self._current = self.ledger.add(serial_text(words), recipe, serial=words)
             self.state = "busy"
         elif self.state == "busy":
             with self._cond:

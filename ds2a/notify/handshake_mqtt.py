@@ -36,6 +36,7 @@ class MqttTrigger:
         self._subscribed = threading.Event()
         self.client: Any = None
         self._warn: Any = None
+        self.recipe_by_number: Any = None  # unused: MQTT names the recipe in the payload
 
     def start(self, ledger: TriggerLedger) -> None:
         mqtt, t = self.mqtt, self.target

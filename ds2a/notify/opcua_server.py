@@ -233,6 +233,7 @@ class OpcuaStation:
         # anonymous: loopback without users = a single-user station (may act); with users = view only
         self.anonymous_role: Optional[str] = "engineer" if users is None else None
         self.records: Any = None
+        self.recipes: Any = None  # the run's RecipeBook (--recipes, ds2a/inspect/recipes.py); None: one rules file
         self.info: Dict[str, str] = {}
         self._queue: Deque[Tuple[str, Any]] = collections.deque()
         self._lock = threading.Lock()
@@ -259,6 +260,9 @@ class OpcuaStation:
         """Serve from now on (state idle until the first frame); UserError when the server cannot listen."""
         self.records = records
         self.info = identity(options, model, rules) if options is not None else dict(self.info)
+        if self.recipes is not None:  # the recipe in force, as the recipe book names and hashes it
+            current = self.recipes.current()
+            self.info.update(recipe=current["name"], recipe_sha256=current["sha256"])
         if records is not None:  # created here, in the main thread: the server thread only appends
             self.audit = records.extra.setdefault("opcua_audit", [])
         self._thread = threading.Thread(target=self._main, name="opcua server", daemon=True)
@@ -316,7 +320,8 @@ class OpcuaStation:
                       "verdict": str(pv.verdict), "level": str(getattr(pv, "level", "") or ""),
                       "reasons": [str(r) for r in (pv.reasons or [])], "t": float(pv.t_end),
                       "n_frames": int(pv.n_frames), "first_seq": pv.first_seq, "last_seq": pv.last_seq,
-                      "recipe": self.info.get("recipe", ""), "recipe_sha256": self.info.get("recipe_sha256", ""),
+                      "recipe": str(getattr(pv, "recipe", None) or self.info.get("recipe", "")),
+                      "recipe_sha256": str(getattr(pv, "recipe_sha256", None) or self.info.get("recipe_sha256", "")),
                       "model_sha256": self.info.get("model_sha256", ""),
                       "engine_sha256": self.info.get("engine_sha256", "")}
             self._put("result", result)
@@ -328,6 +333,11 @@ class OpcuaStation:
             self.flush()
             if self.records is not None:
                 self.records.extra["opcua"] = self.stats()
+
+    def recipe_changed(self, current: Dict[str, str]) -> None:
+        """The recipe book put another recipe in force (any thread): ActiveRecipe and its sha256 follow."""
+        self.info = {**self.info, "recipe": current["name"], "recipe_sha256": current["sha256"]}
+        self._put("recipe", dict(current))
 
     def raise_alarm(self, text: str) -> None:
         """Set the station's alarm (state error) until a client acknowledges it."""
@@ -547,7 +557,8 @@ class _Model:
         for name in ("Parts", "PartsPass", "PartsFail", "PartsNone"):
             await self._var(counters, f"DS2A.Counters.{name}", name, 0, U)
         rec = await self._object(root, "DS2A.RecipeManagement", "RecipeManagement")
-        await self._var(rec, "DS2A.RecipeManagement.RecipeList", "RecipeList", [info.get("recipe", "")], S)
+        names = self.station.recipes.names() if self.station.recipes is not None else [info.get("recipe", "")]
+        await self._var(rec, "DS2A.RecipeManagement.RecipeList", "RecipeList", names, S)
         await self._var(rec, "DS2A.RecipeManagement.ActiveRecipe", "ActiveRecipe", info.get("recipe", ""), S)
         await self._var(rec, "DS2A.RecipeManagement.ActiveRecipeSha256", "ActiveRecipeSha256",
                         info.get("recipe_sha256", ""), S)
@@ -575,6 +586,10 @@ class _Model:
             await self._write("AlarmsUnacknowledged", self.alarms, t)
             await self._write("AlarmActive", True, t)
             await self._show_state(t)
+        elif kind == "recipe":
+            now = time.time()
+            await self._write("ActiveRecipe", item["name"], now)
+            await self._write("ActiveRecipeSha256", item["sha256"], now)
         elif kind == "state" and item != self.state:
             self.state = item
             await self._show_state(time.time())
@@ -657,6 +672,17 @@ class _Model:
         if not may(who[1] or "", "select_recipe"):
             self._done("SelectRecipe", [name], "BadUserAccessDenied", "the role may not select recipes", who)
             return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
+        book = self.station.recipes
+        if book is not None:  # a real changeover: queued, applied between parts once the model is ready
+            peer = self._peer()
+            try:
+                msg = book.request(name, who[0], who[1] or "", f"opc.tcp {peer}" if peer else
+                                   f"opc.tcp session on {self.station.target.url}")
+            except UserError as exc:
+                self._done("SelectRecipe", [name], "BadNotFound", str(exc), who)
+                return ua.StatusCode(ua.StatusCodes.BadNotFound)
+            self._done("SelectRecipe", [name], "Good", msg, who)
+            return [ua.Variant(msg, ua.VariantType.String)]
         if name != active:
             self._done("SelectRecipe", [name], "BadNotFound",
                        f"not in RecipeList (only the rules file in force, {active}, until recipes exist)", who)

@@ -43,6 +43,12 @@ class TriggerLine:
     def run_id(self) -> Optional[int]:
         return getattr(self.records, "run_id", None)
 
+    def use_recipes(self, book: Any) -> None:
+        """A trigger may name its part's recipe (MQTT payload `recipe`, Modbus `recipe` register: docs/RECIPES.md)."""
+        assert self.ledger is not None
+        self.ledger.recipes = book
+        self.endpoint.recipe_by_number = book.by_number
+
     def source(self, camera: Any) -> TriggerSource:
         """The camera, driven by this line's triggers."""
         return TriggerSource(camera, self.ledger)
@@ -63,12 +69,13 @@ class TriggerLine:
         if trigger is None or self.ledger is None:
             return
         conflict = getattr(res.frame, "id_conflict", None)
+        recipe = getattr(res, "recipe", None)  # the recipe that judged it (--recipes), in the answer
         if conflict:  # the station judged a part, but not surely the one the line named: never PASS it
-            self.ledger.answer(trigger, "NONE", [f"part id disagrees: {conflict}"], "id_mismatch", res.seq)
+            self.ledger.answer(trigger, "NONE", [f"part id disagrees: {conflict}"], "id_mismatch", res.seq, recipe)
         elif res.inspected:
-            self.ledger.answer(trigger, res.verdict, res.reasons, frame_seq=res.seq)
+            self.ledger.answer(trigger, res.verdict, res.reasons, frame_seq=res.seq, recipe=recipe)
         else:
-            self.ledger.answer(trigger, "NONE", res.reasons or ["no part in view"], _cause(res), res.seq)
+            self.ledger.answer(trigger, "NONE", res.reasons or ["no part in view"], _cause(res), res.seq, recipe)
 
     def close(self, patience_s: float = 2.0) -> Dict[str, Any]:
         """Answer what is open, give the answers `patience_s` to leave, keep the counts in the run's stats."""
@@ -95,6 +102,8 @@ def _cause(res: Any) -> str:
         return "unreadable"
     if res.reasons[0].startswith("not inspected: the inspected region"):
         return "too_small"
+    if res.reasons[0].startswith("not inspected: recipe "):  # the recipe it asked for is unknown or refused
+        return "recipe"
     return "model"  # ModelUnavailable: a served model is away
 
 

@@ -126,7 +126,8 @@ TRIGGER_EXAMPLES = "mqtt://broker:1883/line1/station3 or modbus://plc:502?unit=1
 # Modbus register map (0-based addresses; deploy/README.md "Trigger and result handshake"): the PLC writes the
 # trigger coil and the serial, the station writes busy/done and the result registers
 MODBUS_MAP = {"trigger": 0, "busy": 1, "done": 2,  # coils
-              "serial": 0, "result": 10, "reason": 11, "seq": 12, "echo": 13}  # holding registers
+              "serial": 0, "result": 10, "reason": 11, "seq": 12, "echo": 13,  # holding registers
+              "recipe": 4}  # with --recipes: the PLC writes the recipe number of the part (docs/RECIPES.md)
 TRIGGER_OPTIONS = {
     "mqtt": {"client_id": "MQTT client id (default ds2a-trigger-PREFIX)"},
     "modbus": {"unit": "device id 0..247 (default 1)", "trigger": "coil the PLC sets when a part is in view (0)",
@@ -134,6 +135,7 @@ TRIGGER_OPTIONS = {
                "serial": "first holding register of the part serial (0)", "serial_words": "1, 2 or 4 (default 2)",
                "result": "register for the result code (10)", "reason": "register for the reason code (11)",
                "seq": "register for the sequence counter (12)", "echo": "first register of the serial echo (13)",
+               "recipe": "register for the recipe number, read with --recipes (4)",
                "poll_ms": "trigger poll period, 1..1000 (default 10)"},
 }
 
@@ -203,8 +205,8 @@ def parse_trigger_url(url: str, resolve: bool = True) -> TriggerTarget:
         t.poll_ms = _tint(where, "poll_ms", query.get("poll_ms", "10"), 1, 1000)
         t.coils = {k: _tint(where, k, query.get(k, str(MODBUS_MAP[k])), 0, 65535) for k in ("trigger", "busy", "done")}
         t.registers = {k: _tint(where, k, query.get(k, str(MODBUS_MAP[k])), 0, 65535)
-                       for k in ("serial", "result", "reason", "seq", "echo")}
-        _no_overlap(where, t)
+                       for k in ("serial", "result", "reason", "seq", "echo", "recipe")}
+        _no_overlap(where, t, "recipe" in query)  # the recipe register is checked here when given, else by --recipes
     if resolve:
         try:
             socket.getaddrinfo(t.host, t.port, type=socket.SOCK_STREAM)
@@ -214,8 +216,9 @@ def parse_trigger_url(url: str, resolve: bool = True) -> TriggerTarget:
     return t
 
 
-def _no_overlap(where: str, t: TriggerTarget) -> None:
-    """Two roles on one coil or register would make the handshake read its own writes."""
+def _no_overlap(where: str, t: TriggerTarget, recipe: bool = True) -> None:
+    """Two roles on one coil or register would make the handshake read its own writes (`recipe` False: the
+    recipe register, read only with --recipes, is left out)."""
     seen: Dict[int, str] = {}
     for name, addr in t.coils.items():
         if addr in seen:
@@ -224,12 +227,14 @@ def _no_overlap(where: str, t: TriggerTarget) -> None:
     seen = {}
     spans = {"serial": t.serial_words, "echo": t.serial_words}
     for name, start in t.registers.items():
+        if name == "recipe" and not recipe:
+            continue
         for addr in range(start, start + spans.get(name, 1)):
             if addr > 65535:
                 raise UserError(f"{where}: {name}={start} with serial_words={t.serial_words} runs past register 65535")
             if addr in seen:
                 raise UserError(f"{where}: registers {seen[addr]} and {name} overlap at {addr}; move one of them "
-                                f"(defaults: serial 0, result 10, reason 11, seq 12, echo 13)")
+                                f"(defaults: serial 0, result 10, reason 11, seq 12, echo 13, recipe 4)")
             seen[addr] = name
 
 
