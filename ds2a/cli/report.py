@@ -5,14 +5,17 @@ examples:
   ds2a report runs/demo/inspect.sqlite --run 3 --csv parts.csv
   ds2a report runs/demo/inspect.sqlite --check    # exit 1 and list them if any invariant is broken
   ds2a report runs/demo/inspect.sqlite --audit    # the audit trail; exit 1 if its hash chain is broken
+  ds2a report runs/demo/inspect.sqlite --shadow --json   # the shadow model beside the live one (docs/SHADOW.md)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sqlite3
 
 from ..outputs import check_outputs
 from ..records import audit
+from ..records import shadow as shadow_records
 from ..records.check import check_database, format_check
 from ..records.database import connect
 from ..records.report import format_report, run_row, summarise, write_csv
@@ -31,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audit", action="store_true",
                    help="list the audit trail (or --run N's rows) and verify its hash chain: exit 1 when a row "
                    "was edited, deleted or moved")
+    p.add_argument("--shadow", action="store_true", help="also the shadow model's verdicts (`ds2a inspect --shadow`): "
+                   "parts judged and sampled out, agreement, parts it would have let through or rejected, and with "
+                   "ground truth both models' escapes and overkill (docs/SHADOW.md)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object (with --shadow: its "
+                   "`shadow` object, null when the run had none)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
         if args.audit:
             return _audit(con, args)
         run_id = run_row(con, args.run, args.db)["id"]
-        print(format_report(summarise(con, run_id)))
+        s = summarise(con, run_id)
+        if args.shadow:  # the candidate beside the live verdicts, never mixed into them (ds2a/records/shadow.py)
+            s["shadow"] = shadow_records.summary(con, run_id)
+        if args.json:
+            print(json.dumps(s, default=str))
+        else:
+            print(format_report(s) + ("\n" + shadow_records.format_shadow(s["shadow"]) if args.shadow else ""))
         if args.csv:
             n = write_csv(con, run_id, args.csv)
             print(f"wrote {n} part rows to {args.csv}")
