@@ -92,6 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "only), off")
     p.add_argument("--drift-ack", metavar="FILE", help="touching this file acknowledges a drift alarm (as does "
                    "`kill -USR1 PID`); parts are judged again until the picture is back")
+    p.add_argument("--shadow", metavar="MODEL", help="a candidate model (.onnx, .pt, .engine) judges the same parts "
+                   "with the same rules on its own low-priority thread; its verdicts are recorded beside the live "
+                   "ones (needs --db), never published, sampled when it cannot keep up: `ds2a report DB --shadow`, "
+                   "docs/SHADOW.md")
 
 
 def options_from(args: argparse.Namespace) -> InspectOptions:
@@ -107,7 +111,7 @@ def options_from(args: argparse.Namespace) -> InspectOptions:
         station=StationOptions(web=args.web, web_token=args.web_token, web_insecure=args.web_insecure,
                                notify=list(args.notify)),
         trigger=args.trigger, trigger_timeout=args.trigger_timeout, opcua=args.opcua, opcua_users=args.opcua_users,
-        drift=args.drift, drift_ack=args.drift_ack, part_id=args.part_id, barcode_formats=args.barcode_formats,
+        drift=args.drift, drift_ack=args.drift_ack, shadow=args.shadow, part_id=args.part_id, barcode_formats=args.barcode_formats,
         barcode_roi=None if args.barcode_roi is None else parse_barcode_roi(args.barcode_roi))
 
 

@@ -36,6 +36,7 @@ from .parts import PartTracker
 from .publish import Publisher, parse_keep_raw
 from .recipes import Active, PartBoundary, Recipe, RecipeBook
 from .rules import Rules, analyser, bind_rules, check_region, check_scale, read_rules
+from .shadow import open_shadow
 from .signals import StopSignals
 from .sinks import Sink, check_run_outputs, open_sink
 from .summary import InspectionSummary, summary_text
@@ -79,6 +80,7 @@ class InspectOptions:
     part_id: str = "source"  # source (ids from the source or the trigger), barcode (a QR/Data Matrix code on the part)
     barcode_roi: Optional[Region] = None  # x, y, w, h where the code is searched; None: the part box, else the frame
     barcode_formats: str = "qr,datamatrix"  # codes accepted as part ids (ds2a/sources/barcode.py)
+    shadow: Optional[str] = None  # a candidate model judged beside the live one, recorded, never published (docs/SHADOW.md)
     recipes: Optional[str] = None  # folder of recipe files, one per product (docs/RECIPES.md); replaces model, rules, ...
     recipe: Optional[str] = None  # the recipe to start with (required unless the folder holds one)
 
@@ -128,7 +130,7 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
     table = table if table is not None else sys.stderr if options.jsonl else out
     options, book, first = _with_recipe(options)  # --recipes: the first recipe's model, rules, window, ...
     check_options(options)
-    check_run_outputs(options.outputs, options.db, [("--model", options.model), ("--rules", options.rules),
+    check_run_outputs(options.outputs, options.db, [("--model", options.model), ("--shadow", options.shadow), ("--rules", options.rules),
                                                     ("--source", options.source), ("--recipes", options.recipes)])
     station = open_station(options.station, options.db)  # --web/--notify checked before the model opens
     trigger = check_trigger_option(options)  # --trigger too (ds2a/notify/handshake.py)
@@ -188,6 +190,7 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
         if drift is not None:
             publisher.observers.append(drift)  # its summary goes into the run's stats at the end
             stack.callback(drift.install_ack_signal())
+        open_shadow(options, rules, classes, records, publisher, stack)  # --shadow, the last observer (inspect/shadow.py)
         signals.install()  # before warm-up, kept until the records are flushed
         _warm_up(model, rules, options.model)
         if book is not None and first is not None:
