@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--web-token", default=os.environ.get("DS2A_WEB_TOKEN"), metavar="TOKEN",
                    help="required for --web beyond 127.0.0.1; viewers open /?token=TOKEN once (default: $DS2A_WEB_TOKEN)")
     p.add_argument("--web-insecure", action="store_true", help="--web beyond 127.0.0.1 without a token (closed networks)")
+    p.add_argument("--web-users", metavar="FILE", help="users file (as --opcua-users): viewers of --web sign in at "
+                   "/login; operator acknowledges alarms and marks verdicts doubtful, engineer also switches recipes "
+                   "and overrides verdicts, each action audited (docs/OPCUA.md)")
     p.add_argument("--notify", action="append", default=[], metavar="URL",
                    help="send part verdicts to the line, repeatable: mqtt://BROKER:1883/line1/station3 (JSON, QoS 1) "
                    "or modbus://PLC:502?unit=1&coil=12 (pulse per FAIL; register=N counts FAILs)")
@@ -108,7 +111,7 @@ def options_from(args: argparse.Namespace) -> InspectOptions:
         save_fail=args.save_fail, keep_raw=args.keep_raw, jsonl=args.jsonl, roi=None if args.roi is None else parse_roi(args.roi),
         mode=args.mode, alpha=args.alpha, backend=args.backend,
         backend_options=options_from_args(args, backend, args.model or _first_model(args)), fps=args.fps,
-        station=StationOptions(web=args.web, web_token=args.web_token, web_insecure=args.web_insecure,
+        station=StationOptions(web=args.web, web_token=args.web_token, web_insecure=args.web_insecure, web_users=args.web_users,
                                notify=list(args.notify)),
         trigger=args.trigger, trigger_timeout=args.trigger_timeout, opcua=args.opcua, opcua_users=args.opcua_users,
         drift=args.drift, drift_ack=args.drift_ack, shadow=args.shadow, part_id=args.part_id, barcode_formats=args.barcode_formats,

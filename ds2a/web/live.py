@@ -33,6 +33,8 @@ class LiveView:
         self.shown: Optional[Dict[str, Any]] = None  # the frame of the last picture served: what viewers see
         self.ended: Optional[Dict[str, Any]] = None  # the run's summary once it ended
         self.end_seen = False  # a viewer was told that the run ended
+        self._alarm: Optional[Tuple[float, str]] = None  # (time, text) until acknowledged on the page
+        self._alarms = 0  # alarms since the last acknowledgement
 
     @property
     def run_id(self) -> Optional[int]:
@@ -50,6 +52,30 @@ class LiveView:
                 self.failed += pv.verdict == "FAIL"
                 self.none += pv.verdict == "NONE"
                 self.last_part = {"part_id": pv.part_id, "verdict": pv.verdict, "reasons": list(pv.reasons)}
+                if pv.verdict == "NONE":  # an unsure station is never silent: the page asks for an acknowledgement
+                    self._raise(f"part {pv.part_id} could not be judged (NONE): "
+                                f"{'; '.join(pv.reasons) or 'no reason recorded'}")
+
+    def _raise(self, text: str) -> None:
+        self._alarm, self._alarms = (time.time(), str(text)[:500]), self._alarms + 1
+
+    def raise_alarm(self, text: str) -> None:
+        """An alarm on the page (kept until a viewer with the right acknowledges it: ds2a/web/actions.py)."""
+        with self._lock:
+            self._raise(text)
+
+    def alarm_state(self) -> Dict[str, Any]:
+        with self._lock:
+            return self._alarm_dict()
+
+    def _alarm_dict(self) -> Dict[str, Any]:
+        a = self._alarm
+        return {"active": a is not None, "t": None if a is None else a[0], "text": None if a is None else a[1],
+                "count": self._alarms}
+
+    def acknowledge(self) -> None:
+        with self._lock:
+            self._alarm, self._alarms = None, 0
 
     def close(self, ended: Optional[Dict[str, Any]] = None) -> None:
         """The run ended; `ended` (status and counts, as `ds2a report` gives them) is what open pages show."""
@@ -71,6 +97,7 @@ class LiveView:
                 "reasons": [] if res is None else list(res.reasons), "fps": round(self._rate(), 1),
                 "parts": self.parts, "pass": self.passed, "fail": self.failed, "none": self.none,
                 "last_part": dict(self.last_part), "shown": None if self.shown is None else dict(self.shown),
+                "alarm": self._alarm_dict(),
             }
 
     def _rate(self) -> float:

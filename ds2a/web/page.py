@@ -20,13 +20,16 @@ def _when(t: Optional[float]) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
 
 
-def _doc(title: str, body: str, live: bool = False, root: str = "", db: bool = False) -> str:
-    """root: the way back to the site's top from this page ('' or '../'); links stay relative for proxies."""
+def _doc(title: str, body: str, live: bool = False, root: str = "", db: bool = False,
+         rights: Optional[List[str]] = None) -> str:
+    """root: the way back to the site's top from this page ('' or '../'); links stay relative for proxies.
+    rights: what the viewer may do (ds2a/web/actions.py); the script offers only those controls."""
     return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
             "<meta name=viewport content='width=device-width, initial-scale=1'>"
             f"<title>{e(title)}</title><link rel=stylesheet href='{root}static/page.css'>"
             f"<script src='{root}static/page.js' defer></script></head><body data-live='{1 if live else 0}' "
-            f"data-db='{1 if db else 0}' data-refresh='{REFRESH_S}'>{body}</body></html>")
+            f"data-db='{1 if db else 0}' data-refresh='{REFRESH_S}' data-rights='{e(' '.join(rights or []))}'>"
+            f"{body}</body></html>")
 
 
 def swatch(colour: Optional[str]) -> str:
@@ -128,7 +131,61 @@ def _live() -> str:
             "<p><small>in view (the picture)</small> part <b id=live-part>-</b> · frame <b id=live-seq>-</b>: "
             "<b id=live-frame-verdict>-</b> · <b id=live-fps>-</b> FPS</p>"
             "<p>this run: <b id=live-parts>0</b> parts, <b id=live-fail>0</b> FAIL</p>"
-            "<p id=live-ended class=ended hidden></p></div></div></section>")
+            "<p id=live-ended class=ended hidden></p></div></div>"
+            "<p id=alarm class=alarm hidden><b>ALARM</b> <span id=alarm-text></span> <small id=alarm-count></small> "
+            "<button id=alarm-ack type=button hidden>acknowledge</button></p><p id=alarm-msg class=meta role=status>"
+            "</p></section>")
+
+
+def _who(actions: Dict[str, Any]) -> str:
+    """Who the page acts for, and a way out for a signed-in user."""
+    who = actions.get("who") or {}
+    role = who.get("role") or "view only"
+    out = ("<form id=signout method=post action=logout><button type=submit>sign out</button></form>"
+           if who.get("authenticated") else "")
+    return f"<span id=who data-role='{e(who.get('role') or '')}'>{e(who.get('name'))} ({e(role)})</span>{out}"
+
+
+def _recipe(state: Optional[Dict[str, Any]]) -> str:
+    """The recipe in force; for a viewer who may switch it, the control (filled by page.js from api/recipes)."""
+    if not state or not state.get("available"):
+        return ""
+    cur = state.get("current") or {}
+    control = ""
+    if state.get("may_switch"):
+        opts = "".join(f"<option value='{e(n)}'{' selected' if n == cur.get('name') else ''}>{e(n)}</option>"
+                       for n in state.get("names") or [])
+        control = (f"<label>switch to <select id=recipe-select>{opts}</select></label> "
+                   "<button id=recipe-switch type=button>switch</button>")
+    return (f"<section id=recipe><h2>Recipe</h2><p>in force: <b id=recipe-name>{e(cur.get('name'))}</b> "
+            f"<small id=recipe-sha>{e(str(cur.get('sha256') or '')[:12])}</small></p>{control}"
+            "<p id=recipe-msg class=meta role=status></p></section>")
+
+
+def overrides_list(s: Dict[str, Any]) -> str:
+    """The run's overrides and doubts beside their originals (the verdicts above are never changed)."""
+    items = ""
+    for o in s.get("overrides") or []:
+        what = f"{o['original']} -> {o['verdict']}" if o["kind"] == "override" else f"{o['original']}, doubtful"
+        who = f"{o['user']} ({o['role']})" if o["role"] else f"{o['user']} (unverified)"
+        items += (f"<li data-part='{e(o['part_id'])}' data-kind='{e(o['kind'])}'><b>{e(o['part_id'])}</b> {e(what)} "
+                  f"by {e(who)} at {e(_when(o['t']))}: {e(o['reason'])}</li>")
+    return items or "<li>none</li>"
+
+
+def _review(s: Dict[str, Any], rights: List[str]) -> str:
+    """Mark a part's verdict doubtful (operator) or override it (engineer); the original verdict stays."""
+    controls = ""
+    if "doubtful" in rights:
+        verdicts = "".join(f"<option value={v}>{v}</option>" for v in ("PASS", "FAIL", "NONE"))
+        controls = ("<p><label>part <input id=review-part autocomplete=off></label> <label>reason "
+                    "<input id=review-reason autocomplete=off></label></p><p>"
+                    "<button id=review-doubtful type=button>mark doubtful</button>"
+                    + (f" <label>new verdict <select id=review-verdict>{verdicts}</select></label> "
+                       "<button id=review-override type=button>override</button>" if "override" in rights else "")
+                    + "</p><p id=review-msg class=meta role=status></p>")
+    return (f"<section id=review><h2>Overrides and doubts <small>(the verdicts above are the originals)</small></h2>"
+            f"{controls}<ul id=overrides>{overrides_list(s)}</ul></section>")
 
 
 def _notify(notify: List[Dict[str, Any]]) -> str:
@@ -147,14 +204,17 @@ def chart_urls(run_id: int, version: str) -> Dict[str, str]:
 
 def overview(db: Optional[str], runs: List[Dict[str, Any]], run_id: Optional[int], s: Optional[Dict[str, Any]],
              fails: List[Dict[str, Any]], live: bool, notify: Optional[List[Dict[str, Any]]] = None,
-             colours: Optional[Dict[str, str]] = None, version: str = "") -> str:
-    """fails: data.failed_parts; colours: '#rrggbb' per class (charts.class_colours); version: data.version."""
+             colours: Optional[Dict[str, str]] = None, version: str = "",
+             actions: Optional[Dict[str, Any]] = None) -> str:
+    """fails: data.failed_parts; colours: '#rrggbb' per class (charts.class_colours); version: data.version;
+    actions: who views and may act, and the recipes (a station's page: ds2a/web/actions.py), else None."""
+    rights: List[str] = list(((actions or {}).get("who") or {}).get("rights") or [])
     head = (f"<header><h1>ds2a station</h1><span class=db>{e(db or 'no --db: records not kept')}</span>"
-            f"{_run_picker(runs, run_id, s) if runs else ''}</header>")
-    body = head + (_live() if live else "")
+            f"{_run_picker(runs, run_id, s) if runs else ''}{_who(actions) if actions else ''}</header>")
+    body = head + (_live() if live else "") + (_recipe(actions.get("recipes")) if actions else "")
     if s is None:
         body += "<p class=empty>No runs recorded yet.</p>" if db else ""
-        return _doc("ds2a station", body, live, db=False)
+        return _doc("ds2a station", body, live, db=False, rights=rights)
     rate = "n/a" if s["pass_rate"] is None else f"{100.0 * s['pass_rate']:.1f}%"
     urls = chart_urls(run_id or 0, version)
     body += (f"<section id=run data-run='{e(run_id)}' data-version='{e(version)}'><h2>Run {e(run_id)} <small "
@@ -164,8 +224,8 @@ def overview(db: Optional[str], runs: List[Dict[str, Any]], run_id: Optional[int
              f"<section id=trend><h2>Trend</h2><img id=chart-pass src='{e(urls['pass_rate'])}' alt='pass rate "
              f"{e(rate)}'><img id=chart-defects src='{e(urls['defects'])}' alt='defects per class'></section>"
              f"<section id=defects>{defects_section(s, colours)}</section>" + _latency(s)
-             + f"<section id=failures>{gallery(fails)}</section>")
-    return _doc(f"ds2a · run {run_id} · {rate}", body, live, db=True)
+             + f"<section id=failures>{gallery(fails)}</section>" + (_review(s, rights) if actions else ""))
+    return _doc(f"ds2a · run {run_id} · {rate}", body, live, db=True, rights=rights)
 
 
 def failure_page(f: Dict[str, Any]) -> str:

@@ -4,7 +4,8 @@ The database is opened read-only (sqlite mode=ro) once per server and only read.
 beyond this machine needs a token (or an explicit --web-insecure): stations sit on plant networks.
 With a users file (ds2a/notify/users.py) viewers sign in at /login with their name and password and
 each request knows who asks; a shared token still works beside it, for a single-user station, and is
-named as such in the log.
+named as such in the log. On a station's page (`ds2a inspect --web`) viewers act by role: the POST
+endpoints under /api/ check the role and audit each accepted action (ds2a/web/actions.py).
 """
 from __future__ import annotations
 
@@ -23,13 +24,17 @@ from typing import Any, Dict, Optional, Tuple
 from ..errors import UserError
 from ..notify.users import User, Users, read_users
 from . import data, page
+from .actions import Actions, Actor, Refused
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 COOKIE = "ds2a_token"
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+    # same-origin, not no-referrer: under no-referrer a browser sends `Origin: null` with the page's own POSTs
+    # (sign-in, actions), which the same-site check must then refuse; other sites still get no referrer
+    "Referrer-Policy": "same-origin",
 }
 MIN_TOKEN = 12
 SESSION_COOKIE = "ds2a_session"
@@ -77,8 +82,15 @@ def check_exposure(host: str, port: int, token: Optional[str], insecure: bool, f
                         "`python -c 'import secrets; print(secrets.token_urlsafe(16))'`)")
     if not is_loopback(host) and not token and not users and not insecure:
         raise UserError(f"{flag} {host}:{port} listens beyond this machine: give --web-token TOKEN (viewers open "
-                        f"http://{host}:{port}/?token=TOKEN once) or, on a closed network, --web-insecure; or bind "
-                        f"127.0.0.1:{port}")
+                        f"http://{host}:{port}/?token=TOKEN once) or {'--web-users' if flag == '--web' else '--users'} "
+                        f"FILE (viewers sign in) or, on a closed network, --web-insecure; or bind 127.0.0.1:{port}")
+
+
+def on_loopback(request: Any) -> bool:
+    """Whether the connection came in on a loopback address (only this machine can reach it)."""
+    transport = getattr(request, "transport", None)
+    sock = transport.get_extra_info("sockname") if transport is not None else None
+    return bool(sock) and isinstance(sock, tuple) and is_loopback(str(sock[0]))
 
 
 def host_allowed(request: Any) -> bool:
@@ -174,7 +186,8 @@ class Site:
                                             snap["summary"]["parts"]),
                 "live_run": getattr(self.live, "run_id", None),
                 "html": {"defects": page.defects_section(snap["summary"], colours),
-                         "failures": page.gallery(snap["failed_parts"])}}
+                         "failures": page.gallery(snap["failed_parts"]),
+                         "overrides": page.overrides_list(snap["summary"])}}
 
     def chart(self, name: str, run_id: int, version: Optional[str] = None) -> bytes:
         """The chart of the snapshot `version` (the one the page's numbers came from), else of the current one;
@@ -224,6 +237,9 @@ class Sessions:
         found = self._by_key.get(key) if key else None
         return found[0] if found is not None and found[1] > time.monotonic() else None
 
+    def close(self, key: str) -> None:
+        self._by_key.pop(key, None)
+
 
 def _login_page(message: str = "") -> str:
     form = ('<form method="post" action="/login"><p><label>name <input name="name" autocomplete="username" '
@@ -234,7 +250,9 @@ def _login_page(message: str = "") -> str:
         "</p>", "</p>" + form, 1)
 
 
-def make_app(site: Site, token: Optional[str] = None, users: Optional[Users] = None) -> Any:
+def make_app(site: Site, token: Optional[str] = None, users: Optional[Users] = None,
+             actions: Optional[Actions] = None) -> Any:
+    """actions: what viewers may do on a station's page (ds2a/web/actions.py); None: the page only reads."""
     web = _aiohttp()
     sessions = Sessions(users) if users is not None else None
 
@@ -263,6 +281,93 @@ def make_app(site: Site, token: Optional[str] = None, users: Optional[Users] = N
 
     def _signed_in(request: Any) -> Optional[User]:
         return sessions.get(request.cookies.get(SESSION_COOKIE, "")) if sessions is not None else None
+
+    def actor(request: Any) -> Actor:
+        """Who acts (ds2a/web/actions.py): a signed-in user by role; without a users file (a single-user
+        station) the shared token's holder, or anyone on this machine, as engineer; else view only."""
+        origin, user = f"web {request.remote}", request.get("user")
+        if user is not None and user is not SHARED:
+            return Actor(user.name, user.role, origin, authenticated=True)
+        single = sessions is None
+        if user is SHARED:
+            return Actor("shared token", "engineer" if single else None, origin)
+        return Actor("anonymous", "engineer" if single and on_loopback(request) else None, origin)
+
+    def page_actions(request: Any) -> Optional[Dict[str, Any]]:
+        if actions is None:
+            return None
+        who = actor(request)
+        return {"who": who.as_dict(), "recipes": actions.recipes_state(who)}
+
+    async def act(request: Any, name: str, fn: Any) -> Any:
+        """One POSTed action: same-site JSON only, the role checked, run off the event loop, answered as JSON."""
+        if actions is None:
+            return web.json_response({"ok": False, "message": "this page only reads the records (ds2a web); act on "
+                                      "the station's own page (ds2a inspect --web)"}, status=404)
+        origin = request.headers.get("Origin")
+        if (origin and urllib.parse.urlsplit(origin).netloc != request.host) or \
+                request.content_type != "application/json":
+            return web.json_response({"ok": False, "message": "send actions from this page (same-site JSON)"},
+                                     status=403)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return web.json_response({"ok": False, "message": "the request body must be a JSON object"}, status=400)
+        who = actor(request)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(None, fn, who, body)
+        except Refused as exc:
+            logger.warning(f"warning: web: {name} by {who.name} ({who.role or 'view only'}) from {who.origin} "
+                           f"refused: {exc}")
+            return web.json_response({"ok": False, "message": str(exc)}, status=exc.status)
+        except sqlite3.Error as exc:
+            logger.error(f"ERROR: web: {name} by {who.name} not recorded in {site.db}: {exc}")
+            return web.json_response({"ok": False, "message": f"the database refused the action ({exc}); nothing "
+                                      "recorded, try again"}, status=503)
+        if name in ("override", "doubtful"):
+            with site._lock:  # the next refresh reads the records again and lists it
+                site._snaps.clear()
+        return web.json_response(result)
+
+    async def alarm_ack(request: Any) -> Any:
+        return await act(request, "acknowledge", lambda who, body: actions.acknowledge(  # type: ignore[union-attr]
+            who, str(body.get("comment") or "")))
+
+    async def override(request: Any) -> Any:
+        return await act(request, "override", lambda who, body: actions.review(  # type: ignore[union-attr]
+            who, "override", body))
+
+    async def doubtful(request: Any) -> Any:
+        return await act(request, "doubtful", lambda who, body: actions.review(  # type: ignore[union-attr]
+            who, "doubtful", body))
+
+    async def recipe(request: Any) -> Any:
+        return await act(request, "recipe", lambda who, body: actions.switch_recipe(  # type: ignore[union-attr]
+            who, body))
+
+    async def recipes(request: Any) -> Any:
+        if actions is None:
+            return web.json_response({"available": False, "may_switch": False})
+        return web.json_response(actions.recipes_state(actor(request)))
+
+    async def me(request: Any) -> Any:
+        return web.json_response(actor(request).as_dict() if actions is not None else {"rights": []})
+
+    async def logout(request: Any) -> Any:
+        origin = request.headers.get("Origin")
+        if origin and urllib.parse.urlsplit(origin).netloc != request.host:
+            raise web.HTTPForbidden()
+        if sessions is not None:
+            key = request.cookies.get(SESSION_COOKIE, "")
+            user = sessions.get(key)
+            sessions.close(key)
+            if user is not None:
+                logger.info(f"web: {user.name} ({user.role}) signed out from {request.remote}")
+        resp = web.HTTPSeeOther("/login" if sessions is not None else "/")
+        resp.del_cookie(SESSION_COOKIE)
+        raise resp
 
     @web.middleware
     async def guard(request: Any, handler: Any) -> Any:
@@ -318,9 +423,10 @@ def make_app(site: Site, token: Optional[str] = None, users: Optional[Users] = N
 
     async def index(request: Any) -> Any:
         con = site.con()
+        acts = page_actions(request)
         if con is None:
             return web.Response(content_type="text/html", text=page.overview(site.db, [], None, None, [],
-                                                                            site.live is not None))
+                                                                            site.live is not None, actions=acts))
         with site._lock:
             run_id = _run(con, request)
             runs = data.runs(con)
@@ -328,10 +434,10 @@ def make_app(site: Site, token: Optional[str] = None, users: Optional[Users] = N
             snap = site.snapshot(run_id) if run_id is not None else None
         if snap is None:
             return web.Response(content_type="text/html", text=page.overview(site.db, runs, None, None, [],
-                                                                            site.live is not None))
+                                                                            site.live is not None, actions=acts))
         return web.Response(content_type="text/html", text=page.overview(
             site.db, runs, run_id, snap["summary"], snap["failed_parts"], site.live is not None, notify,
-            site.colours(snap), snap["version"]))
+            site.colours(snap), snap["version"], actions=acts))
 
     async def summary(request: Any) -> Any:
         con = site.con()
@@ -418,6 +524,13 @@ def make_app(site: Site, token: Optional[str] = None, users: Optional[Users] = N
     app.router.add_get("/live.jpg", live_jpeg)
     app.router.add_get(r"/static/{name}", static)
     app.router.add_route("*", "/login", login)
+    app.router.add_post("/logout", logout)
+    app.router.add_get("/api/me", me)
+    app.router.add_get("/api/recipes", recipes)
+    app.router.add_post("/api/recipe", recipe)
+    app.router.add_post("/api/alarm/ack", alarm_ack)
+    app.router.add_post("/api/override", override)
+    app.router.add_post("/api/doubtful", doubtful)
     app.on_cleanup.append(lambda _app: _close(site))
     return app
 

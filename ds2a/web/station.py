@@ -27,11 +27,12 @@ class StationOptions:
     web: Optional[str] = None  # HOST:PORT for the operator's page with a live view; None: no page
     web_token: Optional[str] = None  # required for a page beyond 127.0.0.1 (unless web_insecure)
     web_insecure: bool = False  # a page beyond 127.0.0.1 without a token (closed networks)
+    web_users: Optional[str] = None  # users file (ds2a/notify/users.py): viewers sign in, act by role
     notify: List[str] = field(default_factory=list)  # mqtt://... or modbus://... URLs (ds2a/notify/)
 
     @property
     def wanted(self) -> bool:
-        return bool(self.web or self.notify or self.web_insecure)
+        return bool(self.web or self.notify or self.web_insecure or self.web_users)
 
 
 class Station:
@@ -42,13 +43,18 @@ class Station:
 
         self.bind = None
         self.token, self.db, self.urls = options.web_token, db, list(options.notify)
+        self.users: Any = None
+        self.recipes: Any = None  # the recipe book (ds2a/inspect/recipes.py), set by the inspection when it has one
         if options.web:
+            from ..notify.users import read_users
             from .server import check_exposure, parse_bind
 
             self.bind = parse_bind(options.web, "--web")
-            check_exposure(*self.bind, self.token, options.web_insecure, "--web")
-        elif options.web_insecure:
-            raise UserError("--web-insecure only applies with --web HOST:PORT")
+            self.users = read_users(options.web_users) if options.web_users else None
+            check_exposure(*self.bind, self.token, options.web_insecure, "--web", users=self.users is not None)
+        elif options.web_insecure or options.web_users:
+            raise UserError(f"{'--web-insecure' if options.web_insecure else '--web-users'} only applies with "
+                            "--web HOST:PORT")
         needs = {"aiohttp": "web", "matplotlib": "web"} if options.web else {}
         for url in self.urls:
             scheme = parse_notify_url(url).scheme  # a bad URL is refused before the model and camera open
@@ -72,17 +78,20 @@ class Station:
                         "stalls inspection)")
         publisher.observers += self.notifiers
         if self.bind is not None:
+            from .actions import Actions
             from .live import LiveView
             from .server import BackgroundServer, Site, make_app, url_for
 
             self.records = records
             self.live = LiveView(make_renderer(), records=records)
             self.site = Site(self.db, self.live)
-            self.server = BackgroundServer(make_app(self.site, self.token), *self.bind)
+            actions = Actions(self.db, self.live, self)  # reads self.recipes when asked
+            self.server = BackgroundServer(make_app(self.site, self.token, self.users, actions), *self.bind)
             port = self.server.start()
             publisher.observers.append(self.live)
             logger.info(f"web     {url_for(self.bind[0], port)} (live view{'' if self.db else '; no --db: no records'}"
-                        f"{'; token required' if self.token else ''})")
+                        f"{'; token required' if self.token else ''}"
+                        f"{f'; {len(self.users)} user(s) sign in at /login' if self.users else ''})")
 
     def finish(self) -> None:
         """End of the run: flush the notifiers (their counts go into the records, which are marked after)."""

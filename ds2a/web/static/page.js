@@ -43,6 +43,10 @@
         if (shown[id] !== snap.html[id]) { $(id).innerHTML = snap.html[id]; shown[id] = snap.html[id]; }
       }
     }
+    // overrides and doubts do not change the run's version: their list is compared on every refresh
+    if ($("overrides") && snap.html.overrides !== undefined && shown.overrides !== snap.html.overrides) {
+      $("overrides").innerHTML = snap.html.overrides; shown.overrides = snap.html.overrides;
+    }
   }
   const shown = {};  // the tables as last received: replaced only when they change (no picture reloaded)
   let refreshing = false;
@@ -59,6 +63,55 @@
   const status = document.querySelector("[data-k=status]");
   const refreshTimer = section && (live || (status && status.textContent === "running"))
     ? setInterval(refresh, refreshMs) : null;
+
+  // actions: offered by role (data-rights, ds2a/web/actions.py), checked again by the server, each one audited
+  const rights = (document.body.dataset.rights || "").split(" ").filter(Boolean);
+  async function post(path, body, msgId) {
+    set(msgId, "…");
+    try {
+      const r = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
+                                   body: JSON.stringify(body), cache: "no-store"});
+      let answer = null;
+      try { answer = await r.json(); } catch (err) { answer = null; }
+      set(msgId, answer && answer.message ? answer.message : "refused (" + r.status + "): sign in again at /login");
+      return r.ok;
+    } catch (err) { set(msgId, "no connection to the station"); return false; }
+  }
+  async function showRecipe() {
+    try {
+      const r = await fetch("api/recipes", {cache: "no-store"});
+      const s = await r.json();
+      if (s.available && s.current) {
+        set("recipe-name", s.current.name || "");
+        set("recipe-sha", String(s.current.sha256 || "").slice(0, 12));
+      }
+    } catch (err) { /* the next refresh tries again */ }
+  }
+  const recipeButton = $("recipe-switch");
+  if (recipeButton) recipeButton.addEventListener("click", async () => {
+    await post("api/recipe", {name: $("recipe-select").value}, "recipe-msg");
+    showRecipe();
+  });
+  if ($("recipe")) setInterval(showRecipe, refreshMs);
+  function review(kind) {
+    const body = {run: viewedRun, part_id: $("review-part").value.trim(), reason: $("review-reason").value.trim()};
+    if (kind === "override") body.verdict = $("review-verdict").value;
+    return post("api/" + kind, body, "review-msg").then((ok) => { if (ok) refresh(); });
+  }
+  for (const kind of ["doubtful", "override"]) {
+    const b = $("review-" + kind);
+    if (b) b.addEventListener("click", () => review(kind));
+  }
+  const failures = $("failures");
+  if (failures && $("review-part")) failures.addEventListener("click", (ev) => {  // a FAIL part's title picks it
+    const h = ev.target.closest(".part h3");
+    if (h && !ev.target.closest("a")) { $("review-part").value = h.parentElement.dataset.part; $("review-reason").focus(); }
+  });
+  const ack = $("alarm-ack");
+  if (ack && rights.includes("acknowledge")) {
+    ack.hidden = false;
+    ack.addEventListener("click", () => post("api/alarm/ack", {}, "alarm-msg"));
+  }
   if (!live) return;
 
   const img = $("live-img");
@@ -107,6 +160,12 @@
       set("live-frame-verdict", f.verdict || "-");
       set("live-seq", String(f.seq)); set("live-part", f.part_id || "-"); set("live-fps", String(s.fps));
       if (!hasDb || liveRun === null || String(liveRun) !== viewedRun) liveCounts(s.parts, s.fail);
+      const alarm = s.alarm || {};
+      const box = $("alarm");
+      if (box && alarm.active) {
+        set("alarm-text", alarm.text); set("alarm-count", alarm.count > 1 ? "(" + alarm.count + " alarms)" : "");
+        box.hidden = false;
+      } else if (box && !box.hidden && !alarm.active) box.hidden = true;
       // the run being inspected is not the one on the page (opened before it was recorded, or an older
       // run was the latest then): show it, once per run, unless the viewer picked a run
       if (s.running && liveRun !== null && String(liveRun) !== viewedRun && !pinned) {
