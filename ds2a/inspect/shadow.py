@@ -392,7 +392,8 @@ def open_shadow(options: Any, rules: Rules, classes: List[str], records: Any, pu
         model.close()
         raise
     truth = next((o for o in publisher.observers if isinstance(o, TruthTally)), None)
-    stage = ShadowStage(model, path, _sha256(path), rules, classes, records, truth)
+    stage = ShadowStage(model, path, _sha256(path), rules, classes, records, truth, queue_frames=QUEUE_FRAMES,
+                        end_patience_s=END_PATIENCE_S)
     stack.callback(stage.close)
     publisher.observers.append(stage)
     records.extra["shadow"] = stage.stats()
