@@ -311,7 +311,7 @@ def test_the_committed_tensorrt_ready_demo_files_pass_the_gpu_check_path_without
     from ds2a.trt.compat import blockers, check_versions
 
     variants = demo_variants()
-    assert [label for label, _ in variants] == ["FP16"]  # FP32 and INT8 (24 MB each) are made on a workstation
+    assert [label for label, _ in variants] == ["FP32", "FP16", "INT8 (TensorRT placement)"]
     for _, path in variants:
         model = onnx.load(path, load_external_data=False)
         extra = read_meta(model, path).extra
@@ -321,8 +321,9 @@ def test_the_committed_tensorrt_ready_demo_files_pass_the_gpu_check_path_without
     onnxruntime_engine(monkeypatch)
     fake, cuda = fake_for(NEWEST_10)
     result = demo_model_check(str(tmp_path), frames=4, iterations=2, variants=variants, trt=fake, cuda_api=cuda)
-    assert [(r["gate"], r["selftest"]) for r in result["rows"]] == [("passed", "passed")] * 2
-    assert [(r["precision"], r["batch"]) for r in result["rows"]] == [("fp16", "1"), ("fp16", "1:2:4")]
+    assert [(r["gate"], r["selftest"]) for r in result["rows"]] == [("passed", "passed")] * 6
+    assert [(r["precision"], r["batch"]) for r in result["rows"]] == [
+        (precision, batch) for precision in ("fp32", "fp16", "int8") for batch in ("1", "1:2:4")]
 
 
 def test_the_command_exits_non_zero_on_a_mismatch_and_installs_with_accept_mismatch(tmp_path, golden_onnx, monkeypatch,

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write a calibration cache")
     parser.add_argument("--recalibrate", action="store_true", help="ignore and overwrite an existing cache")
     parser.add_argument("--out", required=True, help="output .onnx path")
+    parser.add_argument("--compact-weights", action="store_true",
+                        help="store weights FP16 holds exactly as FP16 (lossless, a smaller file; TensorRT "
+                             "builds and every runtime see the same values)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, precision=args.precision, target=args.target, num_images=args.num_images,
         min_images=args.min_images, method=args.method, exclude=args.exclude.split(",") if args.exclude else None,
         split=args.split, seed=args.seed, cache=args.cache, use_cache=not args.no_cache,
-        recalibrate=args.recalibrate)
+        recalibrate=args.recalibrate, compact_weights=args.compact_weights)
     result = calibrate(args.model, args.out, opts)
     print(result.summary())
     return 0

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "GridSample, runs everywhere), grid-sample (GridSample ops, reported miscompiled by "
                              "TensorRT 10.14+), trt-plugin (NVIDIA's MultiscaleDeformableAttnPlugin_TRT, "
                              "TensorRT only)")
+    parser.add_argument("--compact-weights", action="store_true",
+                        help="store weights FP16 holds exactly as FP16 (lossless, a smaller file; TensorRT "
+                             "builds and every runtime see the same FP32 values)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     opts = ExportOptions(size=parse_size(args.size) if args.size else None, force_size=args.force_size,
                          batch=None if args.dynamic_batch else args.batch, outputs=args.outputs,
                          uint8_input=args.input == "uint8", trt=args.trt, opset=args.opset,
-                         deform_attn=args.deform_attn)
+                         deform_attn=args.deform_attn, compact_weights=args.compact_weights)
     result = export_onnx(args.checkpoint, args.out, opts, data=args.data, check_trt=args.check_trt or ())
     for line in result.lines():
         print(line)

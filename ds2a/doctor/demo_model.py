@@ -25,10 +25,12 @@ VARIANTS: Tuple[Tuple[str, str], ...] = (
     ("FP16", "ds2a_tiny_synth.fp16.onnx"),
     ("INT8 (TensorRT placement)", "ds2a_tiny_synth.int8trt.onnx"),
 )
-MAKE = ("python -m ds2a export ds2a/assets/demo/ds2a_tiny_synth.pt --dynamic-batch --trt 8.5 --out FP32.onnx; "
-        "python -m ds2a calibrate FP32.onnx --data DATA --precision fp16 --out ds2a/assets/demo/ds2a_tiny_synth.fp16.onnx; "
-        "python -m ds2a calibrate FP32.onnx --data DATA --precision int8 --target tensorrt "
-        "--out ds2a/assets/demo/ds2a_tiny_synth.int8trt.onnx (ds2a/assets/demo/MODEL_CARD.md)")
+MAKE = ("python -m ds2a export ds2a/assets/demo/ds2a_tiny_synth.pt --dynamic-batch --trt 8.5 --compact-weights "
+        "--out ds2a/assets/demo/ds2a_tiny_synth.fp32.onnx; python -m ds2a calibrate "
+        "ds2a/assets/demo/ds2a_tiny_synth.fp32.onnx --data DATA --precision fp16 "
+        "--out ds2a/assets/demo/ds2a_tiny_synth.fp16.onnx; python -m ds2a calibrate "
+        "ds2a/assets/demo/ds2a_tiny_synth.fp32.onnx --data DATA --precision int8 --target tensorrt "
+        "--compact-weights --out ds2a/assets/demo/ds2a_tiny_synth.int8trt.onnx (ds2a/assets/demo/MODEL_CARD.md)")
 RESULT_NAME = "demo_model_gpu"
 
 

@@ -116,6 +116,7 @@ class OnnxInfo:
     node_names: List[str] = field(default_factory=list)
     node_ops: List[str] = field(default_factory=list)
     fp32_tensors: List[str] = field(default_factory=list)  # outputs of a decomposed LayerNorm's arithmetic
+    expanded: Optional[bytes] = None  # the graph TensorRT parses when the file stores weights compactly
 
     @property
     def dynamic_batch(self) -> bool:
@@ -144,6 +145,12 @@ def inspect_onnx(path: str) -> OnnxInfo:
     except Exception as exc:  # protobuf DecodeError and friends
         raise UserError(f"{path} is not a readable ONNX model ({type(exc).__name__}): the file is truncated "
                         f"or corrupt; export it again with `ds2a export CHECKPOINT.pt --out {path}`") from None
+    from ..export.storage import expand, is_compact
+
+    expanded = None
+    if is_compact(model):  # TensorRT parses exactly the FP32 graph that was exported (ds2a/export/storage.py)
+        model = expand(model)
+        expanded = model.SerializeToString()
     g = model.graph
     if not g.node or not g.input or not g.output:
         raise UserError(f"{path} holds no ONNX graph (empty or truncated file); export it again with "
@@ -179,6 +186,7 @@ def inspect_onnx(path: str) -> OnnxInfo:
         node_names=[n.name or f"{n.op_type}_{i}" for i, n in enumerate(g.node)],
         node_ops=[n.op_type for n in g.node],
         fp32_tensors=decomposed_layernorm_tensors(g.node),
+        expanded=expanded,
     )
 
 
@@ -380,7 +388,8 @@ def _run_compat_check(info: OnnxInfo, version: Tuple[int, int]) -> None:
 
     from ..trt import compat
 
-    model = onnx.load(info.path, load_external_data=False)
+    model = onnx.load_from_string(info.expanded) if info.expanded is not None else \
+        onnx.load(info.path, load_external_data=False)
     findings = compat.check_model(model, version_text(version))
     blocking = compat.blockers(findings)
     for finding in findings:
@@ -589,8 +598,12 @@ def _parse(trt: Any, builder: Any, trt_logger: Any, plan: PrecisionPlan, info: O
     parser = trt.OnnxParser(network, trt_logger)
     if native_instancenorm:
         parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
-    with open(info.path, "rb") as f:
-        parsed = parser.parse(f.read(), os.path.abspath(info.path))
+    if info.expanded is not None:
+        data = info.expanded
+    else:
+        with open(info.path, "rb") as f:
+            data = f.read()
+    parsed = parser.parse(data, os.path.abspath(info.path))
     if not parsed:
         raise UserError(f"TensorRT {version} could not parse {info.path}:\n  {_parser_errors(parser, info)}")
     return network, parser

@@ -47,6 +47,7 @@ class ExportOptions:
     # how deformable attention is written: grid-sample, gather or trt-plugin (docs/DEFORM_ATTN.md);
     # None = ds2a.trt.deform_attn.default_variant(trt)
     deform_attn: Optional[str] = None
+    compact_weights: bool = False  # store FP16-exact FP32 weights as FP16, losslessly (ds2a/export/storage.py)
 
 
 def resolve_deform_attn(opts: ExportOptions) -> str:

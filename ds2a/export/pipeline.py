@@ -112,6 +112,10 @@ def export_onnx(checkpoint: PathLike, out: PathLike, options: Optional[ExportOpt
                           real_frames=None if real is None else real[:n])
     keep_outputs(onnx_model, options.outputs)
     golden = _attach_golden(onnx_model, out, real, data, size)
+    if options.compact_weights:  # lossless: every runtime reads the same FP32 values (ds2a/export/storage.py)
+        from .storage import compact
+
+        onnx_model = compact(onnx_model)[0]
     save(onnx_model, out)
     findings = check_versions(onnx_model, check) if check else {}
     blocked = [v for v, f in findings.items() if blockers(f)]

@@ -34,7 +34,11 @@ class OnnxModelInfo:
 
 
 def precision_of(model: onnx.ModelProto) -> str:
-    """'int8' when Q/DQ or integer ops are present, 'fp16' when float16 weights are, else 'fp32'."""
+    """'int8' when Q/DQ or integer ops are present, 'fp16' when float16 weights are, else 'fp32'
+    (weights only stored as FP16, losslessly, are FP32: ds2a/export/storage.py)."""
+    from ..export.storage import expand
+
+    model = expand(model)
     if any(n.op_type in QUANT_OPS for n in model.graph.node):
         return "int8"
     if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer):
@@ -43,8 +47,11 @@ def precision_of(model: onnx.ModelProto) -> str:
 
 
 def inspect_model(path: str) -> OnnxModelInfo:
-    """Load an exported ds2a ONNX and refuse anything calibration cannot start from."""
-    model = load_onnx(path)
+    """Load an exported ds2a ONNX and refuse anything calibration cannot start from. Weights in compact
+    storage are expanded first: ModelOpt places Q/DQ on constant weights (ds2a/export/storage.py)."""
+    from ..export.storage import expand
+
+    model = expand(load_onnx(path))
     meta = read_meta(model, path)
     current = precision_of(model)
     if current != "fp32":

@@ -48,6 +48,7 @@ class CalibrationOptions:
     cache: Optional[str] = None  # calibration cache; None = OUT with .calib.json
     use_cache: bool = True  # False: neither read nor write a cache
     recalibrate: bool = False  # ignore and overwrite an existing cache
+    compact_weights: bool = False  # store FP16-exact FP32 weights as FP16, losslessly (ds2a/export/storage.py)
 
 
 @dataclass
@@ -157,6 +158,10 @@ def _convert(model: str, final: Path, out: Path, o: CalibrationOptions, cache: O
     golden = attach_golden_file(out, list(calib.frames[:GOLDEN_CANDIDATES]), f"calibration images from {o.data}")
     # drift reference statistics of all the calibration frames, as the converted model sees them (docs/DRIFT.md)
     attach_drift_reference_file(out, list(calib.frames), f"calibration images from {o.data}")
+    if o.compact_weights:  # after the golden frames: the stored answers are the exact model's, checked below
+        from ..export.storage import compact
+
+        onnx.save(compact(onnx.load(str(out)))[0], str(out))
     agreement = _agreement(model, str(out), calib.frames[: max(info.batch, 4)], info)
     return CalibrationResult(
         path=final, size_bytes=out.stat().st_size, precision=o.precision, target=target, method=method,
