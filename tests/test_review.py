@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -76,7 +77,7 @@ def _cli(capsys, *args, code=0):
     return out, err
 
 
-def _marked(db, station, capsys):
+def _marked(db, station, capsys=None):
     """A FAIL part marked false reject by the library, a PASS part missed defect by the CLI, both confirmed."""
     _, _, by = station
     con = connect(str(db), create=False)
@@ -85,9 +86,14 @@ def _marked(db, station, capsys):
                             "operator", ORIGIN)
     finally:
         con.close()
-    out, _ = _cli(capsys, "mark", db, "--part", by["PASS"][0], "--run", 1, "--kind", "missed_defect",
-                  "--note", "dust at the edge", "--user", "anna")
-    second = int(out.split()[1].rstrip(":"))
+    assert main(["review", "mark", str(db), "--part", by["PASS"][0], "--run", "1", "--kind", "missed_defect",
+                 "--note", "dust at the edge", "--user", "anna"]) == 0
+    con = connect(str(db), create=False, readonly=True)
+    try:
+        second = review.marks(con)[-1]["id"]
+    finally:
+        con.close()
+    assert second != first
     return first, second
 
 
@@ -270,3 +276,100 @@ def test_export_refusals(db, station, capsys, tmp_path, case):
     assert words in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine" and (tmp_path / "file.txt").read_text() == "mine"
     assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".*partial*"))
+
+
+# --- the loop: marks -> export -> corrected labels -> fine-tune -> eval before/after -> shadow ------------------
+
+def _correct_from_truth(out: Path, manifest: dict) -> int:
+    """What a person does in the labelling tool, done with the demo's ground truth: every pre-label replaced by
+    the generator's own mask of the part, scaled to the crop (the crop is the part's box on the conveyor)."""
+    from ds2a.sources.demo import DemoSource
+
+    source = DemoSource(SOURCE, frames=40, width=320, height=180, speed=24)
+    changed = 0
+    for f in manifest["frames"]:
+        truth, (ch, cw) = source.truth(f["part_id"])
+        assert f["crop_xywh"][2:] == [cw, ch]  # the crop is exactly the region the model judged
+        label = cv2.resize(truth, (cw, ch), interpolation=cv2.INTER_NEAREST)
+        path = out / f["mask"]
+        changed += int((cv2.imread(str(path), cv2.IMREAD_UNCHANGED) != label).sum())
+        path.unlink()
+        assert cv2.imwrite(str(path), label)
+    return changed
+
+
+def _eval(model: Path, data: Path, split: str, json_out: Path) -> dict:
+    assert main(["eval", "--model", str(model), "--data", str(data), "--split", split, "--json", str(json_out),
+                 "--threads", "2"]) == 0
+    return json.loads(json_out.read_text())
+
+
+@pytest.fixture(scope="module")
+def finetuned(station, tmp_path_factory):
+    """The whole review loop once: marks (library and CLI), confirmations, export, labels corrected from the demo's
+    ground truth, a fine-tune of the demo checkpoint mixed with original data, and eval before and after."""
+    pytest.importorskip("torch", reason="fine-tuning needs torch (pip install -e '.[train]')")
+    tmp = tmp_path_factory.mktemp("loop")
+    db = tmp / "inspect.sqlite"
+    shutil.copy(station[1], db)
+    first, second = _marked(db, station)
+    for m in (first, second):
+        assert main(["review", "confirm", str(db), "--mark", str(m), "--user", "ben", "--role", "engineer"]) == 0
+    out = tmp / "export"
+    assert main(["review", "export", str(db), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {f["verdict"] for f in manifest["frames"]} == {"FAIL", "PASS"} and not manifest["missing"]
+    changed = _correct_from_truth(out, manifest)
+    original = tmp / "synth"
+    assert main(["synth", str(original), "--train", "8", "--val", "2", "--test", "4", "--size", "64x64"]) == 0
+    init = DEMO / "ds2a_tiny_synth.pt"
+    before = {n: _eval(init, d, s, tmp / f"before_{n}.json") for n, d, s in
+              (("review", out, "test"), ("synth", original, "test"))}
+    assert main(["train", "--model", "ds2a_tiny", "--data", str(original), "--extra-data", str(out),
+                 "--extra-repeat", "2", "--init", str(init), "--out", str(tmp / "ft"), "--iters", "3",
+                 "--batch-size", "2", "--crop", "64x64", "--input-size", "256x256", "--eval-every", "0", "--workers", "0", "--threads", "2",
+                 "--num-points", "512", "--device", "cpu", "--quiet"]) == 0
+    tuned = tmp / "ft" / "last.pt"
+    after = {n: _eval(tuned, d, s, tmp / f"after_{n}.json") for n, d, s in
+             (("review", out, "test"), ("synth", original, "test"))}
+    return {"tmp": tmp, "db": db, "export": out, "changed": changed, "tuned": tuned, "before": before,
+            "after": after, "log": (tmp / "ft" / "train.csv").read_text()}
+
+
+@pytest.mark.slow
+def test_confirmed_marks_fine_tune_the_demo_model_and_both_models_are_scored(finetuned):
+    assert finetuned["changed"] > 0  # the demo model's pre-labels differ from the truth somewhere
+    for when in ("before", "after"):
+        for result in finetuned[when].values():
+            assert result["num_images"] > 0 and math.isfinite(result["mIoU"]) and 0 <= result["mIoU"] <= 1
+    assert finetuned["after"]["review"]["source"].endswith("last.pt")
+    rows = finetuned["log"].strip().splitlines()
+    assert len(rows) >= 2 and all(math.isfinite(float(v)) for v in rows[-1].split(",")[1:2])
+
+
+@pytest.mark.slow
+def test_the_fine_tuned_model_runs_as_a_shadow_beside_the_live_one(finetuned):
+    import dataclasses
+
+    if "shadow" not in {f.name for f in dataclasses.fields(InspectOptions)}:
+        pytest.skip("ds2a inspect --shadow is not in this tree yet")
+    from ds2a.records import shadow
+
+    tmp = finetuned["tmp"]
+    db = tmp / "shadow.sqlite"
+    rules = tmp / "rules.yaml"
+    rules.write_text(RULES)
+    options = InspectOptions(model=str(DEMO / "ds2a_tiny_synth.int8.onnx"), source=SOURCE, headless=True, db=str(db),
+                             rules=str(rules), drift="off", shadow=str(finetuned["tuned"]),
+                             backend_options={"intra_op_threads": 1})
+    with open(os.devnull, "w") as devnull:
+        summary = inspect(options, out=devnull)
+    con = connect(str(db), create=False, readonly=True)
+    try:
+        rows = con.execute("SELECT part_id, live_verdict, judged, verdict FROM shadow").fetchall()
+        assert rows and {r[0] for r in rows} <= {p.part_id for p in summary.parts}
+        assert {r[1] for r in rows} <= {"PASS", "FAIL", "NONE"} and any(r[2] for r in rows)
+        assert shadow.summary(con, 1) is not None
+        assert not check_database(con)[1]
+    finally:
+        con.close()

@@ -4,6 +4,8 @@ examples:
   ds2a train --model ds2a_tiny --data data/synth --out runs/tiny --iters 2000 --batch-size 8
   ds2a train --model ds2a_tiny --data data/synth --out runs/tiny --resume
   ds2a train --model ds2a_tiny --data data/mine --out runs/ft --init ds2a/assets/demo/ds2a_tiny_synth.pt
+  ds2a train --model ds2a_tiny --data data/synth --extra-data review/2026-12-07 --extra-repeat 4 --out runs/ft \
+      --init ds2a/assets/demo/ds2a_tiny_synth.pt
   torchrun --nproc_per_node 2 -m ds2a train --model ds2a_r18 --data data/mbsd --out runs/r18
 
 On a small CPU machine use one single-thread process per core (global batch = 2 x --batch-size):
@@ -56,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "than bn in short from-scratch runs (ds2a/assets/demo/MODEL_CARD.md)")
     parser.add_argument("--init", help="warm-start every weight from this ds2a checkpoint (fine-tuning; "
                         "same model and classes); the optimiser and schedule start fresh")
+    parser.add_argument("--extra-data", action="append", default=[], metavar="DIR",
+                        help="another dataset (same classes) mixed into the train split, repeatable: e.g. "
+                        "reviewed frames from `ds2a review export` (docs/REVIEW.md); --data still chooses best.pt")
+    parser.add_argument("--extra-repeat", type=int_range(1), default=1,
+                        help="draw each --extra-data set this many times per pass over --data (default 1)")
     parser.add_argument("--time-limit-min", type=finite_float(0), default=0.0,
                         help="stop cleanly (eval + last.pt) after this many minutes of training")
     parser.add_argument("--num-classes", type=int_range(2, 255), help="must match the dataset's classes (a check)")
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         num_classes=args.num_classes, amp=args.amp, num_points=args.num_points, device=args.device,
         progress=not args.quiet, ratio_range=ratio, vflip=args.vflip,
         backbone_norm=args.backbone_norm, init=args.init,
+        extra_data=tuple(args.extra_data), extra_repeat=args.extra_repeat,
     )
     summary = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # other DDP ranks neither evaluate nor know the best

@@ -2,12 +2,15 @@
 and an endless sampler that shards across DDP ranks (DistributedSampler) and can resume."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional, Tuple
+import bisect
+import itertools
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from ..errors import UserError
 from ..preprocess import normalize
 
 Key = Tuple[int, int]  # (epoch, index)
@@ -31,6 +34,45 @@ class TrainSet(Dataset):
         x = torch.from_numpy(normalize(np.ascontiguousarray(image))[0])
         y = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
         return x, y
+
+
+class MixedSet:
+    """Several datasets of the same classes as one (`ds2a train --data A --extra-data B`): the extra sets
+    repeated `repeat` times, so a few hundred reviewed frames are drawn often enough beside thousands of
+    originals (docs/REVIEW.md). Classes and palette are the first set's; a set with other classes is refused."""
+
+    def __init__(self, sets: Sequence[Any], repeats: Sequence[int]) -> None:
+        first = sets[0]
+        for other in sets[1:]:
+            if list(other.classes) != list(first.classes):
+                raise UserError(f"--extra-data '{other.root}' has classes {', '.join(other.classes)} but --data "
+                                f"'{first.root}' has {', '.join(first.classes)}; give it the same classes.txt "
+                                "(same names, same order)")
+        self.sets, self.repeats = list(sets), [int(r) for r in repeats]
+        self.classes, self.palette, self.root = list(first.classes), list(first.palette), first.root
+        self._ends = list(itertools.accumulate(len(d) * r for d, r in zip(self.sets, self.repeats)))
+
+    def __len__(self) -> int:
+        return self._ends[-1]
+
+    def __getitem__(self, index: int) -> Any:
+        k = bisect.bisect_right(self._ends, index)
+        start = self._ends[k - 1] if k else 0
+        return self.sets[k][(index - start) % len(self.sets[k])]
+
+
+def open_train_set(data: str, extra: Sequence[str] = (), extra_repeat: int = 1) -> Any:
+    """The train split of --data, mixed with the train split of each --extra-data (ds2a/data/datasets.py's
+    fixed split: the held-out test names stay out, for `ds2a eval --split test`)."""
+    from ..data import open_dataset
+
+    base = open_dataset(data, split="train")
+    if not extra:
+        return base
+    if extra_repeat < 1:
+        raise UserError(f"--extra-repeat {extra_repeat}: give a whole number >= 1")
+    more = [open_dataset(e, split="train") for e in extra]
+    return MixedSet([base] + more, [1] + [extra_repeat] * len(more))
 
 
 class EndlessSampler(Sampler):

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from ..errors import UserError
 from ..meta import ModelMeta
 from ..runtime.torch_backend import TorchSegmenter
-from .data import default_transform, make_loader
+from .data import default_transform, make_loader, open_train_set
 from .losses import LossConfig, SetCriterion
 from .optim import build_optimizer as official_adamw
 from .optim import lr_factor, set_lr
@@ -70,6 +70,8 @@ class TrainConfig:
     eval_split: str = "val"  # checkpoint selection; the test split is scored once, after training
     backbone_norm: str = "auto"  # auto | frozen_bn | bn | gn (see resolve_backbone_norm)
     init: Optional[str] = None  # warm-start the whole model from this checkpoint
+    extra_data: Tuple[str, ...] = ()  # more datasets mixed into the train split (ds2a/train/data.py MixedSet)
+    extra_repeat: int = 1  # each extra set is drawn this many times per epoch of --data
     eval_limit: Optional[int] = None
     device: Optional[str] = None
     model_overrides: Dict[str, Any] = field(default_factory=dict)
@@ -272,11 +274,10 @@ class Trainer:
         seed_everything(cfg.seed)
 
     def build_data(self) -> None:
-        """The train split, the split that chooses best.pt, and the class names (--num-classes is a check)."""
-        from ..data import open_dataset
-
+        """The train split (with any --extra-data), the split that chooses best.pt, and the class names
+        (--num-classes is a check)."""
         cfg = self.cfg
-        self.train_set = open_dataset(cfg.data, split="train")
+        self.train_set = open_train_set(cfg.data, cfg.extra_data, cfg.extra_repeat)
         self.eval_set = self._open_eval_set()
         classes = list(self.train_set.classes)
         k = cfg.num_classes or len(classes)
