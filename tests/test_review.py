@@ -373,3 +373,32 @@ def test_the_fine_tuned_model_runs_as_a_shadow_beside_the_live_one(finetuned):
         assert not check_database(con)[1]
     finally:
         con.close()
+
+
+def _folder_set(root: Path, n: int, classes: list) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    for i in range(n):
+        cv2.imwrite(str(root / "images" / f"{i:03d}.png"), np.full((32, 32, 3), 10 * i, np.uint8))
+        cv2.imwrite(str(root / "masks" / f"{i:03d}.png"), np.full((32, 32), i % len(classes), np.uint8))
+    return root
+
+
+def test_extra_data_is_mixed_into_the_train_split_and_other_classes_are_refused(tmp_path, capsys):
+    pytest.importorskip("torch", reason="ds2a.train needs torch")
+    from ds2a.data import open_dataset
+    from ds2a.train.data import open_train_set
+
+    classes = ["background", "damage", "smudge", "dust"]
+    base, extra = _folder_set(tmp_path / "base", 10, classes), _folder_set(tmp_path / "extra", 5, classes)
+    n_base, n_extra = len(open_dataset(base, "train")), len(open_dataset(extra, "train"))
+    mixed = open_train_set(str(base), [str(extra)], extra_repeat=3)
+    assert len(mixed) == n_base + 3 * n_extra and mixed.classes == classes
+    names = [mixed[i].name for i in range(len(mixed))]
+    assert names[n_base:] == open_dataset(extra, "train").names * 3  # the extra set, three times over
+    other = _folder_set(tmp_path / "other", 5, ["background", "crack"])
+    assert main(["train", "--model", "ds2a_tiny", "--data", str(base), "--extra-data", str(other), "--out",
+                 str(tmp_path / "run"), "--iters", "1", "--crop", "32x32", "--eval-every", "0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--extra-data" in err and "same classes.txt" in err and not (tmp_path / "run" / "last.pt").exists()
