@@ -338,3 +338,19 @@ def test_cli_passes_norm_and_init(synth: Path, tmp_path: Path, capsys: pytest.Ca
     with pytest.raises(SystemExit) as exc:
         main(base + ["--backbone-norm", "nope"])
     assert exc.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_a_run_never_replaces_the_checkpoint_it_starts_from(synth: Path, tmp_path: Path) -> None:
+    """--init out/best.pt with --out out: the run's best.pt would overwrite its own starting point."""
+    import shutil
+
+    train(_cfg(synth, tmp_path / "src", iters=2, seed=5))
+    folder = tmp_path / "ft"
+    folder.mkdir()
+    start = folder / "best.pt"
+    shutil.copy(tmp_path / "src" / "last.pt", start)
+    before = start.read_bytes()
+    with pytest.raises(UserError, match=r"--out .*best\.pt.* same file as the input --init"):
+        train(_cfg(synth, folder, iters=2, init=str(start)))
+    assert start.read_bytes() == before and not (folder / "last.pt").exists()
+    train(_cfg(synth, tmp_path / "elsewhere", iters=1, init=str(start)))  # another --out is fine

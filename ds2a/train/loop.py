@@ -31,6 +31,7 @@ from .optim import lr_factor, set_lr
 from .targets import batch_targets
 
 logger = logging.getLogger(__name__)
+RUN_FILES = ("last.pt", "best.pt", "train.csv", "eval.csv", "log.jsonl")  # what a run writes into --out
 
 
 @dataclass
@@ -337,6 +338,11 @@ class Trainer:
         self.start_iter, self.best_miou, self.best_iter = 0, -1.0, -1
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
+        if self.cfg.init and not self.cfg.resume:  # the run's files never replace the checkpoint it starts from
+            from ..outputs import check_outputs
+
+            check_outputs([(f"--out {self.out} ({name})", str(self.out / name)) for name in RUN_FILES],
+                          [("--init", self.cfg.init)])
         if self.cfg.resume:
             self._load_state()
         elif (self.out / "last.pt").exists():
