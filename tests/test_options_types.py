@@ -16,7 +16,8 @@ OPTIONS = [("ds2a.inspect.run", "InspectOptions"), ("ds2a.eval.runner", "EvalOpt
            ("ds2a.bench.runner", "BenchOptions"), ("ds2a.bench.matrix", "MatrixOptions"),
            ("ds2a.web.station", "StationOptions"), ("ds2a.data.synth", "SynthOptions"),
            ("ds2a.serve.server", "ServeOptions"), ("ds2a.engine.builder", "BuildOptions"),
-           ("ds2a.export.onnx_export", "ExportOptions"), ("ds2a.precision.pipeline", "CalibrationOptions")]
+           ("ds2a.export.onnx_export", "ExportOptions"), ("ds2a.precision.pipeline", "CalibrationOptions"),
+           ("ds2a.engine.verify", "VerifyOptions")]
 
 
 @pytest.mark.parametrize("field, value, words", [

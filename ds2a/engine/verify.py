@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import UserError
+from ..options_check import check_fields
 
 if TYPE_CHECKING:  # the builder imports VerifyOptions on machines without OpenCV; the gate needs it
     from ..runtime.selftest import Golden
@@ -58,6 +59,9 @@ MIN_DEFECT_PX = 64.0
 @dataclass
 class VerifyOptions:
     """The gate's settings (`ds2a build-engine` flags map 1:1); None = the precision's default."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a Python caller's wrong type is a clear error here (ds2a/options_check.py)
 
     data: Optional[str] = None  # --verify-data: dataset, image folder or manifest; None = the golden frames
     frames: int = DEFAULT_FRAMES
