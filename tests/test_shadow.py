@@ -250,3 +250,37 @@ def test_a_shadow_needs_db_and_the_live_models_classes(tmp_path):
     with pytest.raises(UserError, match="has classes background, damage, smudge but the live model"):
         inspect(InspectOptions(model=str(live), source="demo://?frames=3", headless=True,
                                db=str(tmp_path / "r.sqlite"), shadow=str(other)))
+
+
+def test_the_page_shows_the_shadow_panel_with_the_disagreeing_parts_side_by_side(photos, tmp_path):
+    from ds2a.web import data, page
+
+    strict, lenient = threshold_onnx(tmp_path / "strict.onnx", threshold=100), threshold_onnx(tmp_path / "len.onnx")
+    db = tmp_path / "r.sqlite"
+    assert main(["inspect", "--model", str(strict), "--shadow", str(lenient), "--source", str(photos), "--headless",
+                 "--db", str(db), "--save-fail", str(tmp_path / "fail")]) == 0
+    con = data.open_readonly(str(db))
+    try:
+        snap = data.snapshot(con, 1)
+    finally:
+        con.close()
+    sh = snap["summary"]["shadow"]
+    assert [(p["part_id"], p["live"], p["shadow"]) for p in sh["pairs"]] == [("e_mid.png", "FAIL", "PASS"),
+                                                                            ("b_mid.png", "FAIL", "PASS")]
+    assert all(len(p["frames"]) == 1 for p in sh["pairs"])  # the live FAIL frame kept its picture: linked
+    html = page.overview(str(db), [], 1, snap["summary"], snap["failed_parts"], False, version=snap["version"])
+    panel = html[html.index("<section id=shadow>"):]
+    assert "agreement <b id=shadow-agreement>60.0%</b>" in panel and "never the station's verdict" in panel
+    row = panel[panel.index("<tr data-part='b_mid.png'>"):]
+    assert row.startswith("<tr data-part='b_mid.png'><td>b_mid.png</td><td class=v>FAIL</td><td class=v>PASS</td>")
+    assert f"href='failure/{sh['pairs'][1]['frames'][0]['id']}'" in row.split("</tr>")[0]
+    clean(db)
+    none_db = tmp_path / "plain.sqlite"
+    assert main(["inspect", "--model", str(strict), "--source", str(photos), "--headless", "--db", str(none_db)]) == 0
+    con = data.open_readonly(str(none_db))
+    try:
+        plain = data.snapshot(con, 1)
+    finally:
+        con.close()
+    assert "shadow" not in plain["summary"]  # exactly the report's numbers
+    assert "id=shadow" not in page.overview(str(none_db), [], 1, plain["summary"], [], False)

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import UserError
 from ..meta import default_palette
+from ..records import shadow as shadow_records
 from ..records.database import connect, run_status
 from ..records.report import summarise
 
@@ -146,12 +147,36 @@ def snapshot(con: sqlite3.Connection, run_id: int) -> Dict[str, Any]:
         con.execute("BEGIN")
     try:
         classes, colours = palette(con, run_id)
-        return {"run": run_id, "version": version(con, run_id), "summary": summary(con, run_id),
+        return {"run": run_id, "version": version(con, run_id),
+                "summary": with_shadow(con, run_id, summary(con, run_id)),  # as report --shadow --json
                 "trend": trend(con, run_id), "failed_parts": failed_parts(con, run_id),
                 "classes": classes, "palette": colours}
     finally:
         if began:
             con.execute("COMMIT")
+
+
+def with_shadow(con: sqlite3.Connection, run_id: int, s: Dict[str, Any]) -> Dict[str, Any]:
+    """The summary with its `shadow` (data.shadow_panel) when the run had one; exactly the report's otherwise."""
+    sh = shadow_panel(con, run_id)
+    return {**s, "shadow": sh} if sh is not None else s
+
+
+def shadow_panel(con: sqlite3.Connection, run_id: int, limit: int = 12) -> Optional[Dict[str, Any]]:
+    """The shadow model beside the live one (`ds2a report --shadow`'s numbers, ds2a/records/shadow.py) and its
+    latest disagreeing parts, each with the live part's FAIL frames that kept a picture; None without a shadow."""
+    s = shadow_records.summary(con, run_id)
+    if s is None:
+        return None
+    pairs = []
+    for r in con.execute("SELECT part_id, verdict, live_verdict, reasons, first_seq, last_seq FROM shadow "
+                         "WHERE run_id=? AND judged=1 AND verdict IS NOT live_verdict ORDER BY id DESC LIMIT ?",
+                         (run_id, limit)).fetchall():
+        frames = con.execute("SELECT id, seq FROM frames WHERE run_id=? AND seq BETWEEN ? AND ? AND verdict='FAIL' "
+                             "AND image_path IS NOT NULL ORDER BY seq LIMIT 3", (run_id, r[4], r[5])).fetchall()
+        pairs.append({"part_id": r[0], "shadow": r[1], "live": r[2], "shadow_reasons": json.loads(r[3] or "[]"),
+                      "frames": [{"id": f[0], "seq": f[1]} for f in frames]})
+    return {**s, "pairs": pairs}
 
 
 def failure(con: sqlite3.Connection, frame_id: int) -> Optional[Dict[str, Any]]:

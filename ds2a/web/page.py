@@ -123,6 +123,32 @@ def gallery(parts: List[Dict[str, Any]]) -> str:
     return f"<h2>Recent failures <small>(latest FAIL parts)</small></h2><div class=gallery>{items or 'none'}</div>"
 
 
+def shadow_rows(sh: Dict[str, Any]) -> str:
+    """The latest parts where the shadow model disagrees with the live one (data.shadow_panel), live verdict first,
+    with links to the live part's saved FAIL frames."""
+    rows = ""
+    for p in sh.get("pairs") or []:
+        links = " ".join(f"<a href='failure/{e(f['id'])}'>frame {e(f['seq'])}</a>" for f in p["frames"]) or "-"
+        rows += (f"<tr data-part='{e(p['part_id'])}'><td>{e(p['part_id'])}</td><td class=v>{e(p['live'])}</td>"
+                 f"<td class=v>{e(p['shadow'])}</td><td>{e('; '.join(p['shadow_reasons']))}</td><td>{links}</td></tr>")
+    return rows or "<tr><td colspan=5>no disagreement</td></tr>"
+
+
+def shadow_section(sh: Optional[Dict[str, Any]]) -> str:
+    """The shadow model (`ds2a inspect --shadow`, docs/SHADOW.md): recorded only, never the station's verdict."""
+    if not sh:
+        return ""
+    rate = "n/a" if sh["agreement"] is None else f"{100.0 * sh['agreement']:.1f}%"
+    return (f"<section id=shadow><h2>Shadow model <small>(recorded only, never the station's verdict)</small></h2>"
+            f"<p class=meta>{e(sh['model'])}</p><p>agreement <b id=shadow-agreement>{e(rate)}</b> on "
+            f"<b id=shadow-judged>{e(sh['judged'])}</b> judged of <b id=shadow-offered>{e(sh['offered'])}</b> parts "
+            f"(<b id=shadow-sampled>{e(sh['sampled_out'])}</b> sampled out) · would have let through "
+            f"<b id=shadow-let-through>{e(sh['n_let_through'])}</b> · would have rejected "
+            f"<b id=shadow-rejected>{e(sh['n_rejected'])}</b></p><table><thead><tr><th>part</th><th>live</th>"
+            "<th>shadow</th><th>shadow's reasons</th><th>live FAIL frames</th></tr></thead>"
+            f"<tbody id=shadow-rows>{shadow_rows(sh)}</tbody></table></section>")
+
+
 def _live() -> str:
     return ("<section id=live><h2>Live</h2><div class=livebox><img id=live-img src='live.jpg' alt='live view'>"
             "<div><div id=live-verdict class=verdict><small>last decided part</small> <span id=live-last-part>"
@@ -224,7 +250,8 @@ def overview(db: Optional[str], runs: List[Dict[str, Any]], run_id: Optional[int
              f"<section id=trend><h2>Trend</h2><img id=chart-pass src='{e(urls['pass_rate'])}' alt='pass rate "
              f"{e(rate)}'><img id=chart-defects src='{e(urls['defects'])}' alt='defects per class'></section>"
              f"<section id=defects>{defects_section(s, colours)}</section>" + _latency(s)
-             + f"<section id=failures>{gallery(fails)}</section>" + (_review(s, rights) if actions else ""))
+             + f"<section id=failures>{gallery(fails)}</section>" + shadow_section(s.get("shadow"))
+             + (_review(s, rights) if actions else ""))
     return _doc(f"ds2a · run {run_id} · {rate}", body, live, db=True, rights=rights)
 
 

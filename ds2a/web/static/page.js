@@ -25,10 +25,42 @@
     }
   }
   function liveCounts(parts, fail) { set("live-parts", String(parts)); set("live-fail", String(fail)); }
+  // the shadow model's panel (ds2a/web/page.py shadow_section): its numbers and disagreeing parts, as text only
+  function applyShadow(sh) {
+    if (!$("shadow") || !sh) return;
+    set("shadow-agreement", sh.agreement === null ? "n/a" : (100 * sh.agreement).toFixed(1) + "%");
+    set("shadow-judged", String(sh.judged)); set("shadow-offered", String(sh.offered));
+    set("shadow-sampled", String(sh.sampled_out));
+    set("shadow-let-through", String(sh.n_let_through)); set("shadow-rejected", String(sh.n_rejected));
+    const key = JSON.stringify(sh.pairs || []);
+    if (shown.shadow === key) return;
+    shown.shadow = key;
+    const body = $("shadow-rows");
+    body.textContent = "";
+    for (const p of sh.pairs || []) {
+      const tr = document.createElement("tr");
+      tr.dataset.part = p.part_id;
+      for (const text of [p.part_id, p.live, p.shadow, (p.shadow_reasons || []).join("; ")]) {
+        const td = document.createElement("td"); td.textContent = text === null ? "" : String(text); tr.appendChild(td);
+      }
+      const links = document.createElement("td");
+      for (const f of p.frames || []) {
+        const a = document.createElement("a"); a.href = "failure/" + encodeURIComponent(f.id);
+        a.textContent = "frame " + f.seq + " "; links.appendChild(a);
+      }
+      if (!links.childNodes.length) links.textContent = "-";
+      tr.appendChild(links); body.appendChild(tr);
+    }
+    if (!body.childNodes.length) {
+      const tr = document.createElement("tr"), td = document.createElement("td");
+      td.colSpan = 5; td.textContent = "no disagreement"; tr.appendChild(td); body.appendChild(tr);
+    }
+  }
 
   function apply(snap) {
     if (ended) return;  // a refresh that was under way when the run ended must not undo its final numbers
     applySummary(snap.summary);
+    applyShadow(snap.summary.shadow);
     if (picker && picker.selectedOptions.length) picker.selectedOptions[0].textContent = snap.run_label;
     if (!live && snap.summary.status !== "running" && refreshTimer !== null) clearInterval(refreshTimer);
     if (live && snap.live_run !== null && String(snap.live_run) === viewedRun) {
