@@ -31,6 +31,7 @@ from test_web import make_db  # noqa: E402
 from ds2a.cli import main  # noqa: E402
 from ds2a.errors import UserError  # noqa: E402
 from ds2a.notify.users import hash_password, read_users  # noqa: E402
+from ds2a.records import audit  # noqa: E402
 from ds2a.web.actions import Actions  # noqa: E402
 from ds2a.web.server import BackgroundServer, Site, make_app  # noqa: E402
 from ds2a.web.station import Station, StationOptions  # noqa: E402
@@ -41,9 +42,11 @@ TOKEN = "a-shared-token-for-one-station"
 
 
 class FakeBook:
-    """The recipe book's interface (names, current, request, state): a request is queued, as between parts."""
+    """The recipe book's interface (names, current, request, state): a request is queued, as between parts, and
+    audited by the book, as ds2a/inspect/recipes.py does for every request (page, OPC UA, line)."""
 
-    def __init__(self) -> None:
+    def __init__(self, db: Optional[Path] = None) -> None:
+        self.db = db
         self.recipes = {"cell-a": "a" * 64, "cell-b": "b" * 64}
         self.active, self.queued = "cell-a", None
         self.requests: List[Tuple[str, str, Optional[str], str]] = []
@@ -59,6 +62,11 @@ class FakeBook:
             raise UserError(f"recipe {name} is not one of {', '.join(self.names())}")
         self.requests.append((name, user, role, origin))
         self.queued = name
+        con = sqlite3.connect(str(self.db))
+        try:
+            audit.append(con, "recipe_select", user, origin, role=role, detail={"recipe": name, "status": "requested"})
+        finally:
+            con.close()
         return f"{name} queued: applies before the next part"
 
     def state(self) -> Dict[str, Any]:
@@ -167,7 +175,7 @@ def test_an_operator_may_doubt_and_acknowledge_but_not_override_or_switch(tmp_pa
 
     db = make_db(tmp_path / "i.sqlite", parts=10, seed=3)
     part, before = fail_part(db), verdict_rows(db)
-    with Station_(db, users_file, book=FakeBook()) as s:
+    with Station_(db, users_file, book=FakeBook(db)) as s:
         anna = sign_in(s.url, "anna", PASSWORDS["anna"])
         status, body, _ = call(s.url + "api/me", headers=anna)
         assert json.loads(body) == {"name": "anna", "role": "operator", "authenticated": True,
@@ -200,7 +208,7 @@ def test_an_operator_may_doubt_and_acknowledge_but_not_override_or_switch(tmp_pa
 def test_an_engineer_overrides_and_switches_and_the_original_verdict_stays(tmp_path, users_file, capsys):
     db = make_db(tmp_path / "i.sqlite", parts=10, seed=3)
     part, before = fail_part(db), verdict_rows(db)
-    book = FakeBook()
+    book = FakeBook(db)
     with Station_(db, users_file, book=book) as s:
         ben = sign_in(s.url, "ben", PASSWORDS["ben"])
         recipes = json.loads(call(s.url + "api/recipes", headers=ben)[1])
@@ -229,7 +237,7 @@ def test_an_engineer_overrides_and_switches_and_the_original_verdict_stays(tmp_p
 
 def test_a_wrong_password_or_no_sign_in_is_refused_and_nothing_recorded(tmp_path, users_file):
     db = make_db(tmp_path / "i.sqlite", parts=6, seed=1)
-    with Station_(db, users_file, book=FakeBook()) as s:
+    with Station_(db, users_file, book=FakeBook(db)) as s:
         status, body, headers = call(s.url + "login", "POST", form={"name": "ben", "password": "wrong-password"})
         assert status == 401 and b"Unknown user or wrong password." in body and "Set-Cookie" not in headers
         status, _, _ = call(s.url + "api/override", "POST", {"run": 1, "part_id": fail_part(db), "verdict": "PASS",
@@ -291,14 +299,20 @@ def test_web_users_is_checked_before_the_model_opens(tmp_path, users_file):
         Station(StationOptions(web="127.0.0.1:0", web_users=str(bad)))
 
 
-def test_inspect_web_users_signs_in_and_audits_a_doubt_on_the_live_station(tmp_path, users_file, capsys):
-    """`ds2a inspect --web --web-users FILE` end to end: an operator signs in to the running station's page,
-    marks a decided part doubtful, is refused an override, and the audit trail names her."""
+def test_inspect_web_users_with_the_real_recipe_book(tmp_path, users_file, capsys):
+    """`ds2a inspect --recipes DIR --web --web-users FILE` end to end, with the real recipe book
+    (ds2a/inspect/recipes.py): an operator signs in, is refused the recipe and an override, marks a decided
+    part doubtful; an engineer switches the recipe, which comes in force at a part boundary; the audit trail
+    names both."""
     from fakes.onnx_models import threshold_onnx
 
-    model = threshold_onnx(tmp_path / "thr.onnx")
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    threshold_onnx(folder / "thr.onnx")
+    (folder / "cell-a.yaml").write_text("model: thr.onnx\nrules: {classes: {damage: {max_count: 0}}}\n")
+    (folder / "cell-b.yaml").write_text("model: thr.onnx\nrules: {classes: {damage: {max_area_px: 50}}}\n")
     db = tmp_path / "live.sqlite"
-    cmd = [sys.executable, "-m", "ds2a", "inspect", "--model", str(model), "--source",
+    cmd = [sys.executable, "-m", "ds2a", "inspect", "--recipes", str(folder), "--recipe", "cell-a", "--source",
            "demo://?fps=15&width=320&height=180&speed=12", "--headless", "--db", str(db), "--web", "127.0.0.1:0",
            "--web-users", str(users_file), "--duration", "60"]
     proc = subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -311,7 +325,7 @@ def test_inspect_web_users_signs_in_and_audits_a_doubt_on_the_live_station(tmp_p
                 break
         assert url and "user(s) sign in at /login" in lines[-1], "".join(lines)
         assert call(url)[0] == 303  # the page asks for a sign-in
-        anna = sign_in(url, "anna", PASSWORDS["anna"])
+        anna, ben = sign_in(url, "anna", PASSWORDS["anna"]), sign_in(url, "ben", PASSWORDS["ben"])
         part = None
         end = time.monotonic() + 30
         while part is None and time.monotonic() < end:
@@ -326,8 +340,21 @@ def test_inspect_web_users_signs_in_and_audits_a_doubt_on_the_live_station(tmp_p
         assert part is not None, "no part decided"
         payload = {"run": 1, "part_id": part, "reason": "looked odd", "verdict": "FAIL"}
         assert call(url + "api/override", "POST", payload, anna)[0] == 403
+        assert call(url + "api/recipe", "POST", {"name": "cell-b"}, anna)[0] == 403
         status, body, _ = call(url + "api/doubtful", "POST", payload, anna)
         assert status == 200, body
+
+        def current() -> str:
+            return json.loads(call(url + "api/recipes", headers=ben)[1])["current"]["name"]
+
+        assert json.loads(call(url + "api/recipes", headers=ben)[1])["names"] == ["cell-a", "cell-b"]
+        assert current() == "cell-a"
+        status, body, _ = call(url + "api/recipe", "POST", {"name": "cell-b"}, ben)
+        assert status == 200 and json.loads(body)["message"].startswith("cell-b queued: applies before the next part")
+        end = time.monotonic() + 20
+        while time.monotonic() < end and current() != "cell-b":
+            time.sleep(0.2)
+        assert current() == "cell-b"  # in force from a part boundary on
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     finally:
@@ -338,6 +365,9 @@ def test_inspect_web_users_signs_in_and_audits_a_doubt_on_the_live_station(tmp_p
     assert main(["report", str(db), "--audit"]) == 0
     out = capsys.readouterr().out
     assert f"anna (operator) from web 127.0.0.1: doubtful run 1 part {part}" in out
+    assert 'ben (engineer) from web 127.0.0.1: recipe_select run 1  {"detail":"cell-b queued' in out
+    assert 'ben (engineer) from web 127.0.0.1: recipe_select run 1  {"from":"cell-a","recipe":"cell-b"' in out
+    assert "anna (operator) from web 127.0.0.1: recipe_select" not in out  # refused before the book
 
 
 # --- in headless Chromium --------------------------------------------------------------------------------------
@@ -409,7 +439,7 @@ def test_operator_in_the_browser_sees_no_engineer_controls_and_is_refused_them(b
 
     db = make_db(tmp_path / "i.sqlite", parts=10, seed=3)
     part = fail_part(db)
-    with Station_(db, users_file, book=FakeBook()) as s:
+    with Station_(db, users_file, book=FakeBook(db)) as s:
         browser_sign_in(browser, s.url, "anna", PASSWORDS["anna"])
         assert wait_for(lambda: browser.find_elements(By.ID, "who"))
         assert browser.find_element(By.ID, "who").text == "anna (operator)"
@@ -447,7 +477,7 @@ def test_engineer_in_the_browser_switches_the_recipe_and_overrides_a_verdict(bro
 
     db = make_db(tmp_path / "i.sqlite", parts=10, seed=3)
     part, before = fail_part(db), verdict_rows(db)
-    book = FakeBook()
+    book = FakeBook(db)
     with Station_(db, users_file, book=book) as s:
         browser_sign_in(browser, s.url, "ben", PASSWORDS["anna"])  # a wrong password first
         assert wait_for(lambda: "Unknown user or wrong password." in browser.page_source, 15)

@@ -8,7 +8,8 @@ as `shared token` or `anonymous`; a page on the network without a token (--web-i
 
 Every accepted action is a row of the database's audit trail (ds2a/records/audit.py) with the user's
 name, role and origin (`web ADDRESS`); an override or a doubt adds its override row beside it and the
-verdict row is never changed (the same rows as `ds2a override`). The page opens its records read-only:
+verdict row is never changed (the same rows as `ds2a override`); a recipe request is audited by the recipe
+book it goes to (ds2a/inspect/recipes.py), which every request passes through. The page opens its records read-only:
 each action opens its own short writing connection, off the event loop.
 """
 from __future__ import annotations
@@ -164,7 +165,8 @@ class Actions:
                 "state": book.state(), "may_switch": who.may("recipe")}
 
     def switch_recipe(self, who: Actor, body: Dict[str, Any]) -> Dict[str, Any]:
-        """Ask the recipe book for another recipe (applied between parts): engineer; audited as `recipe_select`."""
+        """Ask the recipe book (ds2a/inspect/recipes.py) for another recipe, applied between parts: engineer.
+        The book writes the `recipe_select` audit rows, as for OPC UA and the line."""
         who.check("recipe")
         book = self.recipes
         if book is None:
@@ -172,19 +174,10 @@ class Actions:
         name = str(body.get("name") or "").strip()
         if not name:
             raise Refused("name the recipe (name); nothing done", 400)
-        before = dict(book.current())
-        con = self._write()  # no request reaches the book unless it can be audited
-        try:
-            try:
-                message = str(book.request(name, who.name, who.role, who.origin))
-            except UserError as exc:
-                raise Refused(f"{exc}; nothing done", 404) from None
-            aid, _ = audit.append(con, "recipe_select", who.name, who.origin, role=who.role,
-                                  run_id=getattr(self.live, "run_id", None),
-                                  detail={"name": name, "from": before.get("name"), "message": message, "via": "page",
-                                          "authenticated": who.authenticated})
-        finally:
-            con.close()
-        logger.info(f"web: {who.name} ({who.role}) from {who.origin} asked for recipe {name}: {message} "
-                    f"(audit row {aid})")
-        return {"ok": True, "message": message, "audit_id": aid}
+        self._write().close()  # no request reaches the book unless it can be audited
+        try:  # the book audits the request and, at the part boundary, the changeover (`recipe_select` rows)
+            message = str(book.request(name, who.name, who.role, who.origin))
+        except UserError as exc:
+            raise Refused(f"{exc}; nothing done", 404) from None
+        logger.info(f"web: {who.name} ({who.role}) from {who.origin} asked for recipe {name}: {message}")
+        return {"ok": True, "message": message}
