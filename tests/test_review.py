@@ -402,3 +402,42 @@ def test_extra_data_is_mixed_into_the_train_split_and_other_classes_are_refused(
                  str(tmp_path / "run"), "--iters", "1", "--crop", "32x32", "--eval-every", "0", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "--extra-data" in err and "same classes.txt" in err and not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_the_page_marks_and_confirms_by_the_signed_in_users_role(db, station, tmp_path):
+    pytest.importorskip("aiohttp", reason="the web page needs aiohttp: pip install -e '.[web]'")
+    pytest.importorskip("matplotlib", reason="the web page's charts need matplotlib: pip install -e '.[web]'")
+    from test_web_roles import Station_, call, sign_in
+
+    from ds2a.notify.users import hash_password
+
+    _, _, by = station
+    users = tmp_path / "users.txt"
+    users.write_text(f"anna:operator:{hash_password('anna-op-secret', 'pbkdf2_sha256')}\n"
+                     f"ben:engineer:{hash_password('ben-eng-secret', 'pbkdf2_sha256')}\n")
+    with Station_(db, users) as s:
+        anna, ben = sign_in(s.url, "anna", "anna-op-secret"), sign_in(s.url, "ben", "ben-eng-secret")
+        body = {"run": 1, "part_id": by["FAIL"][0], "kind": "false_reject", "note": "a shadow"}
+        status, text, _ = call(s.url + "api/mark", "POST", body, anna)
+        assert status == 200, text
+        mark_id = json.loads(text)["id"]
+        status, text, _ = call(s.url + f"api/mark/{mark_id}/confirm", "POST", {"note": "yes"}, anna)
+        assert status == 403 and "needs engineer or admin" in json.loads(text)["message"]
+        for path, payload, code in (("api/mark", {**body, "run": 2, "part_id": "cell-999999"}, 404),
+                                    ("api/mark", {**body, "part_id": by["PASS"][0]}, 409),
+                                    ("api/mark/41/confirm", {}, 404)):
+            status, text, _ = call(s.url + path, "POST", payload, ben)
+            assert status == code and "nothing recorded" in json.loads(text)["message"], (path, text)
+        status, text, _ = call(s.url + f"api/mark/{mark_id}/confirm", "POST", {"note": "yes"}, ben)
+        assert status == 200, text
+        status, text, _ = call(s.url + "api/marks?run=1", headers=anna)
+        marks = json.loads(text)["marks"]
+    assert [(m["id"], m["status"], m["user"], m["role"], m["answered_by"]) for m in marks] == \
+        [(mark_id, "confirmed", "anna", "operator", "ben")]
+    con = connect(str(db), create=False, readonly=True)
+    try:
+        rows = [r for r in audit.rows(con) if r[5].startswith("review_")]
+        assert [(r[2], r[3], r[4].startswith("web "), json.loads(r[8])["authenticated"]) for r in rows] == \
+            [("anna", "operator", True, True), ("ben", "engineer", True, True)]
+    finally:
+        con.close()

@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..errors import UserError
 from ..notify.users import User, Users, read_users
+from ..records import review
 from . import data, page
 from .actions import Actions, Actor, Refused
 
@@ -343,6 +344,51 @@ def make_app(site: Site, token: Optional[str] = None, users: Optional[Users] = N
         return await act(request, "doubtful", lambda who, body: actions.review(  # type: ignore[union-attr]
             who, "doubtful", body))
 
+    def review_action(who: Actor, body: Dict[str, Any], mark_id: Optional[int] = None) -> Dict[str, Any]:
+        """POST /api/mark (operator and above) and /api/mark/{id}/confirm (engineer): ds2a/records/review.py."""
+        if who.role is None:
+            raise Refused("this page is view only here: sign in at /login; nothing recorded")
+        con = actions._write()  # type: ignore[union-attr]
+        try:
+            detail = {"via": "page", "authenticated": who.authenticated}
+            if mark_id is None:
+                part = str(body.get("part_id") or "").strip()
+                try:
+                    run_id = int(body.get("run"))  # type: ignore[arg-type]
+                except (TypeError, ValueError):
+                    raise Refused("name the run (run: a number); nothing recorded", 400) from None
+                found = con.execute("SELECT id FROM verdicts WHERE run_id=? AND part_id=?", (run_id, part)).fetchall()
+                if len(found) != 1:
+                    raise Refused(f"part {part[:100]} has {'no verdict' if not found else 'several verdicts'} in run "
+                                  f"{run_id}; nothing recorded", 404 if not found else 409)
+                new = review.mark(con, int(found[0][0]), str(body.get("kind") or ""), str(body.get("note") or ""),
+                                  who.name, who.role, who.origin, detail)
+                msg = f"mark {new}: part {part} run {run_id} marked {body.get('kind')} by {who.name}; an engineer confirms it"
+            else:
+                accept = body.get("accept", True) is not False
+                new = review.confirm(con, mark_id, accept, str(body.get("note") or ""), who.name, who.role,
+                                     who.origin, detail)
+                msg = f"mark {mark_id} {'confirmed' if accept else 'rejected'} by {who.name}"
+        except review.ReviewError as exc:
+            raise Refused(str(exc), exc.status) from None
+        finally:
+            con.close()
+        logger.info(f"web: {msg}, from {who.origin}")
+        return {"ok": True, "message": msg, "id": new}
+
+    async def mark(request: Any) -> Any:
+        return await act(request, "mark", review_action)
+
+    async def mark_confirm(request: Any) -> Any:
+        mark_id = record_id(request.match_info["mark"], "mark")
+        return await act(request, "confirm", lambda who, body: review_action(who, body, mark_id))
+
+    async def marks(request: Any) -> Any:
+        con = site.con()
+        run = request.query.get("run")
+        rows = review.marks(con, record_id(run, "run") if run else None) if con is not None else []
+        return web.json_response({"marks": rows})
+
     async def recipe(request: Any) -> Any:
         return await act(request, "recipe", lambda who, body: actions.switch_recipe(  # type: ignore[union-attr]
             who, body))
@@ -531,6 +577,9 @@ def make_app(site: Site, token: Optional[str] = None, users: Optional[Users] = N
     app.router.add_post("/api/alarm/ack", alarm_ack)
     app.router.add_post("/api/override", override)
     app.router.add_post("/api/doubtful", doubtful)
+    app.router.add_post("/api/mark", mark)  # review marks: ds2a/records/review.py, docs/REVIEW.md
+    app.router.add_post(r"/api/mark/{mark:\d+}/confirm", mark_confirm)
+    app.router.add_get("/api/marks", marks)
     app.on_cleanup.append(lambda _app: _close(site))
     return app
 
