@@ -204,6 +204,20 @@ def test_unreadable_sidecar_is_refused(built):
         TensorRTSegmenter(engine, trt_module=fake, cuda_api=cuda)
 
 
+@pytest.mark.parametrize("classes, words", [("background", "not str 'background'"),
+                                             (["ok", "ok"], "appears twice"), ([1, 2], "non-empty names")])
+def test_a_sidecar_with_an_edited_class_list_is_one_clear_line(built, classes, words):
+    fake, cuda, engine = built
+    data = json.load(open(engine + ".json"))
+    data["meta"]["classes"] = classes
+    with open(engine + ".json", "w") as f:
+        json.dump(data, f)
+    with pytest.raises(UserError) as exc:
+        TensorRTSegmenter(engine, trt_module=fake, cuda_api=cuda)
+    message = str(exc.value)
+    assert words in message and f"{engine}.json" in message and "ds2a build-engine" in message and "\n" not in message
+
+
 # --- bad engines ---------------------------------------------------------------------------------------
 def test_truncated_or_empty_engine_is_refused(built, caplog):
     fake, cuda, engine = built

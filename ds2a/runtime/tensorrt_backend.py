@@ -191,7 +191,11 @@ class TensorRTSegmenter(Segmenter):
 
     def _meta(self, record: Optional[EngineRecord]) -> ModelMeta:
         if record is not None and record.meta:
-            meta = ModelMeta.from_dict(record.meta)
+            try:
+                meta = ModelMeta.from_dict(record.meta)
+            except (ValueError, TypeError, IndexError) as exc:  # an edited class list, palette or size
+                raise UserError(f"engine metadata {self.path}.json has a bad 'meta' ({exc}); rebuild the engine with "
+                                f"`{rebuild_command(record, self.path)}`") from None
         else:
             k = self._shapes[self._logits][1] if self._logits else 4
             meta = ModelMeta(arch="unknown", classes=[f"class_{i}" for i in range(k)], input_size=self._hw)
