@@ -60,11 +60,15 @@ def test_register_map_defaults_and_each_parameter_moves_one_address():
     t = parse_trigger_url("modbus://127.0.0.1:5020")
     assert (t.port, t.unit, t.serial_words, t.poll_ms) == (5020, 1, 2, 10)
     assert t.coils == {"trigger": 0, "busy": 1, "done": 2}
-    assert t.registers == {"serial": 0, "result": 10, "reason": 11, "seq": 12, "echo": 13}
+    assert t.registers == {"serial": 0, "result": 10, "reason": 11, "seq": 12, "echo": 13, "recipe": 4}
     t = parse_trigger_url("modbus://127.0.0.1?unit=4&trigger=100&busy=101&done=105&serial=200&serial_words=4"
-                          "&result=300&reason=301&seq=302&echo=303&poll_ms=5")
+                          "&result=300&reason=301&seq=302&echo=303&poll_ms=5&recipe=310")
     assert t.coils == {"trigger": 100, "busy": 101, "done": 105} and t.unit == 4 and t.poll_ms == 5
-    assert t.registers == {"serial": 200, "result": 300, "reason": 301, "seq": 302, "echo": 303}
+    assert t.registers == {"serial": 200, "result": 300, "reason": 301, "seq": 302, "echo": 303, "recipe": 310}
+    # the recipe register (read only with --recipes) overlaps only when given, or when --recipes reads it
+    assert parse_trigger_url("modbus://127.0.0.1?serial=3").registers["serial"] == 3
+    with pytest.raises(UserError, match="registers serial and recipe overlap at 4"):
+        parse_trigger_url("modbus://127.0.0.1?serial=3&recipe=4")
     t = parse_trigger_url("mqtt://u:p%40w@127.0.0.1:1884/line1/st3")
     assert (t.prefix, t.username, t.password, t.client_id) == ("line1/st3", "u", "p@w", "ds2a-trigger-line1-st3")
     assert "p@w" not in t.label and "p@w" not in repr(t)

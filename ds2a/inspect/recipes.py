@@ -391,16 +391,18 @@ class RecipeBook:
                         and self.pending["name"] == self.active.name:
                     self.pending = None
                 return None, ""
-            self._want(target)
-            self._cond.notify_all()
+            if target not in self._failed and target not in self._ready and target != self._preparing \
+                    and target not in self._queue:
+                self._queue.append(target)
+                self._cond.notify_all()
             end = time.perf_counter() + max(0.0, wait_s)
             while target not in self._ready and target not in self._failed:
                 left = end - time.perf_counter()
                 if left <= 0 or self._closed:
                     return None, (f"recipe {target} is still being opened and self-tested" if wanted else "")
                 self._cond.wait(min(left, 0.05))
-            if target in self._failed:
-                why = self._failed[target]
+            if target in self._failed:  # refused (the alarm is out): asked again later, it is tried again
+                why = self._failed.pop(target)
                 if self.pending is not None and self.pending["name"] == target:
                     self.pending = None
                 return None, (f"recipe {target} was refused: {why}" if wanted else "")
