@@ -270,6 +270,41 @@ def test_no_part_is_judged_by_two_recipes(tmp_path, models, monkeypatch):
     assert applied and all(a[0] == "eric" and a[1] == "test" for a in applied)
 
 
+def test_no_part_of_the_demo_conveyor_is_judged_by_two_recipes(tmp_path, monkeypatch):
+    """Parts by the source's ids (demo://: several frames per cell, gaps between cells), changeovers asked
+    every 0.2 s: every frame of a part was judged by the part's recipe."""
+    pytest.importorskip("onnxruntime")
+    model = Path(run_module.__file__).parents[1] / "assets" / "demo" / "ds2a_tiny_synth.int8.onnx"
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "loose.yaml").write_text(f"model: {model}\nrules: {{classes: {{damage: {{max_count: 0}}}}}}\n")
+    (d / "tight.yaml").write_text(f"model: {model}\nrules: {{min_area_px: 16, classes: {{damage: {{max_count: 0}}, "
+                                  "smudge: {max_count: 0}}}\n")
+    box, seen = capture_book(monkeypatch), per_frame(monkeypatch)
+    done = threading.Event()
+
+    def operator() -> None:
+        assert wait_until(lambda: "book" in box and box["book"].active is not None, 30)
+        i = 0
+        while not done.is_set():
+            time.sleep(0.2)
+            i += 1
+            box["book"].request("tight" if i % 2 else "loose", "eric", "engineer", "test")
+
+    threading.Thread(target=operator, daemon=True).start()
+    db = tmp_path / "i.sqlite"
+    try:
+        summary = inspect(InspectOptions(model="", recipes=str(d), recipe="loose", db=str(db), headless=True,
+                                         source="demo://?frames=150", drift="off"), out=open("/dev/null", "w"))
+    finally:
+        done.set()
+    by_seq = dict(seen)
+    assert {p.recipe for p in summary.parts} == {"loose", "tight"}
+    for p in summary.parts:
+        assert {by_seq[s] for s in range(p.first_seq, p.last_seq + 1)} == {p.recipe}, p.part_id
+    assert [(r[0], r[2]) for r in verdict_rows(db)] == [(p.part_id, p.recipe) for p in summary.parts]
+
+
 def test_a_candidate_that_fails_to_open_or_its_self_test_is_refused_and_the_old_recipe_stays(tmp_path, models,
                                                                                                 monkeypatch):
     d = book_dir(tmp_path / "r", models, {"a": "a", "broken": "broken", "edited": "edited"})
