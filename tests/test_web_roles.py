@@ -311,6 +311,8 @@ def test_inspect_web_users_with_the_real_recipe_book(tmp_path, users_file, capsy
     threshold_onnx(folder / "thr.onnx")
     (folder / "cell-a.yaml").write_text("model: thr.onnx\nrules: {classes: {damage: {max_count: 0}}}\n")
     (folder / "cell-b.yaml").write_text("model: thr.onnx\nrules: {classes: {damage: {max_area_px: 50}}}\n")
+    (folder / "broken.onnx").write_bytes(b"not a model")  # found at start; refused when it is opened
+    (folder / "cell-c.yaml").write_text("model: broken.onnx\nrules: {classes: {damage: {max_count: 0}}}\n")
     db = tmp_path / "live.sqlite"
     cmd = [sys.executable, "-m", "ds2a", "inspect", "--recipes", str(folder), "--recipe", "cell-a", "--source",
            "demo://?fps=15&width=320&height=180&speed=12", "--headless", "--db", str(db), "--web", "127.0.0.1:0",
@@ -347,7 +349,7 @@ def test_inspect_web_users_with_the_real_recipe_book(tmp_path, users_file, capsy
         def current() -> str:
             return json.loads(call(url + "api/recipes", headers=ben)[1])["current"]["name"]
 
-        assert json.loads(call(url + "api/recipes", headers=ben)[1])["names"] == ["cell-a", "cell-b"]
+        assert json.loads(call(url + "api/recipes", headers=ben)[1])["names"] == ["cell-a", "cell-b", "cell-c"]
         assert current() == "cell-a"
         status, body, _ = call(url + "api/recipe", "POST", {"name": "cell-b"}, ben)
         assert status == 200 and json.loads(body)["message"].startswith("cell-b queued: applies before the next part")
@@ -355,6 +357,18 @@ def test_inspect_web_users_with_the_real_recipe_book(tmp_path, users_file, capsy
         while time.monotonic() < end and current() != "cell-b":
             time.sleep(0.2)
         assert current() == "cell-b"  # in force from a part boundary on
+        # a changeover the book refuses (its model does not open) is an alarm on the page; the operator acknowledges
+        assert call(url + "api/recipe", "POST", {"name": "cell-c"}, ben)[0] == 200
+
+        def alarm() -> Dict[str, Any]:
+            return json.loads(call(url + "api/live", headers=anna)[1])["alarm"]
+
+        end = time.monotonic() + 20
+        while time.monotonic() < end and "recipe cell-c refused" not in (alarm()["text"] or ""):
+            time.sleep(0.2)
+        assert alarm()["active"] and "recipe cell-c refused, cell-b stays" in alarm()["text"]
+        assert call(url + "api/alarm/ack", "POST", {"comment": "wrong model file"}, anna)[0] == 200
+        assert alarm()["active"] is False and current() == "cell-b"
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     finally:
@@ -368,6 +382,8 @@ def test_inspect_web_users_with_the_real_recipe_book(tmp_path, users_file, capsy
     assert 'ben (engineer) from web 127.0.0.1: recipe_select run 1  {"detail":"cell-b queued' in out
     assert 'ben (engineer) from web 127.0.0.1: recipe_select run 1  {"from":"cell-a","recipe":"cell-b"' in out
     assert "anna (operator) from web 127.0.0.1: recipe_select" not in out  # refused before the book
+    assert 'ben (engineer) from web 127.0.0.1: recipe_select run 1  {"reason":' in out  # cell-c, refused
+    assert "anna (operator) from web 127.0.0.1: alarm_ack run 1" in out and "recipe cell-c refused" in out
 
 
 # --- in headless Chromium --------------------------------------------------------------------------------------
@@ -526,3 +542,18 @@ def test_alarm_is_raised_by_a_none_part_only(tmp_path):
         "part c could not be judged (NONE): frame not inspected"
     live.acknowledge()
     assert live.alarm_state() == {"active": False, "t": None, "text": None, "count": 0}
+
+
+def test_what_each_role_may_do_and_why_not():
+    from ds2a.web.actions import Actor, Refused
+
+    assert Actor("anna", "operator", "web 10.0.0.7").rights() == ["view", "acknowledge", "doubtful"]
+    assert Actor("ben", "engineer", "web 10.0.0.7").rights() == ["view", "acknowledge", "doubtful", "recipe",
+                                                                 "override"]
+    assert Actor("root", "admin", "web 10.0.0.7").rights() == Actor("ben", "engineer", "").rights()
+    nobody = Actor("anonymous", None, "web 10.0.0.9")  # --web-insecure, from the network: view only
+    assert nobody.rights() == []
+    with pytest.raises(Refused, match="view only to the network without a sign-in or token .*--web-users FILE"):
+        nobody.check("acknowledge")
+    with pytest.raises(Refused, match="view only for the shared token when users sign in"):
+        Actor("shared token", None, "web 10.0.0.9").check("doubtful")

@@ -61,7 +61,8 @@ class Actor:
             return
         if self.role is None:
             why = ("this page is view only for the shared token when users sign in: sign in at /login"
-                   if self.name == "shared token" else "this page is view only here: sign in at /login")
+                   if self.name == "shared token" else "this page is view only to the network without a sign-in or "
+                   "token (start the station with --web-users FILE or --web-token TOKEN, or act from 127.0.0.1)")
         else:
             why = f"{self.name} is {self.role}; {WHAT[action]} needs {NEEDS[action]} or above"
         raise Refused(f"refused: {why}; nothing recorded")

@@ -89,6 +89,8 @@ class Station:
             self.server = BackgroundServer(make_app(self.site, self.token, self.users, actions), *self.bind)
             port = self.server.start()
             publisher.observers.append(self.live)
+            if self.recipes is not None and isinstance(getattr(self.recipes, "alarms", None), list):
+                self.recipes.alarms.append(self.live.raise_alarm)  # a refused changeover is an alarm on the page
             logger.info(f"web     {url_for(self.bind[0], port)} (live view{'' if self.db else '; no --db: no records'}"
                         f"{'; token required' if self.token else ''}"
                         f"{f'; {len(self.users)} user(s) sign in at /login' if self.users else ''})")
