@@ -134,6 +134,26 @@
     const b = $("review-" + kind);
     if (b) b.addEventListener("click", () => review(kind));
   }
+  // review marks for training data (ds2a/records/review.py, docs/REVIEW.md): the same part and note as above;
+  // an engineer confirms a mark by its number (`ds2a review list`); the server checks every role again
+  const doubtButton = $("review-doubtful");
+  if (doubtButton) {
+    const row = doubtButton.parentElement;
+    const button = (text, onClick) => {
+      const b = document.createElement("button"); b.type = "button"; b.textContent = text;
+      b.addEventListener("click", onClick); row.append(" ", b); return b;
+    };
+    for (const kind of ["false_reject", "missed_defect"]) {
+      button("mark " + kind.replace("_", " "), () => post("api/mark", {run: viewedRun, part_id: $("review-part").value.trim(),
+        kind: kind, note: $("review-reason").value.trim()}, "review-msg"));
+    }
+    if (rights.includes("override")) {
+      const n = document.createElement("input"); n.id = "review-mark"; n.size = 4; n.placeholder = "mark #";
+      row.append(" ", n);
+      button("confirm mark", () => post("api/mark/" + encodeURIComponent(n.value.trim()) + "/confirm",
+        {note: $("review-reason").value.trim()}, "review-msg"));
+    }
+  }
   const failures = $("failures");
   if (failures && $("review-part")) failures.addEventListener("click", (ev) => {  // a FAIL part's title picks it
     const h = ev.target.closest(".part h3");
