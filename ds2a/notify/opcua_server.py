@@ -155,8 +155,27 @@ def check_opcua_option(options: Any) -> Optional["OpcuaStation"]:
     except ImportError:
         raise UserError("--opcua needs the Python package asyncua: pip install 'ds2a-edge[notify]'") from None
     _check_certificate(target, f"--opcua {url}")
+    if users is not None and users.certificate_users:
+        _check_user_certificates(target, users_file)
     _probe_port(target, "--opcua")
     return OpcuaStation(target, users)
+
+
+def _check_user_certificates(target: OpcuaTarget, users_file: str) -> None:
+    """Users who log in with a client certificate need a server certificate (the user token is signed over
+    an encrypted channel) and an asyncua that checks that signature (proof the client holds the key)."""
+    from asyncua.server.internal_server import InternalServer
+
+    if not (target.cert and target.key):
+        raise UserError(f"users file {users_file} has certificate users (x509_sha256$...): give the server a "
+                        f"certificate too, --opcua {target.url}?cert=FILE&key=FILE (docs/OPCUA.md)")
+    if not hasattr(InternalServer, "verify_x509_token"):
+        import asyncua
+
+        version = getattr(asyncua, "__version__", "this version")
+        raise UserError(f"users file {users_file} has certificate users, but asyncua {version} does not check that a "
+                        "client holds its certificate's key; use passwords for them, or asyncua 2 or newer "
+                        "(Python 3.9+)")
 
 
 def _check_certificate(target: OpcuaTarget, where: str) -> None:
@@ -487,13 +506,17 @@ class _Model:
 
         st, target = self.station, self.station.target
         logging.getLogger("asyncua.server.server").addFilter(_said_already)
-        self.server = server = Server(user_manager=_UserManager(st))
+        manager = _UserManager(st)
+        self.server = server = Server(user_manager=manager)
         await server.init()
+        if st.users and st.users.certificate_users:
+            manager.watch_x509(server.iserver)
         server.set_endpoint(target.url)
         server.set_server_name("ds2a inspection station")
         await server.set_application_uri(APPLICATION_URI)
         tokens = ([ua.AnonymousIdentityToken] if target.loopback else []) + (
-            [ua.UserNameIdentityToken] if st.users else [])
+            [ua.UserNameIdentityToken] if st.users else []) + (
+            [ua.X509IdentityToken] if st.users and st.users.certificate_users else [])
         if hasattr(server, "set_identity_tokens"):  # asyncua >= 1.2
             server.set_identity_tokens(tokens)
         else:
@@ -718,7 +741,10 @@ def _asyncua_users() -> Tuple[Any, Any, Any]:
 
 
 class _UserManager:
-    """asyncua's user manager: names and passwords from the users file; anonymous where the binding allows it.
+    """asyncua's user manager: names and passwords from the users file; anonymous where the binding allows it;
+    a client certificate listed in the users file, only from an X509 user token whose signature asyncua
+    verified (`watch_x509`: asyncua passes the channel's certificate for the other tokens too, which must
+    not log anyone in).
 
     At most CHECKS_PER_S password checks a second (each costs scrypt's memory and tens of ms of CPU):
     a flood of logins from the network cannot take the CPU from inspection; beyond it, refused unchecked.
@@ -729,6 +755,19 @@ class _UserManager:
         self._recent: Deque[float] = collections.deque()  # monotonic times of the checks in the last second
         self.flooded = 0  # logins refused unchecked
         self.clock = time.monotonic
+        self._x509: Optional[bytes] = None  # the certificate of the X509 user token just verified
+
+    def watch_x509(self, iserver: Any) -> None:
+        """Note each X509 user token asyncua verifies; `get_user` runs right after, in the same call."""
+        verify = iserver.verify_x509_token
+
+        def verified(isession: Any, token: Any, signature: Any) -> bytes:
+            self._x509 = None
+            der = verify(isession, token, signature)  # raises on a bad signature: the session is refused
+            self._x509 = bytes(der)
+            return der
+
+        iserver.verify_x509_token = verified
 
     def _may_check(self) -> bool:
         now = self.clock()
@@ -742,7 +781,14 @@ class _UserManager:
     def get_user(self, iserver: Any, username: Optional[str] = None, password: Optional[str] = None,
                  certificate: Any = None) -> Any:
         _, User, UserRole = _asyncua_users()
-        if username is None:  # an anonymous token (X509 user tokens are not offered)
+        x509, self._x509 = self._x509, None
+        if x509 is not None and username is None:  # an X509 user token, its signature verified (key possession)
+            known = self.station.users.check_certificate(x509) if self.station.users else None
+            if known is None:
+                logger.warning("warning: opcua: refused a session with a client certificate no user has")
+                return None
+            return User(role=UserRole.User, name=known.name)
+        if username is None:  # an anonymous token
             return User(role=UserRole.Anonymous, name=None) if self.station.target.loopback else None
         name = str(username)[:64]
         if not self._may_check():

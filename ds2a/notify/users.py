@@ -7,7 +7,11 @@ A users file is plain text, one user a line, `NAME:ROLE:HASH` (blank lines and `
 
 Secrets are never stored, only salted hashes (hashlib.scrypt, or PBKDF2-HMAC-SHA256 where the
 Python's OpenSSL has no scrypt). `python -m ds2a.notify.users NAME ROLE` asks for a password and
-prints the line to add. Roles, each with the rights of the ones before (docs/OPCUA.md):
+prints the line to add. A user who logs in to OPC UA with a client certificate instead has
+`x509_sha256$<SHA-256 of the certificate's DER bytes, hex>` in place of the hash
+(`python -m ds2a.notify.users NAME ROLE --certificate FILE` prints it); the OPC UA server accepts that
+certificate only with proof that the client holds its private key (a signed user token).
+Roles, each with the rights of the ones before (docs/OPCUA.md):
 `operator` (view, acknowledge alarms), `engineer` (also select recipes), `admin` (everything).
 """
 from __future__ import annotations
@@ -60,8 +64,19 @@ def hash_password(password: str, method: str = "scrypt", salt: Optional[bytes] =
     return f"pbkdf2_sha256${PBKDF2_ITERATIONS}${_b64(salt)}${_b64(key)}"
 
 
+CERT_PREFIX = "x509_sha256$"  # a certificate user's secret: the certificate's SHA-256 fingerprint
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    """The users-file form of a client certificate (its DER bytes)."""
+    return CERT_PREFIX + hashlib.sha256(bytes(der)).hexdigest()
+
+
 def _check_hash(secret: str) -> str:
-    """'' when `secret` is a hash this module can verify, else what is wrong with it."""
+    """'' when `secret` is a hash this module can verify (or a certificate fingerprint), else what is wrong."""
+    if secret.startswith(CERT_PREFIX):
+        return "" if re.fullmatch(r"[0-9a-f]{64}", secret[len(CERT_PREFIX):]) else \
+            "x509_sha256$ needs the certificate's SHA-256 as 64 lowercase hex digits"
     parts = secret.split("$")
     try:
         if parts[0] == "scrypt" and len(parts) == 6:
@@ -84,8 +99,8 @@ def _check_hash(secret: str) -> str:
 
 
 def verify_password(secret: str, password: str) -> bool:
-    """Constant-time comparison of `password`'s hash with the stored one."""
-    if _check_hash(secret):
+    """Constant-time comparison of `password`'s hash with the stored one (a certificate user has no password)."""
+    if _check_hash(secret) or secret.startswith(CERT_PREFIX):
         return False
     parts = secret.split("$")
     salt, key = base64.b64decode(parts[-2]), base64.b64decode(parts[-1])
@@ -114,6 +129,21 @@ class Users:
             hash_password(password or "")  # an unknown name costs as long as a wrong password
             return None
         return user if password is not None and verify_password(user.secret, password) else None
+
+    @property
+    def certificate_users(self) -> int:
+        return sum(1 for u in self.by_name.values() if u.secret.startswith(CERT_PREFIX))
+
+    def check_certificate(self, der: Optional[bytes]) -> Optional[User]:
+        """The user whose certificate this is (DER bytes whose key the caller proved it holds), or None."""
+        if not der:
+            return None
+        want = certificate_fingerprint(der)
+        found = None
+        for user in self.by_name.values():  # every line compared, in constant time each
+            if hmac.compare_digest(user.secret, want):
+                found = user
+        return found
 
 
 def read_users(path: str) -> Users:
@@ -144,7 +174,7 @@ def read_users(path: str) -> Users:
         problem = _check_hash(secret)
         if problem:
             raise UserError(f"{where}: the password hash is unusable ({problem}); make the line again with "
-                            "`python -m ds2a.notify.users NAME ROLE`")
+                            "`python -m ds2a.notify.users NAME ROLE` (or `... --certificate FILE`)")
         seen.add(name)
         users.append(User(name, role, secret))
     if not users:
@@ -153,12 +183,40 @@ def read_users(path: str) -> Users:
     return Users(users, path)
 
 
+def read_certificate(path: str) -> bytes:
+    """A client certificate's DER bytes from a PEM or DER file; UserError naming the file otherwise."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        cert = x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----BEGIN") else \
+            x509.load_der_x509_certificate(data)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"certificate {path}: not a readable PEM or DER X.509 certificate "
+                        f"({getattr(exc, 'strerror', None) or exc}); give the client's certificate file") from None
+    return cert.public_bytes(Encoding.DER)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """`python -m ds2a.notify.users NAME ROLE`: ask for a password twice, print the users-file line."""
-    args = sys.argv[1:] if argv is None else argv
+    """`python -m ds2a.notify.users NAME ROLE [--certificate FILE]`: print the users-file line (a password
+    asked twice, or the client certificate's fingerprint)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    cert = None
+    if len(args) == 4 and args[2] == "--certificate":
+        cert, args = args[3], args[:2]
     if len(args) != 2 or args[1] not in ROLES or not NAME_RE.match(args[0]):
-        print(f"usage: python -m ds2a.notify.users NAME ROLE   (ROLE: {', '.join(ROLES)})", file=sys.stderr)
+        print(f"usage: python -m ds2a.notify.users NAME ROLE [--certificate FILE]   (ROLE: {', '.join(ROLES)})",
+              file=sys.stderr)
         return 2
+    if cert is not None:
+        try:
+            print(f"{args[0]}:{args[1]}:{certificate_fingerprint(read_certificate(cert))}")
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     password = getpass.getpass(f"password for {args[0]}: ")
     if len(password) < 8 or password != getpass.getpass("again: "):
         print("error: the passwords differ or are shorter than 8 characters", file=sys.stderr)
