@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import sqlite3
 import sys
 from typing import Optional, Tuple
 
@@ -91,20 +90,11 @@ def run(args: argparse.Namespace) -> int:
         verdict_id, run_id, original = found[0]
         if kind == "override" and args.verdict == original:
             raise UserError(f"part {args.part[:100]} is already {original}; nothing to override")
-        detail = {"verdict_id": verdict_id, "original": original, "verdict": args.verdict, "reason": reason,
-                  "authenticated": authenticated}
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            aid, _ = audit.append(con, kind, name, audit.local_origin(), role=role, run_id=run_id,
-                                  part_id=args.part, detail=detail)
-            row = con.execute("SELECT t FROM audit WHERE id=?", (aid,)).fetchone()
-            con.execute("INSERT INTO overrides (audit_id, verdict_id, run_id, part_id, kind, original, verdict, reason, "
-                        "user, role, t) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                        (aid, verdict_id, run_id, args.part, kind, original, args.verdict, reason, name, role, row[0]))
-            con.commit()
-        except sqlite3.Error:
-            con.rollback()
-            raise
+        try:  # the audit row and the override row in one transaction, as the page writes them
+            aid, original = audit.add_override(con, verdict_id, kind, reason, name, audit.local_origin(), role=role,
+                                               verdict=args.verdict, detail={"authenticated": authenticated})
+        except ValueError as exc:  # changed by another writer since it was read
+            raise UserError(f"{args.db}: {exc}") from None
     finally:
         con.close()
     what = f"{original} -> {args.verdict}" if kind == "override" else f"{original} marked doubtful"
