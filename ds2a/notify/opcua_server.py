@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import UserError
 from ..records.audit import append as audit_append
-from .users import Users, may, read_users
+from .users import LoginBudget, Users, may, read_users
 
 logger = logging.getLogger(__name__)
 
@@ -752,7 +752,7 @@ class _UserManager:
 
     def __init__(self, station: OpcuaStation) -> None:
         self.station = station
-        self._recent: Deque[float] = collections.deque()  # monotonic times of the checks in the last second
+        self.budget = LoginBudget(CHECKS_PER_S)
         self.flooded = 0  # logins refused unchecked
         self.clock = time.monotonic
         self._x509: Optional[bytes] = None  # the certificate of the X509 user token just verified
@@ -770,13 +770,7 @@ class _UserManager:
         iserver.verify_x509_token = verified
 
     def _may_check(self) -> bool:
-        now = self.clock()
-        while self._recent and now - self._recent[0] > 1.0:
-            self._recent.popleft()
-        if len(self._recent) >= CHECKS_PER_S:
-            return False
-        self._recent.append(now)
-        return True
+        return self.budget.take(self.clock())
 
     def get_user(self, iserver: Any, username: Optional[str] = None, password: Optional[str] = None,
                  certificate: Any = None) -> Any:

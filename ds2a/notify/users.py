@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import getpass
 import hashlib
 import hmac
@@ -25,7 +26,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Deque, Dict, List, Optional
 
 from ..errors import UserError
 
@@ -111,6 +112,27 @@ def verify_password(secret: str, password: str) -> bool:
     else:
         got = hashlib.pbkdf2_hmac("sha256", data, salt, int(parts[1]), dklen=len(key))
     return hmac.compare_digest(got, key)
+
+
+class LoginBudget:
+    """At most `per_s` password checks in any second, for one login interface (OPC UA, the page): each check
+    costs scrypt's memory and tens of ms of CPU, so a flood of guesses is refused unchecked beyond it
+    instead of taking the CPU from inspection."""
+
+    def __init__(self, per_s: int) -> None:
+        self.per_s = per_s
+        self._recent: Deque[float] = collections.deque()  # times of the checks in the last second
+        self.refused = 0
+
+    def take(self, now: float) -> bool:
+        """True when a check may run at `now` (a monotonic time), and counts it; False (counted) otherwise."""
+        while self._recent and now - self._recent[0] > 1.0:
+            self._recent.popleft()
+        if len(self._recent) >= self.per_s:
+            self.refused += 1
+            return False
+        self._recent.append(now)
+        return True
 
 
 class Users:

@@ -22,7 +22,7 @@ import urllib.parse
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import UserError
-from ..notify.users import User, Users, read_users
+from ..notify.users import LoginBudget, User, Users, read_users
 from ..records import review
 from . import data, page
 from .actions import Actions, Actor, Refused
@@ -40,6 +40,7 @@ HEADERS = {
 MIN_TOKEN = 12
 SESSION_COOKIE = "ds2a_session"
 SESSION_S = 12 * 3600  # a sign-in lasts a shift
+SIGN_INS_PER_S = 5  # password checks a second for the whole page (each costs scrypt: see LoginBudget)
 SHARED = User("shared token", "", "")  # who a request with the shared token is (a single-user station)
 REFRESH_S = float(page.REFRESH_S)  # the page refreshes from one snapshot; the records are read at most this often
 logger = logging.getLogger(__name__)
@@ -226,6 +227,7 @@ class Sessions:
     def __init__(self, users: Users) -> None:
         self.users = users
         self._by_key: Dict[str, Tuple[User, float]] = {}
+        self.budget = LoginBudget(SIGN_INS_PER_S)  # the whole page, every connection together
 
     def open(self, user: User) -> str:
         now = time.monotonic()
@@ -268,6 +270,12 @@ def make_app(site: Site, token: Optional[str] = None, users: Optional[Users] = N
             return web.Response(status=403, content_type="text/html", text=_login_page("Sign in from this page."))
         form = await request.post()
         name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))[:1024]
+        if not sessions.budget.take(time.monotonic()):  # a flood of guesses: refused unchecked, never the CPU
+            if sessions.budget.refused == 1 or sessions.budget.refused % 100 == 0:
+                logger.warning(f"warning: web: more than {SIGN_INS_PER_S} sign-ins a second; refused '{name}' "
+                               f"unchecked ({sessions.budget.refused} so far)")
+            return web.Response(status=429, content_type="text/html",
+                                text=_login_page("Too many sign-ins right now; try again in a moment."))
         user = await asyncio.get_running_loop().run_in_executor(None, sessions.users.check, name, password)
         if user is None:
             logger.warning(f"warning: web: refused a sign-in for '{name}' from {request.remote} (unknown user or "
