@@ -417,6 +417,55 @@ def test_select_recipe_accepts_only_the_rules_file_in_force():
     assert [a["status"] for a in served.records.extra["opcua_audit"]] == ["Good", "BadNotFound"]
 
 
+class FakeBook:
+    """The recipe book's surface the server uses (ds2a/inspect/recipes.py RecipeBook)."""
+
+    def __init__(self) -> None:
+        self.asked: List[Any] = []
+
+    def names(self) -> List[str]:
+        return ["cheap-cell", "premium"]
+
+    def current(self) -> Dict[str, str]:
+        return {"name": "cheap-cell", "sha256": "c" * 64}
+
+    def request(self, name: str, user: str, role: str, origin: str) -> str:
+        if name not in self.names():
+            raise UserError(f"recipe {name} is not a recipe of recipes/")
+        self.asked.append((name, user, role, origin))
+        return f"{name} queued: applies before the next part"
+
+
+def test_select_recipe_with_a_recipe_book_queues_a_changeover_and_active_recipe_follows():
+    url = f"opc.tcp://127.0.0.1:{free_port()}"
+    book = FakeBook()
+
+    async def client() -> Dict[str, Any]:
+        async with Client(url) as c:
+            rec = await ds2a_node(c, "RecipeManagement")
+            select = await rec.get_child(f"{rec.nodeid.NamespaceIndex}:SelectRecipe")
+            names = await (await ds2a_node(c, "RecipeManagement", "RecipeList")).read_value()
+            first = await (await ds2a_node(c, "RecipeManagement", "ActiveRecipe")).read_value()
+            msg = await rec.call_method(select, ua.Variant("premium", ua.VariantType.String))
+            with pytest.raises(ua.UaStatusCodeError) as other:
+                await rec.call_method(select, ua.Variant("rules.yaml", ua.VariantType.String))
+            served.station.recipe_changed({"name": "premium", "sha256": "p" * 64})  # the book's listener
+            served.station.flush()
+            active = await (await ds2a_node(c, "RecipeManagement", "ActiveRecipe")).read_value()
+            sha = await (await ds2a_node(c, "RecipeManagement", "ActiveRecipeSha256")).read_value()
+        return {"names": names, "first": first, "msg": msg, "other": other.value.code, "active": active, "sha": sha}
+
+    served = Served(url)
+    served.station.recipes = book
+    with served:
+        got = run(client())
+    assert got["names"] == ["cheap-cell", "premium"] and got["first"] == "cheap-cell"
+    assert got["msg"] == "premium queued: applies before the next part" and got["other"] == ua.StatusCodes.BadNotFound
+    assert (got["active"], got["sha"]) == ("premium", "p" * 64)
+    assert [a[:3] for a in book.asked] == [("premium", "anonymous", "engineer")] and book.asked[0][3].startswith("opc.tcp")
+    assert [a["status"] for a in served.records.extra["opcua_audit"]] == ["Good", "BadNotFound"]
+
+
 # --- security ---------------------------------------------------------------------------------------
 
 def test_a_network_binding_refuses_anonymous_sessions_and_enforces_roles(tmp_path):
