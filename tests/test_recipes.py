@@ -228,6 +228,16 @@ def test_the_recipe_at_start_judges_and_names_every_part(tmp_path, models):
     assert stats["recipes"]["start"] == {"name": "b", "sha256": want} and stats["recipes"]["names"] == ["a", "b"]
 
 
+def test_cli_runs_the_recipe_named_at_start(tmp_path, models, capsys):
+    d = book_dir(tmp_path / "r", models, {"a": "a", "b": "b"})
+    db = tmp_path / "i.sqlite"
+    rc = main(["inspect", "--recipes", str(d), "--recipe", "a", "--headless", "--db", str(db), "--threads", "1",
+               "--source", str(folder(tmp_path / "imgs", [False, True, False]))])
+    out = capsys.readouterr()
+    assert rc == 0 and "recipe  a of" in out.out + out.err
+    assert [r[1:3] for r in verdict_rows(db)] == [("PASS", "a"), ("FAIL", "a"), ("PASS", "a")]
+
+
 def test_no_part_is_judged_by_two_recipes(tmp_path, models, monkeypatch):
     """Parts of 3 frames (a) and 2 frames (b), changeovers asked every 0.15 s wherever the line is: each part's
     frames were all judged by its recipe, and every part but the last has its recipe's number of frames."""
