@@ -280,22 +280,21 @@ def test_export_refusals(db, station, capsys, tmp_path, case):
 
 # --- the loop: marks -> export -> corrected labels -> fine-tune -> eval before/after -> shadow ------------------
 
-def _correct_from_truth(out: Path, manifest: dict) -> int:
-    """What a person does in the labelling tool, done with the demo's ground truth: every pre-label replaced by
-    the generator's own mask of the part, scaled to the crop (the crop is the part's box on the conveyor)."""
+def _labelled_in_cvat(manifest: dict, zip_path: Path, classes=None) -> dict:
+    """What a person does in CVAT, done with the demo's ground truth: every pre-label replaced by the generator's
+    own mask of the part, scaled to the crop (the part's box on the conveyor), exported from the task as
+    "Segmentation mask 1.1" (CVAT adds its own background line). The true label of each frame by name."""
+    from ds2a.records.review_export import _cvat_zip
     from ds2a.sources.demo import DemoSource
 
     source = DemoSource(SOURCE, frames=40, width=320, height=180, speed=24)
-    changed = 0
+    truth = {}
     for f in manifest["frames"]:
-        truth, (ch, cw) = source.truth(f["part_id"])
+        mask, (ch, cw) = source.truth(f["part_id"])
         assert f["crop_xywh"][2:] == [cw, ch]  # the crop is exactly the region the model judged
-        label = cv2.resize(truth, (cw, ch), interpolation=cv2.INTER_NEAREST)
-        path = out / f["mask"]
-        changed += int((cv2.imread(str(path), cv2.IMREAD_UNCHANGED) != label).sum())
-        path.unlink()
-        assert cv2.imwrite(str(path), label)
-    return changed
+        truth[f["name"]] = cv2.resize(mask, (cw, ch), interpolation=cv2.INTER_NEAREST)
+    zip_path.write_bytes(_cvat_zip(list(truth), truth, classes or manifest["classes"]))
+    return truth
 
 
 def _eval(model: Path, data: Path, split: str, json_out: Path) -> dict:
@@ -319,19 +318,26 @@ def finetuned(station, tmp_path_factory):
     assert main(["review", "export", str(db), "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert {f["verdict"] for f in manifest["frames"]} == {"FAIL", "PASS"} and not manifest["missing"]
-    changed = _correct_from_truth(out, manifest)
+    truth = _labelled_in_cvat(manifest, tmp / "cvat_task.zip")
+    labelled = tmp / "labelled"
+    assert main(["review", "import-cvat", str(out), "--cvat", str(tmp / "cvat_task.zip"), "--out", str(labelled)]) == 0
+    fixed = json.loads((labelled / "manifest.json").read_text())
+    for f in fixed["frames"]:
+        assert (cv2.imread(str(labelled / f["mask"]), cv2.IMREAD_UNCHANGED) == truth[f["name"]]).all()
+        assert _sha(labelled / f["image"]) == f["image_sha256"] == _sha(out / f["image"])
+    changed = sum(f["labels_changed_px"] for f in fixed["frames"])
     original = tmp / "synth"
     assert main(["synth", str(original), "--train", "8", "--val", "2", "--test", "4", "--size", "64x64"]) == 0
     init = DEMO / "ds2a_tiny_synth.pt"
     before = {n: _eval(init, d, s, tmp / f"before_{n}.json") for n, d, s in
-              (("review", out, "test"), ("synth", original, "test"))}
-    assert main(["train", "--model", "ds2a_tiny", "--data", str(original), "--extra-data", str(out),
+              (("review", labelled, "test"), ("synth", original, "test"))}
+    assert main(["train", "--model", "ds2a_tiny", "--data", str(original), "--extra-data", str(labelled),
                  "--extra-repeat", "2", "--init", str(init), "--out", str(tmp / "ft"), "--iters", "3",
                  "--batch-size", "2", "--crop", "64x64", "--input-size", "256x256", "--eval-every", "0", "--workers", "0", "--threads", "2",
                  "--num-points", "512", "--device", "cpu", "--quiet"]) == 0
     tuned = tmp / "ft" / "last.pt"
     after = {n: _eval(tuned, d, s, tmp / f"after_{n}.json") for n, d, s in
-             (("review", out, "test"), ("synth", original, "test"))}
+             (("review", labelled, "test"), ("synth", original, "test"))}
     return {"tmp": tmp, "db": db, "export": out, "changed": changed, "tuned": tuned, "before": before,
             "after": after, "log": (tmp / "ft" / "train.csv").read_text()}
 
@@ -481,3 +487,42 @@ def test_the_page_buttons_mark_and_confirm_in_a_browser(db, station, tmp_path):
             == [(part, 2, "anna", "confirmed", "ben")]  # the page shows the latest run
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("case", ["a colour not in the labelmap", "a label not a class", "a frame not labelled",
+                                  "out inside the export", "not an export"])
+def test_import_cvat_refusals(db, station, capsys, tmp_path, case):
+    first, _ = _marked(db, station)
+    con = connect(str(db), create=False)
+    review.confirm(con, first, True, "", "ben", "engineer", ORIGIN)
+    con.close()
+    out = tmp_path / "export"
+    export(str(db), str(out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    zip_path = tmp_path / "task.zip"
+    truth = _labelled_in_cvat(manifest, zip_path,
+                              ["background", "damage", "smudge", "rust"] if case == "a label not a class" else None)
+    if case in ("a colour not in the labelmap", "a frame not labelled"):
+        with zipfile.ZipFile(zip_path) as z:
+            items = {n: z.read(n) for n in z.namelist()}
+        name = next(iter(truth))
+        if case == "a frame not labelled":
+            del items[f"SegmentationClass/{name}.png"]
+        else:
+            rgb = np.full(truth[name].shape + (3,), (7, 7, 7), np.uint8)
+            items[f"SegmentationClass/{name}.png"] = cv2.imencode(".png", rgb)[1].tobytes()
+        with zipfile.ZipFile(zip_path, "w") as z:
+            for n, data in items.items():
+                z.writestr(n, data)
+    source = tmp_path / "not_export" if case == "not an export" else out
+    source.mkdir(exist_ok=True)
+    target = out / "labelled" if case == "out inside the export" else tmp_path / "labelled"
+    words = {"a colour not in the labelmap": "does not declare (RGB [(7, 7, 7)])",
+             "a label not a class": "label 'rust' is not one of the export's classes",
+             "a frame not labelled": "has no SegmentationClass/ mask for 1 frame(s)",
+             "out inside the export": "is inside the export", "not an export": "is not a `ds2a review export` folder"}[case]
+    before = {p: _sha(p) for p in out.rglob("*") if p.is_file()}
+    _, err = _cli(capsys, "import-cvat", source, "--cvat", zip_path, "--out", target, code=2)
+    assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not target.exists() and {p: _sha(p) for p in out.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.glob(".*partial*"))

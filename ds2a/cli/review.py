@@ -3,7 +3,8 @@
 `mark` records a false reject (a FAIL that should have passed) or a missed defect (a PASS that should have
 failed) with a note; `confirm` is an engineer's answer (--reject to turn a mark down); `list` shows the marks;
 `export` writes the marked parts' raw frames with the model's class maps as pre-labels, in the images/ +
-masks/ layout `ds2a train` reads, a CVAT import file and a manifest (docs/REVIEW.md). Marks never change a
+masks/ layout `ds2a train` reads, a CVAT import file and a manifest (docs/REVIEW.md); `import-cvat` makes a
+new training folder of an export with the labels corrected in CVAT. Marks never change a
 verdict; each is an audit row (ds2a/records/review.py). With --users FILE (ds2a/notify/users.py) the user
 signs in (password from a prompt or DS2A_PASSWORD); without it the name (and, to confirm, --role) is
 recorded as given, unverified (a single-user station).
@@ -13,6 +14,7 @@ examples:
   ds2a review confirm runs/demo/inspect.sqlite --mark 1 --note "agreed" --user ben --users users.txt
   ds2a review list runs/demo/inspect.sqlite
   ds2a review export runs/demo/inspect.sqlite --out review/2026-12-07
+  ds2a review import-cvat review/2026-12-07 --cvat task_annotations.zip --out review/2026-12-07-labelled
 """
 from __future__ import annotations
 
@@ -61,6 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--run", type=int, metavar="N", help="only the marks of this run")
     e.add_argument("--all-marks", action="store_true", help="also marks no engineer has answered yet "
                    "(default: confirmed marks only; rejected marks are always left out)")
+    i = sub.add_parser("import-cvat", help="a new training folder: an export's images with the labels corrected in CVAT")
+    i.add_argument("export", help="the folder `ds2a review export` wrote (read only)")
+    i.add_argument("--cvat", required=True, metavar="ZIP", help="the CVAT task's annotations exported as "
+                   "\"Segmentation mask 1.1\"")
+    i.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder for the corrected set")
 
 
 def _who_arguments(p: argparse.ArgumentParser, confirm: bool) -> None:
@@ -116,6 +123,13 @@ def run(args: argparse.Namespace) -> int:
 
         result = export(args.db, args.out, confirmed_only=not args.all_marks, run_id=args.run)
         print(result.message())
+        return 0
+    if args.action == "import-cvat":
+        from ..records.review_export import import_cvat
+
+        folder, n = import_cvat(args.export, args.cvat, args.out)
+        print(f"{folder}: {n} frame(s) with the labels from {args.cvat}; train with `ds2a train ... --extra-data "
+              f"{args.out}`")
         return 0
     name, role, authenticated = _who(args)
     con = connect(args.db, create=False)

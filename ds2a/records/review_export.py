@@ -102,6 +102,8 @@ def check_out(out: str, inputs: Sequence[Tuple[str, str]]) -> str:
         if path and _inside(path, real):
             raise UserError(f"--out {out} holds {label} {path}, which the export reads: writing there could replace "
                             "an input; give a new folder outside it")
+        if path and os.path.isdir(path) and _inside(real, path):
+            raise UserError(f"--out {out} is inside {label} {path}, which is read: give a new folder outside it")
     if os.path.isdir(real) and os.listdir(real):
         raise UserError(f"--out {out} already holds files and an export never writes into them; give a new (or "
                         "empty) folder")
@@ -307,3 +309,97 @@ def _audit(db: str, out: str, result: ExportResult, manifest_sha: str, run_id: O
             con.close()
     except (UserError, OSError, sqlite3.Error) as exc:
         logger.warning(f"warning: export written to {out}, but not recorded in the audit trail of {db}: {exc}")
+
+
+# --- the way back: corrected labels from CVAT into a new training folder ---------------------------------------
+
+def _labelmap(text: str, classes: List[str], where: str) -> Dict[Tuple[int, int, int], int]:
+    """RGB colour -> class id from a CVAT labelmap.txt (`name:R,G,B:parts:actions`); names must be classes."""
+    colours: Dict[Tuple[int, int, int], int] = {}
+    for no, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split(":")
+        try:
+            rgb = tuple(int(v) for v in fields[1].split(","))
+        except (IndexError, ValueError):
+            rgb = ()
+        if len(rgb) != 3:
+            raise UserError(f"{where} labelmap.txt line {no}: write name:R,G,B:: (got {line[:80]!r})")
+        if fields[0] not in classes:
+            raise UserError(f"{where} labelmap.txt line {no}: label {fields[0][:64]!r} is not one of the export's "
+                            f"classes ({', '.join(classes)}); give the CVAT task the labels of classes.txt")
+        colours[rgb] = classes.index(fields[0])  # type: ignore[index]
+    return colours
+
+
+def _to_ids(rgb: np.ndarray, colours: Dict[Tuple[int, int, int], int], name: str) -> np.ndarray:
+    key = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    out = np.full(key.shape, 255, np.uint8)
+    for (r, g, b), cid in colours.items():
+        out[key == (r << 16 | g << 8 | b)] = cid
+    if (out == 255).any():
+        odd = sorted({tuple(int(v) for v in p) for p in rgb[out == 255][:1000]})[:5]
+        raise UserError(f"SegmentationClass/{name}.png has {int((out == 255).sum())} pixel(s) in colours its "
+                        f"labelmap.txt does not declare (RGB {odd}); export the task again from CVAT")
+    return out
+
+
+def import_cvat(export_dir: str, cvat_zip: str, out: str) -> Tuple[str, int]:
+    """A new training folder: the export's images with the labels corrected in CVAT (its "Segmentation mask 1.1"
+    export of the task) as masks/, classes.txt and a manifest (the export's, plus each frame's changed pixels
+    and the zip's sha256). The export folder is read only. (folder, frames)."""
+    try:
+        with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as fh:
+            manifest = json.load(fh)
+        assert manifest.get("format") == FORMAT
+    except (OSError, ValueError, AssertionError, AttributeError):
+        raise UserError(f"{export_dir} is not a `ds2a review export` folder (no manifest.json of format {FORMAT})") \
+            from None
+    classes = [str(c) for c in manifest["classes"]]
+    out_real = check_out(out, [("the export", export_dir), ("--cvat", cvat_zip)])
+    try:
+        z = zipfile.ZipFile(cvat_zip)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise UserError(f"--cvat {cvat_zip}: not a readable .zip ({exc}); export the CVAT task as "
+                        f"\"{CVAT_FORMAT}\"") from None
+    with z, open(cvat_zip, "rb") as fh:
+        zip_sha = _sha256(fh.read())
+        names = set(z.namelist())
+        if "labelmap.txt" not in names:
+            raise UserError(f"--cvat {cvat_zip} has no labelmap.txt: export the CVAT task as \"{CVAT_FORMAT}\"")
+        colours = _labelmap(z.read("labelmap.txt").decode("utf-8", "replace"), classes, f"--cvat {cvat_zip}")
+        absent = [f["name"] for f in manifest["frames"] if f"SegmentationClass/{f['name']}.png" not in names]
+        if absent:
+            raise UserError(f"--cvat {cvat_zip} has no SegmentationClass/ mask for {len(absent)} frame(s) of the "
+                            f"export ({', '.join(absent[:3])}); label every image of the task and export it again")
+        build = os.path.join(os.path.dirname(out_real), f".{os.path.basename(out_real)}.partial-{uuid.uuid4().hex[:8]}")
+        os.makedirs(build)
+        try:
+            w = _Writer(build)
+            for f in manifest["frames"]:
+                rgb = cv2.imdecode(np.frombuffer(z.read(f"SegmentationClass/{f['name']}.png"), np.uint8),
+                                   cv2.IMREAD_COLOR)
+                with open(os.path.join(export_dir, f["image"]), "rb") as img:
+                    data = img.read()
+                before = cv2.imread(os.path.join(export_dir, f["mask"]), cv2.IMREAD_UNCHANGED)
+                if rgb is None or before is None or rgb.shape[:2] != before.shape:
+                    raise UserError(f"SegmentationClass/{f['name']}.png in {cvat_zip} is unreadable or not the size "
+                                    "of its image; export the CVAT task again")
+                ids = _to_ids(rgb[..., ::-1], colours, f["name"])
+                f["image_sha256"], f["mask_sha256"] = w.put(f["image"], data), w.put(f["mask"], _png(ids))
+                f["labels_changed_px"] = int((ids != np.where(before < len(classes), before, 0)).sum())
+            w.put("classes.txt", "".join(f"{c}\n" for c in classes).encode("utf-8"))
+            manifest.update({"labels": {"from": os.path.abspath(cvat_zip), "sha256": zip_sha, "format": CVAT_FORMAT,
+                                        "export": os.path.abspath(export_dir)},
+                             "masks_are": "corrected labels (CVAT); 255 = ignore", "files": w.files,
+                             "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            manifest["cvat"] = {"file": None, "format": CVAT_FORMAT}
+            write_new(os.path.join(build, "manifest.json"), json.dumps(manifest, indent=2, default=str).encode())
+            if os.path.isdir(out_real):
+                os.rmdir(out_real)
+            os.rename(build, out_real)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+    return out_real, len(manifest["frames"])
