@@ -284,3 +284,13 @@ def test_the_page_shows_the_shadow_panel_with_the_disagreeing_parts_side_by_side
         con.close()
     assert "shadow" not in plain["summary"]  # exactly the report's numbers
     assert "id=shadow" not in page.overview(str(none_db), [], 1, plain["summary"], [], False)
+
+
+def test_a_frame_the_live_station_could_not_judge_is_not_judged_by_the_candidate_either(photos, tmp_path):
+    (photos / "f_empty.png").write_bytes(b"")  # unreadable: live NONE
+    db = tmp_path / "r.sqlite"
+    assert main(["inspect", "--model", str(threshold_onnx(tmp_path / "a.onnx")), "--shadow",
+                 str(threshold_onnx(tmp_path / "b.onnx")), "--source", str(photos), "--headless", "--db", str(db)]) == 0
+    row = _rows(db, "SELECT judged, verdict, live_verdict, reasons FROM shadow WHERE part_id='f_empty.png'")[0]
+    assert row[:3] == (1, "NONE", "NONE") and "not inspected by the live station" in row[3]
+    clean(db)

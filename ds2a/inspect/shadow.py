@@ -106,7 +106,13 @@ class ShadowStage:
             if seq is None or pv.last_seq < seq:
                 self._close(pv)
         if res is not None and res.in_view:
-            self._frame(res)
+            try:
+                self._frame(res)
+            except Exception as exc:  # noqa: BLE001 - the shadow's trouble never reaches the live line
+                self.worker_errors += 1
+                if self._open is not None:
+                    self._open.admitted, self._open.why = False, f"frame not prepared for the candidate ({exc})"[:300]
+                    self._open.frames[res.seq] = "out"
         for pv in closed:  # parts this frame completed (N frames, frame level, a trigger)
             if seq is not None and pv.last_seq >= seq:
                 self._close(pv)
@@ -152,7 +158,7 @@ class ShadowStage:
         part.frames[res.seq] = "queued"
 
     def _close(self, pv: PartVerdict) -> None:
-        part, self._open = self._open or _Part(False, SAMPLED_QUEUE), None
+        part, self._open = self._open or _Part(True), None  # no frame seen: recorded as frames missing
         part.pv = pv
         self.offered += 1
         with self._cond:  # part ends carry no image: they never count against the bound
@@ -393,7 +399,7 @@ def open_shadow(options: Any, rules: Rules, classes: List[str], records: Any, pu
         raise
     truth = next((o for o in publisher.observers if isinstance(o, TruthTally)), None)
     stage = ShadowStage(model, path, _sha256(path), rules, classes, records, truth, queue_frames=QUEUE_FRAMES,
-                        end_patience_s=END_PATIENCE_S)
+                        nice=NICE, end_patience_s=END_PATIENCE_S)  # read now: a benchmark or test may set them
     stack.callback(stage.close)
     publisher.observers.append(stage)
     records.extra["shadow"] = stage.stats()
