@@ -132,6 +132,21 @@ def test_marks_are_appended_confirmed_by_an_engineer_and_never_change_a_verdict(
         con.close()
 
 
+def test_a_mark_edited_behind_the_station_is_reported_by_report_check(db, station, capsys):
+    """Someone with SQLite in hand drops the append-only trigger and turns a missed defect into a false reject."""
+    _, second = _marked(db, station, capsys)
+    assert main(["report", str(db), "--check"]) == 0
+    capsys.readouterr()
+    con = sqlite3.connect(db)
+    con.execute("DROP TRIGGER marks_no_update")
+    con.execute("UPDATE marks SET part_id = 'cell-999999', run_id = 2 WHERE id = ?", (second,))
+    con.commit()
+    con.close()
+    assert main(["report", str(db), "--check"]) != 0
+    out = capsys.readouterr().out
+    assert f"marks row {second} (part cell-999999) does not match its audit row (edited)" in out
+
+
 def test_an_engineer_may_reject_a_mark_and_a_mark_is_answered_once(db, station, capsys):
     first, _ = _marked(db, station, capsys)
     _cli(capsys, "confirm", db, "--mark", first, "--reject", "--note", "it is smudge", "--user", "ben",

@@ -8,7 +8,8 @@
 4. the run's record tells the truth about itself: a known status, an end time once ended, no
    `running` run whose process is gone, frame and part counts equal to the rows plus the rows it
    says were not written, no unwritten rows, `finished` only when something was inspected;
-5. (whole database only) the audit trail's hash chain is unbroken (ds2a/records/audit.py).
+5. (whole database only) the audit trail's hash chain is unbroken (ds2a/records/audit.py), and every
+   review mark matches its audit row (ds2a/records/review.py).
 
 Read-only (the connection comes from `connect(path, create=False, readonly=True)`); torch-free.
 """
@@ -19,7 +20,7 @@ import json
 import sqlite3
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import audit
+from . import audit, review
 from .database import run_status
 
 STATUSES = ("running", "finished", "interrupted", "empty", "error")
@@ -169,7 +170,7 @@ def check_database(con: sqlite3.Connection, run_id: Optional[int] = None) -> Tup
     for rid in ids:
         out += check_run(con, rid)
     if run_id is None:  # one pass of SHA-256 over the audit rows: cheap
-        out += audit.verify(con)[1]
+        out += audit.verify(con)[1] + review.verify(con)
     return len(ids), out
 
 
