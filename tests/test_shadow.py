@@ -73,7 +73,7 @@ def spy_on_publisher(monkeypatch: pytest.MonkeyPatch) -> List[Spy]:
             super().__init__(*a, **k)
             spies.append(Spy())
             self.observers.append(spies[-1])
-            self.spied = self
+            spies[-1].publisher = self  # type: ignore[attr-defined]
 
     monkeypatch.setattr(run_module, "Publisher", Spied)
     return spies
@@ -108,6 +108,7 @@ def test_shadow_verdicts_are_recorded_beside_the_live_ones_and_never_published(p
     assert all(type(pv) is PartVerdict for _, closed in spies[0].seen for pv in closed)
     assert {x["part_id"]: x["verdict"] for x in lines if x["type"] == "part"} == live_rows
     assert {x["type"] for x in lines} <= {"frame", "part", "alarm"}
+    assert isinstance(spies[0].publisher.observers[-1], ShadowStage)  # told last: every live observer first
     stats = json.loads(_rows(db, "SELECT stats FROM runs")[0][0])["shadow"]
     assert stats["offered"] == stats["judged"] == 5 and stats["model"] == str(candidate)
     assert len(stats["model_sha256"]) == 64 and stats["selftest"]["status"] in ("absent", "passed")
