@@ -65,7 +65,8 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 # --- every inspection test ends with `ds2a report DB --check` on the databases it wrote ---------------------
-INSPECTION_TESTS = ("test_inspect_", "test_part_verdicts", "test_triton_station")
+INSPECTION_TESTS = ("test_inspect_", "test_part_verdicts", "test_triton_station", "test_shadow", "test_recipes",
+                    "test_review", "test_trigger")
 
 
 def pytest_configure(config: pytest.Config) -> None:

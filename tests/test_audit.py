@@ -185,6 +185,12 @@ def test_a_demo_inspect_run_writes_start_and_stop_rows(tmp_path, capsys):
     assert [r[:2] for r in rows] == [("run_start", 1), ("run_stop", 1)]
     assert rows[0][2] == audit.local_user() and audit.local_origin().split(" pid ")[0] in rows[0][3]
     assert '"status":"finished"' in rows[1][4]
+    import hashlib
+    import json
+
+    start = json.loads(rows[0][4])  # which model judged is provable from the chain alone (a promotion, a shadow)
+    assert start["model_sha256"] == hashlib.sha256(Path(model).read_bytes()).hexdigest()
+    assert start["recipe"] == "default" and len(start["recipe_sha256"]) == 64 and "engine_sha256" not in start
     capsys.readouterr()
     assert _audit(path, capsys)[0] == 0
 

@@ -425,7 +425,9 @@ class Records:
                 detail={"previous_run": before[0], "rules_sha256_before": old, "rules_sha256": sha})
         ids["run_start"], _ = audit.append(
             self.con, "run_start", self.user, self.origin, run_id=self.run_id, t=now,
-            detail={"model": model, "backend": backend, "source": source, "rules_sha256": sha})
+            detail={"model": model, "backend": backend, "source": source, "rules_sha256": sha,
+                    **{k: v for k, v in self.extra.get("evidence", {}).items()  # which model judged, from the chain alone
+                       if k in ("model_sha256", "engine_sha256", "recipe", "recipe_sha256") and v}})
 
     def add_frame(self, res: Any, image_path: Optional[str] = None, raw_path: Optional[str] = None) -> None:
         """Queue one Result (frame, its defects, its timings); written by the next commit()."""
