@@ -187,6 +187,7 @@ def test_a_demo_inspect_run_writes_start_and_stop_rows(tmp_path, capsys):
     assert '"status":"finished"' in rows[1][4]
     import hashlib
     import json
+    from pathlib import Path
 
     start = json.loads(rows[0][4])  # which model judged is provable from the chain alone (a promotion, a shadow)
     assert start["model_sha256"] == hashlib.sha256(Path(model).read_bytes()).hexdigest()
