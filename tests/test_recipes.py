@@ -444,8 +444,10 @@ def test_opcua_select_recipe_changes_to_a_real_recipe_between_parts(tmp_path, mo
                             break
                         await asyncio.sleep(0.05)
                         last = await (await ds2a_node(c, "ResultManagement", "InternalRecipeId")).read_value()
+                    model = await (await ds2a_node(c, "Identification", "ModelSha256")).read_value()
+                    judged_by = await (await ds2a_node(c, "ResultManagement", "ModelSha256")).read_value()
                     return {"names": names, "unknown": unknown.value.code, "msg": msg, "active": active, "sha": sha,
-                            "last": last}
+                            "last": last, "model": model, "judged_by": judged_by}
             except (OSError, asyncio.TimeoutError, ConnectionError):
                 await asyncio.sleep(0.1)
         raise AssertionError("the OPC UA server never answered")
@@ -455,6 +457,7 @@ def test_opcua_select_recipe_changes_to_a_real_recipe_between_parts(tmp_path, mo
     assert got["names"] == ["a", "b"] and got["unknown"] == ua.StatusCodes.BadNotFound
     assert "b queued: applies before the next part" in got["msg"]
     assert got["active"] == "b" and got["sha"] == recipe_sha(d / "b.yaml", "", models["b"]) and got["last"] == "b"
+    assert (got["model"], got["judged_by"]) == (sha(models["b"]),) * 2  # the identification follows the model
     recipes = [p.recipe for p in summary.parts]
     k = recipes.index("b")
     assert recipes == ["a"] * k + ["b"] * (len(recipes) - k) and k >= 1

@@ -192,6 +192,7 @@ class Active:
     rules: Rules
     generation: int = 0
     open_ms: float = 0.0  # open + self-test + warm-up
+    facts: Dict[str, str] = field(default_factory=dict)  # model, model/engine sha256, backend (OPC UA's identity)
 
     def __post_init__(self) -> None:
         self.analyse = analyser(self.rules, list(self.raw_model.meta.classes))

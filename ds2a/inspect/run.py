@@ -298,10 +298,11 @@ def _open_recipe(options: InspectOptions, recipe: Recipe, classes: List[str], so
             clip_roi(recipe.roi, source.frame_hw)
         check_region(rules, recipe.roi, source.frame_hw, options.source)
         _warm_up(model, rules, recipe.model)
+        facts = identity(opened, model, rules)  # hashed here, on the book's thread, for OPC UA's results
     except BaseException:
         model.close()
         raise
-    return Active(recipe, wrap(model), model, rules)
+    return Active(recipe, wrap(model), model, rules, facts=facts)
 
 
 def _smallest_area(rules: Rules) -> float:

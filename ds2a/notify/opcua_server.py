@@ -253,6 +253,7 @@ class OpcuaStation:
         self.anonymous_role: Optional[str] = "engineer" if users is None else None
         self.records: Any = None
         self.recipes: Any = None  # the run's RecipeBook (--recipes, ds2a/inspect/recipes.py); None: one rules file
+        self._by_recipe: Dict[str, Dict[str, str]] = {}  # recipe name -> its identity, for the results it judged
         self.info: Dict[str, str] = {}
         self._queue: Deque[Tuple[str, Any]] = collections.deque()
         self._lock = threading.Lock()
@@ -282,6 +283,7 @@ class OpcuaStation:
         if self.recipes is not None:  # the recipe in force, as the recipe book names and hashes it
             current = self.recipes.current()
             self.info.update(recipe=current["name"], recipe_sha256=current["sha256"])
+            self._by_recipe[current["name"]] = dict(self.info)
         if records is not None:  # created here, in the main thread: the server thread only appends
             self.audit = records.extra.setdefault("opcua_audit", [])
         self._thread = threading.Thread(target=self._main, name="opcua server", daemon=True)
@@ -335,14 +337,15 @@ class OpcuaStation:
             self._put("state", "running")
         for pv in closed:
             self.seq += 1
+            info = self._by_recipe.get(str(getattr(pv, "recipe", None)), self.info)  # the model that judged it
             result = {"seq": self.seq, "run": getattr(self.records, "run_id", None), "part_id": str(pv.part_id),
                       "verdict": str(pv.verdict), "level": str(getattr(pv, "level", "") or ""),
                       "reasons": [str(r) for r in (pv.reasons or [])], "t": float(pv.t_end),
                       "n_frames": int(pv.n_frames), "first_seq": pv.first_seq, "last_seq": pv.last_seq,
                       "recipe": str(getattr(pv, "recipe", None) or self.info.get("recipe", "")),
                       "recipe_sha256": str(getattr(pv, "recipe_sha256", None) or self.info.get("recipe_sha256", "")),
-                      "model_sha256": self.info.get("model_sha256", ""),
-                      "engine_sha256": self.info.get("engine_sha256", "")}
+                      "model_sha256": info.get("model_sha256", ""),
+                      "engine_sha256": info.get("engine_sha256", "")}
             self._put("result", result)
             if result["verdict"] == "NONE":  # unsure is never silent: the line is told, and must acknowledge
                 why = "; ".join(result["reasons"]) or "not judged"
@@ -354,9 +357,14 @@ class OpcuaStation:
                 self.records.extra["opcua"] = self.stats()
 
     def recipe_changed(self, current: Dict[str, str]) -> None:
-        """The recipe book put another recipe in force (any thread): ActiveRecipe and its sha256 follow."""
-        self.info = {**self.info, "recipe": current["name"], "recipe_sha256": current["sha256"]}
-        self._put("recipe", dict(current))
+        """The recipe book put another recipe in force (any thread): ActiveRecipe, its sha256 and the
+        identification of its model follow."""
+        facts = dict(getattr(getattr(self.recipes, "active", None), "facts", None) or {})
+        facts.pop("recipe", None)
+        facts.pop("recipe_sha256", None)
+        self.info = {**self.info, **facts, "recipe": current["name"], "recipe_sha256": current["sha256"]}
+        self._by_recipe[current["name"]] = dict(self.info)
+        self._put("recipe", dict(self.info))
 
     def raise_alarm(self, text: str) -> None:
         """Set the station's alarm (state error) until a client acknowledges it."""
@@ -558,6 +566,7 @@ class _Model:
         for name, key in (("SoftwareRevision", "version"), ("Model", "model"), ("ModelSha256", "model_sha256"),
                           ("EngineSha256", "engine_sha256"), ("Backend", "backend")):
             await self._var(ident, f"DS2A.Identification.{name}", name, info.get(key, ""), S)
+            self.nodes[f"Identification.{name}"] = self.nodes[name]  # ResultManagement reuses two of the names
         sm = await self._object(root, "DS2A.VisionStateMachine", "VisionStateMachine")
         await self._var(sm, "DS2A.VisionStateMachine.State", "State", "idle", S)
         await self._var(sm, "DS2A.VisionStateMachine.CurrentState", "CurrentState", STATES["idle"], S)
@@ -611,8 +620,11 @@ class _Model:
             await self._show_state(t)
         elif kind == "recipe":
             now = time.time()
-            await self._write("ActiveRecipe", item["name"], now)
-            await self._write("ActiveRecipeSha256", item["sha256"], now)
+            for name, key in (("Model", "model"), ("ModelSha256", "model_sha256"), ("EngineSha256", "engine_sha256"),
+                              ("Backend", "backend")):
+                await self._write(f"Identification.{name}", str(item.get(key, "")), now)
+            await self._write("ActiveRecipe", item["recipe"], now)
+            await self._write("ActiveRecipeSha256", item["recipe_sha256"], now)
         elif kind == "state" and item != self.state:
             self.state = item
             await self._show_state(time.time())
