@@ -294,3 +294,21 @@ def test_the_stage_tells_opcua_records_and_jsonl_once_and_makes_drifted_frames_n
     stage.publish(None, [])  # the end of the run: the summary with its counts goes into the run's stats
     assert records.extra["drift"]["frames_not_judged"] == 3 and records.extra["drift"]["samples"] == 5
     assert len(stage.notes) == 1 and records.extra["drift"]["ms_per_sample_median"] > 0
+
+
+def test_a_drift_alarm_is_raised_on_the_page_as_well(model, monkeypatch):
+    """`ds2a inspect --web`: the drift alarm reaches the operator's page too, not only OPC UA and the JSON lines."""
+    pytest.importorskip("aiohttp")
+    pytest.importorskip("matplotlib")
+    from ds2a.web import live
+    from ds2a.web.station import StationOptions
+
+    shown: List[str] = []
+    real = live.LiveView.raise_alarm
+    monkeypatch.setattr(live.LiveView, "raise_alarm", lambda self, text: (shown.append(text), real(self, text)))
+    onset = 40
+    source = Injected(DEMO.format(n=onset + 200, seed=7), DARKER, start=onset)
+    lines = _run(model, monkeypatch, source, drift="warn", station=StationOptions(web="127.0.0.1:0"))
+    assert len(_alarms(lines)) == 1
+    drift_alarms = [t for t in shown if "DRIFT ALARM (warn)" in t]
+    assert len(drift_alarms) == 1 and _alarms(lines)[0]["statistic"] in drift_alarms[0]

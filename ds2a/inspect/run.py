@@ -13,7 +13,7 @@ import logging
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -186,7 +186,7 @@ def inspect(options: InspectOptions, *, out: Optional[IO[str]] = None,
             opcua.start(publisher, records, options, model, rules)
         _log_setup(options, model, classes, source, sinks, rules, tracker)
         drift = open_drift(options.drift, model, publisher, jsonl, records, options.drift_ack,
-                           opcua.raise_alarm if opcua is not None else None)  # None: off, said why
+                           _station_alarm(opcua, station))  # None: off, said why
         if drift is not None:
             publisher.observers.append(drift)  # its summary goes into the run's stats at the end
             stack.callback(drift.install_ack_signal())
@@ -303,6 +303,21 @@ def _open_recipe(options: InspectOptions, recipe: Recipe, classes: List[str], so
         model.close()
         raise
     return Active(recipe, wrap(model), model, rules, facts=facts)
+
+
+def _station_alarm(opcua: Any, station: Optional[Station]) -> Optional[Callable[[str], None]]:
+    """Raise an alarm on every interface the station has (OPC UA, the page), or None without any: a drift
+    seen on one is seen on all, each acknowledged where it is shown."""
+    targets = [t for t in (getattr(opcua, "raise_alarm", None),
+                           getattr(getattr(station, "live", None), "raise_alarm", None)) if t is not None]
+    if not targets:
+        return None
+
+    def raise_alarm(text: str) -> None:
+        for target in targets:
+            target(text)
+
+    return raise_alarm
 
 
 def _smallest_area(rules: Rules) -> float:
