@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import sqlite3
 import threading
@@ -217,9 +218,13 @@ def test_cli_recipe_errors_are_one_line_before_the_model_opens(tmp_path, models,
 def test_the_recipe_at_start_judges_and_names_every_part(tmp_path, models):
     d = book_dir(tmp_path / "r", models, {"a": "a", "b": "b"})
     db = tmp_path / "i.sqlite"
-    summary = inspect(InspectOptions(model="", recipes=str(d), recipe="b", db=str(db), headless=True,
-                                     source=str(folder(tmp_path / "imgs", [False, False]))), out=open("/dev/null", "w"))
+    out = io.StringIO()
+    summary = inspect(InspectOptions(model="", recipes=str(d), recipe="b", db=str(db), headless=True, jsonl=True,
+                                     source=str(folder(tmp_path / "imgs", [False, False]))), out=out,
+                      table=io.StringIO())
     want = recipe_sha(d / "b.yaml", "", models["b"])
+    parts = [json.loads(x) for x in out.getvalue().splitlines() if json.loads(x)["type"] == "part"]
+    assert [(p["recipe"], p["recipe_sha256"]) for p in parts] == [("b", want)] * 2  # the JSON lines name it too
     assert [(p.verdict, p.recipe, p.recipe_sha256) for p in summary.parts] == [("FAIL", "b", want)] * 2
     assert [r[1:] for r in verdict_rows(db)] == [("FAIL", "b", want)] * 2
     con = sqlite3.connect(str(db))

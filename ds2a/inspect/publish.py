@@ -187,4 +187,6 @@ class Publisher:
     def _jsonl_part(self, pv: PartVerdict) -> None:
         line = {"type": "part", "part_id": pv.part_id, "level": pv.level, "verdict": pv.verdict,
                 "reasons": pv.reasons, "first_seq": pv.first_seq, "last_seq": pv.last_seq, "n_frames": pv.n_frames}
+        if pv.recipe is not None:  # --recipes: the recipe that judged this part
+            line["recipe"], line["recipe_sha256"] = pv.recipe, pv.recipe_sha256
         print(json.dumps(line), file=self.jsonl or sys.stdout)
