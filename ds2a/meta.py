@@ -130,6 +130,11 @@ def file_sha256(path: "str | os.PathLike[str]") -> str:
     return h.hexdigest()
 
 
+def file_sha256_or_empty(path: Optional[str]) -> str:
+    """file_sha256, or "" where there is no file (a served model, no rules file): what identities record."""
+    return file_sha256(path) if path and os.path.isfile(path) else ""
+
+
 def guess_precision(path: str, meta: Any) -> str:
     """Precision from the model's metadata, else from the file name (m.int8.onnx), else fp32."""
     extra = getattr(meta, "extra", {}) or {}

@@ -13,17 +13,13 @@ examples:
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
-import sys
 from typing import Optional, Tuple
 
 from ..errors import UserError
-from ..notify.users import ROLES, read_users
+from ..notify.users import PASSWORD_ENV, ROLES, sign_in
 from ..records import audit
 from ..records.database import connect
 
-PASSWORD_ENV = "DS2A_PASSWORD"
 NEEDS = {"override": "engineer", "doubtful": "operator"}  # the least role for each (ROLES order)
 
 
@@ -51,15 +47,7 @@ def _who(args: argparse.Namespace, kind: str) -> Tuple[str, Optional[str], bool]
     """(name, role, authenticated); UserError for a wrong password or a role without the right."""
     if not args.users:
         return args.user, None, False
-    users = read_users(args.users)
-    password = os.environ.get(PASSWORD_ENV)
-    if password is None:
-        if not sys.stdin.isatty():
-            raise UserError(f"--users {args.users}: no terminal to ask {args.user}'s password; set {PASSWORD_ENV}")
-        password = getpass.getpass(f"password for {args.user}: ")
-    user = users.check(args.user, password)
-    if user is None:
-        raise UserError(f"--users {args.users}: unknown user '{args.user[:64]}' or wrong password; nothing recorded")
+    user = sign_in(args.users, args.user)
     if not may(user.role, kind):
         raise UserError(f"user {user.name} is {user.role}: {'overriding a verdict' if kind == 'override' else kind} "
                         f"needs {NEEDS[kind]} or above"

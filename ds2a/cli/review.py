@@ -19,19 +19,14 @@ examples:
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
-import sys
 import time
 from typing import Optional, Tuple
 
 from ..errors import UserError
-from ..notify.users import ROLES, read_users
+from ..notify.users import PASSWORD_ENV, ROLES, sign_in
 from ..records import audit, review
 from ..records.database import connect
-
-PASSWORD_ENV = "DS2A_PASSWORD"  # as `ds2a override` (ds2a/cli/override.py)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,15 +80,7 @@ def _who(args: argparse.Namespace) -> Tuple[str, Optional[str], bool]:
         return args.user, getattr(args, "role", None), False
     if getattr(args, "role", None):
         raise UserError("--role is for a station without --users; with --users the role comes from the file")
-    users = read_users(args.users)
-    password = os.environ.get(PASSWORD_ENV)
-    if password is None:
-        if not sys.stdin.isatty():
-            raise UserError(f"--users {args.users}: no terminal to ask {args.user}'s password; set {PASSWORD_ENV}")
-        password = getpass.getpass(f"password for {args.user}: ")
-    user = users.check(args.user, password)
-    if user is None:
-        raise UserError(f"--users {args.users}: unknown user '{args.user[:64]}' or wrong password; nothing recorded")
+    user = sign_in(args.users, args.user)
     return user.name, user.role, True
 
 

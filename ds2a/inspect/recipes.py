@@ -28,6 +28,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 import yaml
 
 from ..errors import UserError
+from ..meta import file_sha256_or_empty
 from .rules import Rules, _parse, _RulesLoader, _RulesYamlError, _show, _yaml_problem, analyser, check_can_fail, check_scale, read_rules
 
 logger = logging.getLogger(__name__)
@@ -37,16 +38,6 @@ SUFFIXES = (".yaml", ".yml")
 KEEP_PREPARED = 2  # candidates kept open beside the recipe in force (each costs one model's memory)
 LINE_ROLE = "line"  # the role of a request from the trigger line (MQTT payload, Modbus register)
 Region = Tuple[int, int, int, int]
-
-
-def _sha256(path: Optional[str]) -> str:
-    if not path or not os.path.isfile(path):
-        return ""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -167,7 +158,8 @@ def read_recipe(path: str) -> Recipe:
                                              barcode_formats=recipe.barcode_formats))
     except UserError as exc:
         raise UserError(f"recipe file {path}: {exc}") from None
-    recipe.files = {"recipe": _sha256(path), "rules": _sha256(rules_file), "model": "" if served else _sha256(model_path)}
+    recipe.files = {"recipe": file_sha256_or_empty(path), "rules": file_sha256_or_empty(rules_file),
+                    "model": "" if served else file_sha256_or_empty(model_path)}
     return recipe
 
 

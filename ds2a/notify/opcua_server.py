@@ -36,6 +36,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import UserError
+from ..meta import file_sha256_or_empty
 from ..records.audit import append as audit_append
 from .users import LoginBudget, Users, may, read_users
 
@@ -200,16 +201,6 @@ def _check_certificate(target: OpcuaTarget, where: str) -> None:
                             f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
 
 
-def _sha256(path: Optional[str]) -> str:
-    if not path or not os.path.isfile(path):
-        return ""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _utc(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc)
 
@@ -218,7 +209,7 @@ def identity(options: Any, model: Any, rules: Any) -> Dict[str, str]:
     """What the station judges with: the recipe (the rules file) and the model and engine, with their sha256."""
     path = str(getattr(options, "model", "") or "")
     engine = path.endswith(".engine")
-    model_sha = "" if engine else _sha256(path)
+    model_sha = "" if engine else file_sha256_or_empty(path)
     if engine:  # the ONNX it was built from, as its sidecar records it (ds2a/trt/sidecar.py)
         try:
             from ..trt.sidecar import read_sidecar
@@ -229,14 +220,14 @@ def identity(options: Any, model: Any, rules: Any) -> Dict[str, str]:
             model_sha = ""
     rules_file = getattr(options, "rules", None)
     if rules_file:
-        recipe, recipe_sha = os.path.basename(rules_file), _sha256(rules_file)
+        recipe, recipe_sha = os.path.basename(rules_file), file_sha256_or_empty(rules_file)
     else:  # no rules file: the built-in rules (any defect region fails), named and hashed as they read
         text = rules.to_yaml() if hasattr(rules, "to_yaml") else ""
         recipe, recipe_sha = "default", hashlib.sha256(text.encode("utf-8")).hexdigest()
     from .. import __version__
 
     return {"recipe": recipe, "recipe_sha256": recipe_sha, "model": os.path.basename(path) or path,
-            "model_sha256": model_sha, "engine_sha256": _sha256(path) if engine else "",
+            "model_sha256": model_sha, "engine_sha256": file_sha256_or_empty(path) if engine else "",
             "backend": str(getattr(model, "backend", "") or ""), "version": __version__}
 
 

@@ -205,6 +205,24 @@ def read_users(path: str) -> Users:
     return Users(users, path)
 
 
+PASSWORD_ENV = "DS2A_PASSWORD"  # a command's password for --users when no terminal can ask (a script)
+
+
+def sign_in(users_file: str, name: str) -> User:
+    """A command's user, signed in against `users_file` (`ds2a override`, `ds2a review`): the password
+    from PASSWORD_ENV, else asked on the terminal; UserError for a wrong one (nothing is recorded)."""
+    users = read_users(users_file)
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        if not sys.stdin.isatty():
+            raise UserError(f"--users {users_file}: no terminal to ask {name}'s password; set {PASSWORD_ENV}")
+        password = getpass.getpass(f"password for {name}: ")
+    user = users.check(name, password)
+    if user is None:
+        raise UserError(f"--users {users_file}: unknown user '{name[:64]}' or wrong password; nothing recorded")
+    return user
+
+
 def read_certificate(path: str) -> bytes:
     """A client certificate's DER bytes from a PEM or DER file; UserError naming the file otherwise."""
     from cryptography import x509
