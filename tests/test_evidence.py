@@ -274,33 +274,17 @@ def test_the_run_facts_are_in_the_records_from_the_start(tmp_path):
 
 
 def test_the_evidence_page_opens_in_chromium_with_every_picture(run_all, tmp_path, capsys):
-    import shutil
+    from headless_chromium import chromium
 
-    webdriver = pytest.importorskip("selenium.webdriver", reason="browser tests need selenium: pip install -e '.[dev]'")
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_bin = shutil.which("chromedriver") or ("/usr/lib/chromium/chromedriver"
-                                                  if os.path.exists("/usr/lib/chromium/chromedriver") else None)
-    if not chromium or not driver_bin:
-        pytest.skip("no chromium/chromedriver (Debian: apt-get install chromium chromium-driver)")
     db, _, summary = run_all
     part = _part(summary, "FAIL")
     folder = _folder(_evidence(capsys, db, "--part", part.part_id, "--out", tmp_path)[1])
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-extensions"):
-        opts.add_argument(arg)
+    browser = chromium()
+    driver = next(browser)
     try:
-        driver = webdriver.Chrome(service=Service(driver_bin), options=opts)
-    except WebDriverException as exc:
-        pytest.skip(f"chromium could not start here: {str(exc).splitlines()[0]}")
-    try:
-        driver.set_page_load_timeout(20)
         driver.get((folder / "index.html").as_uri())
         assert part.part_id in driver.title
         sizes = driver.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
     finally:
-        driver.quit()
+        browser.close()  # quits the browser
     assert len(sizes) == 3 * part.n_frames and all(done and width > 0 for done, width in sizes), sizes

@@ -469,10 +469,12 @@ def test_the_page_buttons_mark_and_confirm_in_a_browser(db, station, tmp_path):
     pytest.importorskip("aiohttp", reason="the web page needs aiohttp: pip install -e '.[web]'")
     pytest.importorskip("matplotlib", reason="the web page's charts need matplotlib: pip install -e '.[web]'")
     import test_web_roles as roles
+    from headless_chromium import chromium, wait_for
 
     from ds2a.notify.users import hash_password
 
-    browser = next(roles.browser.__wrapped__())  # that file's fixture body: chromium, or a skip saying what is missing
+    session = chromium()  # or a skip saying what is missing
+    browser = next(session)
     from selenium.webdriver.common.by import By
     _, _, by = station
     part = by["FAIL"][0]
@@ -482,21 +484,21 @@ def test_the_page_buttons_mark_and_confirm_in_a_browser(db, station, tmp_path):
     try:
         with roles.Station_(db, users) as s:
             roles.browser_sign_in(browser, s.url, "anna", "anna-op-secret")
-            assert roles.wait_for(lambda: browser.find_elements(By.ID, "review-part"))
+            assert wait_for(lambda: browser.find_elements(By.ID, "review-part"))
             assert not browser.find_elements(By.ID, "review-mark")  # no confirm control for an operator
             browser.find_element(By.ID, "review-part").send_keys(part)
             browser.find_element(By.ID, "review-reason").send_keys("a shadow, not smudge")
             browser.find_element(By.XPATH, "//button[text()='mark false reject']").click()
             msg = browser.find_element(By.ID, "review-msg")
-            assert roles.wait_for(lambda: f"part {part} run 2 marked false_reject by anna" in msg.text), msg.text
+            assert wait_for(lambda: f"part {part} run 2 marked false_reject by anna" in msg.text), msg.text
             roles.browser_sign_in(browser, s.url, "ben", "ben-eng-secret")
-            assert roles.wait_for(lambda: browser.find_elements(By.ID, "review-mark"))
+            assert wait_for(lambda: browser.find_elements(By.ID, "review-mark"))
             browser.find_element(By.ID, "review-mark").send_keys("1")
             browser.find_element(By.XPATH, "//button[text()='confirm mark']").click()
             msg = browser.find_element(By.ID, "review-msg")
-            assert roles.wait_for(lambda: "mark 1 confirmed by ben" in msg.text), msg.text
+            assert wait_for(lambda: "mark 1 confirmed by ben" in msg.text), msg.text
     finally:
-        browser.quit()
+        session.close()  # quits the browser
     con = connect(str(db), create=False, readonly=True)
     try:
         assert [(m["part_id"], m["run_id"], m["user"], m["status"], m["answered_by"]) for m in review.marks(con)] \

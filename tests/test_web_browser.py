@@ -4,8 +4,6 @@ the live view moving while `ds2a inspect --web` runs and saying when the run end
 banner labelled, the live count and the charts following the tiles' snapshot, the video's colours."""
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -20,47 +18,15 @@ import pytest
 pytest.importorskip("aiohttp", reason="the web page needs aiohttp: pip install -e '.[web]'")
 pytest.importorskip("selenium", reason="browser tests need selenium: pip install -e '.[dev]'")
 
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoAlertPresentException, WebDriverException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
+from headless_chromium import chromium, wait_for  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from test_web import HOSTILE, Records, Served, make_db, sql_counts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver") or next((p for p in ("/usr/lib/chromium/chromedriver",) if os.path.exists(p)), None)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM or not DRIVER:
-        pytest.skip("no chromium/chromedriver (Debian: apt-get install chromium chromium-driver; `make test` "
-                    "installs them as root)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1800", "--disable-extensions"):
-        opts.add_argument(arg)
-    try:
-        driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    except WebDriverException as exc:
-        pytest.skip(f"chromium could not start here: {str(exc).splitlines()[0]}")
-    driver.set_page_load_timeout(20)
-    yield driver
-    driver.quit()
-
-
-def wait_for(fn, timeout: float = 10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            value = fn()
-            if value:
-                return value
-        except WebDriverException:
-            pass
-        time.sleep(0.1)
-    return fn()
+    yield from chromium()
 
 
 def loaded(driver, element) -> bool:

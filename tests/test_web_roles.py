@@ -7,8 +7,6 @@ book is a small fake with the interface of ds2a/inspect/recipes.py."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -26,6 +24,7 @@ import pytest
 pytest.importorskip("aiohttp", reason="the web page needs aiohttp: pip install -e '.[web]'")
 pytest.importorskip("matplotlib", reason="the web page's charts need matplotlib: pip install -e '.[web]'")
 
+from headless_chromium import chromium, wait_for  # noqa: E402
 from test_web import make_db  # noqa: E402
 
 from ds2a.cli import main  # noqa: E402
@@ -388,46 +387,9 @@ def test_inspect_web_users_with_the_real_recipe_book(tmp_path, users_file, capsy
 
 # --- in headless Chromium --------------------------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver") or next((p for p in ("/usr/lib/chromium/chromedriver",) if os.path.exists(p)),
-                                              None)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    pytest.importorskip("selenium", reason="browser tests need selenium: pip install -e '.[dev]'")
-    from selenium import webdriver
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.chrome.service import Service
-
-    if not CHROMIUM or not DRIVER:
-        pytest.skip("no chromium/chromedriver (Debian: apt-get install chromium chromium-driver)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1800", "--disable-extensions"):
-        opts.add_argument(arg)
-    try:
-        driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    except WebDriverException as exc:
-        pytest.skip(f"chromium could not start here: {str(exc).splitlines()[0]}")
-    driver.set_page_load_timeout(20)
-    yield driver
-    driver.quit()
-
-
-def wait_for(fn: Any, timeout: float = 10.0) -> Any:
-    from selenium.common.exceptions import WebDriverException
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            value = fn()
-            if value:
-                return value
-        except WebDriverException:
-            pass
-    return fn()
+    yield from chromium()
 
 
 def browser_sign_in(browser: Any, url: str, name: str, password: str) -> None:
