@@ -25,11 +25,9 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-import yaml
-
 from ..errors import UserError
 from ..meta import file_sha256_or_empty
-from .rules import Rules, _parse, _RulesLoader, _RulesYamlError, _show, _yaml_problem, analyser, check_can_fail, check_scale, read_rules
+from .rules import Rules, _parse, _show, analyser, check_can_fail, check_scale, read_rules, read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -66,25 +64,6 @@ class Recipe:
         return self.part_id, self.barcode_roi, self.barcode_formats
 
 
-def _load(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.load(fh, Loader=_RulesLoader)  # noqa: S506 - a SafeLoader subclass
-    except _RulesYamlError as exc:
-        raise UserError(f"recipe file {path}: {exc}") from None
-    except FileNotFoundError:
-        raise UserError(f"recipe file {path} does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"recipe file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
-    except OSError as exc:
-        raise UserError(f"cannot read recipe file {path}: {exc.strerror or exc}; check its permissions") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"recipe file {path} is not valid YAML: {_yaml_problem(exc)}; fix it or move it out of "
-                        "the recipes folder") from None
-    except RecursionError:
-        raise UserError(f"recipe file {path} is nested too deeply to be a recipe") from None
-
-
 def _region(value: Any, key: str, path: str) -> Optional[Region]:
     """X,Y,W,H in frame pixels, as a list or as 'X,Y,W,H' text."""
     if value is None:
@@ -106,7 +85,7 @@ def _region(value: Any, key: str, path: str) -> Optional[Region]:
 def read_recipe(path: str) -> Recipe:
     """One recipe file checked without its model: keys, model and rules files, rules, window, scale, part ids."""
     name = os.path.splitext(os.path.basename(path))[0]
-    data = _load(path)
+    data = read_yaml(path, "recipe file", "docs/RECIPES.md", "; fix it or move it out of the recipes folder")
     if not isinstance(data, dict):
         raise UserError(f"recipe file {path}: the top level must be a mapping with keys {', '.join(KEYS)} "
                         "(model and rules required; docs/RECIPES.md)")

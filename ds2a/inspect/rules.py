@@ -247,26 +247,27 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return (text if len(text) <= 120 else text[:117] + "...") + where
 
 
-def _read_yaml(path: str) -> Any:
-    """The YAML document in `path`; every way of failing to read it is a one-line UserError."""
+def read_yaml(path: str, what: str = "rules file", example: str = "deploy/rules.example.yaml",
+              invalid_fix: str = "") -> Any:
+    """The YAML document in `path` (a rules file, or `what` else: a recipe), read with the rules' strict
+    loader (no duplicate keys, anchors or merge keys); every way of failing to read it is a one-line UserError."""
     try:
         with open(path, encoding="utf-8") as fh:
             return yaml.load(fh, Loader=_RulesLoader)  # noqa: S506 - a SafeLoader subclass
     except _RulesYamlError as exc:
-        raise UserError(f"rules file {path}: {exc}") from None
+        raise UserError(f"{what} {path}: {exc}") from None
     except FileNotFoundError:
-        raise UserError(f"rules file {path} does not exist; start from deploy/rules.example.yaml") from None
+        raise UserError(f"{what} {path} does not exist; start from {example}") from None
     except IsADirectoryError:
-        raise UserError(f"rules file {path} is a folder; give the path of a YAML file such as "
-                        "deploy/rules.example.yaml") from None
+        raise UserError(f"{what} {path} is a folder; give the path of a YAML file such as {example}") from None
     except UnicodeDecodeError as exc:
-        raise UserError(f"rules file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
     except OSError as exc:
-        raise UserError(f"cannot read rules file {path}: {exc.strerror or exc}; check its permissions") from None
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}; check its permissions") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"rules file {path} is not valid YAML: {_yaml_problem(exc)}") from None
+        raise UserError(f"{what} {path} is not valid YAML: {_yaml_problem(exc)}{invalid_fix}") from None
     except RecursionError:
-        raise UserError(f"rules file {path} is nested too deeply to be a rules file") from None
+        raise UserError(f"{what} {path} is nested too deeply to be a {what}") from None
 
 
 def read_rules(path: Optional[str], mm_per_pixel: Optional[float] = None) -> Optional[Rules]:
@@ -277,7 +278,7 @@ def read_rules(path: Optional[str], mm_per_pixel: Optional[float] = None) -> Opt
         if mm_per_pixel is not None:
             check_scale(mm_per_pixel)
         return None
-    return _parse(_read_yaml(path), path, mm_per_pixel, None)
+    return _parse(read_yaml(path), path, mm_per_pixel, None)
 
 
 def bind_rules(rules: Optional[Rules], classes: Sequence[str], mm_per_pixel: Optional[float] = None) -> Rules:
@@ -300,7 +301,7 @@ def load_rules(path: Optional[str], classes: Sequence[str], mm_per_pixel: Option
     """Read and validate a rules file, or the default rules when path is None."""
     if path is None:
         return bind_rules(None, classes, mm_per_pixel)
-    return parse_rules(_read_yaml(path), classes, path, mm_per_pixel)
+    return parse_rules(read_yaml(path), classes, path, mm_per_pixel)
 
 
 def judge(rules: Rules, defects: Sequence[Defect]) -> Tuple[bool, List[str]]:
