@@ -312,3 +312,43 @@ def test_a_drift_alarm_is_raised_on_the_page_as_well(model, monkeypatch):
     assert len(_alarms(lines)) == 1
     drift_alarms = [t for t in shown if "DRIFT ALARM (warn)" in t]
     assert len(drift_alarms) == 1 and _alarms(lines)[0]["statistic"] in drift_alarms[0]
+
+
+def test_with_recipes_the_watch_follows_the_model_that_judged_each_frame():
+    """A changeover to a product whose picture differs starts a fresh watch on the new model's reference (no
+    false alarm, no parts made NONE for being another product); a model without a reference turns it off, said
+    so; what the earlier watch saw stays in the records."""
+    from types import SimpleNamespace
+
+    from ds2a.inspect.drift import DriftStage
+    from ds2a.inspect.loop import Result
+    from ds2a.meta import ModelMeta
+    from ds2a.sources.base import Frame
+
+    def model(mean: Optional[float]) -> SimpleNamespace:
+        ref = None if mean is None else Reference(100, "unit", "unit", {"brightness": (mean, 10.0)}, [1 / 8] * 24,
+                                                  [(1.0, 0.0)], ["background"])
+        meta = ModelMeta(arch="unit", classes=["background"], extra={DRIFT_KEY: ref.to_dict()} if ref else {})
+        cm = np.zeros((32, 32), np.uint8)
+        return SimpleNamespace(meta=meta, path=f"m{mean}.onnx",
+                               infer=lambda frame: SimpleNamespace(class_map=cm.copy(), logits=None))
+
+    bright, dark, bare = model(100.0), model(40.0), model(None)
+    records, notes, seen, told = SimpleNamespace(extra={}), [], [], []
+    stage = DriftStage(DriftWatch(reference_of(bright.meta), "stop", k=1.0, h=8.0, clip=4.0), seen.append, 1,
+                       None, records, notes, told.append, model=bright)
+    picture = np.full((32, 32, 3), 40, np.uint8)  # the dark product, z = -6 against the bright one's reference
+    seq = 0
+    for judge, parts in ((bright, 4), (dark, 6), (bare, 2)):
+        watched = stage.wrap(judge)
+        for _ in range(parts):
+            out = watched.infer(picture)
+            stage(Result(seq, Frame(picture, seq, 0.0, 0.0, part_id=f"p{seq}"), out.class_map, [], True, []))
+            seq += 1
+    verdicts = [r.verdict for r in seen]
+    assert verdicts[:4] == ["PASS", "PASS", "NONE", "NONE"] and len(told) == 1  # drifted from the bright product
+    assert verdicts[4:] == ["PASS"] * 8  # the dark product judged against its own picture; then no watch at all
+    assert sum("drift watch follows the recipe's model" in n for n in notes) == 2 and "off (it carries no" in notes[-1]
+    summary = stage.finish()
+    assert summary["mode"] == "off" and [s["alarms"] for s in summary["recipes"]] == [1, 0]
+    assert summary["frames_not_judged"] == 2 and records.extra["drift"]["recipes"][1]["samples"] == 6

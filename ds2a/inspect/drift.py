@@ -220,26 +220,36 @@ class WatchedModel:
 
     def __init__(self, model: Any, stage: "DriftStage") -> None:
         self._model, self._stage = model, stage
+        where = str(getattr(model, "path", None) or getattr(model, "backend", "the model"))
+        self.where, self.reference = where, reference_of(model.meta, where)  # this model's own picture
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
     def infer(self, frame: np.ndarray) -> Any:
         out = self._model.infer(frame)
-        self._stage.keep(out.class_map, frame, out.logits)
+        self._stage.keep(out.class_map, frame, out.logits, self)
         return out
 
 
 class DriftStage:
     """Drift watch between the inspection loop and its Publisher: samples each inspected frame, emits the
-    alarm events (JSON line, records, log, `on_alarm`) and, while the watch blocks, makes the frame NONE."""
+    alarm events (JSON line, records, log, `on_alarm`) and, while the watch blocks, makes the frame NONE.
+
+    With recipes (ds2a/inspect/recipes.py) the watch follows the model that judged each frame: the first
+    frame judged by another recipe's model starts a fresh watch on that model's reference (or none, said so,
+    when it carries none); what the earlier watches saw stays in the records (`recipes`)."""
 
     def __init__(self, watch: DriftWatch, output: Callable[[Any], None], num_classes: int,
                  jsonl: Any = None, records: Any = None, notes: Optional[List[str]] = None,
-                 on_alarm: Optional[Callable[[str], None]] = None) -> None:
-        self.watch, self.output, self.num_classes = watch, output, int(num_classes)
+                 on_alarm: Optional[Callable[[str], None]] = None, model: Any = None) -> None:
+        self.watch: Optional[DriftWatch] = watch
+        self.output, self.num_classes = output, int(num_classes)
+        self.mode, self.ack_file = watch.mode, watch.ack_file
         self.jsonl, self.records, self.notes, self.on_alarm = jsonl, records, notes, on_alarm
-        self._kept: Dict[int, Tuple[np.ndarray, Optional[np.ndarray]]] = {}
+        self.judged_by = model  # the model whose reference the watch holds (None: take the first seen)
+        self.earlier: List[Dict[str, Any]] = []  # the summaries of the watches of earlier recipes
+        self._kept: Dict[int, Tuple[np.ndarray, Optional[np.ndarray], Optional[WatchedModel]]] = {}
         self._lock = threading.Lock()
         self.ms: Deque[float] = collections.deque(maxlen=10000)  # cost per sample (statistics + test), latest
         self.not_judged = 0  # frames made NONE by the drift watch
@@ -249,9 +259,10 @@ class DriftStage:
     def wrap(self, model: Any) -> WatchedModel:
         return WatchedModel(model, self)
 
-    def keep(self, class_map: np.ndarray, frame: np.ndarray, logits: Optional[np.ndarray]) -> None:
+    def keep(self, class_map: np.ndarray, frame: np.ndarray, logits: Optional[np.ndarray],
+             by: Optional[WatchedModel] = None) -> None:
         with self._lock:
-            self._kept[id(class_map)] = (frame, logits)
+            self._kept[id(class_map)] = (frame, logits, by)
             while len(self._kept) > 64:  # results dropped by an abort never reach the output
                 self._kept.pop(next(iter(self._kept)))
 
@@ -261,19 +272,43 @@ class DriftStage:
         if res.inspected and res.class_map is not None:
             with self._lock:
                 kept = self._kept.pop(id(res.class_map), None)
+            by = kept[2] if kept is not None else None
+            if by is not None and self.judged_by is not None and by._model is not self.judged_by:
+                self._follow(by)  # another recipe's model judged this frame: its own reference from now on
             part = res.frame.part_id
-            if kept is not None and (part is None or part != self.watch.last_part):  # a part is sampled once
-                sample = sample_of(kept[0], res.class_map, kept[1], self.num_classes)
-        for event in self.watch.observe(sample, res.frame.part_id):
-            event["seq"] = res.seq  # the frame it happened at: the frame and part JSON lines carry the same
-            self._emit(event)
+            watch = self.watch
+            if kept is not None and watch is not None and (part is None or part != watch.last_part):
+                sample = sample_of(kept[0], res.class_map, kept[1], self.num_classes)  # a part is sampled once
+        if self.watch is not None:
+            for event in self.watch.observe(sample, res.frame.part_id):
+                event["seq"] = res.seq  # the frame it happened at: the frame and part JSON lines carry the same
+                self._emit(event)
         if sample is not None:
             self.ms.append((time.perf_counter() - t0) * 1e3)
-        if self.watch.blocking and res.inspected:
+        if self.watch is not None and self.watch.blocking and res.inspected:
             res.inspected = False  # NONE, never PASS, while the picture is not the model's
             res.reasons = [self.watch.reason()] + list(res.reasons)
             self.not_judged += 1
         self.output(res)
+
+    def _follow(self, by: WatchedModel) -> None:
+        """A changeover: watch the new model's picture, with fresh sums (the old alarm was about the old product)."""
+        if self.watch is not None:
+            self.earlier.append(self.watch.summary())
+        self.judged_by = by._model
+        self.watch = DriftWatch(by.reference, self.mode, ack_file=self.ack_file) if by.reference is not None else None
+        text = (f"{time.strftime('%H:%M:%S')} drift watch follows the recipe's model {by.where}: "
+                + (by.reference.line() if by.reference is not None else "off (it carries no drift reference)"))
+        logger.info(text)
+        if self.notes is not None:
+            self.notes.append(text)
+        if self.records is not None:
+            self.records.extra["drift"] = self._summary()
+
+    def _summary(self) -> Dict[str, Any]:
+        now = self.watch.summary() if self.watch is not None else {"mode": "off", "why": "the recipe's model "
+                                                                                          "carries no drift reference"}
+        return {**now, "frames_not_judged": self.not_judged, **({"recipes": self.earlier} if self.earlier else {})}
 
     def _emit(self, event: Dict[str, Any]) -> None:
         text = event_text(event)
@@ -284,7 +319,7 @@ class DriftStage:
             print(json.dumps(event), file=self.jsonl)
             self.jsonl.flush()
         if self.records is not None:
-            self.records.extra["drift"] = {**self.watch.summary(), "frames_not_judged": self.not_judged}
+            self.records.extra["drift"] = self._summary()
         if self.on_alarm is not None and event["state"] == "raised":
             self.on_alarm(text)
 
@@ -300,14 +335,13 @@ class DriftStage:
         sig = getattr(signal, "SIGUSR1", None)
         if sig is None or threading.current_thread() is not threading.main_thread():
             return lambda: None
-        previous = signal.signal(sig, lambda *_: self.watch.request_ack("SIGUSR1"))
+        previous = signal.signal(sig, lambda *_: self.watch.request_ack("SIGUSR1") if self.watch else None)
         return lambda: signal.signal(sig, previous)
 
     def finish(self) -> Dict[str, Any]:
         """The watch's summary with the cost per sample, for the run's stats."""
         ms = sorted(self.ms)
-        summary = {**self.watch.summary(), "frames_not_judged": self.not_judged,
-                   "ms_per_sample_median": round(ms[len(ms) // 2], 3) if ms else None}
+        summary = {**self._summary(), "ms_per_sample_median": round(ms[len(ms) // 2], 3) if ms else None}
         if self.records is not None:
             self.records.extra["drift"] = summary
         return summary
@@ -331,7 +365,7 @@ def open_drift(mode: str, model: Any, output: Callable[[Any], None], jsonl: Any 
             records.extra["drift"] = {"mode": "off", "why": why}
         return None
     watch = DriftWatch(ref, mode, ack_file=ack_file)
-    stage = DriftStage(watch, output, model.meta.num_classes, jsonl, records, on_alarm=on_alarm)
+    stage = DriftStage(watch, output, model.meta.num_classes, jsonl, records, on_alarm=on_alarm, model=model)
     ack = f"kill -USR1 {os.getpid()}" + (f" or touch {ack_file}" if ack_file else "")
     logger.info(f"drift   {mode}: {ref.line()}; limits k={watch.k:g} h={watch.h:g}, back after {watch.recovery} "
                 f"samples; acknowledge: {ack}")
