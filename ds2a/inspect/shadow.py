@@ -21,7 +21,6 @@ too small, model away, drift) are not judged by the candidate either. Torch-free
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import UserError
+from ..meta import file_sha256_or_empty
 from ..preprocess import resize_frame
 from ..records import shadow as table
 from .parts import PartVerdict
@@ -335,16 +335,6 @@ class ShadowStage:
             self.model.close()
 
 
-def _sha256(path: str) -> str:
-    if not os.path.isfile(path):
-        return ""  # a served model (triton://): no file here
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def shadow_options(options: Any, confidence: bool) -> Dict[str, Any]:
     """The candidate's backend keywords: one intra-op thread on the CPU (it must not take the live model's
     cores), the live run's device when both use the same backend, logits when the rules need confidence."""
@@ -398,8 +388,8 @@ def open_shadow(options: Any, rules: Rules, classes: List[str], records: Any, pu
         model.close()
         raise
     truth = next((o for o in publisher.observers if isinstance(o, TruthTally)), None)
-    stage = ShadowStage(model, path, _sha256(path), rules, classes, records, truth, queue_frames=QUEUE_FRAMES,
-                        nice=NICE, end_patience_s=END_PATIENCE_S)  # read now: a benchmark or test may set them
+    stage = ShadowStage(model, path, file_sha256_or_empty(path), rules, classes, records, truth,
+                        queue_frames=QUEUE_FRAMES, nice=NICE, end_patience_s=END_PATIENCE_S)  # read now: a benchmark or test may set them
     stack.callback(stage.close)
     publisher.observers.append(stage)
     records.extra["shadow"] = stage.stats()
