@@ -778,3 +778,149 @@ def test_a_logged_outage_never_goes_unlogged(tmp_path, monkeypatch, caplog):
     assert "run_stop" not in stats["audit"] and _row(tmp_path / "r.sqlite", "SELECT status FROM runs") == [
         ("finished",)]
     rec.close()
+
+
+# -- second round: what the first mutation run still let through ------------------------------------------
+
+def test_a_schema_script_splits_into_whole_statements():
+    script = ("CREATE TABLE a (x);\nCREATE TRIGGER t AFTER INSERT ON a\nBEGIN SELECT 1; END;\n"
+              "CREATE INDEX i ON a(x);\n")
+    assert database.statements(script) == ["CREATE TABLE a (x);", "CREATE TRIGGER t AFTER INSERT ON a\nBEGIN "
+                                           "SELECT 1; END;", "CREATE INDEX i ON a(x);"]
+    con = sqlite3.connect(":memory:")
+    for statement in database.statements(script):
+        con.execute(statement)
+    assert [r[0] for r in con.execute("SELECT name FROM sqlite_master ORDER BY name")] == ["a", "i", "t"]
+    con.close()
+
+
+def test_a_table_of_a_later_version_in_an_older_file_is_named_as_not_ds2a_s(tmp_path):
+    path = tmp_path / "v1-with-audit.sqlite"  # version 1 never had the audit table: not a file ds2a wrote
+    _sqlite(path, database.V1_SCHEMA + audit.SCHEMA, APPLICATION_ID, 1)
+    assert _refusal(path) == _not_ours(path, "has tables ds2a does not write (SQLite file of another program, or "
+                                             "damaged)")
+
+
+def test_the_records_connection_waits_ten_seconds_for_a_lock_and_is_written_by_the_output_thread(tmp_path):
+    path = str(tmp_path / "r.sqlite")
+    con = connect(path)
+    assert con.execute("PRAGMA busy_timeout").fetchone()[0] == 10000
+    con.close()
+    rec = Records(path)  # made in the main thread, written by the output thread
+    rec.start_run("m", "b", "s", CLASSES, {}, None)
+    errors: List[BaseException] = []
+
+    def output_thread() -> None:
+        try:
+            rec.add_frame(_result(0, "a"))
+            rec.commit()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    worker = threading.Thread(target=output_thread)
+    worker.start()
+    worker.join()
+    assert errors == [] and _row(path, "SELECT COUNT(*) FROM frames") == [(1,)]
+    rec.close()
+
+
+def test_opening_a_current_file_needs_no_write_lock(tmp_path):
+    path = str(tmp_path / "r.sqlite")
+    connect(path).close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another station writing
+    t0 = time.monotonic()
+    connect(path).close()
+    assert time.monotonic() - t0 < 2.0
+    other.execute("ROLLBACK")
+    other.close()
+
+
+def test_an_unreadable_file_reads_as_nothing(tmp_path):
+    assert database._read(str(tmp_path / "none")) == ""
+
+
+def test_the_default_retry_and_queue_are_in_the_outage_warning(tmp_path, caplog):
+    rec = _records(tmp_path)
+    other = _locked(str(tmp_path / "r.sqlite"))
+    rec.add_frame(_result(0, "a"))
+    rec.commit()
+    assert caplog.messages[-1].endswith("records wait in memory (up to 3000) and are retried every 0.5 s")
+    other.execute("ROLLBACK")
+    other.close()
+    rec.close()
+
+
+def test_a_station_that_stops_before_its_run_started_writes_no_audit_row(tmp_path):
+    rec = Records(str(tmp_path / "r.sqlite"))
+    rec.finish_run("error", {})
+    rec.close()
+    assert audit.rows(sqlite3.connect(tmp_path / "r.sqlite")) == []
+
+
+def test_the_run_start_row_names_every_model_and_recipe_hash_given(tmp_path):
+    rec = Records(str(tmp_path / "r.sqlite"))
+    rec.extra["evidence"] = {"model_sha256": "", "engine_sha256": "e1", "recipe": "r1", "recipe_sha256": "rs",
+                             "other": "x"}
+    run = rec.start_run("m", "b", "s", CLASSES, {}, None)
+    detail = json.loads([r for r in audit.rows(sqlite3.connect(tmp_path / "r.sqlite"), run)][0][8])
+    assert {k: v for k, v in detail.items() if k not in ("model", "backend", "source", "rules_sha256")} == {
+        "engine_sha256": "e1", "recipe": "r1", "recipe_sha256": "rs"}
+    rec.close()
+
+
+def test_results_and_verdicts_without_the_optional_fields_are_stored(tmp_path):
+    from types import SimpleNamespace
+
+    rec = _records(tmp_path)
+    res = _result(0, "a")
+    plain = SimpleNamespace(frame=res.frame, seq=0, verdict="PASS", reasons=[], defects=[], ms={})  # no `unreadable`
+    rec.add_frame(plain)
+    rec.add_verdict(SimpleNamespace(part_id="a", level="part", verdict="PASS", reasons=[], first_seq=0, last_seq=0,
+                                    n_frames=1, t_start=1.0, t_end=1.0))  # no recipe fields
+    rec.commit()
+    path = tmp_path / "r.sqlite"
+    assert _row(path, "SELECT width, height FROM frames") == [(30, 20)]
+    assert _row(path, "SELECT recipe, recipe_sha256 FROM verdicts") == [(None, None)]
+    rec.close()
+
+
+def test_a_heartbeat_is_renewed_again_and_again(tmp_path, monkeypatch):
+    clock = Clock()
+    rec = _records(tmp_path, clock, monkeypatch)
+    for seq in range(3):
+        clock.t += HEARTBEAT_S
+        rec.add_frame(_result(seq, "a"))
+        rec.commit()
+    assert rec.pending == 0 and _row(tmp_path / "r.sqlite", "SELECT COUNT(*) FROM frames") == [(3,)]
+    rec.close()
+
+
+def test_a_retry_happens_exactly_retry_s_after_the_last_try(tmp_path, monkeypatch):
+    clock = Clock()
+    rec = _records(tmp_path, clock, monkeypatch, retry_s=2.0)
+    other = _locked(str(tmp_path / "r.sqlite"))
+    rec.add_frame(_result(0, "a"))
+    rec.commit()
+    other.execute("ROLLBACK")
+    other.close()
+    clock.t = 1002.0
+    rec.commit()
+    assert rec.pending == 0
+    rec.close()
+
+
+def test_a_refused_end_row_alone_is_saved_and_named_as_the_runs_end(tmp_path, monkeypatch):
+    rec = _records(tmp_path, Clock(), monkeypatch)
+    rec.con = Refusing(rec.con, END_ROW, COMPACT_ROW)
+    path, saved = str(tmp_path / "r.sqlite"), str(tmp_path / _name(rec))
+    with pytest.raises(UserError) as err:
+        rec.finish_run("finished", {"frames": 0})
+    assert str(err.value) == (f"records incomplete: the run's end could not be written to {path} ({FULL}); "
+                              f"saved to {saved}")
+    end = _lines(saved)
+    assert [e["table"] for e in end] == ["runs"]
+    ids = end[0]["row"]["stats"]["audit"]  # the stop row was rolled back with the end row: not named
+    assert sorted(ids) == ["run_start"]
+    assert [r[0] for r in audit.rows(sqlite3.connect(path))] == [ids["run_start"]]
+    rec.close()

@@ -626,6 +626,8 @@ class Records:
             self.con.commit()
         except sqlite3.Error as exc:
             self.last_error = str(exc)
+            if "run_stop" in stats.get("audit", {}):  # rolled back with the end row: its id is not in the chain
+                stats["audit"] = {k: v for k, v in stats["audit"].items() if k != "run_stop"}
             if not self._mark_compact(status, stats, row[0]):
                 logger.error(f"ERROR: records: cannot mark run {self.run_id} {status} in {self.path}: {exc}")
                 ended = self._dump({"id": self.run_id, "ended_at": row[0], "status": status, "stats": stats})
