@@ -352,7 +352,10 @@ def test_a_burst_beyond_the_deadline_is_answered_none_never_silence(broker, mode
     line.trigger("next")  # the model is free at once: no frame of an answered trigger queues up before this part
     assert wait_until(lambda: len(line.results()) == n + 1, 5)
     nxt = line.results()[-1]
-    assert (nxt["seq"], nxt["part_id"], nxt["verdict"]) == (n + 1, "next", "PASS")
+    assert (nxt["seq"], nxt["part_id"]) == (n + 1, "next"), nxt
+    # judged, or (on a machine too loaded for one 0.15 s inference within 0.5 s) late; never "busy", which would
+    # mean frames of triggers already answered were still queued ahead of it
+    assert nxt["verdict"] == "PASS" or (nxt["verdict"] == "NONE" and nxt["cause"] == "deadline"), nxt
     st.join()
     line.sub.close()
 
