@@ -924,3 +924,13 @@ def test_a_refused_end_row_alone_is_saved_and_named_as_the_runs_end(tmp_path, mo
     assert sorted(ids) == ["run_start"]
     assert [r[0] for r in audit.rows(sqlite3.connect(path))] == [ids["run_start"]]
     rec.close()
+
+
+def test_a_refused_end_row_of_a_run_that_never_started_is_saved_too(tmp_path, monkeypatch):
+    rec = Records(str(tmp_path / "r.sqlite"))  # the station stopped before start_run: no audit ids in the stats
+    monkeypatch.setattr(database, "time", Clock())
+    rec.con = Refusing(rec.con, END_ROW, COMPACT_ROW)
+    with pytest.raises(UserError, match="records incomplete: the run's end could not be written"):
+        rec.finish_run("error", {})
+    assert [e["row"]["status"] for e in _lines(tmp_path / _name(rec))] == ["error"]
+    rec.close()
