@@ -349,12 +349,16 @@ def test_a_burst_beyond_the_deadline_is_answered_none_never_silence(broker, mode
     assert all(r["latency_ms"] < 500 + SLACK_S * 1e3 for r in res)
     assert all(r["verdict"] == "PASS" for r in judged) and {r["cause"] for r in late} <= {"busy", "deadline"}
     assert "busy" in {r["cause"] for r in late}
+    time.sleep(0.5)  # an inference in flight when the last answer went out ends
+    before = slow.calls
     line.trigger("next")  # the model is free at once: no frame of an answered trigger queues up before this part
     assert wait_until(lambda: len(line.results()) == n + 1, 5)
     nxt = line.results()[-1]
     assert (nxt["seq"], nxt["part_id"]) == (n + 1, "next"), nxt
-    # judged, or (on a machine too loaded for one 0.15 s inference within 0.5 s) late; never "busy", which would
-    # mean frames of triggers already answered were still queued ahead of it
+    assert wait_until(lambda: slow.calls > before, 5)
+    time.sleep(0.5)  # a backlog of the burst's frames (about 0.2 s each) would show here
+    assert slow.calls == before + 1  # only this part's frame was inferred
+    # judged; on a machine too loaded for one 0.15 s inference within the 0.5 s deadline, answered late
     assert nxt["verdict"] == "PASS" or (nxt["verdict"] == "NONE" and nxt["cause"] == "deadline"), nxt
     st.join()
     line.sub.close()
@@ -365,6 +369,7 @@ class SlowModel:
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s, self.away = delay_s, threading.Event()
+        self.calls = 0  # inferences asked for (warm-up included)
 
     def open(self, options: InspectOptions, confidence: bool) -> Any:
         from ds2a.runtime import open_model
@@ -377,6 +382,7 @@ class SlowModel:
                 return getattr(real, name)
 
             def infer(self, image):
+                outer.calls += 1
                 if outer.away.is_set():
                     raise ModelUnavailable("triton://127.0.0.1:8001/m is not answering")
                 time.sleep(outer.delay_s)
