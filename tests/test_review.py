@@ -146,6 +146,7 @@ def test_a_mark_edited_behind_the_station_is_reported_by_report_check(db, statio
     assert main(["report", str(db), "--check"]) != 0
     out = capsys.readouterr().out
     assert f"marks row {second} (part cell-999999) does not match its audit row (edited)" in out
+    assert "append-only trigger(s) marks_no_update removed" in out
 
 
 def test_an_engineer_may_reject_a_mark_and_a_mark_is_answered_once(db, station, capsys):

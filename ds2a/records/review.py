@@ -20,6 +20,7 @@ from . import audit
 
 TABLES = ("marks",)
 KINDS = ("false_reject", "missed_defect")
+TRIGGERS = ("marks_no_update", "marks_no_delete")  # the append-only guards (SCHEMA)
 WRONG_VERDICT = {"false_reject": "FAIL", "missed_defect": "PASS"}  # the verdict each kind says was wrong
 ROLES = ("operator", "engineer", "admin")  # as ds2a/notify/users.py (records sits below notify)
 CONFIRMERS = ("engineer", "admin")
@@ -169,10 +170,13 @@ def marks(con: sqlite3.Connection, run_id: Optional[int] = None) -> List[Dict[st
 
 
 def verify(con: sqlite3.Connection) -> List[str]:
-    """Marks rows that do not match their audit rows (edited with SQLite in hand); read-only."""
+    """Marks rows that do not match their audit rows (edited with SQLite in hand), and append-only triggers
+    that were removed (the way to edit a row); read-only."""
     if not has_marks(con):
         return []
-    problems = []
+    present = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
+    gone = [t for t in TRIGGERS if t not in present]
+    problems = [f"append-only trigger(s) {', '.join(gone)} removed"] if gone else []
     cur = con.execute("SELECT m.id, m.action, m.run_id, m.part_id, m.user, m.verdict_id, a.action, a.run_id, "
                       "a.part_id, a.user, a.detail FROM marks m LEFT JOIN audit a ON a.id = m.audit_id ORDER BY m.id")
     for r in cur:
