@@ -435,6 +435,11 @@ def test_opcua_select_recipe_changes_to_a_real_recipe_between_parts(tmp_path, mo
                     names = await (await ds2a_node(c, "RecipeManagement", "RecipeList")).read_value()
                     with pytest.raises(ua.UaStatusCodeError) as unknown:
                         await rec.call_method(select, ua.Variant("c", ua.VariantType.String))
+                    seq = await ds2a_node(c, "ResultManagement", "ResultSequence")
+                    for _ in range(200):  # mid-run: a part judged by recipe a first
+                        if await seq.read_value() >= 1:
+                            break
+                        await asyncio.sleep(0.05)
                     msg = await rec.call_method(select, ua.Variant("b", ua.VariantType.String))
                     active = ""
                     for _ in range(200):
