@@ -125,8 +125,8 @@ def main() -> int:
                  f"{time.strftime('%Y-%m-%d')}: the INT8 demo model (`{args.model}`) is the live model and the "
                  "candidate, records on, headless; medians of "
                  f"{args.runs} runs per configuration, each its own process, configurations alternating.", "",
-                 f"- machine: {platform.machine()}, {os.cpu_count()} logical CPUs **shared with other work** (other "
-                 "sessions were building and testing on the same two cores: the numbers are noisy); Python "
+                 f"- machine: {platform.machine()}, {os.cpu_count()} logical CPUs, not idle: each run's 1/5/15-minute "
+                 "load average (`uptime`) is in the last table, and the spread between runs shows the noise; Python "
                  f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}; live model: ONNX Runtime "
                  "default threads; candidate: one intra-op thread on the shadow's worker thread",
                  "- live latency: capture to output done, of the frames the live model judged (PASS/FAIL); FPS: "
