@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
+from ..meta import file_sha256
 from ..outputs import atomic_path, check_outputs, write_new
 from .database import connect, run_status
 
@@ -124,29 +125,11 @@ def _json(text: Optional[str], default: Any) -> Any:
 def find_parts(con: sqlite3.Connection, part: Optional[str] = None, run: Optional[int] = None,
                t_from: Optional[float] = None, t_to: Optional[float] = None) -> List[sqlite3.Row]:
     """The verdict rows asked for (a part id may be judged in several runs: one row each), oldest first."""
-    where, args = [], []  # type: List[str], List[Any]
-    if part is not None:
-        where.append("part_id = ?")
-        args.append(part)
-    if run is not None:
-        where.append("run_id = ?")
-        args.append(run)
-    if t_from is not None:
-        where.append("t_end >= ?")
-        args.append(t_from)
-    if t_to is not None:
-        where.append("t_end <= ?")
-        args.append(t_to)
+    given = [(c, v) for c, v in (("part_id = ?", part), ("run_id = ?", run), ("t_end >= ?", t_from),
+                                 ("t_end <= ?", t_to)) if v is not None]
+    where, args = [c for c, _ in given], [v for _, v in given]
     sql = "SELECT * FROM verdicts" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY t_end, id"
     return list(con.execute(sql, args))
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _safe(name: str) -> str:
@@ -472,12 +455,12 @@ def _fill(folder: str, facts: Dict[str, Any], run: sqlite3.Row) -> None:
     _put(folder, "evidence.json", json.dumps(facts, indent=2, default=str).encode("utf-8"))
     _put(folder, "index.html", _html(facts).encode("utf-8"))
     names = sorted(_listing(folder))
-    files = {n: {"sha256": _sha256_file(os.path.join(folder, n)), "bytes": os.path.getsize(os.path.join(folder, n))}
+    files = {n: {"sha256": file_sha256(os.path.join(folder, n)), "bytes": os.path.getsize(os.path.join(folder, n))}
              for n in names}
     manifest = {"format": FORMAT, "part_id": facts["part"]["part_id"], "run_id": facts["run"]["id"],
                 "verdict": facts["part"]["verdict"], "written": facts["written"], "files": files}
     _put(folder, "manifest.json", json.dumps(manifest, indent=2).encode("utf-8"))
-    sums = "".join(f"{_sha256_file(os.path.join(folder, n))}  {n}\n" for n in names + ["manifest.json"])
+    sums = "".join(f"{file_sha256(os.path.join(folder, n))}  {n}\n" for n in names + ["manifest.json"])
     _put(folder, "SHA256SUMS", sums.encode("utf-8"))
 
 
@@ -493,7 +476,7 @@ def verify(folder: str) -> List[str]:
         path = os.path.join(folder, *name.split("/"))
         if not os.path.isfile(path):
             problems.append(f"{name}: missing")
-        elif _sha256_file(path) != entry.get("sha256"):
+        elif file_sha256(path) != entry.get("sha256"):
             problems.append(f"{name}: sha256 differs from the manifest")
     extra = set(_listing(folder)) - set(files) - {"manifest.json", "SHA256SUMS"}
     problems += [f"{n}: not in the manifest" for n in sorted(extra)]

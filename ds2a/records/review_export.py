@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
+from ..meta import file_sha256
 from ..outputs import write_new
 from . import audit, review
 from .database import connect
@@ -274,8 +275,7 @@ def _fill(ev: Evidence, pvs: Sequence[sqlite3.Row], by_verdict: Dict[int, List[D
             sha_i = w.put(f"images/{name}.png", _png(np.ascontiguousarray(image[y:y + ch, x:x + cw])))
             sha_m = w.put(f"masks/{name}.png", _png(crop_m))
             masks[name] = crop_m
-            with open(raw, "rb") as fh:
-                raw_sha = _sha256(fh.read())
+            raw_sha = file_sha256(raw)
             frames_out.append({"name": name, "image": f"images/{name}.png", "mask": f"masks/{name}.png",
                                "image_sha256": sha_i, "mask_sha256": sha_m, **part, "frame_id": f["id"],
                                "frame_seq": f["seq"], "frame_verdict": f["verdict"],
@@ -363,8 +363,8 @@ def import_cvat(export_dir: str, cvat_zip: str, out: str) -> Tuple[str, int]:
     except (OSError, zipfile.BadZipFile) as exc:
         raise UserError(f"--cvat {cvat_zip}: not a readable .zip ({exc}); export the CVAT task as "
                         f"\"{CVAT_FORMAT}\"") from None
-    with z, open(cvat_zip, "rb") as fh:
-        zip_sha = _sha256(fh.read())
+    with z:
+        zip_sha = file_sha256(cvat_zip)
         names = set(z.namelist())
         if "labelmap.txt" not in names:
             raise UserError(f"--cvat {cvat_zip} has no labelmap.txt: export the CVAT task as \"{CVAT_FORMAT}\"")
